@@ -1,0 +1,153 @@
+"""Every Tunseal protocol constant, named once, with the reason beside it.
+
+docs/PROTOCOL.md is the normative description; this file is its mirror in code.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, IntFlag
+
+# --- encapsulation header -------------------------------------------------------------------
+
+VERSION = 1
+"""VER nibble. A receiver drops any other version (counted as ``bad_header``)."""
+
+FIXED_HEADER_LEN = 12
+"""VER/TYPE/HLEN/OLDPACKETLEN + DeviceID/EncapID + Flags/Checksum: three 32-bit words."""
+
+MAX_HEADER_LEN = 255 * 4
+"""HLEN is 8 bits counting 32-bit words, so a header (options included) is at most 1020 bytes."""
+
+MAX_INNER_LEN = 0xFFFF
+"""OLDPACKETLEN is 16 bits; an inner packet never exceeds 65535 bytes (the IPv4/IPv6 limit)."""
+
+
+class PacketType(IntEnum):
+    """The TYPE nibble."""
+
+    DATA = 1
+    HANDSHAKE_INIT = 2
+    HANDSHAKE_RESP = 3
+    COOKIE = 4
+    KEEPALIVE = 5
+    CONTROL = 6
+
+
+class Flag(IntFlag):
+    """The Flags field. A receiver rejects a packet carrying any flag not listed here."""
+
+    AUTHENTICATED = 0x8000
+    """Header and payload are covered by an AEAD tag (or, for handshakes, by the Noise MACs)."""
+    ENCRYPTED = 0x4000
+    """The payload is AEAD ciphertext."""
+    KEY_PRESENT = 0x2000
+    """The packet carries key material (a handshake message: ephemeral keys, sealed statics)."""
+    CSUM_PARTIAL = 0x1000
+    """The inner packet's TCP/UDP checksum holds only the pseudo-header sum; the receiver must
+    complete it (the sender split a kernel TSO super-packet and skipped per-segment checksums)."""
+
+
+KNOWN_FLAGS = int(Flag.AUTHENTICATED | Flag.ENCRYPTED | Flag.KEY_PRESENT | Flag.CSUM_PARTIAL)
+
+OPTION_CRITICAL = 0x80
+"""Option types with the top bit set must be understood: an unknown one rejects the packet.
+Unknown option types without it are skipped."""
+
+OPTION_END = 0x00
+"""Ends the option list; every byte after it up to HLEN*4 is padding and must be zero."""
+
+
+class Option(IntEnum):
+    """TLV option types (Type 8 bits, Length 8 bits = length of Data, Data)."""
+
+    COUNTER = 0x81
+    """8 bytes, big-endian 64-bit per-session packet counter: the AEAD nonce. Critical."""
+    RECEIVER_INDEX = 0x82
+    """4 bytes: the session index the *receiver* chose in the handshake. Critical."""
+    SENDER_INDEX = 0x83
+    """4 bytes: the index the sender of a handshake message chose for its new session. Critical."""
+    MAC1 = 0x84
+    """16 bytes: keyed BLAKE2s over the handshake packet, keyed by the responder's identity."""
+    MAC2 = 0x85
+    """16 bytes: keyed BLAKE2s over the handshake packet, keyed by a cookie (all zero if none)."""
+    CONTROL_KIND = 0x86
+    """1 byte: what a CONTROL packet carries (see :class:`ControlKind`). Critical."""
+    PAD_HINT = 0x01
+    """Any length: ignored. Lets a sender pad a packet (non-critical example option)."""
+
+
+class ControlKind(IntEnum):
+    """Payload kinds of CONTROL packets (sealed like data)."""
+
+    PROBE = 1
+    """A liveness/RTT/MTU probe: payload = 8-byte probe id + 8-byte send time + padding."""
+    PROBE_REPLY = 2
+    """Echoes a PROBE's id and send time so the prober measures RTT and the path MTU."""
+    ICMP_RELAY = 3
+    """An ICMP error about an inner packet, for the far end to deliver to its inner sender."""
+
+
+# --- crypto ---------------------------------------------------------------------------------
+
+KEY_LEN = 32
+TAG_LEN = 16
+"""Poly1305 and GCM tags are both 16 bytes."""
+MAC_LEN = 16
+"""mac1/mac2 are BLAKE2s truncated to 128 bits, as in WireGuard: enough against forgery by
+anyone who does not know the responder's public key / the cookie."""
+COOKIE_LEN = 16
+COOKIE_NONCE_LEN = 12
+TIMESTAMP_LEN = 12
+"""TAI64N: 8 bytes of seconds + 4 bytes of nanoseconds, big-endian."""
+
+NOISE_PROLOGUE = b"Tunseal v1"
+"""Mixed into every Noise handshake so a Tunseal handshake never verifies in another protocol."""
+
+LABEL_MAC1 = b"mac1----"
+LABEL_COOKIE = b"cookie--"
+
+
+# Security modes, carried as plain strings so profiles and IPC stay readable.
+MODES = ("plain", "psk", "rotating", "ephemeral")
+DEFAULT_MODE = "ephemeral"
+
+CIPHERS = ("chacha20-poly1305", "aes-256-gcm", "aes-128-gcm")
+DEFAULT_CIPHER = "chacha20-poly1305"
+
+TRANSPORTS = ("udp", "raw")
+DEFAULT_TRANSPORT = "udp"
+DEFAULT_PORT = 51900
+RAW_IP_PROTOCOL = 253
+"""IANA 'use for experimentation and testing' (RFC 3692): a raw-IP Tunseal tunnel must not claim
+a registered protocol number, and 253 crosses Linux masquerade (see docs/PROTOCOL.md)."""
+
+# --- timers and limits (WireGuard's schedule for ephemeral; ours for rotating) -----------------
+
+REKEY_AFTER_MESSAGES = 1 << 60
+REJECT_AFTER_MESSAGES = (1 << 64) - (1 << 13) - 1
+"""Counters stay below this so a nonce never repeats (margin for the replay window)."""
+REKEY_AFTER_TIME = 120.0
+REJECT_AFTER_TIME = 180.0
+REKEY_ATTEMPT_TIME = 90.0
+REKEY_TIMEOUT = 5.0
+KEEPALIVE_TIMEOUT = 10.0
+
+ROTATING_REKEY_AFTER_TIME = 600.0
+"""`rotating` mode default: a new session every 10 minutes..."""
+ROTATING_REKEY_AFTER_MESSAGES = 1 << 24
+"""...or every 16.7 M packets (about 23 GB at 1400 bytes), whichever comes first."""
+
+REPLAY_WINDOW = 4096
+"""Packets accepted out of order behind the highest counter seen (RFC 6479 bitmap)."""
+
+HANDSHAKE_RATE_PER_SOURCE = 20.0
+"""Handshake initiations per second accepted from one source address before cookies are due."""
+HANDSHAKE_LOAD_THRESHOLD = 200
+"""Initiations per second (all sources) above which the responder demands a valid mac2."""
+COOKIE_SECRET_LIFETIME = 120.0
+
+DEFAULT_MTU = 1408
+"""1500 minus the worst-case data overhead: IPv6 40 + UDP 8 + Tunseal data header 28 + tag 16 = 92.
+The same default therefore works over an IPv4 or an IPv6 outer path."""
+DATA_HEADER_LEN = 28
+"""Fixed header + COUNTER (2+8) + RECEIVER_INDEX (2+4) = 28 bytes, already 32-bit aligned."""
