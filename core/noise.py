@@ -315,8 +315,10 @@ class HandshakeState:
         rs: bytes | None = None,
         psk: bytes | None = None,
         e: bytes | None = None,
+        defer_psk: bool = False,
     ):
         name = protocol_name(pattern, cipher, hash_name)
+        self._defer_psk = defer_psk
         self._pattern = _PATTERNS[pattern]
         self._initiator = initiator
         self._check_inputs(pattern, s=s, rs=rs, psk=psk)
@@ -351,12 +353,19 @@ class HandshakeState:
         for what, needed, value in (
             ("our static private key (s)", needs_s, s),
             ("the remote static public key (rs)", needs_rs, rs),
-            ("a pre-shared key (psk)", p.has_psk, psk),
+            ("a pre-shared key (psk)", p.has_psk and not self._defer_psk, psk),
         ):
             if needed and value is None:
                 raise HandshakeError(f"Noise {pattern} {role} needs {what}")
             if not needed and value is not None:
                 raise HandshakeError(f"Noise {pattern} {role} does not use {what}")
+
+    def set_psk(self, psk: bytes) -> None:
+        """Supply a deferred psk. An IKpsk2 responder learns who the initiator is (and so which
+        psk applies) only from message 1, and the psk token comes later, in message 2."""
+        if not self._pattern.has_psk:
+            raise HandshakeError("this pattern does not use a pre-shared key")
+        self._psk = _check_key("pre-shared key (psk)", psk)
 
     def _mix_pre_message(self, token: Literal["s"], *, ours: bool) -> None:
         key = self._s.public if ours and self._s is not None else self._rs
@@ -450,7 +459,8 @@ class HandshakeState:
                 assert self._s is not None  # guaranteed by _check_inputs
                 out += self._ss.encrypt_and_hash(self._s.public)
             elif token == "psk":
-                assert self._psk is not None  # guaranteed by _check_inputs
+                if self._psk is None:
+                    raise HandshakeError("the pre-shared key was deferred and never supplied")
                 self._ss.mix_key_and_hash(self._psk)
             else:
                 self._ss.mix_key(self._dh_token(token))
@@ -504,7 +514,8 @@ class HandshakeState:
                 sealed = take(length, "static key")
                 self._rs = self._decrypt(sealed, number, "static key")
             elif token == "psk":
-                assert self._psk is not None  # guaranteed by _check_inputs
+                if self._psk is None:
+                    raise HandshakeError("the pre-shared key was deferred and never supplied")
                 self._ss.mix_key_and_hash(self._psk)
             else:
                 self._ss.mix_key(self._dh_token(token))

@@ -193,3 +193,13 @@ def parse(buf: bytes | bytearray | memoryview) -> Packet:
         header=header,
         payload=data[hlen:],
     )
+
+
+def option_offset(header: bytes | bytearray, kind: int) -> int | None:
+    """Offset of option ``kind``'s data inside an already-validated ``header``, or None."""
+    i, end = FIXED_HEADER_LEN, len(header)
+    while i + 2 <= end and header[i] != OPTION_END:
+        if header[i] == kind:
+            return i + 2
+        i += 2 + header[i + 1]
+    return None

@@ -1,0 +1,325 @@
+"""The protocol state of one peer: its keypairs, its handshake, and when to rekey.
+
+Pure logic with an injected clock: it never touches a socket. The helper's engine feeds it
+packets and timer ticks and sends what it returns; tests drive two of them back to back.
+
+Keypairs rotate as in WireGuard: ``current`` seals outgoing packets, ``previous`` still opens
+packets that were in flight during a rekey, and ``next`` is a keypair this end answered a
+handshake for but the initiator has not used yet (it becomes current when its first packet
+arrives). Nothing is dropped across a rekey.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from core import handshake
+from core.constants import (
+    KEEPALIVE_TIMEOUT,
+    REJECT_AFTER_MESSAGES,
+    REJECT_AFTER_TIME,
+    REKEY_AFTER_MESSAGES,
+    REKEY_AFTER_TIME,
+    REKEY_ATTEMPT_TIME,
+    REKEY_TIMEOUT,
+    ROTATING_REKEY_AFTER_MESSAGES,
+    ROTATING_REKEY_AFTER_TIME,
+)
+from core.errors import HandshakeError
+from core.handshake import Identity, Initiator, Suite
+from core.session import Keypair
+
+log = logging.getLogger(__name__)
+
+MAX_STAGED = 256
+"""Packets held while a handshake is under way; the oldest are dropped beyond this."""
+
+
+@dataclass(frozen=True, slots=True)
+class RekeyPolicy:
+    after_time: float
+    after_messages: int
+    reject_after_time: float | None
+    """None: a session never expires by age (``psk`` mode without rotation)."""
+
+    @classmethod
+    def for_mode(cls, mode: str, *, rotate_seconds: float | None = None,
+                 rotate_messages: int | None = None) -> RekeyPolicy:
+        if mode == "ephemeral":
+            return cls(REKEY_AFTER_TIME, REKEY_AFTER_MESSAGES, REJECT_AFTER_TIME)
+        if mode == "rotating":
+            t = rotate_seconds or ROTATING_REKEY_AFTER_TIME
+            # A rotating session is refused once it is 1.5 rekey periods old, so a peer that
+            # stopped rekeying is noticed rather than trusted forever.
+            return cls(t, rotate_messages or ROTATING_REKEY_AFTER_MESSAGES, t * 1.5)
+        if mode == "psk":
+            return cls(float("inf"), REKEY_AFTER_MESSAGES, None)
+        raise HandshakeError(f"mode {mode!r} has no sessions to rekey")
+
+
+class IndexTable:
+    """Session indices chosen by this end, mapping to their keypair and peer.
+
+    Random 32-bit values: an index reveals nothing and a stale packet for a forgotten session
+    very likely names no live one.
+    """
+
+    def __init__(self) -> None:
+        self._table: dict[int, tuple[Keypair | None, Peer | None]] = {}
+
+    def allocate(self, peer: Peer | None) -> int:
+        for _ in range(64):
+            index = int.from_bytes(os.urandom(4), "big")
+            if index and index not in self._table:
+                self._table[index] = (None, peer)
+                return index
+        raise HandshakeError("could not allocate a free session index")
+
+    def bind(self, index: int, keypair: Keypair, peer: Peer) -> None:
+        self._table[index] = (keypair, peer)
+
+    def release(self, index: int) -> None:
+        self._table.pop(index, None)
+
+    def keypair(self, index: int) -> Keypair | None:
+        entry = self._table.get(index)
+        return entry[0] if entry else None
+
+    def peer(self, index: int) -> Peer | None:
+        entry = self._table.get(index)
+        return entry[1] if entry else None
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+@dataclass(slots=True)
+class PeerStats:
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    rx_packets: int = 0
+    tx_packets: int = 0
+    handshakes: int = 0
+    last_handshake: float | None = None
+    drops: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, reason: str) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+
+class Peer:
+    """One remote end of a tunnel in a handshaking mode (psk, rotating, ephemeral)."""
+
+    def __init__(self, name: str, suite: Suite, ident: Identity, *, device_id: int,
+                 indices: IndexTable, clock: Callable[[], float], policy: RekeyPolicy,
+                 keepalive: float = 0.0, initiates: bool = True):
+        self.name = name
+        self.suite = suite
+        self.ident = ident
+        self.device_id = device_id
+        self.policy = policy
+        self.keepalive = keepalive
+        self.initiates = initiates
+        """False for a listening end that has no endpoint for this peer until it is contacted."""
+        self.stats = PeerStats()
+        self.current: Keypair | None = None
+        self.previous: Keypair | None = None
+        self.next: Keypair | None = None
+        self.pending: Initiator | None = None
+        self.last_timestamp = b""
+        self.last_sent = 0.0
+        self.last_received = 0.0
+        self.attempt_started: float | None = None
+        self.cookie: bytes | None = None
+        self.cookie_time = 0.0
+        self.staged: deque[bytes] = deque(maxlen=MAX_STAGED)
+        self._indices = indices
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"Peer({self.name!r}, {self.suite.mode})"
+
+    # --- handshake -------------------------------------------------------------------------
+
+    def begin_handshake(self) -> bytes:
+        """A fresh initiation packet (also used for retries: each retry is a new attempt)."""
+        now = self._clock()
+        if self.pending is not None:
+            self._indices.release(self.pending.local_index)
+        index = self._indices.allocate(self)
+        cookie = self.cookie if self.cookie and now - self.cookie_time < 120.0 else None
+        self.pending = Initiator(self.suite, self.ident, device_id=self.device_id,
+                                 local_index=index, now=_wallclock(), cookie=cookie)
+        if self.attempt_started is None:
+            self.attempt_started = now
+        self.last_sent = now
+        return self.pending.packet
+
+    def consume_response(self, packet: bytes) -> Keypair:
+        if self.pending is None:
+            raise HandshakeError("handshake response without an initiation in flight")
+        done = self.pending.consume_response(packet)
+        if self.suite.mode == "ephemeral" and done.remote_static != self.ident.peer_public:
+            raise HandshakeError("response came from a different static key")
+        kp = self._install(done)
+        self.pending = None
+        self.attempt_started = None
+        return kp
+
+    def consume_cookie(self, packet: bytes) -> None:
+        if self.pending is None:
+            raise HandshakeError("cookie reply without an initiation in flight")
+        key = self.ident.cookie_key_for(self.ident.peer_public)
+        self.cookie = handshake.open_cookie_reply(packet, key, self.pending)
+        self.cookie_time = self._clock()
+
+    def accept_response(self, resp: handshake.Responded) -> bytes:
+        """Adopt the keypair of a handshake this end answered; return the response to send.
+
+        The caller (the Responder) already matched the initiation to this peer; here the
+        initiation's timestamp must be newer than any seen, which defeats replayed initiations.
+        """
+        if resp.timestamp <= self.last_timestamp:
+            self._indices.release(resp.completed.local_index)
+            raise HandshakeError("replayed handshake initiation (timestamp not newer)")
+        self.last_timestamp = resp.timestamp
+        self._install(resp.completed)
+        self.last_sent = self._clock()
+        return resp.packet
+
+    def _install(self, done: handshake.Completed) -> Keypair:
+        now = self._clock()
+        kp = Keypair(cipher=self.suite.cipher, send_key=done.send_key, recv_key=done.recv_key,
+                     local_index=done.local_index, remote_index=done.remote_index,
+                     device_id=self.device_id, is_initiator=done.is_initiator, created=now)
+        self._indices.bind(done.local_index, kp, self)
+        if done.is_initiator:
+            self._rotate_in(kp)
+        else:
+            if self.next is not None:
+                self._indices.release(self.next.local_index)
+            self.next = kp
+        self.stats.handshakes += 1
+        self.stats.last_handshake = _wallclock()
+        return kp
+
+    def _rotate_in(self, kp: Keypair) -> None:
+        if self.previous is not None:
+            self._indices.release(self.previous.local_index)
+        self.previous, self.current = self.current, kp
+        if self.next is kp:
+            self.next = None
+
+    def received_with(self, kp: Keypair) -> None:
+        """Called after a packet opened with ``kp``: confirms a responder's next keypair."""
+        self.last_received = self._clock()
+        if kp is self.next:
+            self._rotate_in(kp)
+
+    # --- sending ---------------------------------------------------------------------------
+
+    def sending_keypair(self) -> Keypair | None:
+        """The keypair to seal with now, or None (stage the packet and start a handshake)."""
+        kp = self.current
+        if kp is None or not kp.confirmed:
+            return None
+        if self._expired(kp):
+            return None
+        return kp
+
+    def _expired(self, kp: Keypair) -> bool:
+        limit = self.policy.reject_after_time
+        age = self._clock() - kp.created
+        return (limit is not None and age >= limit) or kp.send_counter >= REJECT_AFTER_MESSAGES
+
+    def wants_rekey(self) -> bool:
+        """Time or message count says this end should start a new handshake."""
+        if self.pending is not None or not self.initiates:
+            return False
+        kp = self.current
+        if kp is None:
+            return True
+        age = self._clock() - kp.created
+        if kp.send_counter >= self.policy.after_messages:
+            return True
+        # The initiator of the current keypair rekeys on time; the responder waits a little
+        # longer so both ends do not start a handshake at the same moment.
+        slack = 0.0 if kp.is_initiator else KEEPALIVE_TIMEOUT + REKEY_TIMEOUT
+        return age >= self.policy.after_time + slack
+
+    def handshake_due(self) -> bytes | None:
+        """Timer work: a retry or a rekey initiation, or None. Call about once a second."""
+        now = self._clock()
+        if self.pending is not None:
+            if self.attempt_started is not None and now - self.attempt_started > REKEY_ATTEMPT_TIME:
+                log.info("peer %s: giving up handshaking after %.0f s", self.name,
+                         now - self.attempt_started)
+                self._indices.release(self.pending.local_index)
+                self.pending, self.attempt_started = None, None
+                self.staged.clear()
+                return None
+            if handshake.retry_due(self.last_sent, now):
+                return self.begin_handshake()
+            return None
+        if self.initiates and (self.wants_rekey() or self._silent_peer(now)):
+            return self.begin_handshake()
+        return None
+
+    def _silent_peer(self, now: float) -> bool:
+        """We sent data but heard nothing for KEEPALIVE + REKEY_TIMEOUT: the peer may have lost
+        our session (restarted); a new handshake recovers without waiting for expiry."""
+        if self.current is None:
+            return False
+        return (self.last_sent - self.last_received > KEEPALIVE_TIMEOUT + REKEY_TIMEOUT
+                and now - self.last_received > KEEPALIVE_TIMEOUT + REKEY_TIMEOUT)
+
+    def keepalive_due(self) -> bool:
+        now = self._clock()
+        kp = self.current
+        if kp is None or not kp.confirmed:
+            return False
+        if self.keepalive and now - self.last_sent >= self.keepalive:
+            return True
+        # Passive keepalive: we received data but have sent nothing back for a while.
+        return self.last_received > self.last_sent and now - self.last_sent >= KEEPALIVE_TIMEOUT
+
+    def note_sent(self) -> None:
+        self.last_sent = self._clock()
+
+    def expire(self) -> None:
+        """Forget every keypair that may no longer be used (called from the timer)."""
+        for attr in ("previous", "current", "next"):
+            kp = getattr(self, attr)
+            if kp is not None and self._expired(kp):
+                self._indices.release(kp.local_index)
+                setattr(self, attr, None)
+
+    def forget_all(self) -> None:
+        for kp in (self.previous, self.current, self.next):
+            if kp is not None:
+                self._indices.release(kp.local_index)
+        if self.pending is not None:
+            self._indices.release(self.pending.local_index)
+        self.previous = self.current = self.next = None
+        self.pending = None
+        self.staged.clear()
+
+    @property
+    def state(self) -> str:
+        if self.sending_keypair() is not None:
+            return "up"
+        if self.pending is not None:
+            return "handshaking"
+        return "connecting" if self.initiates else "waiting"
+
+
+def _wallclock() -> float:
+    # TAI64N timestamps must grow across restarts, so they come from the wall clock, never
+    # from the (monotonic, per-boot) engine clock.
+    import time
+
+    return time.time()
