@@ -64,10 +64,12 @@ class TunnelStatus:
     def from_dict(cls, d: dict[str, Any]) -> TunnelStatus:
         known = {f for f in cls.__dataclass_fields__}
         data = {k: v for k, v in d.items() if k in known}
-        data["peers"] = tuple(
-            PeerStatus(**{k: (tuple(v) if k == "allowed_ips" else v) for k, v in p.items()
-                          if k in PeerStatus.__dataclass_fields__})
-            for p in d.get("peers", ())
-        )
+        peers = []
+        for p in d.get("peers", ()):
+            fields: dict[str, Any] = {k: v for k, v in p.items()
+                                      if k in PeerStatus.__dataclass_fields__}
+            fields["allowed_ips"] = tuple(fields.get("allowed_ips", ()))
+            peers.append(PeerStatus(**fields))
+        data["peers"] = tuple(peers)
         data["drops"] = {str(k): int(v) for k, v in dict(d.get("drops", {})).items()}
         return cls(**data)
