@@ -8,6 +8,7 @@ to the total parser in ``core/wire.py`` (a compatible peer may order options dif
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Callable
 
@@ -68,6 +69,7 @@ class Keypair:
     """The two directional keys one handshake produced, with their counters and replay window."""
 
     __slots__ = (
+        "_nonces",
         "_recv",
         "_send",
         "cipher",
@@ -103,6 +105,10 @@ class Keypair:
         self.is_initiator = is_initiator
         self.created = created
         self.send_counter = 0
+        # Several threads seal with one keypair (data, keepalives, handshake replies);
+        # next() on itertools.count is atomic under the GIL, so no counter is ever issued
+        # twice and no lock sits in the per-packet path.
+        self._nonces = itertools.count()
         self.receive_count = 0
         self.replay = ReplayWindow()
         # The responder may not send with a keypair until the initiator has proven it has it
@@ -126,10 +132,10 @@ class Keypair:
 
         ``out`` must have room for DATA_HEADER_LEN + len(inner) + TAG_LEN bytes.
         """
-        counter = self.send_counter
+        counter = next(self._nonces)
         if counter >= REJECT_AFTER_MESSAGES:
             raise CryptoError("session exhausted its nonces; a new handshake is required")
-        self.send_counter = counter + 1
+        self.send_counter = counter + 1  # for rekey decisions only; never the nonce source
         n = len(inner)
         end = offset + DATA_HEADER_LEN
         vt = (VERSION << 4) | ptype
