@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import datetime
 import difflib
@@ -213,9 +214,7 @@ _REQUIRED = ("name", "addresses")
 _TUPLE_ATTRS = ("addresses", "dns", "dns_search", "allowed_ips")
 _ALWAYS_WRITTEN = frozenset({"name", "mode", "cipher", "mtu", "addresses", "transport"})
 _DEFAULTS: dict[str, object] = {
-    f.name: f.default
-    for f in dataclasses.fields(Profile)
-    if f.default is not dataclasses.MISSING
+    f.name: f.default for f in dataclasses.fields(Profile) if f.default is not dataclasses.MISSING
 }
 
 
@@ -303,7 +302,9 @@ def dumps(p: Profile, secrets: ProfileSecrets | None = None) -> str:
             for key, value in (("private_key", secrets.private_key), ("psk", secrets.psk))
             if value is not None
         }
-        header += "# WARNING: this file contains secret keys. Keep it private; delete it after import.\n"
+        header += (
+            "# WARNING: contains secret keys. Keep this file private; delete it after import.\n"
+        )
     return header + "\n" + tomli_w.dumps(data)
 
 
@@ -328,9 +329,7 @@ def load(path: str | os.PathLike[str]) -> tuple[Profile, ProfileSecrets | None]:
     return profile, secrets
 
 
-def dump(
-    p: Profile, path: str | os.PathLike[str], secrets: ProfileSecrets | None = None
-) -> None:
+def dump(p: Profile, path: str | os.PathLike[str], secrets: ProfileSecrets | None = None) -> None:
     """Write ``dumps(p, secrets)`` to ``path`` atomically (a temporary file in the same
     directory, then rename). With secrets the file is created 0600; without, 0666 less the
     umask. Nothing is written if the profile or secrets are invalid."""
@@ -348,7 +347,8 @@ def dump(
                 os.fsync(f.fileno())
             os.replace(tmp, target)
         except BaseException:
-            os.unlink(tmp)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             raise
     except OSError as e:
         raise ProfileError(f"cannot write {target!r}: {e.strerror or e}") from e
@@ -365,16 +365,13 @@ def _parse_toml(text: str) -> dict[str, Any]:
         raise ProfileError(f"not valid TOML: {e}") from None
     except RecursionError:
         raise ProfileError("not valid TOML: arrays or tables are nested too deeply") from None
-    except ValueError as e:  # tomllib lets int()'s digit limit through
-        raise ProfileError(f"not valid TOML: a value cannot be read ({e})") from None
+    except ValueError:  # tomllib lets int()'s 4300-digit limit through
+        raise ProfileError("not valid TOML: a number is too long to read") from None
 
 
 def _check_size(text: str) -> None:
-    if len(text) > MAX_FILE_BYTES:
-        size = len(text)
-    else:
-        size = len(text.encode("utf-8", "surrogatepass"))
-    if size > MAX_FILE_BYTES:
+    # Every character takes at least one byte, so only encode text that might fit.
+    if len(text) > MAX_FILE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
         raise ProfileError(
             f"the text is larger than {MAX_FILE_BYTES} bytes (64 KiB); is it a profile?"
         )
@@ -393,7 +390,7 @@ def _build(d: object, *, allow_secrets: bool) -> tuple[Profile, list[ProfileErro
         if field is not None:
             reported.add(field)
 
-    allowed = (*_SECTIONS, "format") if allow_secrets else ("format", *_SECTIONS[:-1])
+    allowed = ("format", *_SECTIONS) if allow_secrets else ("format", *_SECTIONS[:-1])
     for key in d:
         if key not in allowed:
             if key == "secrets":
@@ -696,7 +693,8 @@ def _prefixed(value: object, example: str) -> tuple[_IPAddress, int | None]:
     length = int(prefix)
     if length > ip.max_prefixlen:
         raise _Invalid(
-            f"{_show(text)}: /{length} is too long for IPv{ip.version} (at most /{ip.max_prefixlen})"
+            f"{_show(text)}: /{length} is too long for IPv{ip.version} "
+            f"(at most /{ip.max_prefixlen})"
         )
     return ip, length
 
