@@ -1,0 +1,226 @@
+"""A small synchronous client of the helper's control socket, for the CLI and the GUI.
+
+    with Client() as client:
+        client.call("connect", name="office")
+        for event in client.subscribe():
+            ...
+
+A :class:`Client` is one connection and is not thread-safe: give each thread its own (the GUI
+uses one for calls and one for its subscription). Stdlib-only, like :mod:`core.ipc`.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import os
+import socket
+import time
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any, Final
+
+from core.errors import HelperUnavailable, IPCError
+from core.ipc import MAX_LINE, Event, Reply, Request, RequestError, decode_incoming
+
+__all__ = ["DEFAULT_SOCKET", "Client", "call", "socket_path"]
+
+DEFAULT_SOCKET: Final = "/run/tunseal/helper.sock"
+SOCKET_ENV: Final = "TUNSEAL_SOCKET"
+
+NOT_RUNNING: Final = (
+    "the Tunseal helper is not running: start it with 'systemctl start tunseal-helper' "
+    "(or 'sudo tunseal-helper')"
+)
+NOT_ALLOWED: Final = (
+    "you are not allowed to use the Tunseal helper: ask an administrator to add you to the "
+    "'tunseal' group, then log in again"
+)
+CLOSED: Final = "the Tunseal helper closed the connection (did it stop or restart?)"
+
+
+def socket_path(path: str | None = None) -> str:
+    """``path``, else $TUNSEAL_SOCKET, else :data:`DEFAULT_SOCKET`."""
+    return path or os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+
+
+class Client:
+    """One connection to the helper, opened on first use.
+
+    ``timeout`` bounds each :meth:`call` (seconds, None = wait forever). Errors:
+    :class:`~core.errors.HelperUnavailable` (code ``unavailable`` or ``forbidden``) when the
+    helper cannot be reached or refuses this user; :class:`~core.ipc.RequestError` (an
+    :class:`~core.errors.IPCError`) with the helper's code, message and details when a request
+    fails."""
+
+    def __init__(self, path: str | None = None, *, timeout: float | None = 30.0):
+        self.path = socket_path(path)
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buffer = bytearray()
+        self._events: collections.deque[Event] = collections.deque()
+        self._next_id = 1
+
+    # --- connection ---------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        if self._sock is not None:
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.path)
+        except OSError as e:
+            sock.close()
+            raise _unavailable(e, self.path) from None
+        self._sock = sock
+
+    def close(self) -> None:
+        """Close the connection; safe from another thread to end a blocked :meth:`events`."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):  # already disconnected: just close
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def __enter__(self) -> Client:
+        self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- requests -----------------------------------------------------------------------------
+
+    def call(self, op: str, **args: Any) -> Any:
+        """Send one request and return its result. Events that arrive meanwhile (after
+        ``subscribe``) are kept for :meth:`events`."""
+        request = Request(self._next_id, op, args)
+        self._next_id += 1
+        line = request.encode()  # validates op and args: a bad call fails here, not remotely
+        self.connect()
+        self._send(line)
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            message = self._receive(deadline)
+            if message is None:
+                raise IPCError(
+                    f"the helper did not answer {op!r} within {self.timeout} s", code="timeout"
+                )
+            if isinstance(message, Event):
+                self._events.append(message)
+            elif message.id in (request.id, None):
+                return _result(message)
+            # else: the late answer to an earlier request that timed out; skip it.
+
+    def subscribe(self, timeout: float | None = None) -> Iterator[Event]:
+        """Ask for events and iterate over them (see :meth:`events`)."""
+        self.call("subscribe")
+        return self.events(timeout)
+
+    def events(self, timeout: float | None = None) -> Iterator[Event]:
+        """Events, as they arrive. With ``timeout``, the iteration ends after that many seconds
+        without an event; without, it ends only when the connection fails (raising
+        :class:`~core.errors.HelperUnavailable`) or is closed with :meth:`close`."""
+        while True:
+            event = self.next_event(timeout)
+            if event is None:
+                return
+            yield event
+
+    def next_event(self, timeout: float | None = None) -> Event | None:
+        """The next event, or None if none arrives within ``timeout`` seconds (None = wait)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._events:
+            message = self._receive(deadline)
+            if message is None:
+                return None
+            if isinstance(message, Event):
+                return message
+            # A reply with no request waiting: a late answer; nothing wants it.
+        return self._events.popleft()
+
+    # --- framing ------------------------------------------------------------------------------
+
+    def _send(self, line: bytes) -> None:
+        sock = self._require()
+        try:
+            sock.sendall(line)
+        except OSError as e:
+            # The helper may have refused us and closed: its reply explains why.
+            if self._buffer or self._pending_reply(sock):
+                return
+            self.close()
+            raise _unavailable(e, self.path) from None
+
+    def _pending_reply(self, sock: socket.socket) -> bool:
+        try:
+            sock.settimeout(0.5)
+            data = sock.recv(MAX_LINE + 1)
+        except OSError:
+            return False
+        self._buffer += data
+        return bool(data)
+
+    def _receive(self, deadline: float | None) -> Reply | Event | None:
+        """The next message, or None at the deadline."""
+        while b"\n" not in self._buffer:
+            if len(self._buffer) > MAX_LINE:
+                self.close()
+                raise IPCError("the helper sent a message over 64 KiB", code="too_large")
+            sock = self._require()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            try:
+                sock.settimeout(remaining)
+                data = sock.recv(65536)
+            except TimeoutError:
+                return None
+            except OSError as e:
+                self.close()
+                reason = f"{CLOSED}: {e.strerror or e}"
+                raise HelperUnavailable(reason, code="unavailable") from None
+            if not data:
+                self.close()
+                raise HelperUnavailable(CLOSED, code="unavailable")
+            self._buffer += data
+        line, _, rest = bytes(self._buffer).partition(b"\n")
+        self._buffer = bytearray(rest)
+        return decode_incoming(line)
+
+    def _require(self) -> socket.socket:
+        if self._sock is None:
+            raise HelperUnavailable(CLOSED, code="unavailable")
+        return self._sock
+
+
+def call(op: str, path: str | None = None, **args: Any) -> Any:
+    """One request on a fresh connection."""
+    with Client(path) as client:
+        return client.call(op, **args)
+
+
+def _result(reply: Reply) -> Any:
+    try:
+        return reply.raise_for_error()
+    except RequestError as e:
+        if e.code == "forbidden":
+            raise HelperUnavailable(e.message, code="forbidden") from None
+        raise
+
+
+def _unavailable(e: OSError, path: str) -> HelperUnavailable:
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return HelperUnavailable(f"{NOT_ALLOWED} (socket {path})", code="forbidden")
+    if e.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR):
+        return HelperUnavailable(f"{NOT_RUNNING} (no helper at {path})", code="unavailable")
+    return HelperUnavailable(
+        f"cannot reach the Tunseal helper at {path}: {e.strerror or e}", code="unavailable"
+    )
