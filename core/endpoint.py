@@ -17,7 +17,7 @@ from core.constants import DATA_HEADER_LEN, FIXED_HEADER_LEN, TAG_LEN, Option, P
 from core.errors import CryptoError, HandshakeError, ReplayError, TunsealError, WireError
 from core.handshake import Identity, Suite
 from core.peer import IndexTable, Peer, PeerStats, RekeyPolicy
-from core.responder import Refused, Responder
+from core.responder import ANY_DEVICE, Refused, Responder
 
 
 class PlainPeer:
@@ -174,7 +174,7 @@ class Endpoint:
 
     def _receive_plain(self, pkt: bytes) -> Inbound:
         ptype, dev, encap, flags, inner = session.open_plain(pkt)
-        p = self._plain_by_device.get(dev)
+        p = self._plain_by_device.get(dev) or self._plain_by_device.get(ANY_DEVICE)
         if p is None:
             return self._drop("unknown_peer", f"plain packet from unknown device ID {dev}")
         p.last_received = self.clock()

@@ -137,6 +137,8 @@ class Peer:
         self.cookie: bytes | None = None
         self.cookie_time = 0.0
         self.staged: deque[bytes] = deque(maxlen=MAX_STAGED)
+        self.endpoint: object | None = None
+        """Where to send: the outer address of the last authenticated packet (roaming)."""
         self._indices = indices
         self._clock = clock
 

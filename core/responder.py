@@ -18,6 +18,11 @@ from core.handshake import CookieGenerator, FloodGuard, Identity, Suite
 from core.peer import IndexTable, Peer
 
 
+ANY_DEVICE = -1
+"""Register a peer under this DeviceID when it is the tunnel's only peer: any DeviceID then
+reaches it (a 1:1 tunnel need not know the far end's DeviceID; MAC1 still authenticates)."""
+
+
 class Refused(HandshakeError):
     """An initiation was not answered; ``reason`` is the drop counter it belongs to."""
 
@@ -86,6 +91,8 @@ class Responder:
         try:
             device_id = int.from_bytes(packet[4:6], "big") if len(packet) >= 6 else -1
             if self.suite.pattern == "NNpsk0":
+                if device_id not in self._by_device:
+                    device_id = ANY_DEVICE
                 claimed = self._by_device.get(device_id)
                 if claimed is None:
                     raise Refused(f"initiation from unknown device ID {device_id}", "unknown_peer")

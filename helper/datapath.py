@@ -1,0 +1,301 @@
+"""The two directions of the data path: TUN -> seal -> transport, transport -> open -> TUN.
+
+Each direction is one thread with one loop, and the loops stay plain on purpose: this is where
+throughput is earned. Per TUN read the kernel may hand over a 64 KB TCP super-packet; it is cut
+into segments that are sealed straight into one output buffer and leave in one UDP GSO send.
+Per socket read the kernel may hand over a GRO run of datagrams; each is opened and the inner
+segments are glued back into a super-packet for one TUN write. Anything unusual (no session
+yet, handshakes, a peer that roamed, a session to confirm) leaves the fast path and goes to the
+Endpoint under the tunnel's lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import threading
+import time
+from collections.abc import Callable
+
+from core import session
+from core.constants import DATA_HEADER_LEN, FIXED_HEADER_LEN, TAG_LEN, Flag, PacketType
+from core.endpoint import AnyPeer, Endpoint, PlainPeer
+from core.errors import TunsealError
+from core.peer import Peer
+from helper import offload
+from helper.allowedips import AllowedIPs
+from helper.transport import MAX_GSO_SEGMENTS, Address, Transport, split_gro
+from helper.tun import Tun
+
+log = logging.getLogger(__name__)
+
+GSO_BUDGET = 65000
+"""Bytes per GSO send: below the 65,507-byte UDP payload limit with room for one more."""
+POLL_MS = 250
+"""How long an idle loop sleeps before checking whether it should stop."""
+_CSUM = int(Flag.CSUM_PARTIAL)
+_SEALED_VT = frozenset((0x10 | t) for t in (PacketType.DATA, PacketType.KEEPALIVE,
+                                            PacketType.CONTROL))
+
+
+def address_key(addr: Address) -> bytes:
+    """A compact form of an outer address for the responder's per-source accounting."""
+    return f"{addr[0]}|{addr[1]}".encode()
+
+
+class DataPath:
+    def __init__(self, endpoint: Endpoint, tun: Tun, transport: Transport,
+                 routes: AllowedIPs[AnyPeer], lock: threading.RLock,
+                 on_state: Callable[[], None] | None = None):
+        self.endpoint = endpoint
+        self.tun = tun
+        self.transport = transport
+        self.routes = routes
+        self.lock = lock
+        self.on_state = on_state or (lambda: None)
+        self.stop = threading.Event()
+        self.sealed = endpoint.suite is not None
+        self.tx_frames = 0
+        self.rx_frames = 0
+        os.set_blocking(tun.fd, False)
+        transport.sock.setblocking(False)
+
+    # --- helpers shared by both loops ------------------------------------------------------
+
+    def send_to(self, peer: AnyPeer, packets: list[bytes]) -> None:
+        addr = peer.endpoint
+        if addr is None:
+            return
+        for pkt in packets:
+            self.transport.send(pkt, addr)  # type: ignore[arg-type]
+
+    def _wait(self, fd: int) -> None:
+        try:
+            p = select.poll()
+            p.register(fd, select.POLLIN)
+            p.poll(POLL_MS)
+        except (OSError, ValueError):
+            time.sleep(POLL_MS / 1000)
+
+    def _single_peer(self) -> AnyPeer | None:
+        peers = self.endpoint.peers
+        return peers[0] if len(peers) == 1 else None
+
+    # --- TUN -> network --------------------------------------------------------------------
+
+    def run_tx(self) -> None:
+        fd, vnet = self.tun.fd, self.tun.vnet_hdr
+        buf = bytearray(65536 + 64)
+        mv = memoryview(buf)
+        scratch = bytearray(65536 + 64)
+        out = bytearray(GSO_BUDGET + 2048)
+        omv = memoryview(out)
+        state = _TxBatch(self, out, omv)
+        emit = state.emit
+        readv = os.readv
+        while not self.stop.is_set():
+            try:
+                n = readv(fd, [buf])
+            except BlockingIOError:
+                state.flush()
+                self._wait(fd)
+                continue
+            except OSError as e:
+                if e.errno == errno.EBADF or self.stop.is_set():
+                    break
+                raise
+            self.tx_frames += 1
+            if vnet:
+                offload.segment(mv[:n], emit, scratch)
+            else:
+                emit(mv[:n], False)
+            if n > 2000 or state.count >= MAX_GSO_SEGMENTS:
+                state.flush()
+        state.flush()
+
+    # --- network -> TUN --------------------------------------------------------------------
+
+    def run_rx(self) -> None:
+        fd = self.tun.fd
+        vnet = self.tun.vnet_hdr
+        sock_fd = self.transport.sock.fileno()
+        buf = bytearray(65536 + 4096)
+        mv = memoryview(buf)
+        write = os.write
+        coalescer = (offload.Coalescer(lambda frame: _write_plain(write, fd, frame))
+                     if vnet else None)
+        lookup = self.endpoint.indices.keypair
+        peer_of = self.endpoint.indices.peer
+        open_data = session.open_data
+        counts = self.endpoint.drops
+        single = len(self.endpoint.peers) <= 1
+        source_owner = self.routes.source_owner
+        receive = self.transport.receive
+        while not self.stop.is_set():
+            try:
+                n, seg, addr = receive(buf)
+            except BlockingIOError:
+                if coalescer is not None:
+                    coalescer.flush()
+                self._wait(sock_fd)
+                continue
+            except OSError as e:
+                if e.errno in (errno.EBADF, errno.ENOTSOCK) or self.stop.is_set():
+                    break
+                if e.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    continue  # an ICMP error surfaced on the socket; the path layer copes
+                raise
+            self.rx_frames += 1
+            now = time.monotonic()
+            for off, ln in split_gro(n, seg):
+                pkt = mv[off:off + ln]
+                if ln < FIXED_HEADER_LEN:
+                    counts["bad_header"] = counts.get("bad_header", 0) + 1
+                    continue
+                if self.sealed and pkt[0] == 0x11 and ln >= DATA_HEADER_LEN + TAG_LEN:
+                    try:
+                        kp, _ptype, flags, _encap, inner = open_data(pkt, lookup)
+                    except TunsealError as e:
+                        reason = getattr(e, "reason", "bad_header")
+                        counts[reason] = counts.get(reason, 0) + 1
+                        continue
+                    peer = peer_of(kp.local_index)
+                    if peer is None:
+                        continue
+                    if kp is peer.next or peer.endpoint != addr:
+                        self._slow_after_open(peer, kp, addr)
+                    peer.last_received = now
+                    st = peer.stats
+                    st.rx_packets += 1
+                    st.rx_bytes += len(inner)
+                    if not single and source_owner(inner) is not peer:
+                        counts["bad_source"] = counts.get("bad_source", 0) + 1
+                        continue
+                    if coalescer is not None:
+                        coalescer.add(inner, bool(flags & _CSUM))
+                    else:
+                        _write_plain(write, fd, inner)
+                    continue
+                self._slow_receive(bytes(pkt), addr, coalescer, write, fd)
+            if coalescer is not None:
+                coalescer.flush()
+
+    def _slow_after_open(self, peer: Peer, kp: session.Keypair, addr: Address) -> None:
+        with self.lock:
+            if peer.endpoint != addr:
+                log.info("peer %s now at %s", peer.name, addr[0], extra={"tunnel": peer.name})
+                peer.endpoint = addr
+            if kp is peer.next:
+                peer.received_with(kp)
+                staged = list(peer.staged)
+                peer.staged.clear()
+                if staged and (skp := peer.sending_keypair()) is not None:
+                    self.send_to(peer, [bytes(skp.seal(p)) for p in staged])
+                self.on_state()
+
+    def _slow_receive(self, pkt: bytes, addr: Address, coalescer: offload.Coalescer | None,
+                      write: Callable[[int, bytes | bytearray], int], fd: int) -> None:
+        with self.lock:
+            r = self.endpoint.receive(pkt, address_key(addr))
+            if r.peer is not None and r.drop is None:
+                if r.peer.endpoint != addr:
+                    r.peer.endpoint = addr
+                if isinstance(r.peer, PlainPeer):
+                    r.peer.last_received = time.monotonic()
+            if r.replies:
+                for reply in r.replies:
+                    self.transport.send(reply, addr)
+            if r.peer is not None and r.inner is None and r.drop is None:
+                self.on_state()
+        if r.inner is not None and r.peer is not None:
+            if len(self.endpoint.peers) > 1 and self.routes.source_owner(r.inner) is not r.peer:
+                self.endpoint.count("bad_source")
+                return
+            partial = bool(r.flags & _CSUM)
+            if coalescer is not None:
+                coalescer.add(r.inner, partial)
+            else:
+                _write_plain(write, fd, r.inner)
+
+
+def _write_plain(write: Callable[[int, bytes | bytearray], int], fd: int,
+                 inner: bytes | bytearray) -> None:
+    try:
+        write(fd, inner)
+    except OSError:
+        pass  # the device is going away or the packet is invalid for the kernel
+
+
+class _TxBatch:
+    """Accumulates sealed packets for one peer into one GSO send."""
+
+    __slots__ = ("count", "dp", "off", "omv", "out", "peer", "seg", "single", "tx_bytes")
+
+    def __init__(self, dp: DataPath, out: bytearray, omv: memoryview):
+        self.dp = dp
+        self.out = out
+        self.omv = omv
+        self.off = 0
+        self.seg = 0
+        self.count = 0
+        self.peer: AnyPeer | None = None
+        self.tx_bytes = 0
+        self.single = dp._single_peer()
+
+    def flush(self) -> None:
+        if self.count and self.peer is not None:
+            addr = self.peer.endpoint
+            if addr is not None:
+                self.dp.transport.send_segments(self.omv[:self.off], self.seg, addr)  # type: ignore[arg-type]
+            st = self.peer.stats
+            st.tx_packets += self.count
+            st.tx_bytes += self.tx_bytes
+            self.peer.last_sent = time.monotonic()
+        self.off = self.count = self.seg = self.tx_bytes = 0
+
+    def emit(self, pkt: memoryview, partial: bool) -> None:
+        dp = self.dp
+        peer = self.single if len(dp.endpoint.peers) == 1 else dp.routes.destination_owner(pkt)
+        if peer is None:
+            dp.endpoint.count("no_route")
+            return
+        if peer is not self.peer:
+            self.flush()
+            self.peer = peer
+        flags = _CSUM if partial else 0
+        if isinstance(peer, Peer):
+            kp = peer.current
+            if kp is None or not kp.confirmed:
+                self._slow(peer, bytes(pkt), flags)
+                return
+            need = DATA_HEADER_LEN + len(pkt) + TAG_LEN
+        else:
+            need = FIXED_HEADER_LEN + len(pkt)
+        # GSO sends equal-sized datagrams (only the last may be shorter) within one budget.
+        if self.count and (need > self.seg or self.off + need > GSO_BUDGET):
+            self.flush()
+            self.peer = peer
+        if isinstance(peer, Peer):
+            assert kp is not None
+            size = kp.seal_into(self.out, self.off, pkt, PacketType.DATA, flags)
+        else:
+            size = session.seal_plain_into(self.out, self.off, pkt, device_id=peer.device_id,
+                                           encap_id=peer.encap, flags=flags)
+            peer.encap = (peer.encap + 1) & 0xFFFF
+        self.tx_bytes += len(pkt)
+        if not self.count:
+            self.seg = size
+        self.off += size
+        self.count += 1
+        if size < self.seg or self.count >= MAX_GSO_SEGMENTS:
+            self.flush()
+
+    def _slow(self, peer: Peer, pkt: bytes, flags: int) -> None:
+        self.flush()
+        with self.dp.lock:
+            packets = self.dp.endpoint.seal(peer, pkt, PacketType.DATA, flags)
+        self.dp.send_to(peer, packets)
+        self.dp.on_state()
+

@@ -1,0 +1,108 @@
+"""The engine: the set of running tunnels, their timers, and crash recovery.
+
+The control socket's service calls :meth:`Engine.up` / :meth:`Engine.down` / :meth:`Engine.status`;
+the engine reports state changes and live status through ``on_event``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from core.errors import TunsealError
+from core.profile import Profile, ProfileSecrets
+from core.status import TunnelStatus
+from helper import dns, netdev
+from helper.records import Records
+from helper.timers import TimerThread
+from helper.tunnel import Tunnel
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[str, dict[str, object]], None]
+
+
+class EngineError(TunsealError):
+    pass
+
+
+class Engine:
+    def __init__(self, *, on_event: EventSink, state_dir: Path):
+        self._on_event = on_event
+        self._records = Records(state_dir)
+        removed = self._records.cleanup_stale(netdev, dns)
+        for what in removed:
+            log.warning("removed a leftover from an earlier run: %s", what)
+        self._tunnels: dict[str, Tunnel] = {}
+        self._lock = threading.Lock()
+        self._timers = TimerThread(self._ticks, self._publish)
+        self._timers.start()
+
+    def up(self, profile: Profile, secrets: ProfileSecrets) -> None:
+        with self._lock:
+            if profile.name in self._tunnels:
+                raise EngineError(f"tunnel {profile.name!r} is already up")
+            for other in self._tunnels.values():
+                if (profile.listen_port and other.profile.listen_port == profile.listen_port
+                        and other.profile.transport == profile.transport == "udp"):
+                    raise EngineError(f"tunnel {other.name!r} already listens on UDP port "
+                                      f"{profile.listen_port}")
+            t = Tunnel(profile, secrets, records=self._records, on_change=self._changed)
+            self._tunnels[profile.name] = t
+        try:
+            t.start()
+        except TunsealError:
+            with self._lock:
+                self._tunnels.pop(profile.name, None)
+            self._emit_status(TunnelStatus(name=profile.name, state="down"))
+            raise
+        except OSError as e:
+            with self._lock:
+                self._tunnels.pop(profile.name, None)
+            raise EngineError(f"tunnel {profile.name!r} failed to start: {e}") from None
+
+    def down(self, name: str) -> None:
+        with self._lock:
+            t = self._tunnels.pop(name, None)
+        if t is None:
+            raise EngineError(f"tunnel {name!r} is not up")
+        t.stop()
+        self._emit_status(TunnelStatus(name=name, state="down"))
+
+    def status(self, name: str) -> TunnelStatus:
+        t = self._tunnels.get(name)
+        if t is None:
+            return TunnelStatus(name=name, state="down")
+        return t.status()
+
+    def running(self) -> list[str]:
+        return sorted(self._tunnels)
+
+    def shutdown(self) -> None:
+        self._timers.stop()
+        for name in self.running():
+            try:
+                self.down(name)
+            except TunsealError as e:
+                log.warning("stopping %s: %s", name, e)
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _ticks(self) -> list[Callable[[], None]]:
+        return [t.tick for t in list(self._tunnels.values())]
+
+    def _publish(self) -> None:
+        for t in list(self._tunnels.values()):
+            t.sample_rates()
+            self._emit_status(t.status())
+
+    def _changed(self, t: Tunnel) -> None:
+        self._emit_status(t.status())
+
+    def _emit_status(self, st: TunnelStatus) -> None:
+        try:
+            self._on_event("status", st.to_dict())
+        except Exception:
+            log.exception("delivering a status event failed")

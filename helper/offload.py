@@ -1,0 +1,256 @@
+"""TCP segmentation and coalescing around the TUN device's virtio_net_hdr.
+
+Transmit: the kernel hands over a TCP super-packet (up to 64 KB) with a virtio header. We cut it
+into MSS-sized segments, each a valid TCP/IP packet except for its TCP checksum, which holds
+only the pseudo-header sum; the packet goes out flagged CSUM_PARTIAL and the far end's kernel
+completes the sum. Each segment is sealed on its own, so a lost outer datagram costs one
+segment, as it would on a plain link.
+
+Receive: consecutive segments of one TCP flow are glued back into one super-packet and written
+with a GSO virtio header, so the kernel's TCP stack sees one 64 KB packet instead of 45.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+VNET = struct.Struct("<BBHHHH")
+"""virtio_net_hdr: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset. TUN uses the
+host's byte order unless TUNSETVNETBE is set; every platform we ship for is little-endian."""
+VNET_LEN = VNET.size
+F_NEEDS_CSUM = 1
+GSO_NONE = 0
+GSO_TCPV4 = 1
+GSO_TCPV6 = 4
+GSO_ECN = 0x80
+PROTO_TCP = 6
+PROTO_UDP = 17
+TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_ECE, TCP_CWR = (
+    0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80)
+MAX_COALESCED = 65535 - 60
+_V4_TOTLEN = struct.Struct("!H")
+_PLAIN_VNET = VNET.pack(0, GSO_NONE, 0, 0, 0, 0)
+
+Emit = Callable[[memoryview, bool], None]
+"""Receives one inner packet and whether its transport checksum is partial."""
+
+
+def _fold(x: int) -> int:
+    return x % 0xFFFF or 0xFFFF
+
+
+def _pseudo_v4(pkt: memoryview, proto: int) -> int:
+    return int.from_bytes(pkt[12:20], "big") + proto
+
+
+def _pseudo_v6(pkt: memoryview, proto: int) -> int:
+    return int.from_bytes(pkt[8:40], "big") + proto
+
+
+def segment(frame: memoryview, emit: Emit, scratch: bytearray) -> int:
+    """Split one frame read from a vnet TUN into inner packets; return how many were emitted.
+
+    ``scratch`` is a reusable buffer of at least 65536 bytes for building segments.
+    """
+    flags, gso_type, _hdr_len, gso_size, csum_start, _csum_off = VNET.unpack_from(frame)
+    pkt = frame[VNET_LEN:]
+    partial = bool(flags & F_NEEDS_CSUM)
+    kind = gso_type & ~GSO_ECN
+    if kind == GSO_NONE or len(pkt) < 40:
+        emit(pkt, partial)
+        return 1
+    if kind not in (GSO_TCPV4, GSO_TCPV6) or not partial or gso_size == 0:
+        return 0  # we never enable UFO/USO, so the kernel sends nothing else; drop defensively
+    v4 = kind == GSO_TCPV4
+    ip_len = csum_start
+    if len(pkt) < ip_len + 20:
+        return 0
+    tcp_len_hdr = (pkt[ip_len + 12] >> 4) * 4
+    hl = ip_len + tcp_len_hdr
+    payload = len(pkt) - hl
+    if payload <= 0 or tcp_len_hdr < 20 or hl > len(pkt):
+        return 0
+    out = memoryview(scratch)
+    out[:hl] = pkt[:hl]
+    seq0 = int.from_bytes(pkt[ip_len + 4:ip_len + 8], "big")
+    tcp_flags = pkt[ip_len + 13]
+    if v4:
+        ip_id0 = int.from_bytes(pkt[4:6], "big")
+        out[10:12] = b"\0\0"
+        out[2:4] = b"\0\0"
+        out[4:6] = b"\0\0"
+        ip_base = int.from_bytes(out[:ip_len], "big")
+        pseudo = _pseudo_v4(pkt, PROTO_TCP)
+    else:
+        pseudo = _pseudo_v6(pkt, PROTO_TCP)
+    count = 0
+    off = hl
+    last_flags_mask = 0xFF
+    mid_flags_mask = ~(TCP_FIN | TCP_PSH) & 0xFF
+    while off < len(pkt):
+        n = min(gso_size, len(pkt) - off)
+        last = off + n >= len(pkt)
+        seg_total = hl + n
+        if v4:
+            ip_id = (ip_id0 + count) & 0xFFFF
+            csum = ~_fold(ip_base + seg_total + ip_id) & 0xFFFF
+            struct.pack_into("!HH4xH", out, 2, seg_total, ip_id, csum)
+        else:
+            struct.pack_into("!H", out, 4, seg_total - 40)
+        seq = (seq0 + off - hl) & 0xFFFFFFFF
+        fl = tcp_flags & (last_flags_mask if last else mid_flags_mask)
+        if count:
+            fl &= ~TCP_CWR & 0xFF
+        struct.pack_into("!I", out, ip_len + 4, seq)
+        out[ip_len + 13] = fl
+        struct.pack_into("!H", out, ip_len + 16, _fold(pseudo + seg_total - ip_len))
+        out[hl:seg_total] = pkt[off:off + n]
+        emit(out[:seg_total], True)
+        count += 1
+        off += n
+    return count
+
+
+class Coalescer:
+    """Collects received inner packets and writes them to the TUN device, merging runs of
+    in-order TCP segments of one flow into GSO super-packets."""
+
+    __slots__ = (
+        "_bufs",
+        "_count",
+        "_gso",
+        "_hl",
+        "_ip_len",
+        "_key",
+        "_next_seq",
+        "_psh",
+        "_size",
+        "_v4",
+        "_write",
+        "frames",
+        "merged",
+    )
+
+    def __init__(self, write: Callable[[bytes | bytearray], object]):
+        self._write = write
+        self._bufs: list[bytes | memoryview] = []
+        self._key = b""
+        self._next_seq = 0
+        self._gso = 0
+        self._count = 0
+        self._size = 0
+        self._hl = 0
+        self._ip_len = 0
+        self._v4 = True
+        self._psh = False
+        self.frames = 0
+        self.merged = 0
+
+    def add(self, pkt: bytes, partial: bool) -> None:
+        """Queue one inner packet; call :meth:`flush` at the end of a receive batch."""
+        n = len(pkt)
+        if partial and n >= 40:
+            v = pkt[0] >> 4
+            if v == 4 and pkt[9] == PROTO_TCP and pkt[0] == 0x45 and not pkt[6] & 0x3F:
+                self._add_tcp(pkt, 20, True)
+                return
+            if v == 6 and pkt[6] == PROTO_TCP and n >= 60:
+                self._add_tcp(pkt, 40, False)
+                return
+        self.flush()
+        self._emit_single(pkt, partial)
+
+    def _emit_single(self, pkt: bytes, partial: bool) -> None:
+        if partial:
+            v = pkt[0] >> 4
+            ip_len = (pkt[0] & 0x0F) * 4 if v == 4 else 40
+            proto = pkt[9] if v == 4 else pkt[6]
+            off = 16 if proto == PROTO_TCP else 6
+            hdr = VNET.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, ip_len, off)
+        else:
+            hdr = _PLAIN_VNET
+        self._write(hdr + pkt)
+        self.frames += 1
+
+    def _add_tcp(self, pkt: bytes, ip_len: int, v4: bool) -> None:
+        th = ip_len
+        thl = (pkt[th + 12] >> 4) * 4
+        hl = ip_len + thl
+        payload = len(pkt) - hl
+        flags = pkt[th + 13]
+        seq = int.from_bytes(pkt[th + 4:th + 8], "big")
+        mergeable = payload > 0 and not flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG | TCP_CWR)
+        if not mergeable:
+            self.flush()
+            self._emit_single(pkt, True)
+            return
+        # Flow key: addresses and ports, plus everything in the TCP header that must match
+        # (ack, window, options) so the merged packet tells TCP the same thing as its parts.
+        if v4:
+            key = pkt[12:20] + pkt[th:th + 4] + pkt[th + 8:th + 12] + pkt[th + 14:th + 16] + \
+                pkt[th + 20:hl] + bytes((pkt[1], pkt[8]))
+        else:
+            key = pkt[8:40] + pkt[th:th + 4] + pkt[th + 8:th + 12] + pkt[th + 14:th + 16] + \
+                pkt[th + 20:hl] + pkt[0:4]
+        if (self._count and key == self._key and seq == self._next_seq and hl == self._hl
+                and payload <= self._gso and self._size + payload <= MAX_COALESCED):
+            self._bufs.append(memoryview(pkt)[hl:])
+            self._count += 1
+            self._size += payload
+            self._next_seq = (seq + payload) & 0xFFFFFFFF
+            if payload < self._gso or flags & TCP_PSH:
+                self._psh = bool(flags & TCP_PSH)
+                self.flush()  # a short or pushed segment ends the run
+            return
+        self.flush()
+        self._bufs = [pkt]
+        self._key = key
+        self._count = 1
+        self._gso = payload
+        self._size = payload
+        self._hl = hl
+        self._ip_len = ip_len
+        self._v4 = v4
+        self._psh = False
+        self._next_seq = (seq + payload) & 0xFFFFFFFF
+        if flags & TCP_PSH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._count:
+            return
+        if self._count == 1:
+            pkt = self._bufs[0]
+            assert isinstance(pkt, bytes)
+            self._bufs = []
+            self._count = 0
+            self._emit_single(pkt, True)
+            return
+        first = self._bufs[0]
+        hl, ip_len = self._hl, self._ip_len
+        total = hl + self._size
+        head = bytearray(first[:hl])
+        if self._psh:
+            head[ip_len + 13] |= TCP_PSH  # the run's last segment pushed; so does the whole
+        if self._v4:
+            struct.pack_into("!H", head, 2, total)
+            head[10:12] = b"\0\0"
+            csum = ~_fold(int.from_bytes(head[:ip_len], "big")) & 0xFFFF
+            struct.pack_into("!H", head, 10, csum)
+            pseudo = int.from_bytes(head[12:20], "big") + PROTO_TCP
+            gso_type = GSO_TCPV4
+        else:
+            struct.pack_into("!H", head, 4, total - 40)
+            pseudo = int.from_bytes(head[8:40], "big") + PROTO_TCP
+            gso_type = GSO_TCPV6
+        struct.pack_into("!H", head, ip_len + 16, _fold(pseudo + total - ip_len))
+        vnet = VNET.pack(F_NEEDS_CSUM, gso_type, hl, self._gso, ip_len, 16)
+        parts: list[bytes | bytearray | memoryview] = [vnet, head, memoryview(first)[hl:]]
+        parts.extend(self._bufs[1:])
+        self._write(b"".join(parts))
+        self.frames += 1
+        self.merged += self._count
+        self._bufs = []
+        self._count = 0
+

@@ -1,0 +1,204 @@
+"""The outer transport: a UDP socket (default) or a raw IP socket (protocol 253).
+
+UDP uses the kernel's segmentation offload both ways when it has them: one ``sendmsg`` carries
+up to 64 equal-sized datagrams (UDP_SEGMENT) and one ``recvmsg`` returns a run of datagrams
+from one source glued together (UDP_GRO). Support is probed when the socket opens; without it
+every datagram is one system call, and everything still works.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import struct
+from collections.abc import Iterator
+
+from core.constants import RAW_IP_PROTOCOL
+from core.errors import TunsealError
+
+log = logging.getLogger(__name__)
+
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+IP_MTU_DISCOVER = 10
+IP_PMTUDISC_DO = 2
+IP_RECVERR = 11
+IPV6_MTU_DISCOVER = 23
+IPV6_PMTUDISC_DO = 2
+IPV6_RECVERR = 25
+MAX_GSO_SEGMENTS = 64
+"""The kernel's UDP_MAX_SEGMENTS."""
+MAX_DATAGRAM = 65507
+RECV_BUFFER = 65536 + 4096
+_GSO_CMSG_SPACE = socket.CMSG_SPACE(4)
+_INT = struct.Struct("i")
+_USHORT = struct.Struct("H")
+
+Address = tuple[str, int] | tuple[str, int, int, int]
+
+
+class TransportError(TunsealError):
+    pass
+
+
+class Transport:
+    """Interface of both transports, as the data path uses it."""
+
+    sock: socket.socket
+    gso: bool = False
+    gro: bool = False
+    kind: str = ""
+
+    def send(self, data: bytes | bytearray | memoryview, addr: Address) -> None:
+        raise NotImplementedError
+
+    def send_segments(self, buf: memoryview, seg: int, addr: Address) -> None:
+        """Send ``buf`` as datagrams of ``seg`` bytes (the last may be shorter)."""
+        for off in range(0, len(buf), seg):
+            self.send(buf[off:off + seg], addr)
+
+    def receive(self, buf: bytearray) -> tuple[int, int, Address]:
+        """Block for the next datagram (or GRO run): (length, segment size or 0, source)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.sock.close()
+
+    @property
+    def local_port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+
+def _family_for(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class UdpTransport(Transport):
+    kind = "udp"
+
+    def __init__(self, *, port: int = 0, family: socket.AddressFamily = socket.AF_INET,
+                 bind: str = ""):
+        self.family = family
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        if family == socket.AF_INET6:
+            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        try:
+            self.sock.bind((bind or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
+        except OSError as e:
+            self.sock.close()
+            raise TransportError(f"cannot listen on UDP port {port}: {e.strerror} "
+                                 "(is another tunnel using it?)") from None
+        self.gso = self._try(SOL_UDP, UDP_SEGMENT, 0)
+        self.gro = self._try(SOL_UDP, UDP_GRO, 1)
+
+    def _try(self, level: int, opt: int, value: int) -> bool:
+        try:
+            self.sock.setsockopt(level, opt, value)
+            return True
+        except OSError:
+            return False
+
+    def _addr(self, addr: Address) -> Address:
+        if self.family == socket.AF_INET6 and ":" not in addr[0]:
+            return ("::ffff:" + addr[0], addr[1], 0, 0)
+        return addr
+
+    def send(self, data: bytes | bytearray | memoryview, addr: Address) -> None:
+        try:
+            self.sock.sendto(data, self._addr(addr))
+        except OSError as e:
+            _note_send_error(e)
+
+    def send_segments(self, buf: memoryview, seg: int, addr: Address) -> None:
+        if not self.gso or len(buf) <= seg:
+            super().send_segments(buf, seg, addr)
+            return
+        try:
+            self.sock.sendmsg([buf], [(SOL_UDP, UDP_SEGMENT, _USHORT.pack(seg))],
+                              0, self._addr(addr))
+        except OSError as e:
+            if e.errno == errno.EIO:
+                # Some paths (e.g. a device without checksum offload) refuse GSO: stop using it.
+                log.info("UDP GSO refused by the kernel; sending datagrams one by one")
+                self.gso = False
+                super().send_segments(buf, seg, addr)
+            else:
+                _note_send_error(e)
+
+    def receive(self, buf: bytearray) -> tuple[int, int, Address]:
+        n, anc, _flags, addr = self.sock.recvmsg_into([buf], _GSO_CMSG_SPACE)
+        seg = 0
+        for level, kind, data in anc:
+            if level == SOL_UDP and kind == UDP_GRO:
+                seg = _INT.unpack(data[:4])[0] if len(data) >= 4 else _USHORT.unpack(data[:2])[0]
+        if addr and addr[0].startswith("::ffff:"):
+            addr = (addr[0][7:], addr[1])
+        return n, seg, addr
+
+
+class RawTransport(Transport):
+    """IP protocol 253 (RFC 3692 experimentation): no ports, so one tunnel per address pair.
+
+    Raw sockets see every protocol-253 packet arriving at this host; packets from addresses
+    that are not a peer are dropped (and counted) by the engine like any unknown source.
+    """
+
+    kind = "raw"
+
+    def __init__(self, *, family: socket.AddressFamily = socket.AF_INET):
+        self.family = family
+        try:
+            self.sock = socket.socket(family, socket.SOCK_RAW, RAW_IP_PROTOCOL)
+        except PermissionError:
+            raise TransportError("raw IP transport needs root (CAP_NET_RAW)") from None
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+
+    def send(self, data: bytes | bytearray | memoryview, addr: Address) -> None:
+        try:
+            self.sock.sendto(data, (addr[0], 0))
+        except OSError as e:
+            _note_send_error(e)
+
+    def receive(self, buf: bytearray) -> tuple[int, int, Address]:
+        n, addr = self.sock.recvfrom_into(buf)
+        if self.family == socket.AF_INET:
+            # IPv4 raw sockets deliver the IP header too; IPv6 ones do not.
+            ihl = (buf[0] & 0x0F) * 4
+            buf[:n - ihl] = buf[ihl:n]
+            n -= ihl
+        return n, 0, (addr[0], 0)
+
+    @property
+    def local_port(self) -> int:
+        return 0
+
+
+def _note_send_error(e: OSError) -> None:
+    # A send can fail for reasons that pass (no route yet, buffer full, ICMP-induced errors on
+    # a later send): the packet is lost like any other, and upper layers retransmit.
+    if e.errno not in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENOBUFS, errno.EAGAIN,
+                       errno.ECONNREFUSED, errno.EMSGSIZE, errno.EPERM, errno.ENETDOWN):
+        raise e
+
+
+def open_transport(kind: str, *, port: int = 0, ipv6: bool = False) -> Transport:
+    family = socket.AF_INET6 if ipv6 else socket.AF_INET
+    if kind == "udp":
+        return UdpTransport(port=port, family=family)
+    if kind == "raw":
+        return RawTransport(family=family)
+    raise TransportError(f"unknown transport {kind!r}; choose udp or raw")
+
+
+def split_gro(n: int, seg: int) -> Iterator[tuple[int, int]]:
+    """(offset, length) of each datagram in a GRO run of ``n`` bytes."""
+    if seg <= 0 or seg >= n:
+        yield 0, n
+        return
+    for off in range(0, n, seg):
+        yield off, min(seg, n - off)
