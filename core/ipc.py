@@ -18,6 +18,7 @@ fuzzes that). This module is stdlib-only so the client runs on any Python 3.11.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ ERROR_CODES: Final = (
     "exists",  # add/import of a profile whose name is taken
     "keyring",  # the Secret Service failed
     "engine",  # the tunnel engine failed
+    "storage",  # the helper could not read or write its profile directory
     "forbidden",  # the connecting user is not root and not in the helper's group
     "internal",  # a bug in the helper; its log has the traceback
 )
@@ -297,6 +299,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: valid JSON, but no reply could carry it back
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
+
+
 def _decode_object(line: bytes) -> dict[str, Any]:
     if not isinstance(line, bytes | bytearray):
         raise RequestError("a message must be bytes", code="bad_json")
@@ -308,7 +317,8 @@ def _decode_object(line: bytes) -> dict[str, Any]:
         )
     try:
         text = bytes(line).decode("utf-8")
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = json.loads(text, parse_constant=_reject_constant,
+                         parse_float=_finite_float)
     except UnicodeDecodeError as e:
         msg = f"not UTF-8 (invalid byte at offset {e.start})"
         raise RequestError(msg, code="bad_json") from None

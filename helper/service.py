@@ -30,6 +30,7 @@ from core.profile import (
     profile_to_dict,
 )
 from core.status import TunnelStatus
+from helper.profilestore import ProfileNotFound
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ _T = TypeVar("_T")
 class ProfileStoreLike(Protocol):
     def list(self) -> list[Profile]: ...
     def get(self, name: str) -> Profile: ...
+    def exists(self, name: str) -> bool: ...
     def put(self, profile: Profile) -> None: ...
     def remove(self, name: str) -> None: ...
 
@@ -165,7 +167,8 @@ class Service:
         for ref in (profile.private_key_ref, profile.psk_ref):
             if ref and ref not in in_use:
                 self._key_call(self._keys.delete, ref)
-        self._profiles.remove(name)
+        with _classified("storage"):
+            self._profiles.remove(name)
         self._notify("profiles", {"change": "removed", "name": name})
         return {}
 
@@ -262,13 +265,11 @@ class Service:
     def _get(self, name: str) -> Profile:
         try:
             return self._profiles.get(name)
-        except ProfileInvalid as e:
-            raise _invalid(e.problems) from None
-        except ProfileError:
+        except ProfileNotFound:
             raise RequestError(f"there is no profile {name!r}", code="not_found") from None
 
     def _exists(self, name: str) -> bool:
-        return any(p.name == name for p in self._profiles.list())
+        return self._profiles.exists(name)
 
     def _refuse_existing(self, name: str) -> None:
         if self._exists(name):
@@ -278,7 +279,8 @@ class Service:
             )
 
     def _put(self, profile: Profile, change: str) -> dict[str, Any]:
-        self._profiles.put(profile)
+        with _classified("storage"):
+            self._profiles.put(profile)
         self._notify("profiles", {"change": change, "name": profile.name})
         return {"profile": profile_to_dict(profile)}
 
@@ -304,7 +306,7 @@ def _classified(code: str) -> Iterator[None]:
         yield
     except RequestError:
         raise
-    except ProfileInvalid as e:
+    except ProfileInvalid as e:  # put() validates first
         raise _invalid(e.problems) from None
     except TunsealError as e:
         raise RequestError(str(e), code=code) from None

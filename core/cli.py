@@ -1,0 +1,393 @@
+"""``tunseal``: the command-line client of the helper. Every command is one or two requests over
+the control socket; the CLI never touches the network configuration itself.
+
+Exit codes: 0 success; 1 the helper reported an error (or a local file could not be written);
+2 usage error; 3 the helper is not running or refuses this user; 4 a profile, key or file was
+not found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TextIO
+
+from core.errors import HelperUnavailable, IPCError
+from core.ipc import RequestError
+from core.ipcclient import Client
+from core.profile import dumps, profile_from_dict
+from core.status import TunnelStatus
+
+__all__ = ["EXIT_ERROR", "EXIT_NOT_FOUND", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE", "main"]
+
+EXIT_OK: Final = 0
+EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_UNAVAILABLE: Final = 3
+EXIT_NOT_FOUND: Final = 4
+
+MAX_IMPORT: Final = 64 * 1024
+
+EPILOG = """\
+exit codes: 0 ok, 1 error reported by the helper, 2 usage, 3 helper unavailable or not allowed,
+4 not found. Options --json and --socket go before the command."""
+
+Command = Callable[[Client, argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2)
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    client = Client(args.socket)
+    try:
+        command: Command = args.command
+        return command(client, args)
+    except KeyboardInterrupt:
+        return EXIT_OK if getattr(args, "watch", False) else 130
+    except IPCError as e:
+        return _report_error(e, args.json)
+    finally:
+        client.close()
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def cmd_up(client: Client, args: argparse.Namespace) -> int:
+    result = client.call("connect", name=args.name)
+    return _emit(args, result, lambda: format_status(_status(result["status"]), time.time()))
+
+
+def cmd_down(client: Client, args: argparse.Namespace) -> int:
+    result = client.call("disconnect", name=args.name)
+    return _emit(args, result, lambda: format_status(_status(result["status"]), time.time()))
+
+
+def cmd_status(client: Client, args: argparse.Namespace) -> int:
+    query = {"name": args.name} if args.name else {}
+    if not args.watch:
+        result = client.call("status", **query)
+        return _emit(args, result, lambda: _format_tunnels(result["tunnels"]))
+    shown = 0
+    while args.count is None or shown < args.count:
+        if shown:
+            time.sleep(args.interval)
+        result = client.call("status", **query)
+        if args.json:
+            print(json.dumps(result), flush=True)
+        else:
+            _redraw(_format_tunnels(result["tunnels"]))
+        shown += 1
+    return EXIT_OK
+
+
+def cmd_list(client: Client, args: argparse.Namespace) -> int:
+    profiles = client.call("list_profiles")["profiles"]
+    states = {t["name"]: t["state"] for t in client.call("status")["tunnels"]}
+    result = {"profiles": profiles, "states": states}
+    return _emit(args, result, lambda: _format_list(profiles, states))
+
+
+def cmd_import(client: Client, args: argparse.Namespace) -> int:
+    text = _read_profile_file(args.file)
+    result = client.call("import_profile", text=text, replace=args.replace)
+    name = result["profile"]["tunnel"]["name"]
+    stored = result.get("stored_secrets") or []
+
+    def human() -> str:
+        keys = f"; stored in the keyring: {', '.join(stored)}" if stored else ""
+        return f"imported profile {name!r}{keys}"
+
+    return _emit(args, result, human)
+
+
+def cmd_export(client: Client, args: argparse.Namespace) -> int:
+    result = client.call("export_profile", name=args.name, with_secrets=args.with_secrets)
+    text: str = result["text"]
+    if args.output:
+        _write_private(args.output, text, secret=bool(result.get("with_secrets")))
+        return _emit(args, {"file": args.output, **result},
+                     lambda: f"exported profile {args.name!r} to {args.output}")
+    if args.json:
+        return _emit(args, result, lambda: "")
+    sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_genkey(client: Client, args: argparse.Namespace) -> int:
+    result = client.call("genkey", name=args.name)
+    if not args.json:
+        ref = result["profile"].get("keys", {}).get("private_key", "")
+        print(f"new private key stored in the keyring as {ref!r}; the peer needs this "
+              "public key:", file=sys.stderr)
+    return _emit(args, result, lambda: result["public_key"])
+
+
+def cmd_pubkey(client: Client, args: argparse.Namespace) -> int:
+    result = client.call("public_key", name=args.name)
+    return _emit(args, result, lambda: result["public_key"])
+
+
+def cmd_genpsk(client: Client, args: argparse.Namespace) -> int:
+    result = client.call("genpsk", name=args.name)
+    ref = result["profile"].get("keys", {}).get("psk", "")
+    return _emit(args, result, lambda: (
+        f"new pre-shared key stored in the keyring as {ref!r}; give it to the peer with "
+        f"'tunseal export {args.name} --with-secrets -o FILE' over a trusted channel"))
+
+
+def cmd_setpeerkey(client: Client, args: argparse.Namespace) -> int:
+    result = client.call("set_peer_key", name=args.name, public_key=args.key)
+    return _emit(args, result, lambda: f"profile {args.name!r}: peer public key set")
+
+
+def cmd_show(client: Client, args: argparse.Namespace) -> int:
+    result: dict[str, Any] = dict(client.call("get_profile", name=args.name))
+    try:
+        result["public_key"] = client.call("public_key", name=args.name)["public_key"]
+    except RequestError as e:
+        if e.code != "not_found":
+            raise
+        result["public_key"] = None
+
+    def human() -> str:
+        text = dumps(profile_from_dict(result["profile"]))
+        lines = [line for line in text.splitlines() if not line.startswith("# Tunseal profile")]
+        key = result["public_key"] or f"none yet (tunseal genkey {args.name})"
+        return "\n".join([*lines, f"# this end's public key: {key}"]).strip("\n")
+
+    return _emit(args, result, human)
+
+
+# --- status formatting (pure functions, tested without a helper) ----------------------------------
+
+
+def format_status(st: TunnelStatus, now: float) -> str:
+    """A tunnel's status as a person reads it: state first, then one fact per line."""
+    since = f" for {_duration(now - st.since)}" if st.since and st.state != "down" else ""
+    lines = [f"{st.name}: {st.state}{since}"]
+    if st.mode == "plain":
+        lines.append("  UNSAFE: no encryption (mode plain): anyone on the path can read and "
+                     "change this traffic")
+    if st.error:
+        lines.append(f"  error      {st.error}")
+    if st.state == "down":
+        return "\n".join(lines)
+    rows = [
+        ("endpoint", f"{st.endpoint or 'none (listening)'}"
+                     + (f" ({st.transport})" if st.transport else "")),
+        ("interface", ", ".join(x for x in (st.interface, f"MTU {st.mtu}" if st.mtu else "") if x)),
+        ("security", ", ".join(x for x in (st.mode, "" if st.mode == "plain" else st.cipher) if x)),
+        ("handshake", format_age(st.last_handshake, now)),
+        ("transfer", f"{human_bytes(st.rx_bytes)} received, {human_bytes(st.tx_bytes)} sent"),
+        ("rate", f"{human_bytes(st.rx_rate)}/s in, {human_bytes(st.tx_rate)}/s out"),
+        ("RTT", _rtt(st)),
+    ]
+    lines += [f"  {label:<10} {value}" for label, value in rows if value]
+    return "\n".join(lines)
+
+
+def format_age(then: float | None, now: float) -> str:
+    """'12 s ago', '5 min ago', ... or 'never'."""
+    if then is None:
+        return "never"
+    return f"{_duration(max(0.0, now - then))} ago"
+
+
+def human_bytes(n: float) -> str:
+    """1023 B, 1.5 KiB, 12 MiB, ..."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            if unit == "B":
+                return f"{int(value)} B"
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def _rtt(st: TunnelStatus) -> str:
+    if st.rtt_ms is None:
+        return "not measured yet"
+    loss = f" (loss {st.loss * 100:.0f} %)" if st.loss is not None else ""
+    return f"{st.rtt_ms:.1f} ms{loss}"
+
+
+def _status(d: dict[str, Any]) -> TunnelStatus:
+    return TunnelStatus.from_dict(d)
+
+
+def _format_tunnels(tunnels: list[dict[str, Any]]) -> str:
+    if not tunnels:
+        return "no profiles; import one with 'tunseal import FILE'"
+    now = time.time()
+    return "\n\n".join(format_status(_status(t), now) for t in tunnels)
+
+
+def _format_list(profiles: list[dict[str, Any]], states: dict[str, str]) -> str:
+    if not profiles:
+        return "no profiles; import one with 'tunseal import FILE'"
+    rows = [("NAME", "STATE", "MODE", "ENDPOINT")]
+    for p in profiles:
+        name = p["tunnel"]["name"]
+        endpoint = p.get("peer", {}).get("endpoint", "") or "(listening)"
+        rows.append((name, states.get(name, "down"), p["tunnel"].get("mode", ""), endpoint))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r[:3], widths, strict=True)) + "  " + r[3]
+        for r in rows
+    )
+
+
+def _redraw(text: str) -> None:
+    if sys.stdout.isatty():
+        sys.stdout.write("\x1b[H\x1b[2J")  # home, clear screen
+    stamp = time.strftime("%H:%M:%S")
+    sys.stdout.write(f"{stamp}  (Ctrl-C to stop)\n{text}\n\n")
+    sys.stdout.flush()
+
+
+# --- output and errors --------------------------------------------------------------------------
+
+
+def _emit(args: argparse.Namespace, result: Any, human: Callable[[], str]) -> int:
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        text = human()
+        if text:
+            print(text)
+    return EXIT_OK
+
+
+def _report_error(e: IPCError, as_json: bool, out: TextIO | None = None) -> int:
+    details = e.details if isinstance(e, RequestError) else ()
+    if as_json:
+        error: dict[str, Any] = {"code": e.code, "message": str(e)}
+        if details:
+            error["details"] = [{"field": d.field, "message": d.message} for d in details]
+        print(json.dumps({"error": error}, indent=2), file=out or sys.stdout)
+    else:
+        print(f"tunseal: {e}", file=out or sys.stderr)
+        for d in details:
+            print(f"  {d.field}: {d.message}" if d.field else f"  {d.message}",
+                  file=out or sys.stderr)
+    if isinstance(e, HelperUnavailable) or e.code == "forbidden":
+        return EXIT_UNAVAILABLE
+    if e.code == "not_found":
+        return EXIT_NOT_FOUND
+    if e.code == "usage":
+        return EXIT_USAGE
+    return EXIT_ERROR
+
+
+def _read_profile_file(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_IMPORT + 1)
+    except FileNotFoundError:
+        raise IPCError(f"{path}: no such file", code="not_found") from None
+    except OSError as e:
+        raise IPCError(f"cannot read {path}: {e.strerror or e}", code="usage") from None
+    if len(raw) > MAX_IMPORT:
+        raise IPCError(f"{path} is larger than 64 KiB; is it a profile?", code="usage")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise IPCError(f"{path} is not UTF-8 text", code="usage") from None
+
+
+def _write_private(path: str, text: str, *, secret: bool) -> None:
+    """Write atomically; a file holding secrets is created 0600 and never exists wider."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tunseal-export.")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            if not secret:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(tmp, 0o666 & ~umask)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+    except OSError as e:
+        raise IPCError(f"cannot write {path}: {e.strerror or e}", code="local") from None
+
+
+# --- arguments ----------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunseal", description="Control Tunseal tunnels through the Tunseal helper.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    parser.add_argument("--socket", metavar="PATH",
+                        help="the helper's socket (default $TUNSEAL_SOCKET or "
+                        "/run/tunseal/helper.sock)")
+    sub = parser.add_subparsers(metavar="COMMAND", required=True)
+
+    def command(name: str, fn: Command, help_text: str, *names: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        for arg in names:
+            p.add_argument(arg)
+        p.set_defaults(command=fn)
+        return p
+
+    command("up", cmd_up, "bring a tunnel up", "name")
+    command("down", cmd_down, "take a tunnel down", "name")
+    status = command("status", cmd_status, "show tunnel status")
+    status.add_argument("name", nargs="?")
+    status.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
+    status.add_argument("--count", type=_positive_int, help="with --watch: stop after N redraws")
+    status.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    command("list", cmd_list, "list profiles and their state")
+    imp = command("import", cmd_import, "import a .tunseal file (its [secrets] go to the keyring)",
+                  "file")
+    imp.add_argument("--replace", action="store_true", help="replace a profile of the same name")
+    exp = command("export", cmd_export, "print or write a profile as a .tunseal file", "name")
+    exp.add_argument("--with-secrets", action="store_true",
+                     help="include the keys (the file is then created 0600)")
+    exp.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    command("genkey", cmd_genkey, "generate a new private key; prints the public key", "name")
+    command("show", cmd_show, "show a profile and this end's public key", "name")
+    command("pubkey", cmd_pubkey, "print this end's public key", "name")
+    command("genpsk", cmd_genpsk, "generate a new pre-shared key", "name")
+    command("setpeerkey", cmd_setpeerkey, "set the peer's public key", "name", "key")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""``tunseal-helper``: the privileged service behind the CLI and the GUI.
+
+Builds the key store, the profile store, the engine, the request handlers and the control socket,
+brings persisting tunnels back up, and serves until SIGTERM or SIGINT, when it takes every tunnel
+down before exiting. It refuses to start without an encrypted keyring: there is no plaintext
+fallback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from core.errors import IPCError
+from helper.control import ControlServer
+from helper.engine import Engine
+from helper.keystore import KeyringUnavailable, KeyStore
+from helper.profilestore import ProfileStore
+from helper.service import Service
+
+log = logging.getLogger("helper")
+
+DEFAULT_SOCKET = "/run/tunseal/helper.sock"
+DEFAULT_STATE_DIR = "/var/lib/tunseal"
+DEFAULT_GROUP = "tunseal"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="tunseal-helper",
+        description="The Tunseal privileged helper: runs tunnels for the tunseal CLI and GUI.",
+    )
+    parser.add_argument("--socket", default=DEFAULT_SOCKET, type=Path,
+                        help=f"control socket path (default {DEFAULT_SOCKET})")
+    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, type=Path,
+                        help=f"profiles and runtime state (default {DEFAULT_STATE_DIR})")
+    parser.add_argument("--group", default=DEFAULT_GROUP,
+                        help="members of this group may use the helper (default %(default)s); "
+                        "if it does not exist, only root may")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"],
+                        help="(default %(default)s)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    level = getattr(logging, args.log_level.upper())
+    # stderr goes to the journal, which stamps the time itself.
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    args.socket.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    args.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    args.state_dir.chmod(0o700)
+    try:
+        keys = KeyStore()
+    except KeyringUnavailable as e:
+        print(f"tunseal-helper: no Secret Service available: {e}", file=sys.stderr)
+        return 1
+    try:
+        return asyncio.run(_run(args, keys, level))
+    except IPCError as e:  # the socket cannot be created (another helper is running...)
+        print(f"tunseal-helper: {e}", file=sys.stderr)
+        return 1
+
+
+async def _run(args: argparse.Namespace, keys: KeyStore, level: int) -> int:
+    profiles = ProfileStore(args.state_dir / "profiles")
+    server: ControlServer | None = None
+
+    def forward(event: str, data: dict[str, Any]) -> None:
+        if server is not None:
+            server.publish(event, data)
+
+    engine = Engine(on_event=forward, state_dir=args.state_dir)
+    service = Service(profiles=profiles, keys=keys, engine=engine, notify=forward)
+    server = ControlServer(path=args.socket, group=args.group, service=service)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    handler = server.log_handler(level)
+    logging.getLogger().addHandler(handler)
+    try:
+        await server.start()
+        restoring = asyncio.create_task(asyncio.to_thread(service.restore))
+        log.info("ready")
+        await stop.wait()
+        log.info("stopping: taking every tunnel down")
+        await restoring
+    finally:
+        await server.close()
+        logging.getLogger().removeHandler(handler)
+        await asyncio.to_thread(engine.shutdown)
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
