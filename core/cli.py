@@ -110,6 +110,11 @@ def cmd_import(client: Client, args: argparse.Namespace) -> int:
     return _emit(args, result, human)
 
 
+def cmd_remove(client: Client, args: argparse.Namespace) -> int:
+    result = client.call("remove_profile", name=args.name)
+    return _emit(args, result, lambda: f"removed profile {args.name!r} and its keys")
+
+
 def cmd_export(client: Client, args: argparse.Namespace) -> int:
     result = client.call("export_profile", name=args.name, with_secrets=args.with_secrets)
     text: str = result["text"]
@@ -370,6 +375,7 @@ def _parser() -> argparse.ArgumentParser:
     imp = command("import", cmd_import, "import a .tunseal file (its [secrets] go to the keyring)",
                   "file")
     imp.add_argument("--replace", action="store_true", help="replace a profile of the same name")
+    command("remove", cmd_remove, "take a tunnel down and delete its profile and keys", "name")
     exp = command("export", cmd_export, "print or write a profile as a .tunseal file", "name")
     exp.add_argument("--with-secrets", action="store_true",
                      help="include the keys (the file is then created 0600)")

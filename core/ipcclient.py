@@ -175,13 +175,12 @@ class Client:
                 self.close()
                 raise IPCError("the helper sent a message over 64 KiB", code="too_large")
             sock = self._require()
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return None
+            # At or past the deadline, one non-blocking read still takes what has arrived.
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 sock.settimeout(remaining)
                 data = sock.recv(65536)
-            except TimeoutError:
+            except (TimeoutError, BlockingIOError):
                 return None
             except OSError as e:
                 self.close()

@@ -151,26 +151,33 @@ class ControlServer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        subscriber: _Subscriber | None = None
+        subscription: list[_Subscriber] = []  # filled by _serve, emptied here whatever happens
         try:
             pid, uid, gid = _peer_credentials(writer)
             if not await asyncio.to_thread(self._allowed, uid, gid):
                 await self._refuse(writer, pid, uid)
                 return
-            caller = Caller(uid=uid, pid=pid)
             log.debug("client connected: uid %d pid %d", uid, pid)
-            subscriber = await self._serve(reader, writer, caller)
+            await self._serve(reader, writer, Caller(uid=uid, pid=pid), subscription)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client went away; nothing to answer
         finally:
-            if subscriber is not None:
-                self._subscribers.discard(subscriber)
-                subscriber.stop()
-                if subscriber.dropped:
-                    log.info("a subscriber (pid %d) missed %d events", subscriber.pid,
-                             subscriber.dropped)
+            for subscriber in subscription:
+                self._unsubscribe(subscriber)
             writer.close()
             self._tasks.discard(task)
+
+    def _subscribe(self, writer: asyncio.StreamWriter, pid: int) -> _Subscriber:
+        subscriber = _Subscriber(writer, pid, self._queue_limit)
+        self._subscribers.add(subscriber)
+        return subscriber
+
+    def _unsubscribe(self, subscriber: _Subscriber) -> None:
+        self._subscribers.discard(subscriber)
+        subscriber.stop()
+        if subscriber.dropped:
+            log.info("a subscriber (pid %d) missed %d events: it did not read them in time",
+                     subscriber.pid, subscriber.dropped)
 
     def _allowed(self, uid: int, gid: int) -> bool:
         if uid == 0:
@@ -197,10 +204,14 @@ class ControlServer:
             await asyncio.wait_for(writer.drain(), REFUSAL_WRITE_TIMEOUT)
 
     async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, caller: Caller
-    ) -> _Subscriber | None:
-        """Answer requests until the client closes; returns its subscription, if it made one."""
-        subscriber: _Subscriber | None = None
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        caller: Caller,
+        subscription: list[_Subscriber],
+    ) -> None:
+        """Answer requests until the client closes. A ``subscribe`` adds the connection's
+        subscriber to ``subscription``."""
         while True:
             try:
                 line = await reader.readuntil(b"\n")
@@ -210,9 +221,9 @@ class ControlServer:
                     code="too_large",
                 )
                 await _send(writer, Reply.failure(None, error).encode())
-                return subscriber
+                return
             except asyncio.IncompleteReadError:
-                return subscriber  # EOF (a partial last line is ignored)
+                return  # EOF (a partial last line is ignored)
             if not line.strip():
                 continue
             try:
@@ -221,9 +232,8 @@ class ControlServer:
                 await _send(writer, Reply.failure(e.request_id, e).encode())
                 continue
             if request.op == "subscribe":
-                if subscriber is None:
-                    subscriber = _Subscriber(writer, caller.pid, self._queue_limit)
-                    self._subscribers.add(subscriber)
+                if not subscription:
+                    subscription.append(self._subscribe(writer, caller.pid))
                 await _send(writer, Reply.success(request.id, {}).encode())
                 continue
             await _send(writer, await self._answer(request, caller))
