@@ -188,8 +188,7 @@ def format_status(st: TunnelStatus, now: float) -> str:
     if st.state == "down":
         return "\n".join(lines)
     rows = [
-        ("endpoint", f"{st.endpoint or 'none (listening)'}"
-                     + (f" ({st.transport})" if st.transport else "")),
+        ("endpoint", _endpoint(st)),
         ("interface", ", ".join(x for x in (st.interface, f"MTU {st.mtu}" if st.mtu else "") if x)),
         ("security", ", ".join(x for x in (st.mode, "" if st.mode == "plain" else st.cipher) if x)),
         ("handshake", format_age(st.last_handshake, now)),
@@ -229,6 +228,11 @@ def _duration(seconds: float) -> str:
     if s < 86400:
         return f"{s // 3600} h {s % 3600 // 60} min"
     return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def _endpoint(st: TunnelStatus) -> str:
+    where = st.endpoint or "none (listening)"
+    return f"{where} over {st.transport}" if st.transport else where
 
 
 def _rtt(st: TunnelStatus) -> str:

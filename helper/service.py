@@ -116,8 +116,9 @@ class Service:
             if request.op not in self._mutating:
                 return handler(**request.args)
             with self._lock:
-                log.info("uid %d (pid %d): %s %s", caller.uid, caller.pid, request.op,
-                         request.args.get("name", ""))
+                target = request.args.get("name", "")
+                log.info("uid %d (pid %d): %s%s", caller.uid, caller.pid, request.op,
+                         f" {target}" if target else "")
                 return handler(**request.args)
         except ProfileInvalid as e:
             raise _invalid(e.problems) from None

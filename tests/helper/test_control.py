@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import netlab
 import pytest
 
 from core import noise
@@ -37,6 +38,7 @@ from helper.keystore import KeyStore
 pytestmark = [pytest.mark.keyring, pytest.mark.xdist_group("helper-control")]
 
 ROOT = Path(__file__).resolve().parents[2]
+RUNUSER = "/usr/sbin/runuser"
 SYSTEM_PYTHON = "/usr/bin/python3"  # the venv's interpreter lives under /root, closed to others
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
@@ -73,7 +75,9 @@ def _user_exists(name: str) -> bool:
 class HelperProcess:
     """``python -m helper.main`` with its own socket, state dir and log file."""
 
-    def __init__(self, workdir: Path, group: str, *, env: dict[str, str] | None = None):
+    def __init__(self, workdir: Path, group: str, *, env: dict[str, str] | None = None,
+                 wrap: tuple[str, ...] = ()):
+        self.wrap = wrap
         self.socket = workdir / "run" / "helper.sock"
         self.state_dir = workdir / "state"
         self.log_path = workdir / "helper.log"
@@ -82,7 +86,7 @@ class HelperProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "helper.main", "--socket", str(self.socket),
+        return [*self.wrap, sys.executable, "-m", "helper.main", "--socket", str(self.socket),
                 "--state-dir", str(self.state_dir), "--group", self.group,
                 "--log-level", "debug"]
 
@@ -121,7 +125,7 @@ class HelperProcess:
                 return
             time.sleep(0.1)
         tail = "\n".join(self.log().splitlines()[-40:])
-        raise AssertionError(f"{text!r} not in the helper's log after {timeout} s; it ends:\n{tail}")
+        raise AssertionError(f"{text!r} not logged within {timeout} s; the log ends:\n{tail}")
 
     def client(self, timeout: float = 15.0) -> Client:
         return Client(str(self.socket), timeout=timeout)
@@ -206,7 +210,7 @@ except IPCError as e:
 def run_as(user: str, socket_path: str, mode: str = "ping") -> dict[str, Any]:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
     done = subprocess.run(
-        ["/usr/sbin/runuser", "-u", user, "--", SYSTEM_PYTHON, "-c", USER_SCRIPT, socket_path, mode],
+        [RUNUSER, "-u", user, "--", SYSTEM_PYTHON, "-c", USER_SCRIPT, socket_path, mode],
         capture_output=True, text=True, timeout=30, cwd="/", env=env, check=False,
     )
     assert done.returncode == 0, done.stderr
@@ -247,13 +251,16 @@ class RawConnection:
         self.sock.close()
 
 
-def wait_event(world: World, sub: Client, match: Callable[[Event], bool]) -> Event:
+def wait_event(
+    sub: Client, match: Callable[[Event], bool], transcript: list[str] | None = None
+) -> Event:
     deadline = time.monotonic() + EVENT_TIMEOUT
     while (left := deadline - time.monotonic()) > 0:
         event = sub.next_event(left)
         if event is None:
             break
-        world.transcript.append(json.dumps({"event": event.event, "data": event.data}))
+        if transcript is not None:
+            transcript.append(json.dumps({"event": event.event, "data": event.data}))
         if match(event):
             return event
     raise AssertionError(f"no matching event within {EVENT_TIMEOUT} s")
@@ -387,7 +394,7 @@ def test_bad_messages_get_errors_and_other_clients_keep_their_events(
             huge.close()
 
         actor.call("import_profile", text=psk_profile(name))
-        event = wait_event(world, sub, lambda e: e.event == "profiles")
+        event = wait_event(sub, lambda e: e.event == "profiles", world.transcript)
         assert event.data == {"change": "added", "name": name}
         assert actor.call("ping")["version"] == 1
 
@@ -414,7 +421,7 @@ def test_a_subscriber_that_never_reads_blocks_nobody(world: World, name: str) ->
                         seen += event.data == mine
                 elapsed = time.monotonic() - started
                 while seen < updates:
-                    event = wait_event(world, eager, lambda e: e.data == mine)
+                    event = wait_event(eager, lambda e: e.data == mine)
                     seen += 1
             assert elapsed < 120, f"{updates} updates took {elapsed:.0f} s"
             print(f"{updates} updates in {elapsed:.1f} s")
@@ -429,8 +436,8 @@ def test_log_events_have_the_documented_shape(world: World, name: str) -> None:
     with world.helper.client() as sub, world.helper.client() as actor:
         sub.call("subscribe")
         actor.call("import_profile", text=psk_profile(name))
-        event = wait_event(world, sub, lambda e: e.event == "log"
-                           and f"saved profile {name!r}" in e.data["message"])
+        event = wait_event(sub, lambda e: e.event == "log"
+                           and f"saved profile {name!r}" in e.data["message"], world.transcript)
         assert set(event.data) == {"time", "level", "tunnel", "message"}
         assert event.data["level"] == "INFO"
         assert abs(event.data["time"] - time.time()) < 60
@@ -526,7 +533,8 @@ def test_genkey_never_leaks_the_private_key(world: World, name: str) -> None:
         cli(world, "genpsk", name)
         cli_json(world, "export", name)
         with_secrets = cli(world, "export", name, "--with-secrets").stdout
-        wait_event(world, sub, lambda e: e.event == "log" and "exported" in e.data["message"])
+        wait_event(sub, lambda e: e.event == "log" and "exported" in e.data["message"],
+                   world.transcript)
         while (event := sub.next_event(1.0)) is not None:
             world.transcript.append(json.dumps({"event": event.event, "data": event.data}))
 
@@ -567,10 +575,62 @@ def test_the_helper_refuses_to_start_without_a_secret_service(tmp_path: Path) ->
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
            "DBUS_SESSION_BUS_ADDRESS": f"unix:path={tmp_path}/no-bus"}
     helper = HelperProcess(tmp_path, "tunseal", env=env)
-    command = [*helper.command()[:-1], "info"]
+    command = [*helper.command()[:-1], "info"]  # no debug chatter from keyring's imports
     done = subprocess.run(command, capture_output=True, text=True, timeout=60,
                           cwd=ROOT, env=env, check=False)
     assert done.returncode != 0
     assert done.stderr.startswith("tunseal-helper: no Secret Service available: "), done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
     assert not helper.socket.exists()
+
+
+@pytest.mark.netns
+def test_status_events_persist_and_shutdown(lab: netlab.Lab, tmp_path: Path) -> None:
+    """The control plane around a real tunnel, in a throwaway namespace: the engine's status
+    events reach subscribers, SIGTERM takes the device down, and a restarted helper brings a
+    ``persist`` profile back up."""
+    ns = lab.ns("helper")
+    helper = HelperProcess(tmp_path, "no-such-group-tunseal", wrap=("ip", "netns", "exec", ns))
+    name = f"pst{uuid.uuid4().hex[:4]}"
+    profile = f"""format = 1
+[tunnel]
+name = "{name}"
+mode = "plain"
+persist = true
+[interface]
+addresses = ["10.98.0.1/24"]
+listen_port = 51998
+[peer]
+allowed_ips = ["10.98.0.2/32"]
+"""
+    helper.start()
+    try:
+        with helper.client() as sub, helper.client() as c:
+            sub.call("subscribe")
+            c.call("import_profile", text=profile)
+            status = c.call("connect", name=name)["status"]
+            assert status["state"] not in ("down", "error"), status
+            interface = status["interface"]
+            event = wait_event(sub, lambda e: e.event == "status" and e.data["name"] == name)
+            assert event.data["interface"] == interface and event.data["mode"] == "plain"
+        shown = subprocess.run(
+            [sys.executable, "-m", "core.cli", "--socket", str(helper.socket), "status", name],
+            capture_output=True, text=True, timeout=30, cwd=ROOT, check=True).stdout
+        assert "UNSAFE: no encryption" in shown and f"interface  {interface}, MTU" in shown
+        assert interface in lab.run(ns, "ip", "-o", "link").stdout
+
+        assert helper.stop() == 0
+        assert interface not in lab.run(ns, "ip", "-o", "link").stdout
+
+        helper.start()
+        with helper.client() as c:
+            deadline = time.monotonic() + EVENT_TIMEOUT
+            while c.call("status", name=name)["tunnels"][0]["state"] == "down":
+                assert time.monotonic() < deadline, "the persisting tunnel did not come back"
+                time.sleep(0.1)
+            assert interface in lab.run(ns, "ip", "-o", "link").stdout
+            assert c.call("disconnect", name=name)["status"]["state"] == "down"
+            c.call("remove_profile", name=name)
+        assert interface not in lab.run(ns, "ip", "-o", "link").stdout
+    finally:
+        helper.stop()
