@@ -17,7 +17,6 @@ from core.errors import CryptoError, HandshakeError, WireError
 from core.handshake import CookieGenerator, FloodGuard, Identity, Suite
 from core.peer import IndexTable, Peer
 
-
 ANY_DEVICE = -1
 """Register a peer under this DeviceID when it is the tunnel's only peer: any DeviceID then
 reaches it (a 1:1 tunnel need not know the far end's DeviceID; MAC1 still authenticates)."""

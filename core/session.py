@@ -36,8 +36,8 @@ DATA_HEADER = struct.Struct("!BBHHHHHBBIBBQ")
 assert DATA_HEADER.size == DATA_HEADER_LEN
 PLAIN_HEADER = wire.FIXED
 _HLEN_WORDS = DATA_HEADER_LEN // 4
-_SEALED_FLAGS = int(Flag.AUTHENTICATED | Flag.ENCRYPTED)
-_DATA_CONST = _HLEN_WORDS + (Option.RECEIVER_INDEX << 8) + 4 + (Option.COUNTER << 8) + 8
+SEALED_FLAGS = int(Flag.AUTHENTICATED | Flag.ENCRYPTED)
+DATA_CONST = _HLEN_WORDS + (Option.RECEIVER_INDEX << 8) + 4 + (Option.COUNTER << 8) + 8
 """The header words that never change, pre-summed for the checksum."""
 
 
@@ -139,11 +139,11 @@ class Keypair:
         n = len(inner)
         end = offset + DATA_HEADER_LEN
         vt = (VERSION << 4) | ptype
-        flags |= _SEALED_FLAGS
+        flags |= SEALED_FLAGS
         index = self.remote_index
         # The checksum from the field values directly: each multi-word field contributes its
         # value mod 0xFFFF (2**16 == 1 mod 0xFFFF), so no pass over the packed bytes is needed.
-        s = (_DATA_CONST + (vt << 8) + n + self.device_id + (counter & 0xFFFF) + flags
+        s = (DATA_CONST + (vt << 8) + n + self.device_id + (counter & 0xFFFF) + flags
              + index + counter) % 0xFFFF
         DATA_HEADER.pack_into(
             out, offset, vt, _HLEN_WORDS, n, self.device_id, counter & 0xFFFF, flags,
@@ -153,6 +153,12 @@ class Keypair:
         self._send.encrypt_into(counter.to_bytes(12, "big"), inner, mv[offset:end],
                                 mv[end : end + n + TAG_LEN])
         return DATA_HEADER_LEN + n + TAG_LEN
+
+    def sealing_parts(self) -> tuple[AEAD, itertools.count[int], int, int]:
+        """(aead, nonce counter, device id, remote index) for a batch sealer that builds the
+        data header itself (helper/offload.py): it must call ``next()`` on the counter for
+        every packet, exactly like :meth:`seal_into`, and advance ``send_counter``."""
+        return self._send, self._nonces, self.device_id, self.remote_index
 
     def seal(self, inner: bytes | bytearray | memoryview, ptype: int = PacketType.DATA,
              flags: int = 0) -> bytearray:
@@ -220,16 +226,16 @@ def open_data(
         body = mv[DATA_HEADER_LEN:]
         if vt not in _SEALED_VT:
             raise BadHeader(f"unexpected version/type byte 0x{vt:02x} in a sealed packet")
-        if flags & ~_SEALED_ALLOWED or flags & _SEALED_FLAGS != _SEALED_FLAGS:
+        if flags & ~_SEALED_ALLOWED or flags & SEALED_FLAGS != SEALED_FLAGS:
             raise BadHeader(f"flags 0x{flags:04x} are not valid for a sealed packet")
-        if (_DATA_CONST + (vt << 8) + n + dev + encap + flags + csum + index + counter) % 0xFFFF:
+        if (DATA_CONST + (vt << 8) + n + dev + encap + flags + csum + index + counter) % 0xFFFF:
             raise BadHeader("header checksum mismatch")
     else:
         try:
             p = wire.parse(mv)
         except WireError as e:
             raise BadHeader(str(e)) from None
-        if p.type not in _SEALED_TYPES or p.flags & _SEALED_FLAGS != _SEALED_FLAGS:
+        if p.type not in _SEALED_TYPES or p.flags & SEALED_FLAGS != SEALED_FLAGS:
             raise BadHeader(f"{p.type.name} packet with flags 0x{p.flags:04x} is not sealed data")
         try:
             index = int.from_bytes(p.require(Option.RECEIVER_INDEX), "big")
@@ -249,7 +255,7 @@ def open_data(
 
 
 _SEALED_TYPES = frozenset((PacketType.DATA, PacketType.KEEPALIVE, PacketType.CONTROL))
-_SEALED_ALLOWED = _SEALED_FLAGS | int(Flag.CSUM_PARTIAL)
+_SEALED_ALLOWED = SEALED_FLAGS | int(Flag.CSUM_PARTIAL)
 _SEALED_VT = frozenset((VERSION << 4) | t for t in _SEALED_TYPES)
 
 

@@ -15,6 +15,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
+from core.constants import DATA_HEADER_LEN, TAG_LEN, Flag, PacketType
+from core.session import DATA_CONST, DATA_HEADER, SEALED_FLAGS, Keypair
+
 VNET = struct.Struct("<BBHHHH")
 """virtio_net_hdr: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset. TUN uses the
 host's byte order unless TUNSETVNETBE is set; every platform we ship for is little-endian."""
@@ -29,8 +32,12 @@ PROTO_UDP = 17
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_ECE, TCP_CWR = (
     0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80)
 MAX_COALESCED = 65535 - 60
+_GSO_BUDGET = 65000
+"""Bytes of sealed datagrams per GSO send (the UDP payload limit is 65,507)."""
 _V4_TOTLEN = struct.Struct("!H")
 _PLAIN_VNET = VNET.pack(0, GSO_NONE, 0, 0, 0, 0)
+_TCP_FIELDS = struct.Struct("!4sIIBBH")
+"""TCP ports, seq, ack, data offset, flags, window."""
 
 Emit = Callable[[memoryview, bool], None]
 """Receives one inner packet and whether its transport checksum is partial."""
@@ -95,7 +102,8 @@ def segment(frame: memoryview, emit: Emit, scratch: bytearray) -> int:
         if v4:
             ip_id = (ip_id0 + count) & 0xFFFF
             csum = ~_fold(ip_base + seg_total + ip_id) & 0xFFFF
-            struct.pack_into("!HH4xH", out, 2, seg_total, ip_id, csum)
+            struct.pack_into("!HH", out, 2, seg_total, ip_id)
+            struct.pack_into("!H", out, 10, csum)
         else:
             struct.pack_into("!H", out, 4, seg_total - 40)
         seq = (seq0 + off - hl) & 0xFFFFFFFF
@@ -135,7 +143,7 @@ class Coalescer:
     def __init__(self, write: Callable[[bytes | bytearray], object]):
         self._write = write
         self._bufs: list[bytes | memoryview] = []
-        self._key = b""
+        self._key: tuple[object, ...] = ()
         self._next_seq = 0
         self._gso = 0
         self._count = 0
@@ -175,25 +183,19 @@ class Coalescer:
 
     def _add_tcp(self, pkt: bytes, ip_len: int, v4: bool) -> None:
         th = ip_len
-        thl = (pkt[th + 12] >> 4) * 4
-        hl = ip_len + thl
+        ports, seq, ack, doff, flags, win = _TCP_FIELDS.unpack_from(pkt, th)
+        hl = ip_len + (doff >> 4) * 4
         payload = len(pkt) - hl
-        flags = pkt[th + 13]
-        seq = int.from_bytes(pkt[th + 4:th + 8], "big")
-        mergeable = payload > 0 and not flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG | TCP_CWR)
-        if not mergeable:
+        if payload <= 0 or flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG | TCP_CWR):
             self.flush()
             self._emit_single(pkt, True)
             return
-        # Flow key: addresses and ports, plus everything in the TCP header that must match
-        # (ack, window, options) so the merged packet tells TCP the same thing as its parts.
-        if v4:
-            key = pkt[12:20] + pkt[th:th + 4] + pkt[th + 8:th + 12] + pkt[th + 14:th + 16] + \
-                pkt[th + 20:hl] + bytes((pkt[1], pkt[8]))
-        else:
-            key = pkt[8:40] + pkt[th:th + 4] + pkt[th + 8:th + 12] + pkt[th + 14:th + 16] + \
-                pkt[th + 20:hl] + pkt[0:4]
-        if (self._count and key == self._key and seq == self._next_seq and hl == self._hl
+        # Everything but seq, flags and checksums must match for segments to merge, so the
+        # merged packet tells TCP exactly what its parts did: addresses, ports, ack, window,
+        # options (timestamps), and TOS/TTL (IPv4) or traffic class/flow (IPv6).
+        key = (pkt[12:20] if v4 else pkt[8:40], ports, ack, doff, win, pkt[th + 18:hl],
+               pkt[1] | pkt[8] << 8 if v4 else pkt[0:4])
+        if (self._count and seq == self._next_seq and key == self._key
                 and payload <= self._gso and self._size + payload <= MAX_COALESCED):
             self._bufs.append(memoryview(pkt)[hl:])
             self._count += 1
@@ -254,3 +256,101 @@ class Coalescer:
         self._bufs = []
         self._count = 0
 
+
+
+# --- fused segment-and-seal for the common case ----------------------------------------------
+# A TSO super-packet to a peer with a live session: one loop builds each segment's TCP/IP
+# header with a single struct call, copies the payload slice, and seals it straight into the
+# GSO output buffer. This is segment() + Keypair.seal_into() without the per-segment function
+# calls, which is most of what a segment costs in CPython.
+
+_V4HDR = struct.Struct("!BBHHHBBH4s4sHHIIBBHH")
+"""IPv4 header (no options) + the TCP header up to and including the checksum."""
+_V6HDR = struct.Struct("!IHBB16s16sHHIIBBHH")
+"""IPv6 header + the TCP header up to and including the checksum."""
+
+
+def seal_tso(frame: memoryview, kp: Keypair, out: bytearray, off: int, scratch: bytearray,
+             flush: Callable[[int, int], int]) -> tuple[int, int, int, int]:
+    """Segment a vnet TSO frame and seal every segment into ``out`` from ``off``.
+
+    ``flush(end, seg)`` is called when the next segment would overflow the GSO budget; it sends
+    ``out[:end]`` as segments of ``seg`` bytes and returns the new offset (0). Returns
+    ``(off, seg, count, inner_bytes)`` for the caller's batch, or ``count == -1`` if the frame
+    is not a plain TCP TSO frame (the caller then uses the generic path).
+    """
+    _flags, gso_type, _hl, gso_size, ip_len, _co = VNET.unpack_from(frame)
+    pkt = frame[VNET_LEN:]
+    kind = gso_type & ~GSO_ECN
+    total = len(pkt)
+    if kind == GSO_TCPV4:
+        if ip_len != 20 or pkt[0] != 0x45 or total < 40:
+            return off, 0, -1, 0
+        (_vihl, tos, _tl, ip_id0, frag, ttl, _proto, _c, src, dst, sport, dport, seq0, ack,
+         doff, tcp_flags, win, _tc) = _V4HDR.unpack_from(pkt)
+        pseudo = int.from_bytes(src + dst, "big") + PROTO_TCP
+        ip_base = (0x4500 | tos) + frag + (ttl << 8) + PROTO_TCP + int.from_bytes(src + dst, "big")
+    elif kind == GSO_TCPV6:
+        if ip_len != 40 or pkt[6] != PROTO_TCP or total < 60:
+            return off, 0, -1, 0
+        (vtf, _pl, _nh, hlim, src, dst, sport, dport, seq0, ack, doff, tcp_flags, win,
+         _tc) = _V6HDR.unpack_from(pkt)
+        pseudo = int.from_bytes(src + dst, "big") + PROTO_TCP
+        ip_base = 0
+    else:
+        return off, 0, -1, 0
+    thl = (doff >> 4) * 4
+    hl = ip_len + thl
+    if thl < 20 or hl >= total or gso_size == 0:
+        return off, 0, -1, 0
+    aead, nonces, device_id, index = kp.sealing_parts()
+    smv = memoryview(scratch)
+    smv[ip_len + 18:hl] = pkt[ip_len + 18:hl]  # urgent pointer and options: same in every segment
+    omv = memoryview(out)
+    encrypt_into = aead.encrypt_into
+    pack_hdr = DATA_HEADER.pack_into
+    v4 = kind == GSO_TCPV4
+    mid_flags = tcp_flags & ~(TCP_FIN | TCP_PSH)
+    vt = 0x10 | PacketType.DATA
+    sealed_flags = SEALED_FLAGS | Flag.CSUM_PARTIAL
+    const = DATA_CONST + (vt << 8) + device_id + sealed_flags + index
+    seg = 0
+    count = 0
+    pos = hl
+    while pos < total:
+        n = total - pos
+        last = n <= gso_size
+        if not last:
+            n = gso_size
+        seg_total = hl + n
+        fl = (tcp_flags if last else mid_flags) & (0xFF if count == 0 else ~TCP_CWR)
+        seq = (seq0 + pos - hl) & 0xFFFFFFFF
+        tcp_csum = (pseudo + seg_total - ip_len) % 0xFFFF or 0xFFFF
+        if v4:
+            ip_id = (ip_id0 + count) & 0xFFFF
+            ip_csum = ~((ip_base + seg_total + ip_id) % 0xFFFF or 0xFFFF) & 0xFFFF
+            _V4HDR.pack_into(scratch, 0, 0x45, tos, seg_total, ip_id, frag, ttl, PROTO_TCP,
+                             ip_csum, src, dst, sport, dport, seq, ack, doff, fl, win, tcp_csum)
+        else:
+            _V6HDR.pack_into(scratch, 0, vtf, seg_total - 40, PROTO_TCP, hlim, src, dst, sport,
+                             dport, seq, ack, doff, fl, win, tcp_csum)
+        smv[hl:seg_total] = pkt[pos:pos + n]
+        size = DATA_HEADER_LEN + seg_total + TAG_LEN
+        if count and (size > seg or off + size > _GSO_BUDGET):
+            off = flush(off, seg)
+            seg = 0
+        counter = next(nonces)
+        encap = counter & 0xFFFF
+        csum = ~((const + seg_total + encap + counter) % 0xFFFF or 0xFFFF) & 0xFFFF
+        pack_hdr(out, off, vt, 7, seg_total, device_id, encap, sealed_flags, csum,
+                 0x82, 4, index, 0x81, 8, counter)
+        end = off + DATA_HEADER_LEN
+        encrypt_into(counter.to_bytes(12, "big"), smv[:seg_total], omv[off:end],
+                     omv[end:end + seg_total + TAG_LEN])
+        if not seg:
+            seg = size
+        off += size
+        count += 1
+        pos += n
+    kp.send_counter = counter + 1
+    return off, seg, count, total - hl + count * hl

@@ -43,7 +43,7 @@ def resolve_endpoint(profile: Profile) -> Address | None:
     except socket.gaierror as e:
         raise TunnelError(f"profile {profile.name!r}: cannot resolve endpoint {host!r}: "
                           f"{e.strerror}") from None
-    fam, _, _, _, sa = infos[0]
+    _fam, _, _, _, sa = infos[0]
     return (str(sa[0]), int(sa[1]))
 
 
