@@ -61,6 +61,8 @@ class Client:
         self._buffer = bytearray()
         self._events: collections.deque[Event] = collections.deque()
         self._next_id = 1
+        self._closed = False
+        """close() was called: a read that fails now ends quietly instead of raising."""
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -75,9 +77,15 @@ class Client:
             sock.close()
             raise _unavailable(e, self.path) from None
         self._sock = sock
+        self._closed = False
+        self._buffer.clear()  # nothing from an earlier connection carries over
+        self._events.clear()
 
     def close(self) -> None:
-        """Close the connection; safe from another thread to end a blocked :meth:`events`."""
+        """Close the connection. Safe from another thread: a blocked :meth:`events` or
+        :meth:`next_event` then ends (returns None) instead of raising. A later :meth:`call`
+        opens a new connection (without the subscription)."""
+        self._closed = True
         sock, self._sock = self._sock, None
         if sock is not None:
             with contextlib.suppress(OSError):  # already disconnected: just close
@@ -109,6 +117,9 @@ class Client:
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while True:
             message = self._receive(deadline)
+            if message is None and self._closed:
+                raise HelperUnavailable(f"the connection closed during {op!r}",
+                                        code="unavailable")
             if message is None:
                 raise IPCError(
                     f"the helper did not answer {op!r} within {self.timeout} s", code="timeout"
@@ -169,12 +180,15 @@ class Client:
         return bool(data)
 
     def _receive(self, deadline: float | None) -> Reply | Event | None:
-        """The next message, or None at the deadline."""
+        """The next message, or None at the deadline or once :meth:`close` was called."""
         while b"\n" not in self._buffer:
             if len(self._buffer) > MAX_LINE:
                 self.close()
                 raise IPCError("the helper sent a message over 64 KiB", code="too_large")
-            sock = self._require()
+            sock = self._sock
+            if sock is None:
+                self._gone(None)
+                return None
             # At or past the deadline, one non-blocking read still takes what has arrived.
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
@@ -183,16 +197,23 @@ class Client:
             except (TimeoutError, BlockingIOError):
                 return None
             except OSError as e:
-                self.close()
-                reason = f"{CLOSED}: {e.strerror or e}"
-                raise HelperUnavailable(reason, code="unavailable") from None
+                self._gone(e)
+                return None
             if not data:
-                self.close()
-                raise HelperUnavailable(CLOSED, code="unavailable")
+                self._gone(None)
+                return None
             self._buffer += data
         line, _, rest = bytes(self._buffer).partition(b"\n")
         self._buffer = bytearray(rest)
         return decode_incoming(line)
+
+    def _gone(self, error: OSError | None) -> None:
+        """The connection ended: quietly if we closed it, else HelperUnavailable."""
+        if self._closed:
+            return
+        self.close()
+        reason = CLOSED if error is None else f"{CLOSED}: {error.strerror or error}"
+        raise HelperUnavailable(reason, code="unavailable")
 
     def _require(self) -> socket.socket:
         if self._sock is None:

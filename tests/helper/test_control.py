@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -441,6 +442,30 @@ def test_log_events_have_the_documented_shape(world: World, name: str) -> None:
         assert set(event.data) == {"time", "level", "tunnel", "message"}
         assert event.data["level"] == "INFO"
         assert abs(event.data["time"] - time.time()) < 60
+
+
+def test_closing_a_client_from_another_thread_ends_its_event_iteration(world: World) -> None:
+    """How the GUI stops its subscription thread."""
+    outcome: list[object] = []
+    sub = world.helper.client()
+    sub.call("subscribe")
+
+    def listen() -> None:
+        try:
+            outcome.extend(sub.events())
+            outcome.append("ended")
+        except Exception as e:  # recorded for the assertion below
+            outcome.append(e)
+
+    thread = threading.Thread(target=listen)
+    thread.start()
+    time.sleep(0.3)
+    sub.close()
+    thread.join(EVENT_TIMEOUT)
+    assert not thread.is_alive()
+    assert outcome[-1] == "ended", outcome
+    assert sub.call("ping")["version"] == 1  # a closed client reconnects on the next call
+    sub.close()
 
 
 # --- the CLI over the socket ----------------------------------------------------------------------
