@@ -17,6 +17,7 @@ from core.constants import DATA_HEADER_LEN, FIXED_HEADER_LEN, TAG_LEN, Option, P
 from core.errors import CryptoError, HandshakeError, ReplayError, TunsealError, WireError
 from core.handshake import Identity, Suite
 from core.peer import IndexTable, Peer, PeerStats, RekeyPolicy
+from core.probe import PathState
 from core.responder import ANY_DEVICE, Refused, Responder
 
 
@@ -32,6 +33,7 @@ class PlainPeer:
         self.encap = 0
         self.last_received = 0.0
         self.last_sent = 0.0
+        self.path: PathState | None = None
 
     @property
     def state(self) -> str:
@@ -51,6 +53,8 @@ class Inbound:
     ptype: int = 0
     flags: int = 0
     encap_id: int = 0
+    control: bytes | None = None
+    """The payload of a CONTROL packet (probe, probe reply, ICMP relay) for the engine."""
     replies: list[bytes] = field(default_factory=list)
     """Packets to send back to the packet's source."""
     drop: str | None = None
@@ -181,7 +185,8 @@ class Endpoint:
         p.stats.rx_packets += 1
         p.stats.rx_bytes += len(inner)
         return Inbound(peer=p, inner=inner if ptype == PacketType.DATA else None, ptype=ptype,
-                       flags=flags, encap_id=encap)
+                       flags=flags, encap_id=encap,
+                       control=inner if ptype == PacketType.CONTROL else None)
 
     def _receive_sealed(self, pkt: bytes) -> Inbound:
         kp, ptype, flags, encap, inner = session.open_data(pkt, self.indices.keypair)
@@ -192,7 +197,8 @@ class Endpoint:
         p.stats.rx_packets += 1
         p.stats.rx_bytes += len(inner)
         result = Inbound(peer=p, inner=inner if ptype == PacketType.DATA else None, ptype=ptype,
-                         flags=flags, encap_id=encap)
+                         flags=flags, encap_id=encap,
+                         control=inner if ptype == PacketType.CONTROL else None)
         if was_next:
             result.replies.extend(self._flush_staged(p))
         return result

@@ -31,6 +31,7 @@ from core.constants import (
 )
 from core.errors import HandshakeError
 from core.handshake import Identity, Initiator, Suite
+from core.probe import PathState
 from core.session import Keypair
 
 log = logging.getLogger(__name__)
@@ -133,12 +134,17 @@ class Peer:
         self.last_timestamp = b""
         self.last_sent = 0.0
         self.last_received = 0.0
+        self.last_initiation = 0.0
+        """When the latest initiation went out: the retry timer runs from it, not from
+        ``last_sent``, which data packets on the old session keep moving."""
         self.attempt_started: float | None = None
         self.cookie: bytes | None = None
         self.cookie_time = 0.0
         self.staged: deque[bytes] = deque(maxlen=MAX_STAGED)
         self.endpoint: object | None = None
         """Where to send: the outer address of the last authenticated packet (roaming)."""
+        self.path: PathState | None = None
+        """Soft state about the path to this peer (RTT, loss, MTU), kept by the engine."""
         self._indices = indices
         self._clock = clock
 
@@ -158,7 +164,7 @@ class Peer:
                                  local_index=index, now=_wallclock(), cookie=cookie)
         if self.attempt_started is None:
             self.attempt_started = now
-        self.last_sent = now
+        self.last_sent = self.last_initiation = now
         return self.pending.packet
 
     def consume_response(self, packet: bytes) -> Keypair:
@@ -264,7 +270,7 @@ class Peer:
                 self.pending, self.attempt_started = None, None
                 self.staged.clear()
                 return None
-            if handshake.retry_due(self.last_sent, now):
+            if handshake.retry_due(self.last_initiation, now):
                 return self.begin_handshake()
             return None
         if self.initiates and (self.wants_rekey() or self._silent_peer(now)):

@@ -24,9 +24,10 @@ from core.constants import DATA_HEADER_LEN, FIXED_HEADER_LEN, TAG_LEN, Flag, Pac
 from core.endpoint import AnyPeer, Endpoint, PlainPeer
 from core.errors import TunsealError
 from core.peer import Peer
-from helper import offload
+from helper import icmp, offload
 from helper.allowedips import AllowedIPs
-from helper.transport import MAX_GSO_SEGMENTS, Address, Transport
+from helper.icmp import SentRing
+from helper.transport import MAX_GSO_SEGMENTS, Address, PathError, Transport
 from helper.tun import Tun
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ GSO_BUDGET = 65000
 """Bytes per GSO send: below the 65,507-byte UDP payload limit with room for one more."""
 POLL_MS = 250
 """How long an idle loop sleeps before checking whether it should stop."""
+ICMP_RATE = 100
+"""ICMP errors per second the tunnel sends to inner senders, at most."""
 _CSUM = int(Flag.CSUM_PARTIAL)
 SEALED = session.SEALED_FLAGS
 _ALLOWED = SEALED | _CSUM
@@ -51,13 +54,25 @@ def address_key(addr: Address) -> bytes:
 class DataPath:
     def __init__(self, endpoint: Endpoint, tun: Tun, transport: Transport,
                  routes: AllowedIPs[AnyPeer], lock: threading.RLock,
-                 on_state: Callable[[], None] | None = None):
+                 on_state: Callable[[], None] | None = None, *, mtu: int = 1408,
+                 on_control: Callable[[AnyPeer, bytes], None] | None = None,
+                 on_path_errors: Callable[[list[PathError]], None] | None = None,
+                 icmp_source: tuple[bytes, bytes] = (b"", b"")):
         self.endpoint = endpoint
         self.tun = tun
         self.transport = transport
         self.routes = routes
         self.lock = lock
         self.on_state = on_state or (lambda: None)
+        self.on_control = on_control or (lambda peer, payload: None)
+        self.on_path_errors = on_path_errors or (lambda errors: None)
+        self.mtu = mtu
+        """Largest inner packet the tunnel carries now (lowered when the path MTU drops)."""
+        self.icmp_source = icmp_source
+        """(IPv4, IPv6) address of our tunnel interface: the source of ICMP errors we send."""
+        self.rings: dict[int, SentRing] = {}
+        self.icmp_sent = 0
+        self._icmp_window = (0.0, 0)
         self.stop = threading.Event()
         self.sealed = endpoint.suite is not None
         self.tx_frames = 0
@@ -74,6 +89,33 @@ class DataPath:
             return
         for pkt in packets:
             self.transport.send(pkt, addr)  # type: ignore[arg-type]
+
+    def ring(self, peer: AnyPeer) -> SentRing:
+        r = self.rings.get(id(peer))
+        if r is None:
+            r = self.rings[id(peer)] = SentRing()
+        return r
+
+    def write_tun(self, packet: bytes) -> None:
+        """Inject a packet (an ICMP error we generated) into the inner network."""
+        frame = offload.plain_frame(packet) if self.tun.vnet_hdr else packet
+        _write_plain(os.write, self.tun.fd, frame)
+
+    def tell_too_big(self, inner: bytes | memoryview, mtu: int) -> None:
+        """ICMP "fragmentation needed"/"packet too big" to an inner sender, at most
+        ICMP_RATE per second (a TCP sender needs one, not one per segment)."""
+        now = time.monotonic()
+        start, n = self._icmp_window
+        if now - start >= 1.0:
+            start, n = now, 0
+        if n >= ICMP_RATE:
+            return
+        self._icmp_window = (start, n + 1)
+        src = self.icmp_source[0] if inner[0] >> 4 == 4 else self.icmp_source[1]
+        msg = icmp.too_big(inner, mtu, from_addr=src)
+        if msg is not None:
+            self.write_tun(msg)
+            self.icmp_sent += 1
 
     def _wait(self, fd: int) -> None:
         try:
@@ -155,9 +197,12 @@ class DataPath:
             except OSError as e:
                 if e.errno in (errno.EBADF, errno.ENOTSOCK) or self.stop.is_set():
                     break
-                if e.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                    continue  # an ICMP error surfaced on the socket; the path layer copes
-                raise
+                # An ICMP error (or a local EMSGSIZE) surfaced on the socket: the details are
+                # in the error queue, which says which packet and what the path wants.
+                errors = self.transport.read_errors()
+                if errors:
+                    self.on_path_errors(errors)
+                continue
             self.rx_frames += 1
             now = time.monotonic()
             if seg <= 0 or seg > n:
@@ -245,6 +290,8 @@ class DataPath:
                     self.transport.send(reply, addr)
             if r.peer is not None and r.inner is None and r.drop is None:
                 self.on_state()
+        if r.control is not None and r.peer is not None:
+            self.on_control(r.peer, r.control)
         if r.inner is not None and r.peer is not None:
             if len(self.endpoint.peers) > 1 and self.routes.source_owner(r.inner) is not r.peer:
                 self.endpoint.count("bad_source")
@@ -305,10 +352,18 @@ class _TxBatch:
         if peer is not self.peer or self.count:
             self.flush()
             self.peer = peer
+        dp = self.dp
+        mtu = dp.mtu
+        first_encap = kp.send_counter & 0xFFFF
         off, seg, count, nbytes = offload.seal_tso(frame, kp, self.out, 0, self.scratch,
-                                                   self._send)
+                                                   self._send, mtu)
         if count < 0:
             return False
+        inner = frame[offload.VNET_LEN:]
+        dp.ring(peer).record(first_encap, count, bytes(inner[:icmp.QUOTE_LEN]))
+        if count and offload.tso_segment_size(frame) > mtu:
+            # Re-segmented to fit the lowered MTU; tell TCP so it stops sending too big.
+            dp.tell_too_big(inner, mtu)
         st = peer.stats
         st.tx_packets += count
         st.tx_bytes += nbytes
@@ -327,13 +382,19 @@ class _TxBatch:
             self.flush()
             self.peer = peer
         flags = _CSUM if partial else 0
+        if len(pkt) > dp.mtu and icmp.dont_fragment(pkt):
+            dp.tell_too_big(pkt, dp.mtu)
+            dp.endpoint.count("too_big")
+            return
         if isinstance(peer, Peer):
             kp = peer.current
             if kp is None or not kp.confirmed:
                 self._slow(peer, bytes(pkt), flags)
                 return
+            dp.ring(peer).record(kp.send_counter & 0xFFFF, 1, bytes(pkt[:icmp.QUOTE_LEN]))
             need = DATA_HEADER_LEN + len(pkt) + TAG_LEN
         else:
+            dp.ring(peer).record(peer.encap, 1, bytes(pkt[:icmp.QUOTE_LEN]))
             need = FIXED_HEADER_LEN + len(pkt)
         # GSO sends equal-sized datagrams (only the last may be shorter) within one budget.
         if self.count and (need > self.seg or self.off + need > GSO_BUDGET):

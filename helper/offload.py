@@ -270,9 +270,26 @@ _V6HDR = struct.Struct("!IHBB16s16sHHIIBBHH")
 """IPv6 header + the TCP header up to and including the checksum."""
 
 
+def tso_segment_size(frame: memoryview) -> int:
+    """Size of the segments (headers included) a TSO frame asks to be cut into."""
+    _f, _t, _hl, gso_size, ip_len, _co = VNET.unpack_from(frame)
+    pkt = frame[VNET_LEN:]
+    if len(pkt) < ip_len + 13:
+        return 0
+    return int(ip_len + (pkt[ip_len + 12] >> 4) * 4 + gso_size)
+
+
+def plain_frame(packet: bytes) -> bytes:
+    """A packet with the virtio header a vnet TUN write needs (no offload requested)."""
+    return _PLAIN_VNET + packet
+
+
 def seal_tso(frame: memoryview, kp: Keypair, out: bytearray, off: int, scratch: bytearray,
-             flush: Callable[[int, int], int]) -> tuple[int, int, int, int]:
+             flush: Callable[[int, int], int], mtu: int = 65535) -> tuple[int, int, int, int]:
     """Segment a vnet TSO frame and seal every segment into ``out`` from ``off``.
+
+    Segments are cut to fit ``mtu`` even if the frame asked for larger ones: after the path
+    MTU dropped, data already queued by TCP still gets through (TCP accepts any segmentation).
 
     ``flush(end, seg)`` is called when the next segment would overflow the GSO budget; it sends
     ``out[:end]`` as segments of ``seg`` bytes and returns the new offset (0). Returns
@@ -303,6 +320,8 @@ def seal_tso(frame: memoryview, kp: Keypair, out: bytearray, off: int, scratch: 
     hl = ip_len + thl
     if thl < 20 or hl >= total or gso_size == 0:
         return off, 0, -1, 0
+    if hl + gso_size > mtu:
+        gso_size = max(8, mtu - hl)
     aead, nonces, device_id, index = kp.sealing_parts()
     smv = memoryview(scratch)
     smv[ip_len + 18:hl] = pkt[ip_len + 18:hl]  # urgent pointer and options: same in every segment

@@ -13,6 +13,7 @@ import logging
 import socket
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from core.constants import RAW_IP_PROTOCOL
 from core.errors import TunsealError
@@ -37,6 +38,38 @@ _INT = struct.Struct("i")
 _USHORT = struct.Struct("H")
 
 Address = tuple[str, int] | tuple[str, int, int, int]
+SOL_IP = 0
+SOL_IPV6 = 41
+MSG_ERRQUEUE = 0x2000
+SO_EE_ORIGIN_LOCAL = 1
+SO_EE_ORIGIN_ICMP = 2
+SO_EE_ORIGIN_ICMP6 = 3
+_EXT_ERR = struct.Struct("=IBBBBII")
+"""struct sock_extended_err: errno, origin, type, code, pad, info, data."""
+
+
+@dataclass(frozen=True, slots=True)
+class PathError:
+    """An error the kernel queued about one of our outer packets (IP_RECVERR)."""
+
+    errno: int
+    origin: int
+    icmp_type: int
+    icmp_code: int
+    info: int
+    """For "fragmentation needed" / "packet too big" and local EMSGSIZE: the path MTU."""
+    destination: Address | None
+    """Where the offending packet was going: which peer it was for."""
+    payload: bytes
+    """The start of the offending outer packet's payload: our Tunseal header."""
+    v4: bool
+
+    @property
+    def mtu(self) -> int | None:
+        frag = (self.origin == SO_EE_ORIGIN_ICMP and self.icmp_type == 3 and self.icmp_code == 4)
+        too_big = self.origin == SO_EE_ORIGIN_ICMP6 and self.icmp_type == 2
+        local = self.origin == SO_EE_ORIGIN_LOCAL and self.errno == errno.EMSGSIZE
+        return self.info if (frag or too_big or local) and self.info else None
 
 
 class TransportError(TunsealError):
@@ -65,6 +98,47 @@ class Transport:
 
     def close(self) -> None:
         self.sock.close()
+
+    def enable_path_errors(self) -> None:
+        """Never fragment our datagrams (so the path tells us its MTU) and queue ICMP errors
+        for :meth:`read_errors` instead of losing them."""
+        v6 = self.sock.family == socket.AF_INET6
+        for level, opt, val in ((SOL_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO), (SOL_IP, IP_RECVERR, 1),
+                                (SOL_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO),
+                                (SOL_IPV6, IPV6_RECVERR, 1)):
+            if level == SOL_IPV6 and not v6:
+                continue
+            try:
+                self.sock.setsockopt(level, opt, val)
+            except OSError as e:
+                log.debug("setsockopt(%d, %d) refused: %s", level, opt, e)
+
+    def read_errors(self, limit: int = 64) -> list[PathError]:
+        """Drain the socket's error queue (bounded)."""
+        out: list[PathError] = []
+        for _ in range(limit):
+            try:
+                data, anc, _flags, addr = self.sock.recvmsg(2048, 512, MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            for level, kind, cdata in anc:
+                if (level, kind) not in ((SOL_IP, IP_RECVERR), (SOL_IPV6, IPV6_RECVERR)):
+                    continue
+                if len(cdata) < _EXT_ERR.size:
+                    continue
+                err, origin, typ, code, _pad, info, _d = _EXT_ERR.unpack_from(cdata)
+                dest: Address | None = None
+                if addr:
+                    host = str(addr[0])
+                    dest = (host[7:] if host.startswith("::ffff:") else host, int(addr[1]))
+                out.append(PathError(err, origin, typ, code, info, dest,
+                                     self._tunseal_payload(data), level == SOL_IP))
+        return out
+
+    def _tunseal_payload(self, data: bytes) -> bytes:
+        return data
 
     @property
     def local_port(self) -> int:
@@ -163,6 +237,11 @@ class RawTransport(Transport):
             self.sock.sendto(data, (addr[0], 0))
         except OSError as e:
             _note_send_error(e)
+
+    def _tunseal_payload(self, data: bytes) -> bytes:
+        if self.family == socket.AF_INET and data and data[0] >> 4 == 4:
+            return data[(data[0] & 0x0F) * 4:]
+        return data
 
     def receive(self, buf: bytearray) -> tuple[int, int, Address]:
         n, addr = self.sock.recvfrom_into(buf)
