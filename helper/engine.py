@@ -17,7 +17,7 @@ from core.status import TunnelStatus
 from helper import dns, netdev
 from helper.records import Records
 from helper.timers import TimerThread
-from helper.tunnel import Tunnel
+from helper.tunnel import Tunnel, TunnelSpec, spec_from_profile
 
 log = logging.getLogger(__name__)
 
@@ -41,27 +41,39 @@ class Engine:
         self._timers.start()
 
     def up(self, profile: Profile, secrets: ProfileSecrets) -> None:
+        """Bring up a client (or 1:1 listening) tunnel described by a profile."""
+        self.up_spec(spec_from_profile(profile, secrets))
+
+    def up_spec(self, spec: TunnelSpec) -> Tunnel:
+        """Bring up any tunnel: a profile's, or a gateway's with many peers."""
         with self._lock:
-            if profile.name in self._tunnels:
-                raise EngineError(f"tunnel {profile.name!r} is already up")
+            if spec.name in self._tunnels:
+                raise EngineError(f"tunnel {spec.name!r} is already up")
             for other in self._tunnels.values():
-                if (profile.listen_port and other.profile.listen_port == profile.listen_port
-                        and other.profile.transport == profile.transport == "udp"):
+                if (spec.listen_port and other.spec.listen_port == spec.listen_port
+                        and other.spec.transport == spec.transport == "udp"):
                     raise EngineError(f"tunnel {other.name!r} already listens on UDP port "
-                                      f"{profile.listen_port}")
-            t = Tunnel(profile, secrets, records=self._records, on_change=self._changed)
-            self._tunnels[profile.name] = t
+                                      f"{spec.listen_port}")
+            t = Tunnel(spec, records=self._records, on_change=self._changed)
+            self._tunnels[spec.name] = t
         try:
             t.start()
         except TunsealError:
             with self._lock:
-                self._tunnels.pop(profile.name, None)
-            self._emit_status(TunnelStatus(name=profile.name, state="down"))
+                self._tunnels.pop(spec.name, None)
+            self._emit_status(TunnelStatus(name=spec.name, state="down"))
             raise
         except OSError as e:
             with self._lock:
-                self._tunnels.pop(profile.name, None)
-            raise EngineError(f"tunnel {profile.name!r} failed to start: {e}") from None
+                self._tunnels.pop(spec.name, None)
+            raise EngineError(f"tunnel {spec.name!r} failed to start: {e}") from None
+        return t
+
+    def tunnel(self, name: str) -> Tunnel:
+        t = self._tunnels.get(name)
+        if t is None:
+            raise EngineError(f"tunnel {name!r} is not up")
+        return t
 
     def down(self, name: str) -> None:
         with self._lock:

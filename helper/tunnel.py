@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from core import probe
 from core.constants import DATA_HEADER_LEN, FIXED_HEADER_LEN, TAG_LEN, ControlKind, PacketType
@@ -24,7 +25,7 @@ from core.probe import ACTIVE_WINDOW, UNREACHABLE_AFTER, PathState
 from core.profile import Profile, ProfileSecrets
 from core.responder import ANY_DEVICE
 from core.status import PeerStatus, TunnelStatus
-from helper import dns, icmp, netdev
+from helper import dns, icmp, nat, netdev
 from helper.allowedips import AllowedIPs
 from helper.datapath import DataPath
 from helper.records import Records
@@ -38,10 +39,10 @@ class TunnelError(TunsealError):
     pass
 
 
-def interface_addresses(profile: Profile) -> tuple[bytes, bytes]:
+def interface_addresses(addresses: tuple[str, ...]) -> tuple[bytes, bytes]:
     """(IPv4, IPv6) address of the tunnel interface, packed (b"" when it has none)."""
     v4 = v6 = b""
-    for a in profile.addresses:
+    for a in addresses:
         ip = ipaddress.ip_interface(a).ip
         if ip.version == 4 and not v4:
             v4 = ip.packed
@@ -87,13 +88,72 @@ def identity_for(profile: Profile, secrets: ProfileSecrets) -> Identity:
     return Identity()
 
 
+@dataclass(frozen=True, slots=True)
+class PeerSpec:
+    """One peer of a tunnel: a client has one, a gateway many."""
+
+    name: str
+    ident: Identity
+    remote_device_id: int = ANY_DEVICE
+    allowed_ips: tuple[str, ...] = ()
+    endpoint: Address | None = None
+    keepalive: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelSpec:
+    """Everything a running tunnel needs, whether it came from a profile or a gateway config."""
+
+    name: str
+    mode: str
+    cipher: str
+    transport: str
+    device_id: int
+    addresses: tuple[str, ...]
+    mtu: int
+    routes: tuple[str, ...]
+    listen_port: int
+    ipv6_outer: bool
+    static_private: bytes | None
+    has_psk: bool
+    peers: tuple[PeerSpec, ...]
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    rekey_seconds: float | None = None
+    rekey_messages: int | None = None
+    keepalive: float = 0.0
+    masquerade: tuple[str, ...] = ()
+    """Gateway: interfaces out of which traffic from peers is masqueraded (nftables)."""
+
+    def __repr__(self) -> str:
+        return f"TunnelSpec({self.name!r}, {self.mode}, {len(self.peers)} peers)"
+
+
+def spec_from_profile(profile: Profile, secrets: ProfileSecrets) -> TunnelSpec:
+    ident = identity_for(profile, secrets)
+    remote = resolve_endpoint(profile)
+    peer = PeerSpec(profile.name, ident, ANY_DEVICE, profile.allowed_ips, remote,
+                    float(profile.keepalive))
+    return TunnelSpec(
+        name=profile.name, mode=profile.mode, cipher=profile.cipher,
+        transport=profile.transport, device_id=profile.device_id,
+        addresses=profile.addresses, mtu=profile.mtu, routes=profile.allowed_ips,
+        listen_port=profile.listen_port,
+        ipv6_outer=(remote is not None and ":" in remote[0])
+        or (remote is None and profile.transport == "udp"),
+        static_private=ident.static_private, has_psk=ident.psk is not None, peers=(peer,),
+        dns=profile.dns, dns_search=profile.dns_search,
+        rekey_seconds=float(profile.rekey_seconds), rekey_messages=profile.rekey_messages,
+        keepalive=float(profile.keepalive),
+    )
+
+
 class Tunnel:
-    def __init__(self, profile: Profile, secrets: ProfileSecrets, *, records: Records,
+    def __init__(self, spec: TunnelSpec, *, records: Records,
                  on_change: Callable[[Tunnel], None]):
-        self.profile = profile
-        self.name = profile.name
-        self.ifname = netdev.ifname_for(profile.name)
-        self._secrets = secrets
+        self.spec = spec
+        self.name = spec.name
+        self.ifname = netdev.ifname_for(spec.name)
         self._records = records
         self._on_change = on_change
         self.lock = threading.RLock()
@@ -101,7 +161,9 @@ class Tunnel:
         self.transport: Transport | None = None
         self.endpoint: Endpoint | None = None
         self.datapath: DataPath | None = None
-        self.peer: AnyPeer | None = None
+        self.routes: AllowedIPs[AnyPeer] = AllowedIPs()
+        self._nft_table = ""
+        self._added_allowed: dict[str, tuple[str, ...]] = {}
         self._threads: list[threading.Thread] = []
         self._dns_backup: dict[str, object] | None = None
         self.since = time.time()
@@ -115,59 +177,93 @@ class Tunnel:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
+    @property
+    def peers(self) -> list[AnyPeer]:
+        return list(self.endpoint.peers) if self.endpoint is not None else []
+
+    @property
+    def peer(self) -> AnyPeer | None:
+        """The peer of a client tunnel (None for a gateway with several, or none)."""
+        peers = self.peers
+        return peers[0] if len(peers) == 1 else None
+
     def start(self) -> None:
-        p = self.profile
-        ident = identity_for(p, self._secrets)
-        remote = resolve_endpoint(p)
-        self._records.note_link(self.ifname, p.name)
+        spec = self.spec
+        self._records.note_link(self.ifname, spec.name)
         try:
             self.tun = open_tun(self.ifname)
-            netdev.configure(self.ifname, addresses=list(p.addresses), mtu=p.mtu,
-                             routes=list(p.allowed_ips))
-            ipv6 = remote is not None and ":" in remote[0]
-            self.transport = open_transport(p.transport, port=p.listen_port,
-                                            ipv6=ipv6 or (remote is None and p.transport == "udp"))
-            ep = Endpoint(p.mode, p.cipher, device_id=p.device_id,
-                          static_private=ident.static_private, has_psk=ident.psk is not None)
-            policy = None
-            if p.mode != "plain":
-                policy = RekeyPolicy.for_mode(p.mode, rotate_seconds=p.rekey_seconds,
-                                              rotate_messages=p.rekey_messages)
-            peer = ep.add_peer(p.name, ident, remote_device_id=ANY_DEVICE,
-                               initiates=remote is not None, keepalive=float(p.keepalive),
-                               policy=policy)
-            peer.endpoint = remote
-            self.endpoint, self.peer = ep, peer
-            routes: AllowedIPs[AnyPeer] = AllowedIPs()
-            for prefix in p.allowed_ips:
-                routes.insert(prefix, peer)
-            peer.path = PathState(mtu=p.mtu, now=time.monotonic())
+            netdev.configure(self.ifname, addresses=list(spec.addresses), mtu=spec.mtu,
+                             routes=list(spec.routes))
+            self.transport = open_transport(spec.transport, port=spec.listen_port,
+                                            ipv6=spec.ipv6_outer)
+            self.endpoint = Endpoint(spec.mode, spec.cipher, device_id=spec.device_id,
+                                     static_private=spec.static_private, has_psk=spec.has_psk)
             self.transport.enable_path_errors()
-            self.datapath = DataPath(ep, self.tun, self.transport, routes, self.lock,
-                                     on_state=self.notify, mtu=p.mtu,
+            self.datapath = DataPath(self.endpoint, self.tun, self.transport, self.routes,
+                                     self.lock, on_state=self.notify, mtu=spec.mtu,
                                      on_control=self._control,
                                      on_path_errors=self._path_errors,
-                                     icmp_source=interface_addresses(p))
-            if p.dns or p.dns_search:
-                self._dns_backup = dns.apply(self.ifname, list(p.dns), list(p.dns_search))
+                                     icmp_source=interface_addresses(spec.addresses))
+            for ps in spec.peers:
+                self.add_peer(ps)
+            if spec.dns or spec.dns_search:
+                self._dns_backup = dns.apply(self.ifname, list(spec.dns), list(spec.dns_search))
                 self._records.note_dns(self.ifname, self._dns_backup)
+            if spec.masquerade:
+                self._nft_table = nat.enable(self.ifname, list(spec.masquerade))
             for fn, label in ((self.datapath.run_tx, "tx"), (self.datapath.run_rx, "rx")):
-                t = threading.Thread(target=self._guard(fn), name=f"{p.name}-{label}",
+                t = threading.Thread(target=self._guard(fn), name=f"{spec.name}-{label}",
                                      daemon=True)
                 t.start()
                 self._threads.append(t)
-            log.info("tunnel %s up on %s (%s, %s, %s%s)", p.name, self.ifname, p.mode,
-                     p.cipher if p.mode != "plain" else "no encryption", p.transport,
+            log.info("tunnel %s up on %s (%s, %s, %s, %d peer(s)%s)", spec.name, self.ifname,
+                     spec.mode, spec.cipher if spec.mode != "plain" else "no encryption",
+                     spec.transport, len(spec.peers),
                      f", offloads: tun={self.tun.vnet_hdr} gso={self.transport.gso} "
-                     f"gro={self.transport.gro}", extra={"tunnel": p.name})
-            if isinstance(peer, Peer) and peer.initiates:
-                with self.lock:
-                    init = peer.begin_handshake()
-                self.datapath.send_to(peer, [init])
+                     f"gro={self.transport.gro}", extra={"tunnel": spec.name})
+            for peer in self.peers:
+                if isinstance(peer, Peer) and peer.initiates:
+                    with self.lock:
+                        init = peer.begin_handshake()
+                    self.datapath.send_to(peer, [init])
         except BaseException:
             self.stop()
             raise
         self.notify()
+
+    def add_peer(self, ps: PeerSpec) -> AnyPeer:
+        """Add a peer to the running tunnel (a gateway's `tunseal peer add` lands here)."""
+        ep, dp = self.endpoint, self.datapath
+        assert ep is not None and dp is not None
+        spec = self.spec
+        policy = None
+        if spec.mode != "plain":
+            policy = RekeyPolicy.for_mode(spec.mode, rotate_seconds=spec.rekey_seconds,
+                                          rotate_messages=spec.rekey_messages)
+        with self.lock:
+            peer = ep.add_peer(ps.name, ps.ident, remote_device_id=ps.remote_device_id,
+                               initiates=ps.endpoint is not None, keepalive=ps.keepalive,
+                               policy=policy)
+            peer.endpoint = ps.endpoint
+            peer.path = PathState(mtu=spec.mtu, now=time.monotonic())
+            for prefix in ps.allowed_ips:
+                self.routes.insert(prefix, peer)
+            self._added_allowed[ps.name] = ps.allowed_ips
+        return peer
+
+    def remove_peer(self, name: str) -> bool:
+        ep = self.endpoint
+        if ep is None:
+            return False
+        with self.lock:
+            for peer in list(ep.peers):
+                if peer.name == name:
+                    self.routes.remove_value(peer)
+                    ep.remove_peer(peer)
+                    if self.datapath is not None:
+                        self.datapath.rings.pop(id(peer), None)
+                    return True
+        return False
 
     def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
@@ -197,9 +293,13 @@ class Tunnel:
             self.tun.close()  # the kernel removes the device and its routes with the last fd
         if netdev.link_exists(self.ifname):
             netdev.delete_link(self.ifname)
+        if self._nft_table:
+            nat.disable(self._nft_table)
+            self._nft_table = ""
         self._records.forget(self.ifname)
-        if self.endpoint is not None and self.peer is not None:
-            self.endpoint.remove_peer(self.peer)
+        if self.endpoint is not None:
+            for peer in list(self.endpoint.peers):
+                self.endpoint.remove_peer(peer)
         log.info("tunnel %s down", self.name, extra={"tunnel": self.name})
 
     # --- timers ------------------------------------------------------------------------------
@@ -228,7 +328,7 @@ class Tunnel:
         path.update(now)
         if isinstance(peer, Peer) and peer.sending_keypair() is None:
             return []
-        active = (self.profile.keepalive > 0 or now - peer.last_sent < ACTIVE_WINDOW
+        active = (peer_keepalive(peer) > 0 or now - peer.last_sent < ACTIVE_WINDOW
                   or now - peer.last_received < ACTIVE_WINDOW)
         out: list[bytes] = []
         size = path.mtu_probe_size(now)
@@ -268,15 +368,18 @@ class Tunnel:
     def _path_errors(self, errors: list[PathError]) -> None:
         """ICMP errors about our outer packets (receive thread): lower the MTU, or relay the
         error to the inner sender whose packet it was (RFC 2003 §4)."""
-        dp, peer = self.datapath, self.peer
-        if dp is None or peer is None or peer.path is None:
+        dp = self.datapath
+        if dp is None:
             return
         now = time.monotonic()
         for err in errors:
+            peer = self._peer_at(err.destination)
+            if peer is None or peer.path is None:
+                continue
             encap = int.from_bytes(err.payload[6:8], "big") if len(err.payload) >= 8 else -1
             quoted = dp.ring(peer).find(encap) if encap >= 0 else None
             if err.mtu is not None:
-                overhead = outer_overhead(err.v4, self.profile.transport, self.profile.mode)
+                overhead = outer_overhead(err.v4, self.spec.transport, self.spec.mode)
                 if peer.path.lower_mtu(err.mtu - overhead, now):
                     self._set_mtu(peer.path.mtu, f"the path MTU dropped to {err.mtu}")
                 if quoted is not None:
@@ -291,7 +394,19 @@ class Tunnel:
                 dp.write_tun(msg)
                 self.endpoint.count("icmp_relayed")  # type: ignore[union-attr]
 
+    def _peer_at(self, addr: Address | None) -> AnyPeer | None:
+        peers = self.peers
+        if len(peers) == 1:
+            return peers[0]
+        for peer in peers:
+            ep = peer.endpoint
+            if addr is not None and isinstance(ep, tuple) and ep[0] == addr[0]:
+                return peer
+        return None
+
     def _set_mtu(self, mtu: int, why: str) -> None:
+        # One TUN device for all peers: the tunnel MTU is the smallest any path carries.
+        mtu = min([p.path.mtu for p in self.peers if p.path is not None] + [mtu])
         if self.datapath is not None:
             self.datapath.mtu = mtu
         try:
@@ -315,60 +430,94 @@ class Tunnel:
     # --- status ------------------------------------------------------------------------------
 
     @property
-    def state(self) -> str:
-        if self.peer is None:
-            return "connecting"
-        s = self.peer.state
+    def is_gateway(self) -> bool:
+        return len(self.spec.peers) != 1 or (self.spec.peers[0].endpoint is None and bool(
+            self.spec.masquerade))
+
+    def peer_state(self, peer: AnyPeer) -> str:
+        s = peer.state
         if s == "waiting":
             return "connecting"
-        path = self.peer.path
-        if path is not None and not path.reachable and self.peer.endpoint is not None:
+        path = peer.path
+        if path is not None and not path.reachable and peer.endpoint is not None:
             return "unreachable"
-        if (s == "handshaking" and isinstance(self.peer, Peer)
-                and self.peer.attempt_started is not None
-                and time.monotonic() - self.peer.attempt_started > UNREACHABLE_AFTER * 2):
+        if (s == "handshaking" and isinstance(peer, Peer) and peer.attempt_started is not None
+                and time.monotonic() - peer.attempt_started > UNREACHABLE_AFTER * 2):
             return "unreachable"
         return s
+
+    @property
+    def state(self) -> str:
+        peers = self.peers
+        if len(self.spec.peers) == 1 and len(peers) == 1:
+            return self.peer_state(peers[0])
+        # A gateway is up as soon as it listens; its peers carry their own states.
+        return "up" if self.datapath is not None else "connecting"
+
+    def _totals(self) -> tuple[int, int, int, int]:
+        rx = tx = rxp = txp = 0
+        for p in self.peers:
+            st = p.stats
+            rx, tx, rxp, txp = rx + st.rx_bytes, tx + st.tx_bytes, rxp + st.rx_packets, \
+                txp + st.tx_packets
+        return rx, tx, rxp, txp
 
     def sample_rates(self) -> None:
         """Update rx/tx rates (bytes/s) since the previous call."""
         now = time.monotonic()
-        st = self.peer.stats if self.peer is not None else None
-        rx = st.rx_bytes if st else 0
-        tx = st.tx_bytes if st else 0
+        rx, tx, _, _ = self._totals()
         t0, rx0, tx0 = self._rate_sample
         dt = max(now - t0, 1e-3)
-        self.rx_rate, self.tx_rate = (rx - rx0) / dt, (tx - tx0) / dt
+        self.rx_rate, self.tx_rate = max(0.0, (rx - rx0) / dt), max(0.0, (tx - tx0) / dt)
         self._rate_sample = (now, rx, tx)
 
+    def _peer_status(self, peer: AnyPeer) -> PeerStatus:
+        st, path = peer.stats, peer.path
+        return PeerStatus(
+            name=peer.name, state=self.peer_state(peer), endpoint=format_address(peer.endpoint),
+            allowed_ips=self._allowed_of(peer), last_handshake=st.last_handshake,
+            rx_bytes=st.rx_bytes, tx_bytes=st.tx_bytes, rx_packets=st.rx_packets,
+            tx_packets=st.tx_packets, rtt_ms=path.rtt_ms if path else None,
+            loss=path.loss if path else None,
+        )
+
+    def _allowed_of(self, peer: AnyPeer) -> tuple[str, ...]:
+        for ps in self.spec.peers:
+            if ps.name == peer.name:
+                return ps.allowed_ips
+        return self._added_allowed.get(peer.name, ())
+
     def status(self) -> TunnelStatus:
-        p = self.profile
-        peer = self.peer
-        path = peer.path if peer is not None else None
-        st = peer.stats if peer is not None else None
-        endpoint = ""
-        if peer is not None and isinstance(peer.endpoint, tuple):
-            host, port = peer.endpoint[0], peer.endpoint[1]
-            endpoint = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-        peers: tuple[PeerStatus, ...] = ()
-        if peer is not None and st is not None:
-            peers = (PeerStatus(name=peer.name, state=self.state, endpoint=endpoint,
-                                allowed_ips=p.allowed_ips, last_handshake=st.last_handshake,
-                                rx_bytes=st.rx_bytes, tx_bytes=st.tx_bytes,
-                                rx_packets=st.rx_packets, tx_packets=st.tx_packets,
-                                rtt_ms=path.rtt_ms if path else None,
-                                loss=path.loss if path else None),)
+        spec = self.spec
+        peers = tuple(self._peer_status(p) for p in self.peers)
+        single = peers[0] if len(peers) == 1 and len(spec.peers) == 1 else None
+        rx, tx, rxp, txp = self._totals()
+        handshakes = [p.last_handshake for p in peers if p.last_handshake is not None]
         return TunnelStatus(
-            name=p.name, state=self.state, mode=p.mode,
-            cipher=p.cipher if p.mode != "plain" else "none", transport=p.transport,
-            interface=self.ifname, endpoint=endpoint,
-            mtu=self.datapath.mtu if self.datapath is not None else p.mtu,
-            rtt_ms=path.rtt_ms if path is not None else None,
-            loss=path.loss if path is not None else None,
-            last_handshake=st.last_handshake if st else None,
-            rx_bytes=st.rx_bytes if st else 0, tx_bytes=st.tx_bytes if st else 0,
-            rx_packets=st.rx_packets if st else 0, tx_packets=st.tx_packets if st else 0,
+            name=spec.name, state=self.state, mode=spec.mode,
+            cipher=spec.cipher if spec.mode != "plain" else "none", transport=spec.transport,
+            interface=self.ifname,
+            endpoint=single.endpoint if single else f"listening on port {self.listen_port}",
+            mtu=self.datapath.mtu if self.datapath is not None else spec.mtu,
+            last_handshake=max(handshakes) if handshakes else None,
+            rx_bytes=rx, tx_bytes=tx, rx_packets=rxp, tx_packets=txp,
             rx_rate=self.rx_rate, tx_rate=self.tx_rate,
+            rtt_ms=single.rtt_ms if single else None, loss=single.loss if single else None,
             drops=dict(self.endpoint.drops) if self.endpoint else {},
             peers=peers, since=self.since,
         )
+
+    @property
+    def listen_port(self) -> int:
+        return self.transport.local_port if self.transport is not None else self.spec.listen_port
+
+
+def peer_keepalive(peer: AnyPeer) -> float:
+    return peer.keepalive if isinstance(peer, Peer) else 0.0
+
+
+def format_address(addr: object) -> str:
+    if not isinstance(addr, tuple) or len(addr) < 2:
+        return ""
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
