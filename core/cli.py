@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import sys
@@ -153,6 +154,69 @@ def cmd_genpsk(client: Client, args: argparse.Namespace) -> int:
 def cmd_setpeerkey(client: Client, args: argparse.Namespace) -> int:
     result = client.call("set_peer_key", name=args.name, public_key=args.key)
     return _emit(args, result, lambda: f"profile {args.name!r}: peer public key set")
+
+
+def cmd_peer_add(client: Client, args: argparse.Namespace) -> int:
+    call_args: dict[str, Any] = {"name": args.name}
+    if args.allowed_ips:
+        call_args["allowed_ips"] = list(args.allowed_ips)
+    result = client.call("peer_add", **call_args)
+    if args.output:
+        _write_private(args.output, result["profile"], secret=True)
+    if args.json:
+        print(json.dumps(result if not args.output else {"peer": result["peer"]}, indent=2))
+        return EXIT_OK
+    peer = result["peer"]
+    print(f"added peer {peer['name']}: {', '.join(peer['allowed_ips'])}"
+          f" (device ID {peer['device_id']})")
+    if args.output:
+        print(f"client profile written to {args.output} (it holds the peer's keys: move it to "
+              "the peer once, then delete it)")
+    else:
+        print("# client profile (holds the peer's keys; import it on the peer with "
+              "'tunseal import FILE'):")
+        print(result["profile"], end="")
+    if args.qr:
+        listing = client.call("peer_list")
+        print(f"gateway public key: {listing['public_key']}")
+        print(terminal_qr(listing["public_key"]))
+    return EXIT_OK
+
+
+def cmd_peer_list(client: Client, args: argparse.Namespace) -> int:
+    result = client.call("peer_list")
+
+    def human() -> str:
+        lines = [f"gateway {result['gateway']}  public key {result['public_key']}"]
+        for p in result["peers"]:
+            lines.append(f"  {p['name']:<20} {p.get('state', 'down'):<12} "
+                         f"{', '.join(p['allowed_ips']):<24} {p.get('endpoint', '')}")
+        if not result["peers"]:
+            lines.append("  (no peers yet: 'tunseal peer add NAME')")
+        return "\n".join(lines)
+
+    return _emit(args, result, human)
+
+
+def cmd_peer_show(client: Client, args: argparse.Namespace) -> int:
+    result = client.call("peer_show", name=args.name)
+    return _emit(args, result, lambda: "\n".join(f"{k}: {v}" for k, v in result.items()))
+
+
+def cmd_peer_remove(client: Client, args: argparse.Namespace) -> int:
+    result = client.call("peer_remove", name=args.name)
+    return _emit(args, result, lambda: f"removed peer {args.name}")
+
+
+def terminal_qr(text: str) -> str:
+    """A QR code drawn with block characters, or a note if the QR library is missing."""
+    try:
+        import segno
+    except ImportError:
+        return "(install the 'segno' package to see a QR code here)"
+    buf = io.StringIO()
+    segno.make(text, error="m").terminal(out=buf, compact=True)
+    return buf.getvalue()
 
 
 def cmd_show(client: Client, args: argparse.Namespace) -> int:
@@ -389,6 +453,25 @@ def _parser() -> argparse.ArgumentParser:
     command("pubkey", cmd_pubkey, "print this end's public key", "name")
     command("genpsk", cmd_genpsk, "generate a new pre-shared key", "name")
     command("setpeerkey", cmd_setpeerkey, "set the peer's public key", "name", "key")
+    peer = sub.add_parser("peer", help="manage the peers of a gateway helper",
+                          description="Manage the peers of a helper started with --gateway.")
+    psub = peer.add_subparsers(metavar="ACTION", required=True)
+    add = psub.add_parser("add", help="add a peer; prints its ready-to-import client profile")
+    add.add_argument("name")
+    add.add_argument("--allowed-ip", action="append", metavar="CIDR", dest="allowed_ips",
+                     help="inner address(es) routed to this peer (default: the next free one)")
+    add.add_argument("-o", "--output", metavar="FILE",
+                     help="write the client profile (with its keys, 0600) to FILE")
+    add.add_argument("--qr", action="store_true",
+                     help="also show the gateway's public key as a QR code in the terminal")
+    add.set_defaults(command=cmd_peer_add)
+    for action, fn, text in (("list", cmd_peer_list, "list the gateway's peers"),
+                             ("show", cmd_peer_show, "show one peer"),
+                             ("remove", cmd_peer_remove, "remove a peer and its keys")):
+        p = psub.add_parser(action, help=text)
+        if action != "list":
+            p.add_argument("name")
+        p.set_defaults(command=fn)
     return parser
 
 

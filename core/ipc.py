@@ -102,6 +102,10 @@ OPS: Final[Mapping[str, Mapping[str, _Arg]]] = {
     "connect": {"name": _NAME},
     "disconnect": {"name": _NAME},
     "status": {"name": _Arg(str, required=False)},
+    "peer_add": {"name": _NAME, "allowed_ips": _Arg(list, required=False)},
+    "peer_remove": {"name": _NAME},
+    "peer_list": {},
+    "peer_show": {"name": _NAME},
 }
 """Every operation and its arguments. Results are described in docs/IPC.md."""
 
@@ -395,6 +399,11 @@ def _check_args(op: str, spec: Mapping[str, _Arg], args: Mapping[Any, Any]) -> N
             raise RequestError(
                 f"{op}: argument {key!r} must be {_KIND_NAMES[arg.kind]}", code="bad_args"
             )
+        if isinstance(value, list):
+            if len(value) > 256 or not all(isinstance(v, str) and len(v) <= 64 for v in value):
+                raise RequestError(f"{op}: argument {key!r} must be a list of at most 256 "
+                                   "short strings", code="bad_args")
+            continue
         if not isinstance(value, str):
             continue
         if key == "name" and not NAME_PATTERN.fullmatch(value):
@@ -410,7 +419,7 @@ def _check_args(op: str, spec: Mapping[str, _Arg], args: Mapping[Any, Any]) -> N
             )
 
 
-_KIND_NAMES = {str: "a string", bool: "true or false", dict: "an object"}
+_KIND_NAMES = {str: "a string", bool: "true or false", dict: "an object", list: "a list"}
 
 
 def _short(value: str) -> str:

@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core.errors import IPCError
+from core.errors import IPCError, TunsealError
 from helper.control import ControlServer
 from helper.engine import Engine
+from helper.gateway import GatewayService
 from helper.keystore import KeyringUnavailable, KeyStore
 from helper.profilestore import ProfileStore
 from helper.service import Service
@@ -43,6 +44,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--group", default=DEFAULT_GROUP,
                         help="members of this group may use the helper (default %(default)s); "
                         "if it does not exist, only root may")
+    parser.add_argument("--gateway", metavar="CONFIG", type=Path,
+                        help="also run the office gateway described by CONFIG (docs/GATEWAY.md)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"],
                         help="(default %(default)s)")
@@ -79,7 +82,17 @@ async def _run(args: argparse.Namespace, keys: KeyStore, level: int) -> int:
             server.publish(event, data)
 
     engine = Engine(on_event=forward, state_dir=args.state_dir)
-    service = Service(profiles=profiles, keys=keys, engine=engine, notify=forward)
+    gateway: GatewayService | None = None
+    if args.gateway is not None:
+        try:
+            gateway = GatewayService(args.gateway, keys=keys, engine=engine)
+            gateway.start()
+        except TunsealError as e:
+            engine.shutdown()
+            print(f"tunseal-helper: gateway {args.gateway}: {e}", file=sys.stderr)
+            return 1
+    service = Service(profiles=profiles, keys=keys, engine=engine, notify=forward,
+                      gateway=gateway)
     server = ControlServer(path=args.socket, group=args.group, service=service)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -40,14 +40,15 @@ def table_name(tun_if: str) -> str:
 
 
 def enable(tun_if: str, out_ifaces: list[str]) -> str:
-    """Forward from ``tun_if`` and masquerade what leaves through ``out_ifaces``. Returns a
-    handle for :func:`disable`."""
+    """Forward from ``tun_if`` (to the LAN and between peers) and masquerade what leaves
+    through ``out_ifaces`` (none: plain routing). Returns a handle for :func:`disable`."""
     for name in [tun_if, *out_ifaces]:
         if not _IFNAME.match(name):
             raise NatError(f"{name!r} is not a valid interface name")
     table = table_name(tun_if)
-    outs = ", ".join(f'"{i}"' for i in out_ifaces)
-    _nft(f"""table inet {table}
+    if out_ifaces:
+        outs = ", ".join(f'"{i}"' for i in out_ifaces)
+        _nft(f"""table inet {table}
 delete table inet {table}
 table inet {table} {{
   chain post {{ type nat hook postrouting priority srcnat; policy accept;
@@ -70,7 +71,7 @@ def disable(handle: str) -> None:
     try:
         _nft(f"table inet {table}\ndelete table inet {table}\n")
     except NatError as e:
-        log.warning("removing masquerade table %s failed: %s", table, e)
+        log.debug("removing masquerade table %s: %s", table, e)
     for path, value in zip(_FORWARD, prev.split(","), strict=False):
         if value in ("0", "1"):
             try:

@@ -58,6 +58,13 @@ class EngineLike(Protocol):
     def running(self) -> list[str]: ...
 
 
+class GatewayLike(Protocol):
+    def peer_add(self, name: str, allowed_ips: list[str] | None) -> dict[str, Any]: ...
+    def peer_remove(self, name: str) -> dict[str, Any]: ...
+    def peer_list(self) -> dict[str, Any]: ...
+    def peer_show(self, name: str) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
     """Who sent a request (from SO_PEERCRED), for the audit log."""
@@ -80,11 +87,13 @@ class Service:
         keys: KeyStoreLike,
         engine: EngineLike,
         notify: Notify,
+        gateway: GatewayLike | None = None,
     ):
         self._profiles = profiles
         self._keys = keys
         self._engine = engine
         self._notify = notify
+        self._gateway = gateway
         self._lock = threading.RLock()
         self._handlers: dict[str, Callable[..., Any]] = {
             "ping": self.ping,
@@ -102,9 +111,14 @@ class Service:
             "connect": self.connect,
             "disconnect": self.disconnect,
             "status": self.status,
+            "peer_add": self.peer_add,
+            "peer_remove": self.peer_remove,
+            "peer_list": self.peer_list,
+            "peer_show": self.peer_show,
         }
         self._mutating = frozenset(self._handlers) - {
             "ping", "list_profiles", "get_profile", "export_profile", "public_key", "status",
+            "peer_list", "peer_show",
         }
 
     def handle(self, request: Request, caller: Caller) -> Any:
@@ -124,6 +138,30 @@ class Service:
             raise _invalid(e.problems) from None
         except ProfileError as e:
             raise _invalid([e]) from None
+
+    # --- gateway peers (helper started with --gateway) ---------------------------------------
+
+    def _gw(self) -> GatewayLike:
+        if self._gateway is None:
+            raise RequestError("this helper runs no gateway; start it with "
+                               "'tunseal-helper --gateway CONFIG'", code="not_found")
+        return self._gateway
+
+    def peer_add(self, name: str, allowed_ips: list[str] | None = None) -> dict[str, Any]:
+        result = self._gw().peer_add(name, allowed_ips)
+        self._notify("profiles", {"change": "peer_added", "name": name})
+        return result
+
+    def peer_remove(self, name: str) -> dict[str, Any]:
+        result = self._gw().peer_remove(name)
+        self._notify("profiles", {"change": "peer_removed", "name": name})
+        return result
+
+    def peer_list(self) -> dict[str, Any]:
+        return self._gw().peer_list()
+
+    def peer_show(self, name: str) -> dict[str, Any]:
+        return self._gw().peer_show(name)
 
     def restore(self) -> None:
         """Bring up every profile marked ``persist`` (the helper is starting)."""

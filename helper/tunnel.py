@@ -124,6 +124,8 @@ class TunnelSpec:
     keepalive: float = 0.0
     masquerade: tuple[str, ...] = ()
     """Gateway: interfaces out of which traffic from peers is masqueraded (nftables)."""
+    forward: bool = False
+    """Gateway: route between peers and the LAN (IP forwarding on while up)."""
 
     def __repr__(self) -> str:
         return f"TunnelSpec({self.name!r}, {self.mode}, {len(self.peers)} peers)"
@@ -209,7 +211,7 @@ class Tunnel:
             if spec.dns or spec.dns_search:
                 self._dns_backup = dns.apply(self.ifname, list(spec.dns), list(spec.dns_search))
                 self._records.note_dns(self.ifname, self._dns_backup)
-            if spec.masquerade:
+            if spec.masquerade or spec.forward:
                 self._nft_table = nat.enable(self.ifname, list(spec.masquerade))
             for fn, label in ((self.datapath.run_tx, "tx"), (self.datapath.run_rx, "rx")):
                 t = threading.Thread(target=self._guard(fn), name=f"{spec.name}-{label}",
