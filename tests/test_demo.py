@@ -1,0 +1,185 @@
+"""``python -m helper.demo up|down`` for real: two namespaces, two helpers with their own Secret
+Services, a tunnel from this namespace, a page fetched through it, and nothing left afterwards.
+
+Each test runs the demo under its own ``TUNSEAL_DEMO_PREFIX``, so its namespaces, links, socket,
+group, state and addresses never meet a developer's running demo (prefix ``tunseal``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import netlab
+import pytest
+
+from helper import demo as demo_mod
+from helper.netdev import ifname_for
+
+pytestmark = [pytest.mark.netns, pytest.mark.keyring, pytest.mark.xdist_group("demo")]
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_TIMEOUT = 180.0
+
+
+def _skip_reason() -> str | None:
+    reason = netlab.unavailable()
+    if reason:
+        return reason
+    missing = [t for t in demo_mod.REQUIRED_TOOLS if shutil.which(t) is None]
+    if missing:
+        return f"the demo needs {', '.join(missing)} (installers/dev-deps.sh installs them)"
+    return None
+
+
+@pytest.fixture
+def demo() -> Iterator[demo_mod.Demo]:
+    """A demo instance with a unique prefix; whatever a test leaves, ``down`` removes."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    prefix = f"tst{uuid.uuid4().hex[:6]}"
+    os.environ[demo_mod.PREFIX_ENV] = prefix
+    try:
+        d = demo_mod.Demo.from_env()
+    finally:
+        del os.environ[demo_mod.PREFIX_ENV]
+    try:
+        yield d
+    finally:
+        run_demo(d, "down")
+
+
+def run_demo(d: demo_mod.Demo, command: str) -> subprocess.CompletedProcess[str]:
+    env = netlab.python_env(**{demo_mod.PREFIX_ENV: d.prefix})
+    return subprocess.run([sys.executable, "-m", "helper.demo", command], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
+
+
+def cli_json(d: demo_mod.Demo, *args: str) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-m", "core.cli", "--json", "--socket", str(d.socket), *args],
+        cwd=ROOT, env=netlab.python_env(), capture_output=True, text=True, timeout=30,
+        check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+def fetch(url: str) -> str:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=10) as response:
+        return str(response.read().decode())
+
+
+def leftovers(d: demo_mod.Demo) -> list[str]:
+    """Everything of this demo instance that still exists."""
+    found: list[str] = []
+    netns = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    found += [f"namespace {ns}" for ns in (d.netns, d.lan_netns) if ns in netns]
+    links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True,
+                                      check=True).stdout)
+    tun = ifname_for(d.profile)
+    found += [f"link {link['ifname']}" for link in links
+              if link["ifname"].startswith(d.prefix) or link["ifname"] == tun]
+    found += [f"process {pid}" for pid in demo_mod._marked_pids(d)]
+    for path in (d.state_dir, d.socket, d.socket.parent):
+        if path.exists():
+            found.append(f"path {path}")
+    with contextlib.suppress(KeyError):
+        grp.getgrnam(d.group)
+        found.append(f"group {d.group}")
+    return found
+
+
+def test_up_fetches_the_office_page_through_the_tunnel_and_down_removes_everything(
+    demo: demo_mod.Demo,
+) -> None:
+    done = run_demo(demo, "up")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "The demo tunnel works" in done.stdout
+    assert f"{demo.profile}: up" in done.stdout  # the `tunseal status` it prints
+    assert "make demo-stop" in done.stdout
+
+    # The page, fetched here, really goes through the tunnel's link.
+    status = cli_json(demo, "status", demo.profile)["tunnels"]
+    assert isinstance(status, list)
+    (tunnel,) = status
+    assert tunnel["state"] == "up" and tunnel["mode"] == "ephemeral", tunnel
+    route = json.loads(subprocess.run(["ip", "-j", "route", "get", demo.web_host],
+                                      capture_output=True, text=True, check=True).stdout)
+    assert route[0]["dev"] == tunnel["interface"]
+    assert demo_mod.PAGE_TEXT in fetch(demo.web_url)
+
+    # The helpers made the keys: the profile names keyring items and holds no secret.
+    profile = cli_json(demo, "show", demo.profile)
+    assert profile["public_key"]
+    text = json.dumps(profile)
+    assert "secrets" not in text
+
+    # The socket is the group's; the group exists while the demo runs.
+    st = demo.socket.stat()
+    assert st.st_gid == grp.getgrnam(demo.group).gr_gid and st.st_mode & 0o777 == 0o660
+    assert (demo.password_file.stat().st_mode & 0o777) == 0o600
+
+    again = run_demo(demo, "up")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "already running" in again.stdout
+
+    gone = run_demo(demo, "down")
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert "The Tunseal demo is gone." in gone.stdout
+    assert leftovers(demo) == []
+
+    twice = run_demo(demo, "down")
+    assert twice.returncode == 0 and "nothing to remove" in twice.stdout, twice.stdout
+
+
+def test_down_cleans_up_after_helpers_were_killed(demo: demo_mod.Demo) -> None:
+    done = run_demo(demo, "up")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name in ("here-helper", "office-helper", "web"):
+        record = json.loads((demo.state_dir / "pids" / f"{name}.pid").read_text())
+        os.kill(record.get("helper_pid", record["pid"]), signal.SIGKILL)
+
+    # `up` notices the broken demo, cleans it and builds a new one.
+    rebuilt = run_demo(demo, "up")
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    assert "only partly running" in rebuilt.stdout
+
+    # Kill the launchers too (keyring daemons and D-Bus sessions are left to the mark).
+    for name in ("here-helper", "office-helper"):
+        record = json.loads((demo.state_dir / "pids" / f"{name}.pid").read_text())
+        os.kill(record["pid"], signal.SIGKILL)
+        os.kill(record["helper_pid"], signal.SIGKILL)
+    gone = run_demo(demo, "down")
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert leftovers(demo) == []
+
+
+def test_a_bad_prefix_is_refused_with_a_clear_message() -> None:
+    env = netlab.python_env(**{demo_mod.PREFIX_ENV: "Not-OK"})
+    done = subprocess.run([sys.executable, "-m", "helper.demo", "up"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 1
+    assert done.stderr.startswith("tunseal demo: TUNSEAL_DEMO_PREFIX='Not-OK': use a lowercase")
+
+
+def test_the_default_names_are_the_documented_ones() -> None:
+    d = demo_mod.Demo(demo_mod.DEFAULT_PREFIX, 0)
+    assert (d.netns, d.lan_netns, d.group, d.profile) == (
+        "tunseal-office", "tunseal-lan", "tunseal", "office")
+    assert str(d.socket) == "/run/tunseal/helper.sock"
+    assert (str(d.underlay), str(d.tunnel_net), str(d.lan_net)) == (
+        "198.18.0.0/30", "10.213.0.0/24", "10.213.1.0/24")
+    assert d.web_url == "http://10.213.1.2/"
