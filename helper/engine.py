@@ -15,6 +15,7 @@ from core.errors import TunsealError
 from core.profile import Profile, ProfileSecrets
 from core.status import TunnelStatus
 from helper import dns, netdev
+from helper.netwatch import NetWatch
 from helper.records import Records
 from helper.timers import TimerThread
 from helper.tunnel import Tunnel, TunnelSpec, spec_from_profile
@@ -39,6 +40,8 @@ class Engine:
         self._lock = threading.Lock()
         self._timers = TimerThread(self._ticks, self._publish)
         self._timers.start()
+        self._netwatch = NetWatch(self._network_changed)
+        self._netwatch.start()
 
     def up(self, profile: Profile, secrets: ProfileSecrets) -> None:
         """Bring up a client (or 1:1 listening) tunnel described by a profile."""
@@ -93,6 +96,7 @@ class Engine:
         return sorted(self._tunnels)
 
     def shutdown(self) -> None:
+        self._netwatch.stop()
         self._timers.stop()
         for name in self.running():
             try:
@@ -104,6 +108,10 @@ class Engine:
 
     def _ticks(self) -> list[Callable[[], None]]:
         return [t.tick for t in list(self._tunnels.values())]
+
+    def _network_changed(self, why: str) -> None:
+        for t in list(self._tunnels.values()):
+            t.path_changed(why)
 
     def _publish(self) -> None:
         for t in list(self._tunnels.values()):

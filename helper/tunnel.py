@@ -396,6 +396,22 @@ class Tunnel:
                 dp.write_tun(msg)
                 self.endpoint.count("icmp_relayed")  # type: ignore[union-attr]
 
+    def path_changed(self, why: str) -> None:
+        """The machine's network changed (or it woke up): start fresh handshakes so the far
+        end learns our new address and any NAT mapping is rebuilt."""
+        dp = self.datapath
+        if dp is None:
+            return
+        out: list[tuple[AnyPeer, bytes]] = []
+        with self.lock:
+            for peer in self.peers:
+                if isinstance(peer, Peer) and peer.initiates:
+                    out.append((peer, peer.begin_handshake()))
+        for peer, pkt in out:
+            dp.send_to(peer, [pkt])
+        if out:
+            log.info("tunnel %s: %s, re-handshaking", self.name, why, extra={"tunnel": self.name})
+
     def _peer_at(self, addr: Address | None) -> AnyPeer | None:
         peers = self.peers
         if len(peers) == 1:
