@@ -33,6 +33,9 @@ class PlainPeer:
         self.encap = 0
         self.last_received = 0.0
         self.last_sent = 0.0
+        self.last_data = 0.0
+        self.last_data_received = 0.0
+        self.owes_keepalive = False
         self.path: PathState | None = None
 
     @property
@@ -120,8 +123,12 @@ class Endpoint:
                                     ptype=ptype, flags=flags)
             p.encap = (p.encap + 1) & 0xFFFF
             p.last_sent = self.clock()
+            if ptype == PacketType.DATA:
+                p.last_data = p.last_sent
             return [bytes(out)]
         kp = p.sending_keypair()
+        if ptype == PacketType.DATA:
+            p.last_data = self.clock()
         if kp is not None:
             p.note_sent()
             packets = [bytes(kp.seal(inner, ptype, flags))]
@@ -182,6 +189,9 @@ class Endpoint:
         if p is None:
             return self._drop("unknown_peer", f"plain packet from unknown device ID {dev}")
         p.last_received = self.clock()
+        if ptype == PacketType.DATA:
+            p.last_data = p.last_data_received = p.last_received
+            p.owes_keepalive = True
         p.stats.rx_packets += 1
         p.stats.rx_bytes += len(inner)
         return Inbound(peer=p, inner=inner if ptype == PacketType.DATA else None, ptype=ptype,
@@ -194,6 +204,9 @@ class Endpoint:
         assert isinstance(p, Peer)
         was_next = kp is p.next
         p.received_with(kp)
+        if ptype == PacketType.DATA:
+            p.last_data = p.last_data_received = p.last_received
+            p.owes_keepalive = True
         p.stats.rx_packets += 1
         p.stats.rx_bytes += len(inner)
         result = Inbound(peer=p, inner=inner if ptype == PacketType.DATA else None, ptype=ptype,
@@ -237,7 +250,9 @@ class Endpoint:
     def _receive_cookie(self, pkt: bytes) -> Inbound:
         p = self._peer_for_option_index(pkt)
         p.consume_cookie(pkt)
-        return Inbound(peer=p)
+        # A cookie reply is not authenticated by the peer's keys (anyone who saw our
+        # initiation could forge one): it must not move the peer's endpoint, so no peer here.
+        return Inbound()
 
     def _peer_for_option_index(self, pkt: bytes) -> Peer:
         parsed = wire.parse(pkt)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from core import handshake
 from core.constants import (
+    COOKIE_SECRET_LIFETIME,
     KEEPALIVE_TIMEOUT,
     REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
@@ -134,6 +135,13 @@ class Peer:
         self.last_timestamp = b""
         self.last_sent = 0.0
         self.last_received = 0.0
+        self.last_data = 0.0
+        """Last DATA packet either way: what makes a tunnel "active" (keepalives and probes
+        do not, or two idle ends would keep each other awake forever)."""
+        self.last_data_received = 0.0
+        self.owes_keepalive = False
+        """Data arrived and nothing went back since: a passive keepalive is due after
+        KEEPALIVE_TIMEOUT, so the sender knows the session still works (WireGuard's rule)."""
         self.last_initiation = 0.0
         """When the latest initiation went out: the retry timer runs from it, not from
         ``last_sent``, which data packets on the old session keep moving."""
@@ -159,7 +167,8 @@ class Peer:
         if self.pending is not None:
             self._indices.release(self.pending.local_index)
         index = self._indices.allocate(self)
-        cookie = self.cookie if self.cookie and now - self.cookie_time < 120.0 else None
+        fresh = self.cookie and now - self.cookie_time < COOKIE_SECRET_LIFETIME
+        cookie = self.cookie if fresh else None
         self.pending = Initiator(self.suite, self.ident, device_id=self.device_id,
                                  local_index=index, now=_wallclock(), cookie=cookie)
         if self.attempt_started is None:
@@ -250,7 +259,9 @@ class Peer:
             return False
         kp = self.current
         if kp is None:
-            return True
+            # No session: a handshake starts when there is something to send (Endpoint.seal),
+            # never from the timer alone, so a peer that gave up stays quiet until needed.
+            return False
         age = self._clock() - kp.created
         if kp.send_counter >= self.policy.after_messages:
             return True
@@ -292,11 +303,13 @@ class Peer:
             return False
         if self.keepalive and now - self.last_sent >= self.keepalive:
             return True
-        # Passive keepalive: we received data but have sent nothing back for a while.
-        return self.last_received > self.last_sent and now - self.last_sent >= KEEPALIVE_TIMEOUT
+        # Passive keepalive: we received data (not a keepalive: that would ping-pong forever)
+        # but have sent nothing back for a while.
+        return self.owes_keepalive and now - self.last_data_received >= KEEPALIVE_TIMEOUT
 
     def note_sent(self) -> None:
         self.last_sent = self._clock()
+        self.owes_keepalive = False
 
     def expire(self) -> None:
         """Forget every keypair that may no longer be used (called from the timer)."""

@@ -57,7 +57,7 @@ class DataPath:
                  on_state: Callable[[], None] | None = None, *, mtu: int = 1408,
                  on_control: Callable[[AnyPeer, bytes], None] | None = None,
                  on_path_errors: Callable[[list[PathError]], None] | None = None,
-                 icmp_source: tuple[bytes, bytes] = (b"", b"")):
+                 icmp_source: tuple[bytes, bytes] = (b"", b""), one_peer: bool = True):
         self.endpoint = endpoint
         self.tun = tun
         self.transport = transport
@@ -69,6 +69,9 @@ class DataPath:
         self.mtu = mtu
         """Largest inner packet the tunnel carries now (lowered when the path MTU drops)."""
         self.icmp_source = icmp_source
+        self.one_peer = one_peer
+        """A client tunnel: exactly one peer, for good (a gateway's peers come and go, so it
+        always routes by destination)."""
         """(IPv4, IPv6) address of our tunnel interface: the source of ICMP errors we send."""
         self.rings: dict[int, SentRing] = {}
         self.icmp_sent = 0
@@ -127,7 +130,7 @@ class DataPath:
 
     def _single_peer(self) -> AnyPeer | None:
         peers = self.endpoint.peers
-        return peers[0] if len(peers) == 1 else None
+        return peers[0] if self.one_peer and len(peers) == 1 else None
 
     # --- TUN -> network --------------------------------------------------------------------
 
@@ -141,7 +144,7 @@ class DataPath:
         state = _TxBatch(self, out, omv, scratch)
         emit = state.emit
         tso = state.tso
-        sealed_single = self.sealed and len(self.endpoint.peers) == 1
+        sealed_single = self.sealed and self._single_peer() is not None
         readv = os.readv
         while not self.stop.is_set():
             try:
@@ -183,7 +186,6 @@ class DataPath:
         sealed = self.sealed
         unpack_hdr = session.DATA_HEADER.unpack_from
         const = session.DATA_CONST + (0x11 << 8)
-        single = len(self.endpoint.peers) <= 1
         source_owner = self.routes.source_owner
         receive = self.transport.receive
         while not self.stop.is_set():
@@ -243,7 +245,7 @@ class DataPath:
                             continue
                         rx_packets += 1
                         rx_bytes += inner_len
-                        if not single and source_owner(inner) is not peer:
+                        if source_owner(inner) is not peer:
                             counts["bad_source"] = counts.get("bad_source", 0) + 1
                             continue
                         if coalescer is not None:
@@ -259,7 +261,8 @@ class DataPath:
                 st = peer.stats
                 st.rx_packets += rx_packets
                 st.rx_bytes += rx_bytes
-                peer.last_received = now
+                peer.last_received = peer.last_data = peer.last_data_received = now
+                peer.owes_keepalive = True
             if coalescer is not None:
                 coalescer.flush()
 
@@ -293,7 +296,7 @@ class DataPath:
         if r.control is not None and r.peer is not None:
             self.on_control(r.peer, r.control)
         if r.inner is not None and r.peer is not None:
-            if len(self.endpoint.peers) > 1 and self.routes.source_owner(r.inner) is not r.peer:
+            if self.routes.source_owner(r.inner) is not r.peer:
                 self.endpoint.count("bad_source")
                 return
             partial = bool(r.flags & _CSUM)
@@ -333,7 +336,8 @@ class _TxBatch:
             addr = peer.endpoint
             if addr is not None:
                 self.dp.transport.send_segments(self.omv[:end], seg, addr)  # type: ignore[arg-type]
-            peer.last_sent = time.monotonic()
+            peer.last_sent = peer.last_data = time.monotonic()
+            peer.owes_keepalive = False
         return 0
 
     def flush(self) -> None:

@@ -205,7 +205,8 @@ class Tunnel:
                                      self.lock, on_state=self.notify, mtu=spec.mtu,
                                      on_control=self._control,
                                      on_path_errors=self._path_errors,
-                                     icmp_source=interface_addresses(spec.addresses))
+                                     icmp_source=interface_addresses(spec.addresses),
+                                     one_peer=len(spec.peers) == 1 and not spec.forward)
             for ps in spec.peers:
                 self.add_peer(ps)
             if spec.dns or spec.dns_search:
@@ -330,8 +331,7 @@ class Tunnel:
         path.update(now)
         if isinstance(peer, Peer) and peer.sending_keypair() is None:
             return []
-        active = (peer_keepalive(peer) > 0 or now - peer.last_sent < ACTIVE_WINDOW
-                  or now - peer.last_received < ACTIVE_WINDOW)
+        active = peer_keepalive(peer) > 0 or now - peer.last_data < ACTIVE_WINDOW
         out: list[bytes] = []
         size = path.mtu_probe_size(now)
         if size is not None:
@@ -365,7 +365,11 @@ class Tunnel:
                 if peer.path.mtu != before:
                     self._set_mtu(peer.path.mtu, "an MTU probe got through")
         elif kind == ControlKind.ICMP_RELAY and isinstance(body, bytes):
-            dp.write_tun(body)
+            # Relayed ICMP is inner traffic from the peer: same source rule as its data.
+            if self.routes.source_owner(body) is peer:
+                dp.write_tun(body)
+            else:
+                ep.count("bad_source")
 
     def _path_errors(self, errors: list[PathError]) -> None:
         """ICMP errors about our outer packets (receive thread): lower the MTU, or relay the
