@@ -1,0 +1,99 @@
+"""Human units for the window: sizes, rates, ages, states, and the graph's axis ticks.
+
+Pure functions. Sizes and ages are the CLI's (:mod:`core.cli`), so both clients say the same.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from core.cli import format_age, human_bytes
+from core.status import TunnelStatus
+
+__all__ = [
+    "STATE_WORDS",
+    "axis_ticks",
+    "format_age",
+    "handshake_text",
+    "human_bytes",
+    "human_rate",
+    "loss_text",
+    "rtt_text",
+    "short_rate",
+    "state_text",
+    "time_axis_label",
+]
+
+STATE_WORDS = {
+    "down": "Disconnected",
+    "connecting": "Connecting…",
+    "handshaking": "Connecting… (handshake)",
+    "up": "Connected",
+    "unreachable": "Peer not answering",
+    "error": "Failed",
+}
+"""What each core.status state is called in the window and the tray."""
+
+
+def state_text(state: str) -> str:
+    return STATE_WORDS.get(state, state.capitalize() or "Unknown")
+
+
+def human_rate(bytes_per_second: float) -> str:
+    """'0 B/s', '512 B/s', '1.5 KiB/s', '12 MiB/s'."""
+    return f"{human_bytes(max(0.0, bytes_per_second))}/s"
+
+
+def short_rate(bytes_per_second: float) -> str:
+    """An axis label: like :func:`human_rate` but without a decimal when the value is round."""
+    text = human_rate(bytes_per_second)
+    return text.replace(".0 ", " ")
+
+
+def handshake_text(st: TunnelStatus, now: float | None = None) -> str:
+    if st.state == "down":
+        return "—"
+    return format_age(st.last_handshake, time.time() if now is None else now)
+
+
+def rtt_text(st: TunnelStatus) -> str:
+    if st.state == "down":
+        return "—"
+    return "not measured yet" if st.rtt_ms is None else f"{st.rtt_ms:.1f} ms"
+
+
+def loss_text(st: TunnelStatus) -> str:
+    if st.state == "down":
+        return "—"
+    return "not measured yet" if st.loss is None else f"{st.loss * 100:.1f} %"
+
+
+def axis_ticks(maximum: float, *, count: int = 4, base: float = 1024.0) -> list[float]:
+    """Round tick values from 0 to at least ``maximum`` in about ``count`` steps. A step is a
+    1, 2, 2.5 or 5 multiple of a power of ten of a power of ``base`` (bytes read best in 1024s:
+    '256 KiB/s', never '262144 B/s'). Never empty: an idle graph gets a 0-1000 B/s scale."""
+    top = max(maximum, 1000.0)
+    raw = top / max(1, count)
+    unit = base ** max(0, math.floor(math.log(raw, base)))
+    scaled = raw / unit
+    step_in_unit = next((s for s in _NICE_STEPS if s >= scaled), None)
+    if step_in_unit is None:  # e.g. 700 MiB: one step of the next unit up reads better
+        unit, step_in_unit = unit * base, 1
+    step = step_in_unit * unit
+    n = max(1, math.ceil(top / step - 1e-9))
+    return [i * step for i in range(n + 1)]
+
+
+_NICE_STEPS = (1, 2, 2.5, 5, 10, 20, 25, 50, 100, 200, 250, 500)
+
+
+def time_axis_label(seconds_ago: float) -> str:
+    """'now', '-30 s', '-2 min'."""
+    s = round(seconds_ago)
+    if s <= 0:
+        return "now"
+    if s < 60:
+        return f"-{s} s"
+    minutes = s / 60
+    return f"-{minutes:.0f} min" if minutes == int(minutes) else f"-{minutes:.1f} min"

@@ -1,0 +1,93 @@
+"""The Logs tab: the helper's log events about the selected tunnel, filterable and copyable."""
+
+from __future__ import annotations
+
+from PySide6.QtGui import QFont, QGuiApplication, QTextCursor
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from gui.model import LogBook, LogEntry
+
+__all__ = ["LogsPanel"]
+
+LEVEL_CHOICES = (("Debug and up", "DEBUG"), ("Info and up", "INFO"),
+                 ("Warnings and errors", "WARNING"), ("Errors only", "ERROR"))
+
+
+class LogsPanel(QWidget):
+    def __init__(self, book: LogBook, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.book = book
+        self.tunnel: str | None = None
+        self.filter = QLineEdit()
+        self.filter.setObjectName("logFilter")
+        self.filter.setPlaceholderText("Filter: type a word")
+        self.filter.setClearButtonEnabled(True)
+        self.level = QComboBox()
+        self.level.setObjectName("logLevel")
+        for label, level in LEVEL_CHOICES:
+            self.level.addItem(label, level)
+        self.level.setCurrentIndex(1)
+        self.helper_too = QCheckBox("Helper messages too")
+        self.helper_too.setToolTip("Also show the helper's messages that are about no "
+                                   "single tunnel")
+        self.copy_button = QPushButton("Copy")
+        self.copy_button.setToolTip("Copy the lines shown to the clipboard")
+        self.copy_button.clicked.connect(self.copy)
+        self.view = QPlainTextEdit()
+        self.view.setObjectName("logView")
+        self.view.setReadOnly(True)
+        self.view.setMaximumBlockCount(5000)
+        self.view.setFont(QFont("monospace"))
+        self.view.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
+        self.empty = QLabel("No messages yet.")
+
+        bar = QHBoxLayout()
+        bar.addWidget(self.filter, 1)
+        bar.addWidget(self.level)
+        bar.addWidget(self.helper_too)
+        bar.addWidget(self.copy_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(bar)
+        layout.addWidget(self.view, 1)
+        layout.addWidget(self.empty)
+        self.filter.textChanged.connect(self.rebuild)
+        self.level.currentIndexChanged.connect(self.rebuild)
+        self.helper_too.toggled.connect(self.rebuild)
+
+    def show_tunnel(self, tunnel: str | None) -> None:
+        if tunnel != self.tunnel:
+            self.tunnel = tunnel
+            self.rebuild()
+
+    def _criteria(self) -> dict[str, object]:
+        return {"tunnel": self.tunnel if self.tunnel is not None else "",
+                "min_level": self.level.currentData(), "text": self.filter.text().strip(),
+                "helper_too": self.helper_too.isChecked()}
+
+    def rebuild(self) -> None:
+        lines = [e.line() for e in self.book.filtered(**self._criteria())]
+        self.view.setPlainText("\n".join(lines))
+        self.view.moveCursor(QTextCursor.MoveOperation.End)
+        self.view.moveCursor(QTextCursor.MoveOperation.StartOfLine)
+        self.empty.setVisible(not lines)
+
+    def add(self, entry: LogEntry) -> None:
+        if LogBook.matches(entry, **self._criteria()):  # type: ignore[arg-type]
+            self.view.appendPlainText(entry.line())
+            self.empty.hide()
+
+    def visible_text(self) -> str:
+        return self.view.toPlainText()
+
+    def copy(self) -> None:
+        QGuiApplication.clipboard().setText(self.visible_text())

@@ -1,0 +1,128 @@
+"""The tray icon: its picture is the overall state, a click toggles the last-used profile, and
+its menu connects profiles, opens the window and quits.
+
+The menu is built whether or not the desktop has a tray (the window's own code paths and the
+tests use it); the icon is shown only where a tray exists.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QAction
+from PySide6.QtWidgets import QMenu, QSystemTrayIcon
+
+from gui import format as fmt
+from gui.icons import state_icon
+from gui.model import TrayState
+from gui.state import LiveState
+
+__all__ = ["Tray"]
+
+_TRAY_WORDS = {
+    TrayState.DISCONNECTED: "not connected",
+    TrayState.CONNECTING: "connecting…",
+    TrayState.CONNECTED: "connected",
+    TrayState.PROBLEM: "needs attention",
+}
+
+
+class Tray(QObject):
+    openRequested = Signal()
+    quitRequested = Signal()
+    toggleRequested = Signal(str)
+
+    def __init__(self, state: LiveState, parent: QObject | None = None):
+        super().__init__(parent)
+        self.state = state
+        self.menu = QMenu()
+        self.icon = QSystemTrayIcon()
+        self.icon.setContextMenu(self.menu)
+        self.icon.activated.connect(self._activated)
+        self.tunnel_actions: dict[str, QAction] = {}
+        state.profilesChanged.connect(self.rebuild)
+        state.statusChanged.connect(self._status_changed)
+        state.trayStateChanged.connect(self.refresh_icon)
+        state.availabilityChanged.connect(self.rebuild)
+        self.rebuild()
+
+    @staticmethod
+    def available() -> bool:
+        return QSystemTrayIcon.isSystemTrayAvailable()
+
+    def show(self) -> bool:
+        """Show the icon if the desktop has a tray; returns whether it did."""
+        if not self.available():
+            return False
+        self.icon.show()
+        return True
+
+    def hide(self) -> None:
+        self.icon.hide()
+
+    # --- picture and menu ------------------------------------------------------------------
+
+    def refresh_icon(self) -> None:
+        model = self.state.model
+        tray_state = model.tray_state()
+        self.icon.setIcon(state_icon(tray_state))
+        if not model.availability.ok:
+            tip = "Tunseal: the helper is not available"
+        else:
+            active = [f"{n}: {fmt.state_text(model.state(n))}"
+                      + (" (UNSAFE: plain)" if model.is_unsafe(n) else "")
+                      for n in model.active()]
+            tip = "Tunseal\n" + ("\n".join(active) if active else "Not connected")
+        self.icon.setToolTip(tip)
+        self.title_action.setText(f"Tunseal: {_TRAY_WORDS[tray_state]}")
+
+    def rebuild(self) -> None:
+        model = self.state.model
+        self.menu.clear()
+        self.tunnel_actions.clear()
+        self.title_action = self.menu.addAction("Tunseal")
+        self.title_action.setEnabled(False)
+        self.menu.addSeparator()
+        if model.availability.ok:
+            for name in model.names():
+                action = self.menu.addAction(name)
+                action.setCheckable(True)
+                action.triggered.connect(lambda _checked=False, n=name:
+                                         self.toggleRequested.emit(n))
+                self.tunnel_actions[name] = action
+                self._label(name)
+            if not self.tunnel_actions:
+                self.menu.addAction("No profiles yet").setEnabled(False)
+        else:
+            self.menu.addAction("Helper not available").setEnabled(False)
+        self.menu.addSeparator()
+        self.open_action = self.menu.addAction("Open Tunseal", self.openRequested.emit)
+        self.quit_action = self.menu.addAction("Quit", self.quitRequested.emit)
+        self.refresh_icon()
+
+    def _label(self, name: str) -> None:
+        action = self.tunnel_actions.get(name)
+        if action is None:
+            return
+        model = self.state.model
+        state = model.state(name)
+        verb = "Connect" if state == "down" else "Disconnect"
+        unsafe = "  ⚠ unsafe (plain)" if model.is_unsafe(name) else ""
+        action.setText(f"{verb} {name}  ({fmt.state_text(state)}){unsafe}")
+        action.setChecked(state != "down")
+        action.setIcon(state_icon(state))
+
+    def _status_changed(self, name: str) -> None:
+        if name in self.tunnel_actions:
+            self._label(name)
+        elif name in self.state.model.names():
+            self.rebuild()
+        self.refresh_icon()
+
+    def _activated(self, reason: QSystemTrayIcon.ActivationReason) -> None:
+        if reason != QSystemTrayIcon.ActivationReason.Trigger:
+            return
+        target = self.state.model.toggle_target()
+        if target and self.state.model.availability.ok:
+            self.toggleRequested.emit(target)
+        else:
+            self.openRequested.emit()

@@ -1,0 +1,79 @@
+"""What the window shows while the helper cannot be used: what is wrong, what to do, Retry."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QFont
+from PySide6.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget
+
+from gui.icons import state_icon
+from gui.model import Availability, TrayState, guidance
+
+__all__ = ["UnavailablePage"]
+
+
+class UnavailablePage(QWidget):
+    retry = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.icon = QLabel()
+        self.icon.setPixmap(state_icon(TrayState.PROBLEM).pixmap(72, 72))
+        self.icon.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.headline = QLabel()
+        self.headline.setObjectName("unavailableHeadline")
+        font = QFont(self.headline.font())
+        font.setPointSizeF(font.pointSizeF() * 1.4)
+        font.setBold(True)
+        self.headline.setFont(font)
+        self.headline.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.headline.setWordWrap(True)
+        self.advice = QLabel()
+        self.advice.setObjectName("unavailableAdvice")
+        self.advice.setWordWrap(True)
+        self.advice.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.advice.setMaximumWidth(620)
+        self.advice.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.command = QLabel()
+        self.command.setObjectName("unavailableCommand")
+        self.command.setTextFormat(Qt.TextFormat.PlainText)
+        self.command.setFont(QFont("monospace"))
+        self.command.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.command.setStyleSheet("QLabel { background: palette(base); border: 1px solid "
+                                   "palette(mid); border-radius: 4px; padding: 6px 10px; }")
+        self.detail = QLabel()
+        self.detail.setObjectName("unavailableDetail")
+        self.detail.setWordWrap(True)
+        self.detail.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.detail.setMaximumWidth(620)
+        self.detail.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        small = QFont(self.detail.font())
+        small.setPointSizeF(small.pointSizeF() * 0.9)
+        self.detail.setFont(small)
+        self.retry_button = QPushButton("Retry")
+        self.retry_button.setObjectName("retryButton")
+        self.retry_button.setDefault(True)
+        self.retry_button.clicked.connect(self.retry)
+        self.waiting = QLabel("Tunseal also retries by itself every few seconds.")
+        self.waiting.setAlignment(Qt.AlignmentFlag.AlignCenter)
+
+        layout = QVBoxLayout(self)
+        layout.addStretch(1)
+        layout.addWidget(self.icon)
+        layout.addWidget(self.headline)
+        layout.addSpacing(8)
+        layout.addWidget(self.advice, 0, Qt.AlignmentFlag.AlignHCenter)
+        layout.addWidget(self.command, 0, Qt.AlignmentFlag.AlignHCenter)
+        layout.addWidget(self.detail, 0, Qt.AlignmentFlag.AlignHCenter)
+        layout.addSpacing(8)
+        layout.addWidget(self.retry_button, 0, Qt.AlignmentFlag.AlignHCenter)
+        layout.addWidget(self.waiting)
+        layout.addStretch(2)
+        layout.setContentsMargins(48, 24, 48, 24)
+
+    def show_availability(self, availability: Availability) -> None:
+        headline, advice, command = guidance(availability)
+        self.headline.setText(headline)
+        self.advice.setText(advice)
+        self.command.setText(command)
+        self.detail.setText(f"Details: {availability.message}" if availability.message else "")

@@ -1,0 +1,444 @@
+"""The main window: the profile list on the left, the selected tunnel on the right (Status, Keys
+and Logs tabs), or, while the helper cannot be used, what to do about it.
+
+The window shows the model and forwards what the user asks for to :class:`gui.actions.Actions`;
+it decides nothing about profiles or tunnels itself.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from PySide6.QtCore import QSize, Qt, QUrl
+from PySide6.QtGui import QBrush, QCloseEvent, QColor, QDragEnterEvent, QDropEvent, QFont
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QMenu,
+    QMessageBox,
+    QPushButton,
+    QSplitter,
+    QStackedWidget,
+    QTabWidget,
+    QToolBar,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from core.profile import Profile
+from gui import format as fmt
+from gui.actions import Actions
+from gui.editor import ProfileEditor
+from gui.icons import app_icon, state_icon
+from gui.keys_panel import KeysPanel
+from gui.logs_panel import LogsPanel
+from gui.model import LogEntry
+from gui.state import LiveState
+from gui.status_panel import StatusPanel
+from gui.unavailable import UnavailablePage
+from gui.widgets import UnsafeLabel
+
+__all__ = ["MainWindow"]
+
+PROFILE_FILTER = "Tunseal profiles (*.tunseal);;All files (*)"
+PROFILE_SUFFIX = ".tunseal"
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, state: LiveState, actions: Actions, *, native_dialogs: bool = True,
+                 parent: QWidget | None = None):
+        super().__init__(parent)
+        self.state = state
+        self.ops = actions
+        self.native_dialogs = native_dialogs
+        self.hide_on_close = False
+        """True while a tray icon can bring the window back: closing then only hides it."""
+        self.selected: str | None = None
+        self.editor: ProfileEditor | None = None
+        self.import_dialog: QFileDialog | None = None
+        self.export_dialog: QFileDialog | None = None
+        self.question: QMessageBox | None = None
+        """The confirmation or error box on screen, if any (tests drive it)."""
+
+        self.setWindowTitle("Tunseal")
+        self.setWindowIcon(app_icon())
+        self.setAcceptDrops(True)
+        self._build_toolbar()
+        self.profile_list = QListWidget()
+        self.profile_list.setObjectName("profileList")
+        self.profile_list.setIconSize(QSize(32, 32))
+        self.profile_list.setMinimumWidth(200)
+        self.profile_list.currentItemChanged.connect(self._on_selection)
+        self.profile_list.itemDoubleClicked.connect(lambda _item: self.toggle_selected())
+        self.detail = self._build_detail()
+        self.empty = self._build_empty()
+        self.right = QStackedWidget()
+        self.right.addWidget(self.detail)
+        self.right.addWidget(self.empty)
+        splitter = QSplitter()
+        splitter.addWidget(self.profile_list)
+        splitter.addWidget(self.right)
+        splitter.setStretchFactor(1, 1)
+        splitter.setSizes([220, 680])
+        self.unavailable = UnavailablePage()
+        self.unavailable.retry.connect(self.state.helper.retry)
+        self.pages = QStackedWidget()
+        self.pages.addWidget(splitter)
+        self.pages.addWidget(self.unavailable)
+        self.setCentralWidget(self.pages)
+        self.resize(980, 680)
+
+        state.profilesChanged.connect(self.refresh_profiles)
+        state.statusChanged.connect(self._on_status)
+        state.logAdded.connect(self._on_log)
+        state.availabilityChanged.connect(self.refresh_availability)
+        actions.done.connect(lambda text: self.statusBar().showMessage(text, 8000))
+        actions.failed.connect(self.show_error)
+        self.refresh_availability()
+        self.refresh_profiles()
+
+    # --- building --------------------------------------------------------------------------
+
+    def _build_toolbar(self) -> None:
+        bar = QToolBar("Profiles")
+        bar.setObjectName("profileToolbar")
+        bar.setMovable(False)
+        bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+        self.new_action = bar.addAction("New…", self.new_profile)
+        self.edit_action = bar.addAction("Edit…", self.edit_selected)
+        self.duplicate_action = bar.addAction("Duplicate", self.duplicate_selected)
+        self.delete_action = bar.addAction("Delete…", self.delete_selected)
+        bar.addSeparator()
+        self.import_action = bar.addAction("Import…", self.open_import_dialog)
+        export_menu = QMenu(self)
+        self.export_action = export_menu.addAction("Export…", lambda: self.start_export(False))
+        self.export_secrets_action = export_menu.addAction(
+            "Export with secret keys…", lambda: self.start_export(True))
+        export_button = QToolButton()
+        export_button.setText("Export")
+        export_button.setMenu(export_menu)
+        export_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.export_button = export_button
+        bar.addWidget(export_button)
+        self.addToolBar(bar)
+
+    def _build_detail(self) -> QWidget:
+        self.header_icon = QLabel()
+        self.header_name = QLabel()
+        self.header_name.setObjectName("headerName")
+        font = QFont(self.header_name.font())
+        font.setPointSizeF(font.pointSizeF() * 1.5)
+        font.setBold(True)
+        self.header_name.setFont(font)
+        self.header_state = QLabel()
+        self.header_state.setObjectName("headerState")
+        self.connect_button = QPushButton("Connect")
+        self.connect_button.setObjectName("connectButton")
+        self.connect_button.setMinimumWidth(120)
+        self.connect_button.clicked.connect(self.toggle_selected)
+        self.header_unsafe = UnsafeLabel()
+        self.header_unsafe.setObjectName("headerUnsafe")
+        names = QVBoxLayout()
+        names.addWidget(self.header_name)
+        names.addWidget(self.header_state)
+        header = QHBoxLayout()
+        header.addWidget(self.header_icon)
+        header.addLayout(names, 1)
+        header.addWidget(self.connect_button)
+
+        self.status_panel = StatusPanel()
+        self.keys_panel = KeysPanel(self.ops)
+        self.logs_panel = LogsPanel(self.state.model.logs)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.status_panel, "Status")
+        self.tabs.addTab(self.keys_panel, "Keys")
+        self.tabs.addTab(self.logs_panel, "Logs")
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        layout.addLayout(header)
+        layout.addWidget(self.header_unsafe)
+        layout.addWidget(self.tabs, 1)
+        return page
+
+    def _build_empty(self) -> QWidget:
+        page = QWidget()
+        text = QLabel("No profiles yet.\n\nImport the .tunseal file your administrator gave you "
+                      "(or drop it on this window), or create a profile with New.")
+        text.setWordWrap(True)
+        text.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        button = QPushButton("Import a profile…")
+        button.clicked.connect(self.open_import_dialog)
+        layout = QVBoxLayout(page)
+        layout.addStretch(1)
+        layout.addWidget(text)
+        layout.addWidget(button, 0, Qt.AlignmentFlag.AlignHCenter)
+        layout.addStretch(2)
+        return page
+
+    # --- showing state ---------------------------------------------------------------------
+
+    def refresh_availability(self) -> None:
+        availability = self.state.model.availability
+        self.pages.setCurrentIndex(0 if availability.ok else 1)
+        self.unavailable.show_availability(availability)
+        for action in (self.new_action, self.import_action, self.edit_action,
+                       self.duplicate_action, self.delete_action):
+            action.setEnabled(availability.ok)
+        self.export_button.setEnabled(availability.ok)
+        if availability.ok:
+            self._update_actions()
+
+    def refresh_profiles(self) -> None:
+        names = self.state.model.names()
+        keep = self.selected if self.selected in names else (names[0] if names else None)
+        self.profile_list.blockSignals(True)
+        self.profile_list.clear()
+        for name in names:
+            item = QListWidgetItem()
+            item.setData(Qt.ItemDataRole.UserRole, name)
+            self.profile_list.addItem(item)
+            self._paint_item(item)
+            if name == keep:
+                self.profile_list.setCurrentItem(item)
+        self.profile_list.blockSignals(False)
+        self._select(keep)
+        self.right.setCurrentIndex(0 if names else 1)
+
+    def _item(self, name: str) -> QListWidgetItem | None:
+        for i in range(self.profile_list.count()):
+            item = self.profile_list.item(i)
+            if item.data(Qt.ItemDataRole.UserRole) == name:
+                return item
+        return None
+
+    def _paint_item(self, item: QListWidgetItem) -> None:
+        name = item.data(Qt.ItemDataRole.UserRole)
+        model = self.state.model
+        state = model.state(name)
+        text = f"{name}\n{fmt.state_text(state)}"
+        if model.is_unsafe(name):
+            text += " · UNSAFE (plain)"
+            item.setForeground(QBrush(QColor("#c62828")))
+        item.setText(text)
+        item.setIcon(state_icon(state))
+        item.setToolTip(f"{name}: {fmt.state_text(state)}")
+
+    def _on_status(self, name: str) -> None:
+        item = self._item(name)
+        if item is None:
+            if name in self.state.model.names():
+                self.refresh_profiles()
+            return
+        self._paint_item(item)
+        if name == self.selected:
+            self._show_selected()
+
+    def _on_selection(self, current: QListWidgetItem | None,
+                      _previous: QListWidgetItem | None) -> None:
+        self._select(current.data(Qt.ItemDataRole.UserRole) if current is not None else None)
+
+    def select(self, name: str) -> None:
+        item = self._item(name)
+        if item is not None:
+            self.profile_list.setCurrentItem(item)
+
+    def _select(self, name: str | None) -> None:
+        self.selected = name
+        self.logs_panel.show_tunnel(name)
+        self._show_selected()
+
+    def _show_selected(self) -> None:
+        name = self.selected
+        model = self.state.model
+        profile = model.profiles.get(name) if name else None
+        self.keys_panel.show_profile(profile)
+        self._update_actions()
+        if name is None:
+            return
+        st = model.status(name)
+        history = model.histories.get(name)
+        self.header_icon.setPixmap(state_icon(st.state).pixmap(48, 48))
+        self.header_name.setText(name)
+        self.header_state.setText(fmt.state_text(st.state))
+        self.connect_button.setText("Connect" if st.state == "down" else "Disconnect")
+        self.connect_button.setEnabled(model.availability.ok
+                                       and (profile is not None or st.state != "down"))
+        unsafe = model.is_unsafe(name)
+        self.header_unsafe.setVisible(unsafe)
+        self.status_panel.show_status(st, history.points() if history else [], now=time.time())
+        if st.state == "down" and profile is not None:
+            self.status_panel.show_mode(profile.mode, profile.cipher)
+
+    def _update_actions(self) -> None:
+        has = self.selected is not None and self.selected in self.state.model.profiles
+        ok = self.state.model.availability.ok
+        for action in (self.edit_action, self.duplicate_action, self.delete_action,
+                       self.export_action, self.export_secrets_action):
+            action.setEnabled(ok and has)
+
+    def _on_log(self, entry: LogEntry) -> None:
+        self.logs_panel.add(entry)
+
+    # --- tunnels ---------------------------------------------------------------------------
+
+    def toggle_selected(self) -> None:
+        if self.selected is not None:
+            self.ops.toggle(self.selected)
+
+    # --- profiles --------------------------------------------------------------------------
+
+    def _selected_profile(self) -> Profile | None:
+        return self.state.model.profiles.get(self.selected) if self.selected else None
+
+    def new_profile(self) -> None:
+        self._open_editor(None)
+
+    def edit_selected(self) -> None:
+        profile = self._selected_profile()
+        if profile is not None:
+            self._open_editor(profile)
+
+    def _open_editor(self, profile: Profile | None) -> None:
+        editor = ProfileEditor(profile, self)
+        editor.submitted.connect(lambda p: self._save(editor, p))
+        editor.finished.connect(lambda _result: self._editor_closed(editor))
+        self.editor = editor
+        editor.open()
+
+    def _save(self, editor: ProfileEditor, profile: Profile) -> None:
+        def saved() -> None:
+            self.selected = profile.name
+            editor.accept()
+
+        self.ops.save(profile, original=editor.original, on_saved=saved,
+                          on_invalid=editor.show_problems, on_error=editor.show_error)
+
+    def _editor_closed(self, editor: ProfileEditor) -> None:
+        if self.editor is editor:
+            self.editor = None
+        editor.deleteLater()
+
+    def duplicate_selected(self) -> None:
+        if self.selected is not None:
+            self.ops.duplicate(self.selected, on_done=self._select_later)
+
+    def _select_later(self, name: str) -> None:
+        self.selected = name  # the list is rebuilt when the helper announces the new profile
+        self.select(name)
+
+    def delete_selected(self) -> None:
+        name = self.selected
+        if name is None:
+            return
+        self._ask(f"Delete {name}?",
+                  f"Delete the profile {name} and its keys from this computer? This cannot be "
+                  "undone (export it first to keep a copy).", "Delete",
+                  lambda: self.ops.remove(name))
+
+    # --- import and export -----------------------------------------------------------------
+
+    def _file_dialog(self, title: str, *, save: bool, default: str = "") -> QFileDialog:
+        dialog = QFileDialog(self, title, default or str(Path.home()), PROFILE_FILTER)
+        if save:
+            dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
+            dialog.setDefaultSuffix(PROFILE_SUFFIX.lstrip("."))
+        else:
+            dialog.setFileMode(QFileDialog.FileMode.ExistingFile)
+        if not self.native_dialogs:
+            dialog.setOption(QFileDialog.Option.DontUseNativeDialog, True)
+        return dialog
+
+    def open_import_dialog(self) -> None:
+        dialog = self._file_dialog("Import a Tunseal profile", save=False)
+        dialog.fileSelected.connect(self.import_file)
+        dialog.finished.connect(dialog.deleteLater)
+        self.import_dialog = dialog
+        dialog.open()
+
+    def import_file(self, path: str) -> None:
+        """Import one .tunseal file (from the dialog or a drop)."""
+        if path:
+            self.ops.import_file(path)
+
+    def start_export(self, with_secrets: bool) -> None:
+        name = self.selected
+        if name is None or name not in self.state.model.profiles:
+            return
+        if not with_secrets:
+            self._open_export_dialog(name, with_secrets=False)
+            return
+        self._ask("Export the secret keys?",
+                  f"The exported file will contain the secret keys of {name}. Anyone who gets "
+                  "the file can join this network as you. Keep it private, hand it over only "
+                  "through a trusted channel, and delete it once imported.",
+                  "Export secret keys",
+                  lambda: self._open_export_dialog(name, with_secrets=True),
+                  icon=QMessageBox.Icon.Warning)
+
+    def _open_export_dialog(self, name: str, *, with_secrets: bool) -> None:
+        title = f"Export {name}" + (" with its secret keys" if with_secrets else "")
+        default = os.path.join(str(Path.home()), f"{name}{PROFILE_SUFFIX}")
+        dialog = self._file_dialog(title, save=True, default=default)
+        dialog.fileSelected.connect(
+            lambda path: self.ops.export(name, path, with_secrets=with_secrets))
+        dialog.finished.connect(dialog.deleteLater)
+        self.export_dialog = dialog
+        dialog.open()
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if _profile_paths(event.mimeData().urls()):
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        paths = _profile_paths(event.mimeData().urls())
+        if not paths:
+            event.ignore()
+            return
+        event.acceptProposedAction()
+        for path in paths:
+            self.import_file(path)
+
+    # --- messages --------------------------------------------------------------------------
+
+    def _ask(self, title: str, text: str, verb: str, then: object, *,
+             icon: QMessageBox.Icon = QMessageBox.Icon.Question) -> None:
+        box = QMessageBox(icon, title, text, QMessageBox.StandardButton.Cancel, self)
+        yes = box.addButton(verb, QMessageBox.ButtonRole.AcceptRole)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+
+        def clicked(button: object) -> None:
+            if button is yes and callable(then):
+                then()
+
+        box.buttonClicked.connect(clicked)
+        box.finished.connect(box.deleteLater)
+        self.question = box
+        box.open()
+
+    def show_error(self, title: str, message: str) -> None:
+        box = QMessageBox(QMessageBox.Icon.Warning, title, message,
+                          QMessageBox.StandardButton.Close, self)
+        box.finished.connect(box.deleteLater)
+        self.question = box
+        box.open()
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if self.hide_on_close:
+            event.ignore()
+            self.hide()
+        else:
+            event.accept()
+
+
+def _profile_paths(urls: list[QUrl]) -> list[str]:
+    return [u.toLocalFile() for u in urls
+            if u.isLocalFile() and u.toLocalFile().endswith(PROFILE_SUFFIX)]
