@@ -7,7 +7,8 @@ PKGS=(iproute2 nftables iputils-ping iperf3 tcpdump conntrack procps curl
       xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxkbcommon-x11-0 libegl1 libgl1
       libfontconfig1 libdbus-1-3 fonts-dejavu-core
       wireguard-tools wireguard-go openvpn
-      dpkg-dev fakeroot desktop-file-utils systemd)
+      dpkg-dev fakeroot desktop-file-utils systemd
+      debootstrap shellcheck lintian)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
