@@ -102,7 +102,7 @@ class HelperClient(QObject):
 
     def start(self) -> None:
         """Subscribe to the helper's events (in the background)."""
-        if self._closed or (self._reader is not None and self._reader.isRunning()):
+        if self._closed or self._subscribed():
             return
         reader = EventReader(self.path)  # replaces (and frees) a finished one
         reader.received.connect(self.received)
@@ -113,7 +113,15 @@ class HelperClient(QObject):
 
     @Slot()
     def retry(self) -> None:
-        self.start()
+        """Try again now: resubscribe, or, if the subscription is alive (only a request
+        failed), ask the helper whether it answers requests again."""
+        if self._subscribed():
+            self.call("ping", on_result=lambda _r: self._on_subscribed())
+        else:
+            self.start()
+
+    def _subscribed(self) -> bool:
+        return self._reader is not None and self._reader.isRunning()
 
     def close(self) -> None:
         """Stop both threads; callbacks of unfinished requests are dropped."""
@@ -167,6 +175,10 @@ class HelperClient(QObject):
     @Slot()
     def _on_subscribed(self) -> None:
         self._retry.stop()
+        if not self._ok:
+            # The request connection may be a stale one to a helper that has since restarted:
+            # start the requests that follow on a fresh one (queued behind any in flight).
+            self._pool.submit(self._calls.close)
         self._set_available(True, "", "")
 
     @Slot(str, str)
