@@ -237,6 +237,8 @@ def open_data(
             raise BadHeader(str(e)) from None
         if p.type not in _SEALED_TYPES or p.flags & SEALED_FLAGS != SEALED_FLAGS:
             raise BadHeader(f"{p.type.name} packet with flags 0x{p.flags:04x} is not sealed data")
+        if p.flags & ~_SEALED_ALLOWED:  # KEY_PRESENT: refused here as on the fast path
+            raise BadHeader(f"flags 0x{p.flags:04x} are not valid for a sealed packet")
         try:
             index = int.from_bytes(p.require(Option.RECEIVER_INDEX), "big")
             counter = int.from_bytes(p.require(Option.COUNTER), "big")

@@ -36,10 +36,13 @@ from core.constants import (
     PacketType,
 )
 from core.endpoint import Endpoint
+from core.handshake import Identity
 from core.peer import RekeyPolicy
 
 MODES = [("plain", False), ("psk", True), ("rotating", True), ("ephemeral", True),
          ("ephemeral", False)]
+"""(mode, with a psk): every way two ends can be configured."""
+MODE_IDS = ["plain", "psk", "rotating", "ephemeral+psk", "ephemeral"]
 PER_DIRECTION = 10_000
 
 
@@ -56,7 +59,7 @@ def index_of(packet: bytes) -> int:
 
 
 @pytest.mark.parametrize("cipher", CIPHERS)
-@pytest.mark.parametrize(("mode", "psk"), MODES, ids=lambda v: str(v))
+@pytest.mark.parametrize(("mode", "psk"), MODES, ids=MODE_IDS)
 def test_loopback_ten_thousand_each_way(mode: str, psk: bool, cipher: str) -> None:
     pair = make_pair(mode, cipher, psk=psk)
     for i in range(PER_DIRECTION):
@@ -75,7 +78,7 @@ def test_loopback_ten_thousand_each_way(mode: str, psk: bool, cipher: str) -> No
         assert pair.pa.state == pair.pb.state == "up"
 
 
-@pytest.mark.parametrize(("mode", "psk"), MODES, ids=lambda v: str(v))
+@pytest.mark.parametrize(("mode", "psk"), MODES, ids=MODE_IDS)
 def test_csum_partial_passes_through_the_endpoint(mode: str, psk: bool) -> None:
     pair = make_pair(mode, psk=psk)
     establish(pair)
@@ -103,7 +106,7 @@ def test_responder_holds_packets_until_its_session_is_confirmed(mode: str) -> No
 def test_plain_mode_ignores_unknown_devices_and_counts_them() -> None:
     pair = make_pair("plain")
     stranger = Endpoint("plain", "chacha20-poly1305", device_id=99)
-    peer = stranger.add_peer("b", None, remote_device_id=2, initiates=True)  # type: ignore[arg-type]
+    peer = stranger.add_peer("b", Identity(), remote_device_id=2, initiates=True)
     r = pair.b.receive(stranger.seal(peer, b"who am i")[0])
     assert r.drop == "unknown_peer" and pair.b.drops == {"unknown_peer": 1}
 
@@ -190,6 +193,8 @@ def test_lost_rekey_initiation_is_retried_while_data_flows() -> None:
 
 
 def test_received_keepalive_does_not_by_itself_cause_one_to_be_sent() -> None:
+    """PROTOCOL.md 12.4: data received earns one passive keepalive; a keepalive received earns
+    none, or two idle ends would ping-pong keepalives forever."""
     pair = make_pair("psk")  # psk: no time-based rekey to muddy the picture
     establish(pair)
     pair.b_to_a(b"the last data packet")  # a owes b one passive keepalive for this
@@ -353,12 +358,11 @@ def _fuzz_target(mode: str, psk: bool) -> tuple[Pair, list[bytes]]:
     """An established pair and one genuine packet of every kind b can receive."""
     pair = make_pair(mode, psk=psk)
     establish(pair)
-    seeds = [p for side, p in pair.wire_log if side == "a"]
+    seeds = [p for _, p in pair.wire_log]
     seeds.append(pair.a.seal(pair.pa, b"data " * 8)[0])
     seeds.append(pair.a.seal(pair.pa, b"", PacketType.KEEPALIVE)[0])
     seeds.append(pair.a.seal(pair.pa, b"\x01", PacketType.CONTROL, int(Flag.CSUM_PARTIAL))[0])
     if mode != "plain":
-        pair.pa.pending = None
         seeds.append(pair.pa.begin_handshake())
     return pair, seeds
 
@@ -366,21 +370,22 @@ def _fuzz_target(mode: str, psk: bool) -> tuple[Pair, list[bytes]]:
 FUZZ_TARGETS = {m: _fuzz_target(*m) for m in MODES}
 
 
-@settings(max_examples=1200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(target=st.sampled_from(MODES), data=st.data())
 def test_receive_never_raises_and_counts_every_drop(target: tuple[str, bool],
                                                     data: st.DataObject) -> None:
+    """Arbitrary bytes, and genuine packets of every kind (handshakes included) with random
+    edits, half with a repaired checksum, delivered to both ends of an established pair."""
     pair, seeds = FUZZ_TARGETS[target]
     pkt = data.draw(st.one_of(
         st.binary(max_size=150),
         st.builds(mutate, st.sampled_from(seeds), mutations, repair_checksum=st.booleans()),
     ))
     for ep in (pair.b, pair.a):
-        before = dict(ep.drops)
+        # "cookie_sent" shares the drops counters but is not a drop: leave it out.
+        before = {k: v for k, v in ep.drops.items() if k != "cookie_sent"}
         r = ep.receive(pkt, SOURCE_A)
-        after = dict(ep.drops)
-        after.pop("cookie_sent", None)
-        before.pop("cookie_sent", None)
+        after = {k: v for k, v in ep.drops.items() if k != "cookie_sent"}
         if r.drop is None:
             assert after == before
         else:
