@@ -88,7 +88,9 @@ class KeysPanel(QWidget):
 
     # --- showing ---------------------------------------------------------------------------
 
-    def show_profile(self, profile: Profile | None) -> None:
+    def show_profile(self, profile: Profile | None, *, reload: bool = False) -> None:
+        """Show ``profile``; its public key is read again when another profile is shown or
+        with ``reload`` (the helper's profiles changed: a key may have been made elsewhere)."""
         changed = profile is None or self.profile is None or profile.name != self.profile.name
         self.profile = profile
         self.setEnabled(profile is not None)
@@ -99,7 +101,9 @@ class KeysPanel(QWidget):
             return
         if changed:
             self._show_key(None, note="Reading the key…")
+        if changed or reload:
             self.ops.public_key(profile.name, self._key_for(profile.name))
+        if changed:
             self.peer_error.show_message("")
             self.peer_key.setText(profile.public_key)
         elif not self.peer_key.hasFocus():

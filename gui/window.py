@@ -208,7 +208,7 @@ class MainWindow(QMainWindow):
             if name == keep:
                 self.profile_list.setCurrentItem(item)
         self.profile_list.blockSignals(False)
-        self._select(keep)
+        self._select(keep, reload=True)
         self.right.setCurrentIndex(0 if names else 1)
 
     def _item(self, name: str) -> QListWidgetItem | None:
@@ -249,16 +249,16 @@ class MainWindow(QMainWindow):
         if item is not None:
             self.profile_list.setCurrentItem(item)
 
-    def _select(self, name: str | None) -> None:
+    def _select(self, name: str | None, *, reload: bool = False) -> None:
         self.selected = name
         self.logs_panel.show_tunnel(name)
-        self._show_selected()
+        self._show_selected(reload=reload)
 
-    def _show_selected(self) -> None:
+    def _show_selected(self, *, reload: bool = False) -> None:
         name = self.selected
         model = self.state.model
         profile = model.profiles.get(name) if name else None
-        self.keys_panel.show_profile(profile)
+        self.keys_panel.show_profile(profile, reload=reload)
         self._update_actions()
         if name is None:
             return
