@@ -81,14 +81,17 @@ async def _run(args: argparse.Namespace, keys: KeyStore, level: int) -> int:
         if server is not None:
             server.publish(event, data)
 
-    engine = Engine(on_event=forward, state_dir=args.state_dir)
+    # Starting the engine (it undoes what a crashed run left), the gateway and a shutdown all
+    # talk netlink through pyroute2, whose synchronous IPRoute drives an asyncio loop of its
+    # own: that fails on this thread, where a loop is already running. So: worker threads.
+    engine = await asyncio.to_thread(Engine, on_event=forward, state_dir=args.state_dir)
     gateway: GatewayService | None = None
     if args.gateway is not None:
         try:
             gateway = GatewayService(args.gateway, keys=keys, engine=engine)
-            gateway.start()
+            await asyncio.to_thread(gateway.start)
         except TunsealError as e:
-            engine.shutdown()
+            await asyncio.to_thread(engine.shutdown)
             print(f"tunseal-helper: gateway {args.gateway}: {e}", file=sys.stderr)
             return 1
     service = Service(profiles=profiles, keys=keys, engine=engine, notify=forward,
