@@ -45,9 +45,15 @@ class Flag(IntFlag):
     CSUM_PARTIAL = 0x1000
     """The inner packet's TCP/UDP checksum holds only the pseudo-header sum; the receiver must
     complete it (the sender split a kernel TSO super-packet and skipped per-segment checksums)."""
+    CONTINUATION = 0x0800
+    """Advisory, sealed DATA only: this TCP segment continues the packet sealed just before it
+    (counter - 1) in the same burst: same flow, addresses, ack, window and options; its sequence
+    number follows on. A receiver may glue such runs into one packet without comparing headers;
+    ignoring the flag is always correct (every segment is a complete packet)."""
 
 
-KNOWN_FLAGS = int(Flag.AUTHENTICATED | Flag.ENCRYPTED | Flag.KEY_PRESENT | Flag.CSUM_PARTIAL)
+KNOWN_FLAGS = int(Flag.AUTHENTICATED | Flag.ENCRYPTED | Flag.KEY_PRESENT | Flag.CSUM_PARTIAL
+                  | Flag.CONTINUATION)
 
 OPTION_CRITICAL = 0x80
 """Option types with the top bit set must be understood: an unknown one rejects the packet.

@@ -25,6 +25,10 @@ class Verdict(IntEnum):
     """The counter is at or past REJECT_AFTER_MESSAGES: the session must be replaced."""
 
 
+_OK, _DUPLICATE, _TOO_OLD, _EXHAUSTED = Verdict.OK, Verdict.DUPLICATE, Verdict.TOO_OLD, \
+    Verdict.EXHAUSTED
+
+
 class ReplayWindow:
     __slots__ = ("_bitmap", "_last")
 
@@ -51,20 +55,22 @@ class ReplayWindow:
     def update(self, counter: int) -> Verdict:
         """Check and record ``counter``; call only for an authenticated packet."""
         if counter >= REJECT_AFTER_MESSAGES:
-            return Verdict.EXHAUSTED
+            return _EXHAUSTED
         bitmap = self._bitmap
-        block = counter >> 6
-        if counter > self._last:
-            current = self._last >> 6
-            gap = min(block - current, _BLOCKS)
-            for i in range(1, gap + 1):
-                bitmap[(current + i) % _BLOCKS] = 0
+        last = self._last
+        if counter > last:
+            current = last >> 6
+            block = counter >> 6
+            if block != current:
+                for i in range(1, min(block - current, _BLOCKS) + 1):
+                    bitmap[(current + i) % _BLOCKS] = 0
             self._last = counter
-        elif self._last - counter >= WINDOW_SIZE:
-            return Verdict.TOO_OLD
-        block %= _BLOCKS
+        elif last - counter >= WINDOW_SIZE:
+            return _TOO_OLD
+        index = (counter >> 6) % _BLOCKS
         bit = 1 << (counter & 63)
-        if bitmap[block] & bit:
-            return Verdict.DUPLICATE
-        bitmap[block] |= bit
-        return Verdict.OK
+        word = bitmap[index]
+        if word & bit:
+            return _DUPLICATE
+        bitmap[index] = word | bit
+        return _OK

@@ -39,8 +39,9 @@ POLL_MS = 250
 ICMP_RATE = 100
 """ICMP errors per second the tunnel sends to inner senders, at most."""
 _CSUM = int(Flag.CSUM_PARTIAL)
+_CONT = int(Flag.CONTINUATION)
 SEALED = session.SEALED_FLAGS
-_ALLOWED = SEALED | _CSUM
+_ALLOWED = SEALED | _CSUM | _CONT
 MIN_SEALED = DATA_HEADER_LEN + TAG_LEN
 _SEALED_VT = frozenset((0x10 | t) for t in (PacketType.DATA, PacketType.KEEPALIVE,
                                             PacketType.CONTROL))
@@ -210,6 +211,7 @@ class DataPath:
             if seg <= 0 or seg > n:
                 seg = n
             kp_index = -1
+            cont_next = -1
             kp: session.Keypair | None = None
             peer: Peer | None = None
             rx_packets = rx_bytes = 0
@@ -226,6 +228,7 @@ class DataPath:
                             and (const + inner_len + dev + encap + flags + csum + index
                                  + counter) % 0xFFFF == 0):
                         if index != kp_index:
+                            cont_next = -1
                             kp = lookup(index)
                             peer = peer_of(index) if kp is not None else None
                             if kp is None or peer is None:
@@ -245,6 +248,14 @@ class DataPath:
                             continue
                         rx_packets += 1
                         rx_bytes += inner_len
+                        # A flagged continuation of the segment just opened joins its run with
+                        # no header checks: its header is discarded, so it cannot smuggle a
+                        # source address past the check its run's first segment passed.
+                        if (flags & _CONT and counter == cont_next and coalescer is not None
+                                and coalescer.continue_run(inner)):
+                            cont_next = counter + 1
+                            continue
+                        cont_next = counter + 1
                         if source_owner(inner) is not peer:
                             counts["bad_source"] = counts.get("bad_source", 0) + 1
                             continue

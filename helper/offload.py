@@ -36,6 +36,8 @@ _GSO_BUDGET = 65000
 """Bytes of sealed datagrams per GSO send (the UDP payload limit is 65,507)."""
 _V4_TOTLEN = struct.Struct("!H")
 _PLAIN_VNET = VNET.pack(0, GSO_NONE, 0, 0, 0, 0)
+_CONT = int(Flag.CONTINUATION)
+_NO_MERGE = TCP_SYN | TCP_FIN | TCP_RST | TCP_URG | TCP_CWR
 _TCP_FIELDS = struct.Struct("!4sIIBBH")
 """TCP ports, seq, ack, data offset, flags, window."""
 
@@ -159,15 +161,54 @@ class Coalescer:
         """Queue one inner packet; call :meth:`flush` at the end of a receive batch."""
         n = len(pkt)
         if partial and n >= 40:
-            v = pkt[0] >> 4
-            if v == 4 and pkt[9] == PROTO_TCP and pkt[0] == 0x45 and not pkt[6] & 0x3F:
+            if pkt[0] == 0x45 and pkt[9] == PROTO_TCP and not pkt[6] & 0x3F:
+                # The common case first, inline: the next in-order segment of the run being
+                # built (same flow, ack, window, options, TOS and TTL as its first segment).
+                if self._count:
+                    ports, seq, ack, doff, flags, win = _TCP_FIELDS.unpack_from(pkt, 20)
+                    hl = 20 + (doff >> 4) * 4
+                    payload = n - hl
+                    key = self._key
+                    if (seq == self._next_seq and hl == self._hl and 0 < payload <= self._gso
+                            and not flags & _NO_MERGE and ports == key[1] and ack == key[2]
+                            and win == key[4] and pkt[12:20] == key[0]
+                            and pkt[38:hl] == key[5] and pkt[1] | pkt[8] << 8 == key[6]
+                            and self._size + payload <= MAX_COALESCED):
+                        self._bufs.append(memoryview(pkt)[hl:])
+                        self._count += 1
+                        self._size += payload
+                        self._next_seq = (seq + payload) & 0xFFFFFFFF
+                        if payload < self._gso or flags & TCP_PSH:
+                            self._psh = bool(flags & TCP_PSH)
+                            self.flush()  # a short or pushed segment ends the run
+                        return
                 self._add_tcp(pkt, 20, True)
                 return
-            if v == 6 and pkt[6] == PROTO_TCP and n >= 60:
+            if pkt[0] >> 4 == 6 and pkt[6] == PROTO_TCP and n >= 60:
                 self._add_tcp(pkt, 40, False)
                 return
         self.flush()
         self._emit_single(pkt, partial)
+
+    def continue_run(self, pkt: bytes) -> bool:
+        """Append a segment the sender flagged CONTINUATION of the previous one (which the
+        caller checked: consecutive counter, same session). No header comparison: the flag
+        says it belongs to the run, and a peer can only garble its own flow by lying."""
+        hl = self._hl
+        payload = len(pkt) - hl
+        if (not self._count or payload <= 0 or payload > self._gso
+                or self._size + payload > MAX_COALESCED):
+            return False
+        flags = pkt[self._ip_len + 13]
+        if flags & _NO_MERGE:
+            return False
+        self._bufs.append(memoryview(pkt)[hl:])
+        self._count += 1
+        self._size += payload
+        if payload < self._gso or flags & TCP_PSH:
+            self._psh = bool(flags & TCP_PSH)
+            self.flush()
+        return True
 
     def _emit_single(self, pkt: bytes, partial: bool) -> None:
         if partial:
@@ -194,7 +235,7 @@ class Coalescer:
         # merged packet tells TCP exactly what its parts did: addresses, ports, ack, window,
         # options (timestamps), and TOS/TTL (IPv4) or traffic class/flow (IPv6).
         key = (pkt[12:20] if v4 else pkt[8:40], ports, ack, doff, win, pkt[th + 18:hl],
-               pkt[1] | pkt[8] << 8 if v4 else pkt[0:4])
+               pkt[1] | pkt[8] << 8 if v4 else pkt[0:4])  # the fast path in add() mirrors this
         if (self._count and seq == self._next_seq and key == self._key
                 and payload <= self._gso and self._size + payload <= MAX_COALESCED):
             self._bufs.append(memoryview(pkt)[hl:])
@@ -331,7 +372,7 @@ def seal_tso(frame: memoryview, kp: Keypair, out: bytearray, off: int, scratch: 
     v4 = kind == GSO_TCPV4
     mid_flags = tcp_flags & ~(TCP_FIN | TCP_PSH)
     vt = 0x10 | PacketType.DATA
-    sealed_flags = SEALED_FLAGS | Flag.CSUM_PARTIAL
+    sealed_flags = int(SEALED_FLAGS | Flag.CSUM_PARTIAL)
     const = DATA_CONST + (vt << 8) + device_id + sealed_flags + index
     seg = 0
     count = 0
@@ -360,8 +401,9 @@ def seal_tso(frame: memoryview, kp: Keypair, out: bytearray, off: int, scratch: 
             seg = 0
         counter = next(nonces)
         encap = counter & 0xFFFF
-        csum = ~((const + seg_total + encap + counter) % 0xFFFF or 0xFFFF) & 0xFFFF
-        pack_hdr(out, off, vt, 7, seg_total, device_id, encap, sealed_flags, csum,
+        cont = _CONT if count else 0
+        csum = ~((const + seg_total + encap + counter + cont) % 0xFFFF or 0xFFFF) & 0xFFFF
+        pack_hdr(out, off, vt, 7, seg_total, device_id, encap, sealed_flags | cont, csum,
                  0x82, 4, index, 0x81, 8, counter)
         end = off + DATA_HEADER_LEN
         encrypt_into(counter.to_bytes(12, "big"), smv[:seg_total], omv[off:end],
