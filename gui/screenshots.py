@@ -14,7 +14,8 @@ something to show, and grabs offscreen:
 - ``tray-menu.png``: the tray menu;
 - ``no-helper.png``: the window when no helper answers (a socket path where none runs).
 
-A tunnel it connected is disconnected again at the end.
+A tunnel that was down is disconnected again at the end; one that was up is reconnected at the
+start (so the Logs tab has this session's messages) and left up.
 """
 
 from __future__ import annotations
@@ -124,8 +125,11 @@ def render(out: Path, *, socket: str | None = None, profile: str | None = None,
             raise ScreenshotError(f"the helper has no profile {name!r}")
         app.window.select(name)
         if model.state(name) == "down":
-            app.actions.connect_tunnel(name)
             connected_here = name
+        else:  # reconnect, so the Logs tab has the tunnel's messages of this session
+            app.actions.disconnect_tunnel(name)
+            wait_until(lambda: model.state(name) == "down", 15, f"{name} to disconnect")
+        app.actions.connect_tunnel(name)
         wait_until(lambda: model.state(name) == "up", 30, f"{name} to connect")
         target = ping or ping_target(model.profiles[name].allowed_ips)
         if target is None:
