@@ -371,6 +371,13 @@ class FloodGuard:
             self._window_start, self._count = now, 0
         return self._count >= self._threshold
 
+    def note(self) -> None:
+        """Count an initiation towards the load measure without charging its source (one
+        that is answered with a cookie: a spoofed flood must not drain a real client's
+        allowance, as WireGuard charges only initiations with a valid cookie)."""
+        self.under_load()
+        self._count += 1
+
     def admit(self, source: bytes) -> bool:
         """Count one initiation from ``source``; False if that source is over its rate."""
         now = self._clock()

@@ -107,7 +107,7 @@ class Responder:
             except HandshakeError as e:
                 raise Refused(str(e), "handshake_mac") from None
             if self.guard.under_load() and not cookies.mac2_ok(init, source):
-                self.guard.admit(source)
+                self.guard.note()
                 return Reply(cookies.reply(init, source, device_id=self.device_id), None)
             if not self.guard.admit(source):
                 raise Refused("handshake rate limit for this source exceeded", "handshake_rate")

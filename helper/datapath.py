@@ -325,6 +325,16 @@ def _write_plain(write: Callable[[int, bytes | bytearray], int], fd: int,
         pass  # the device is going away or the packet is invalid for the kernel
 
 
+def _link_local(pkt: memoryview) -> bool:
+    """Packets the kernel sends on every link (IPv6 ND/MLD from fe80::, to ff02::; IPv4 to
+    224.0.0.0/24) that a layer-3 tunnel must not carry: the far end would drop them as
+    coming from outside the peer's allowed IPs."""
+    if pkt[0] >> 4 == 6 and len(pkt) >= 40:
+        link_src = pkt[8] == 0xFE and pkt[9] & 0xC0 == 0x80
+        return link_src or (pkt[24] == 0xFF and pkt[25] & 0x0F <= 2)
+    return len(pkt) >= 20 and pkt[16] == 224 and pkt[17] == 0 and pkt[18] == 0
+
+
 class _TxBatch:
     """Accumulates sealed packets for one peer into one GSO send."""
 
@@ -397,6 +407,8 @@ class _TxBatch:
             self.flush()
             self.peer = peer
         flags = _CSUM if partial else 0
+        if _link_local(pkt):
+            return  # neighbour discovery, MLD, mDNS...: meaningless beyond this link
         if len(pkt) > dp.mtu and icmp.dont_fragment(pkt):
             dp.tell_too_big(pkt, dp.mtu)
             dp.endpoint.count("too_big")

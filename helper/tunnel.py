@@ -165,6 +165,7 @@ class Tunnel:
         self.datapath: DataPath | None = None
         self.routes: AllowedIPs[AnyPeer] = AllowedIPs()
         self._nft_table = ""
+        self._pins: list[netdev.HostRoute] = []
         self._added_allowed: dict[str, tuple[str, ...]] = {}
         self._threads: list[threading.Thread] = []
         self._dns_backup: dict[str, object] | None = None
@@ -193,6 +194,7 @@ class Tunnel:
         spec = self.spec
         self._records.note_link(self.ifname, spec.name)
         try:
+            self._pin_endpoints()
             self.tun = open_tun(self.ifname)
             netdev.configure(self.ifname, addresses=list(spec.addresses), mtu=spec.mtu,
                              routes=list(spec.routes))
@@ -210,8 +212,9 @@ class Tunnel:
             for ps in spec.peers:
                 self.add_peer(ps)
             if spec.dns or spec.dns_search:
-                self._dns_backup = dns.apply(self.ifname, list(spec.dns), list(spec.dns_search))
-                self._records.note_dns(self.ifname, self._dns_backup)
+                # dns.apply records the backup before it changes anything (crash safety).
+                self._dns_backup = dns.apply(self.ifname, list(spec.dns), list(spec.dns_search),
+                                             records=self._records)
             if spec.masquerade or spec.forward:
                 self._nft_table = nat.enable(self.ifname, list(spec.masquerade))
             for fn, label in ((self.datapath.run_tx, "tx"), (self.datapath.run_rx, "rx")):
@@ -233,6 +236,21 @@ class Tunnel:
             self.stop()
             raise
         self.notify()
+
+    def _pin_endpoints(self) -> None:
+        """A tunnel that routes everything (0.0.0.0/0) would also capture its own outer
+        packets to the peer; a host route for each endpoint, via the path the kernel uses for
+        it now, keeps them outside. Recorded before it is added, like everything else."""
+        if not any(net.endswith("/0") for net in self.spec.routes):
+            return
+        for ps in self.spec.peers:
+            if ps.endpoint is None:
+                continue
+            pin = netdev.endpoint_pin(ps.endpoint[0])
+            if pin is not None:
+                self._records.note_host_route(self.ifname, pin)
+                netdev.add_host_route(pin)
+                self._pins.append(pin)
 
     def add_peer(self, ps: PeerSpec) -> AnyPeer:
         """Add a peer to the running tunnel (a gateway's `tunseal peer add` lands here)."""
@@ -299,6 +317,13 @@ class Tunnel:
         if self._nft_table:
             nat.disable(self._nft_table)
             self._nft_table = ""
+        for pin in self._pins:
+            try:
+                netdev.remove_host_route(pin)
+            except TunsealError as e:
+                log.warning("tunnel %s: removing the endpoint route failed: %s", self.name, e,
+                            extra={"tunnel": self.name})
+        self._pins.clear()
         self._records.forget(self.ifname)
         if self.endpoint is not None:
             for peer in list(self.endpoint.peers):
