@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, QUrl
@@ -409,14 +410,14 @@ class MainWindow(QMainWindow):
 
     # --- messages --------------------------------------------------------------------------
 
-    def _ask(self, title: str, text: str, verb: str, then: object, *,
+    def _ask(self, title: str, text: str, verb: str, then: Callable[[], None], *,
              icon: QMessageBox.Icon = QMessageBox.Icon.Question) -> None:
         box = QMessageBox(icon, title, text, QMessageBox.StandardButton.Cancel, self)
         yes = box.addButton(verb, QMessageBox.ButtonRole.AcceptRole)
         box.setDefaultButton(QMessageBox.StandardButton.Cancel)
 
         def clicked(button: object) -> None:
-            if button is yes and callable(then):
+            if button is yes:
                 then()
 
         box.buttonClicked.connect(clicked)
