@@ -68,6 +68,7 @@ psk = "office.psk"
 
 OFFICE = Profile(
     "office",
+    cipher="chacha20-poly1305",  # as the EXAMPLE file says (not the default)
     device_id=1,
     addresses=("10.77.0.2/32", "fd77::2/128"),
     dns=("10.77.0.1",),
@@ -110,7 +111,7 @@ def test_example_loads_to_the_expected_profile() -> None:
 
 def test_defaults_fill_everything_but_name_and_addresses() -> None:
     p = Profile("x", addresses=("10.0.0.1/32",))
-    assert (p.mode, p.cipher, p.transport) == ("ephemeral", "chacha20-poly1305", "udp")
+    assert (p.mode, p.cipher, p.transport) == ("ephemeral", "aes-256-gcm", "udp")
     assert (p.mtu, p.device_id, p.persist, p.listen_port, p.keepalive) == (1408, 0, False, 0, 0)
     assert (p.rekey_seconds, p.rekey_messages) == (600, 1 << 24)
     assert p.endpoint == p.public_key == p.private_key_ref == p.psk_ref == ""
