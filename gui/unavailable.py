@@ -11,6 +11,8 @@ from gui.model import Availability, TrayState, guidance
 
 __all__ = ["UnavailablePage"]
 
+TEXT_WIDTH = 560
+
 
 class UnavailablePage(QWidget):
     retry = Signal()
@@ -32,7 +34,7 @@ class UnavailablePage(QWidget):
         self.advice.setObjectName("unavailableAdvice")
         self.advice.setWordWrap(True)
         self.advice.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.advice.setMaximumWidth(620)
+
         self.advice.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.command = QLabel()
         self.command.setObjectName("unavailableCommand")
@@ -45,7 +47,7 @@ class UnavailablePage(QWidget):
         self.detail.setObjectName("unavailableDetail")
         self.detail.setWordWrap(True)
         self.detail.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.detail.setMaximumWidth(620)
+
         self.detail.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         small = QFont(self.detail.font())
         small.setPointSizeF(small.pointSizeF() * 0.9)
@@ -62,9 +64,16 @@ class UnavailablePage(QWidget):
         layout.addWidget(self.icon)
         layout.addWidget(self.headline)
         layout.addSpacing(8)
-        layout.addWidget(self.advice, 0, Qt.AlignmentFlag.AlignHCenter)
-        layout.addWidget(self.command, 0, Qt.AlignmentFlag.AlignHCenter)
-        layout.addWidget(self.detail, 0, Qt.AlignmentFlag.AlignHCenter)
+        # Word-wrapped labels given an alignment in a layout keep their one-line size hint and
+        # clip; in a fixed-width column without alignments they get their full height.
+        column = self._column = QWidget()
+        column.setFixedWidth(TEXT_WIDTH)
+        column_layout = QVBoxLayout(column)
+        column_layout.setContentsMargins(0, 0, 0, 0)
+        column_layout.addWidget(self.advice)
+        column_layout.addWidget(self.command, 0, Qt.AlignmentFlag.AlignHCenter)
+        column_layout.addWidget(self.detail)
+        layout.addWidget(column, 0, Qt.AlignmentFlag.AlignHCenter)
         layout.addSpacing(8)
         layout.addWidget(self.retry_button, 0, Qt.AlignmentFlag.AlignHCenter)
         layout.addWidget(self.waiting)
@@ -77,3 +86,8 @@ class UnavailablePage(QWidget):
         self.advice.setText(advice)
         self.command.setText(command)
         self.detail.setText(f"Details: {availability.message}" if availability.message else "")
+        # The column's height follows the wrapped text (its layout knows height-for-width,
+        # the centring parent layout does not ask).
+        column_layout = self._column.layout()
+        if column_layout is not None:
+            self._column.setFixedHeight(column_layout.heightForWidth(TEXT_WIDTH))

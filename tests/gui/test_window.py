@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 from pytestqt.qtbot import QtBot
 
 from core import noise
+from core.constants import DEFAULT_CIPHER
 from gui.app import App
 from gui.model import TrayState
 from gui.notify import Kind
@@ -85,8 +86,7 @@ def test_import_connect_live_status_disconnect(qtbot: QtBot, world: OfficeLab, n
         TrayState.CONNECTED
     values = app.window.status_panel.values
     assert values["endpoint"].text() == "198.18.9.1:51900"
-    assert values["mode"].text() == "ephemeral" and values["cipher"].text() == \
-        "chacha20-poly1305"
+    assert values["mode"].text() == "ephemeral" and values["cipher"].text() == DEFAULT_CIPHER
     assert values["mtu"].text() == "1408"
     assert values["handshake"].text().endswith(" ago")
 
