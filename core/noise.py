@@ -7,6 +7,7 @@ the Noise specification describes (sections 5 and 9).
 
 from __future__ import annotations
 
+import functools
 import hmac as _hmac
 from dataclasses import dataclass
 from typing import Literal
@@ -102,8 +103,15 @@ def generate_private_key() -> bytes:
 
 def public_key(private: bytes) -> bytes:
     """The raw 32-byte X25519 public key of a raw 32-byte private key."""
-    key = X25519PrivateKey.from_private_bytes(_check_key("private key", private))
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return _static_keypair(_check_key("private key", private)).public
+
+
+@functools.lru_cache(maxsize=256)
+def _static_keypair(private: bytes) -> _Keypair:
+    # Long-term keys take part in every handshake: loading one and deriving its public key is
+    # a scalar multiplication, so it is done once per key, not once per handshake (a gateway
+    # answers many). Bounded: at most 256 keys are kept loaded.
+    return _Keypair(private)
 
 
 def _dh(private: X25519PrivateKey, public: bytes) -> bytes:
@@ -291,8 +299,9 @@ class _SymmetricState:
 class _Keypair:
     __slots__ = ("private", "public")
 
-    def __init__(self, private: bytes):
-        self.private = X25519PrivateKey.from_private_bytes(private)
+    def __init__(self, private: bytes | X25519PrivateKey):
+        self.private = (private if isinstance(private, X25519PrivateKey)
+                        else X25519PrivateKey.from_private_bytes(private))
         self.public = self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
@@ -323,7 +332,8 @@ class HandshakeState:
         self._initiator = initiator
         self._check_inputs(pattern, s=s, rs=rs, psk=psk)
 
-        self._s = _Keypair(_check_key("static private key (s)", s)) if s is not None else None
+        self._s = _static_keypair(_check_key("static private key (s)", s)) if s is not None \
+            else None
         self._rs = _check_key("remote static public key (rs)", rs) if rs is not None else None
         self._psk = _check_key("pre-shared key (psk)", psk) if psk is not None else None
         self._e = _Keypair(_check_key("ephemeral private key (e)", e)) if e is not None else None
@@ -452,7 +462,7 @@ class HandshakeState:
         for token in self._pattern.messages[self._index]:
             if token == "e":
                 if self._e is None:
-                    self._e = _Keypair(generate_private_key())
+                    self._e = _Keypair(X25519PrivateKey.generate())
                 out += self._e.public
                 self._mix_ephemeral(self._e.public)
             elif token == "s":
