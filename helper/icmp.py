@@ -47,7 +47,14 @@ def icmp_error(inner: bytes | memoryview, *, from_addr: bytes, v4: tuple[int, in
                v6: tuple[int, int], info: int = 0) -> bytes | None:
     """An ICMP error about ``inner`` addressed to its sender, from ``from_addr`` (an address of
     our tunnel interface of the same family), or None if none may be sent (RFC 1812 4.3.2.7:
-    never about an ICMP error, a fragment tail, or a multicast/broadcast source)."""
+    never about an ICMP error, a fragment tail, or a multicast/broadcast source).
+
+    When the sender *is* ``from_addr`` (an application on this host, as on every client), the
+    error comes from the inner packet's destination instead: Linux drops a packet that arrives
+    on the TUN device with one of its own addresses as source (``fib_validate_source``, a
+    "martian source"), so an error from our own address would never reach the sender. The
+    destination is routed through the tunnel, so even a strict rp_filter accepts it, and the
+    receiving stack matches the error to its socket by the quoted headers alone."""
     pkt = bytes(inner)
     if len(pkt) >= 20 and pkt[0] >> 4 == 4:
         ihl = (pkt[0] & 0x0F) * 4
@@ -55,22 +62,30 @@ def icmp_error(inner: bytes | memoryview, *, from_addr: bytes, v4: tuple[int, in
             return None  # an ICMP error (or other non-echo ICMP): never answer with an error
         if struct.unpack_from("!H", pkt, 6)[0] & 0x1FFF or pkt[12] >= 224 or len(from_addr) != 4:
             return None
+        src = _reporter(from_addr, sender=pkt[12:16], dst=pkt[16:20], multicast=pkt[16] >= 224)
         quote = pkt[:ihl + 8]
         typ, code = v4
         body = bytearray(struct.pack("!BBHHH", typ, code, 0, 0, info & 0xFFFF) + quote)
         struct.pack_into("!H", body, 2, internet_checksum(body + b"\0" * (len(body) % 2)))
-        return _ip4(from_addr, pkt[12:16], 1, bytes(body))
+        return _ip4(src, pkt[12:16], 1, bytes(body))
     if len(pkt) >= 40 and pkt[0] >> 4 == 6:
         if pkt[6] == 58 and len(pkt) > 40 and pkt[40] < 128:
             return None
         if pkt[8] == 0xFF or len(from_addr) != 16:
             return None
+        src = _reporter(from_addr, sender=pkt[8:24], dst=pkt[24:40], multicast=pkt[24] == 0xFF)
         quote = pkt[:1232 - 48]  # the whole offending packet, as far as the minimum MTU allows
         typ, code = v6
         msg = bytearray(struct.pack("!BBHI", typ, code, 0, info) + quote)
-        struct.pack_into("!H", msg, 2, _icmp6_checksum(from_addr, pkt[8:24], bytes(msg)))
-        return _ip6(from_addr, pkt[8:24], bytes(msg))
+        struct.pack_into("!H", msg, 2, _icmp6_checksum(src, pkt[8:24], bytes(msg)))
+        return _ip6(src, pkt[8:24], bytes(msg))
     return None
+
+
+def _reporter(from_addr: bytes, *, sender: bytes, dst: bytes, multicast: bool) -> bytes:
+    """The source of an ICMP error to ``sender`` (see :func:`icmp_error`): our tunnel address,
+    unless that is the sender's own, then the (unicast) destination it was sending to."""
+    return dst if sender == from_addr and not multicast else from_addr
 
 
 def too_big(inner: bytes | memoryview, mtu: int, *, from_addr: bytes) -> bytes | None:
