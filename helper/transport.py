@@ -83,6 +83,14 @@ class Transport:
     gso: bool = False
     gro: bool = False
     kind: str = ""
+    errors_pending: bool = False
+    """A send failed with an error from the path (EMSGSIZE, ECONNREFUSED, EHOSTUNREACH...).
+    Such a send consumes the socket's pending error (sk_err), which is what makes a receive
+    fail and the data path read the error queue; so :meth:`receive` raises once on the send's
+    behalf. Without this the tx thread, which sends far more often than the rx thread finds
+    its queue empty, swallows the path-MTU error of an ICMP "fragmentation needed", every
+    later GSO send fails locally with EMSGSIZE (never queued), and the tunnel black-holes
+    large packets for good."""
 
     def send(self, data: bytes | bytearray | memoryview, addr: Address) -> None:
         raise NotImplementedError
@@ -93,8 +101,19 @@ class Transport:
             self.send(buf[off:off + seg], addr)
 
     def receive(self, buf: bytearray) -> tuple[int, int, Address]:
-        """Block for the next datagram (or GRO run): (length, segment size or 0, source)."""
+        """Block for the next datagram (or GRO run): (length, segment size or 0, source).
+        OSError when the socket has an error to report: then call :meth:`read_errors`."""
         raise NotImplementedError
+
+    def _send_failed(self, e: OSError) -> None:
+        _note_send_error(e)
+        if e.errno not in (errno.ENOBUFS, errno.EAGAIN):
+            self.errors_pending = True
+
+    def _raise_pending(self) -> None:
+        if self.errors_pending:
+            self.errors_pending = False
+            raise OSError(errno.EMSGSIZE, "a send met a path error: read the error queue")
 
     def close(self) -> None:
         self.sock.close()
@@ -185,7 +204,7 @@ class UdpTransport(Transport):
         try:
             self.sock.sendto(data, self._addr(addr))
         except OSError as e:
-            _note_send_error(e)
+            self._send_failed(e)
 
     def send_segments(self, buf: memoryview, seg: int, addr: Address) -> None:
         if not self.gso or len(buf) <= seg:
@@ -201,9 +220,14 @@ class UdpTransport(Transport):
                 self.gso = False
                 super().send_segments(buf, seg, addr)
             else:
-                _note_send_error(e)
+                self._send_failed(e)
+                if e.errno == errno.EMSGSIZE:
+                    # A GSO send over the path MTU fails without queueing anything; one plain
+                    # datagram queues a local error that carries the path MTU for read_errors.
+                    self.send(buf[:seg], addr)
 
     def receive(self, buf: bytearray) -> tuple[int, int, Address]:
+        self._raise_pending()
         n, anc, _flags, addr = self.sock.recvmsg_into([buf], _GSO_CMSG_SPACE)
         seg = 0
         for level, kind, data in anc:
@@ -236,7 +260,7 @@ class RawTransport(Transport):
         try:
             self.sock.sendto(data, (addr[0], 0))
         except OSError as e:
-            _note_send_error(e)
+            self._send_failed(e)
 
     def _tunseal_payload(self, data: bytes) -> bytes:
         if self.family == socket.AF_INET and data and data[0] >> 4 == 4:
@@ -244,6 +268,7 @@ class RawTransport(Transport):
         return data
 
     def receive(self, buf: bytearray) -> tuple[int, int, Address]:
+        self._raise_pending()
         n, addr = self.sock.recvfrom_into(buf)
         if self.family == socket.AF_INET:
             # IPv4 raw sockets deliver the IP header too; IPv6 ones do not.
