@@ -6,6 +6,7 @@
 # upgrades in place. Undo it with uninstall.sh (it keeps the profiles).
 #
 #   sudo bash installers/install.sh [--with-gui] [--no-start]
+# shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 
 PREFIX=/opt/tunseal
@@ -113,7 +114,7 @@ put() {  # put TARGET MODE < CONTENT: write a file outside $PREFIX and remember 
 for program in tunseal tunseal-helper tunseal-gui; do
     subst "$common/launcher.py.in" PYTHON="$PREFIX/venv/bin/python3" LIBDIR="$PREFIX/lib" \
         VENV="" PROGRAM="$program" \
-        SETUP="Run 'sudo $PREFIX/venv/bin/python3 -m pip install --upgrade \"cryptography>=$MIN_CRYPTOGRAPHY\"'." \
+        SETUP="Run: sudo $PREFIX/venv/bin/python3 -m pip install --upgrade 'cryptography>=$MIN_CRYPTOGRAPHY'" \
         SETUP_GUI="Run 'sudo bash installers/install.sh --with-gui' (it adds PySide6 from PyPI)." |
         put "$BINDIR/$program" 0755
 done
@@ -135,7 +136,9 @@ install -d -m 0755 "$PREFIX/share/installer/common"
 install -m 0644 "$common/system-setup.sh" "$PREFIX/share/installer/common/system-setup.sh"
 # Files a previous install put outside $PREFIX and this one did not: remove them.
 if [ -f "$manifest" ]; then
-    grep -vxFf "$manifest.new" "$manifest" | while IFS= read -r old; do rm -f "$old"; done
+    { grep -vxFf "$manifest.new" "$manifest" || true; } | while IFS= read -r old; do
+        rm -f "$old"
+    done
 fi
 mv "$manifest.new" "$manifest"
 

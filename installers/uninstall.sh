@@ -7,6 +7,7 @@
 #
 #   sudo bash installers/uninstall.sh [--keep-keys]
 #   sudo bash /opt/tunseal/share/installer/uninstall.sh [--keep-keys]
+# shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 
 PREFIX=/opt/tunseal

@@ -1,0 +1,441 @@
+"""The installers: the Debian package built by installers/debian/build.sh, checked with the tools
+Debian and systemd check such things with, then installed for real into a fresh Debian 12 root
+made by debootstrap (dpkg -i, apt-get -f install, the commands, a tunnel, the demo, purge), and
+installers/install.sh + uninstall.sh run in such a root too.
+
+The Debian root lives under /var/tmp and is deleted afterwards; every mount it needs is made in
+a private mount namespace (``unshare -m``), so none is ever visible outside its command, and every
+process whose root directory is that tree is killed before the tree is removed. Set
+TUNSEAL_TEST_NO_CHROOT=1 to skip the (few minutes of) real installs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.xdist_group("installers")]
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "installers" / "debian" / "build.sh"
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+MIRROR = os.environ.get("TUNSEAL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+CACHE = ROOT / "build" / "installer-tests"
+"""debootstrap's downloaded .debs, kept between runs (build/ is ignored by git; make clean
+removes it)."""
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+LAUNCHERS = ("tunseal", "tunseal-helper", "tunseal-gui")
+PLAIN_PROFILE = """format = 1
+[tunnel]
+name = "smoke"
+mode = "plain"
+[interface]
+addresses = ["10.99.0.1/24"]
+listen_port = 51999
+[peer]
+allowed_ips = ["10.99.0.2/32"]
+"""
+
+
+def run(*cmd: str | Path, timeout: float = 120, check: bool = True,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
+                          timeout=timeout, check=False, cwd=cwd)
+    if check:
+        assert done.returncode == 0, f"{cmd}: {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} is not installed (installers/dev-deps.sh installs it)")
+    return path
+
+
+# --- the package ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    need("dpkg-deb")
+    out = tmp_path_factory.mktemp("deb")
+    done = run("bash", BUILD, out, timeout=300)
+    path = Path(done.stdout.strip().splitlines()[-1])
+    assert path == out / f"tunseal_{VERSION}_all.deb" and path.is_file(), done.stdout
+    return path
+
+
+@pytest.fixture(scope="module")
+def unpacked(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tree = tmp_path_factory.mktemp("unpacked")
+    run("dpkg-deb", "-x", deb, tree)
+    run("dpkg-deb", "-e", deb, tree / "DEBIAN")
+    return tree
+
+
+def contents(deb: Path) -> dict[str, tuple[str, str]]:
+    """path -> (mode string, owner/group) from ``dpkg-deb --contents``."""
+    table = {}
+    for line in run("dpkg-deb", "--contents", deb).stdout.splitlines():
+        fields = line.split(None, 5)
+        mode, owner, path = fields[0], fields[1], fields[5].split(" -> ")[0]
+        table[path.removeprefix(".").rstrip("/") or "/"] = (mode, owner)
+    return table
+
+
+def test_control_fields(deb: Path) -> None:
+    def field(name: str) -> str:
+        return run("dpkg-deb", "--field", deb, name).stdout.strip()
+
+    assert field("Package") == "tunseal"
+    assert field("Version") == VERSION
+    assert field("Architecture") == "all"
+    depends = {d.split()[0] for d in field("Depends").split(", ")}
+    assert {"python3", "python3-cryptography", "python3-pyroute2", "python3-keyring",
+            "python3-secretstorage", "python3-jeepney", "python3-tomli-w", "gnome-keyring",
+            "dbus"} <= depends
+    assert "setup-pypi-deps" in field("Description")
+
+
+def test_file_list(deb: Path) -> None:
+    table = contents(deb)
+    expected = {
+        "/usr/bin/tunseal", "/usr/bin/tunseal-helper", "/usr/bin/tunseal-gui",
+        "/usr/lib/tunseal/setup-pypi-deps", "/usr/lib/tunseal/helper/keyring-session.sh",
+        "/usr/lib/tunseal/core/cli.py", "/usr/lib/tunseal/helper/main.py",
+        "/usr/lib/tunseal/gui/app.py",
+        "/lib/systemd/system/tunseal-helper.service",
+        "/usr/share/applications/tunseal.desktop",
+        "/usr/share/tunseal/autostart/tunseal-tray.desktop",
+        "/usr/share/doc/tunseal/copyright", "/usr/share/doc/tunseal/changelog.gz",
+        "/usr/share/doc/tunseal/KEYRING.md", "/usr/share/doc/tunseal/installing.md",
+        "/usr/share/man/man1/tunseal.1.gz", "/usr/share/man/man8/tunseal-helper.8.gz",
+    }
+    if (ROOT / "resources" / "tunseal.svg").exists():
+        expected.add("/usr/share/icons/hicolor/scalable/apps/tunseal.svg")
+        expected.add("/usr/lib/tunseal/resources/tunseal.svg")
+    assert expected <= set(table), sorted(expected - set(table))
+    # Every module of the three packages, and nothing else of the source tree.
+    for package in ("core", "helper", "gui"):
+        for module in (ROOT / package).glob("*.py"):
+            assert f"/usr/lib/tunseal/{package}/{module.name}" in table
+    assert not [p for p in table if "__pycache__" in p or p.endswith(".pyc")]
+    assert not [p for p in table if p.startswith(("/usr/lib/tunseal/tests", "/usr/lib/python"))]
+    assert {owner for _, owner in table.values()} == {"root/root"}
+    for path in ("/usr/bin/tunseal", "/usr/bin/tunseal-helper", "/usr/bin/tunseal-gui",
+                 "/usr/lib/tunseal/setup-pypi-deps", "/usr/lib/tunseal/helper/keyring-session.sh"):
+        assert table[path][0] == "-rwxr-xr-x", path
+    assert table["/usr/lib/tunseal/core/cli.py"][0] == "-rw-r--r--"
+
+
+def test_launchers_run_isolated_from_the_private_directory(unpacked: Path) -> None:
+    for program in LAUNCHERS:
+        text = (unpacked / "usr/bin" / program).read_text()
+        assert text.startswith("#!/usr/bin/python3 -I\n"), program
+        assert f'PROGRAM = "{program}"' in text and 'LIBDIR = "/usr/lib/tunseal"' in text
+        assert re.search(r"@[A-Z_]+@", text) is None  # every placeholder filled
+        compile(text, program, "exec")
+
+
+def test_the_build_is_reproducible(deb: Path, tmp_path: Path) -> None:
+    again = Path(run("bash", BUILD, tmp_path, timeout=300).stdout.strip().splitlines()[-1])
+    assert again.read_bytes() == deb.read_bytes()
+
+
+def test_lintian_is_clean(deb: Path) -> None:
+    need("lintian")
+    done = run("lintian", "--fail-on", "none", deb, timeout=300)
+    tags = [line for line in done.stdout.splitlines() if re.match(r"[EW]: ", line)]
+    assert tags == [], done.stdout
+
+
+def test_the_unit_verifies_and_is_hardened(unpacked: Path, tmp_path: Path) -> None:
+    need("systemd-analyze")
+    units = Path("/lib/systemd/system")
+    if not (units / "sysinit.target").exists():
+        pytest.skip("systemd's own units are not installed here (installers/dev-deps.sh)")
+    # A root holding systemd's units and the package, so verify resolves every dependency.
+    root = tmp_path / "root"
+    shutil.copytree(units, root / "lib/systemd/system", symlinks=True)
+    shutil.copytree(unpacked, root, symlinks=True, dirs_exist_ok=True)
+    unit = "/lib/systemd/system/tunseal-helper.service"
+    done = run("systemd-analyze", "verify", f"--root={root}", unit)
+    assert done.stderr == "", done.stderr
+
+    security = run("systemd-analyze", "security", "--offline=yes", f"--root={root}",
+                   "tunseal-helper.service", check=False)
+    level = re.search(r"Overall exposure level for tunseal-helper\.service: ([\d.]+)",
+                      security.stdout)
+    if level is not None:
+        assert float(level.group(1)) <= 4.0, security.stdout
+
+    text = (unpacked / unit.lstrip("/")).read_text()
+    settings = {k: v for k, _, v in (line.partition("=") for line in text.splitlines())
+                if v and not k.startswith("#")}
+    assert settings["ExecStart"] == ("/usr/lib/tunseal/helper/keyring-session.sh "
+                                     "/etc/tunseal/keyring.pass /usr/bin/tunseal-helper")
+    assert settings["CapabilityBoundingSet"] == "CAP_NET_ADMIN CAP_NET_RAW CAP_CHOWN"
+    assert settings["ReadWritePaths"].split()[:2] == ["/var/lib/tunseal", "/run/tunseal"]
+    for key, value in {"ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
+                       "NoNewPrivileges": "yes", "LockPersonality": "yes",
+                       "MemoryDenyWriteExecute": "yes", "SystemCallArchitectures": "native",
+                       "RestrictAddressFamilies": "AF_UNIX AF_NETLINK AF_INET AF_INET6",
+                       "DeviceAllow": "/dev/net/tun rw"}.items():
+        assert settings[key] == value, key
+
+
+def test_desktop_entries_validate(unpacked: Path) -> None:
+    validate = need("desktop-file-validate")
+    menu = unpacked / "usr/share/applications/tunseal.desktop"
+    tray = unpacked / "usr/share/tunseal/autostart/tunseal-tray.desktop"
+    for entry in (menu, tray):
+        done = run(validate, entry)
+        assert done.stdout == "", done.stdout
+    assert "Exec=tunseal-gui\n" in menu.read_text() and "Icon=tunseal\n" in menu.read_text()
+    assert "Exec=tunseal-gui --hidden\n" in tray.read_text()
+
+
+def test_shell_scripts_pass_shellcheck(unpacked: Path) -> None:
+    shellcheck = need("shellcheck")
+    for script in ("postinst", "postrm", "prerm"):
+        run("sh", "-n", unpacked / "DEBIAN" / script)
+        run(shellcheck, "-s", "sh", unpacked / "DEBIAN" / script)
+    run(shellcheck, "-s", "sh", unpacked / "usr/lib/tunseal/setup-pypi-deps")
+    run(shellcheck, "-s", "sh", ROOT / "installers/common/system-setup.sh")
+    installers = ROOT / "installers"
+    run(shellcheck, "-x", "debian/build.sh", "install.sh", "uninstall.sh", cwd=installers)
+
+
+# --- a real Debian 12 ----------------------------------------------------------------------------
+
+
+class DebianRoot:
+    """A debootstrapped Debian 12 and a way to run scripts in it as root."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def run(self, script: str, *, netns: str | None = None, timeout: float = 600,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        r = shlex.quote(str(self.path))
+        # The root is a mount point of its own (ip netns needs one), then the API file systems.
+        mounts = (f"mount --bind {r} {r} && "
+                  f"mount -t proc proc {r}/proc && mount -t sysfs sysfs {r}/sys && "
+                  f"mount --rbind /dev {r}/dev && "
+                  f"mount -t tmpfs tmpfs {r}/run && mount -t tmpfs tmpfs {r}/tmp")
+        inner = (f"exec chroot {r} env -i PATH={PATH} HOME=/root LC_ALL=C.UTF-8 "
+                 "DEBIAN_FRONTEND=noninteractive PIP_CERT=/root/host-ca-bundle.crt "
+                 "sh -euc \"$1\"")
+        cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+               f"{mounts} && {inner}", "in-root", script]
+        if netns:
+            cmd = ["ip", "netns", "exec", netns, *cmd]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        if check:
+            assert done.returncode == 0, (f"in the Debian root: {script}\n-> {done.returncode}\n"
+                                          f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+        return done
+
+    def kill_processes(self) -> None:
+        """SIGKILL every process whose root directory is this tree (all of them started here)."""
+        for _ in range(3):
+            pids = []
+            for entry in Path("/proc").iterdir():
+                if entry.name.isdigit():
+                    with contextlib.suppress(OSError):
+                        if os.readlink(entry / "root") == str(self.path):
+                            pids.append(int(entry.name))
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
+
+    def group_exists(self, name: str) -> bool:
+        return any(line.split(":")[0] == name
+                   for line in (self.path / "etc/group").read_text().splitlines())
+
+
+@pytest.fixture(scope="module")
+def debian_root() -> Iterator[DebianRoot]:
+    if os.environ.get("TUNSEAL_TEST_NO_CHROOT"):
+        pytest.skip("TUNSEAL_TEST_NO_CHROOT is set")
+    if os.geteuid() != 0:
+        pytest.skip("installing into a Debian root needs root")
+    need("debootstrap")
+    need("unshare")
+    (CACHE / "debootstrap").mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="tunseal-debian-", dir="/var/tmp"))
+    path.chmod(0o755)  # a root directory: apt's unprivileged _apt user must traverse it
+    root = DebianRoot(path)
+    try:
+        done = run("debootstrap", "--variant=minbase", f"--cache-dir={CACHE / 'debootstrap'}",
+                   "bookworm", path, MIRROR, timeout=900, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"debootstrap bookworm from {MIRROR} failed (no mirror?): "
+                        f"{(done.stderr or done.stdout)[-600:]}")
+        # No service starts in the root; pip in it trusts what this machine trusts.
+        policy = path / "usr/sbin/policy-rc.d"
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+        shutil.copy("/etc/ssl/certs/ca-certificates.crt",
+                    path / "root/host-ca-bundle.crt")
+        root.run("apt-get update -qq")
+        yield root
+    finally:
+        root.kill_processes()
+        mounted = [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                   if f" {path}/" in line or f" {path} " in line]
+        if mounted:
+            pytest.fail(f"refusing to delete {path}: something is mounted in it: {mounted}")
+        subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False, timeout=300)
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A throwaway network namespace: the root's tunnels and demo live there."""
+    name = f"tsinst{os.getpid():x}"
+    run("ip", "netns", "add", name)
+    try:
+        yield name
+    finally:
+        run("ip", "netns", "del", name, check=False)
+
+
+HELPER_SMOKE = """
+cat > /root/smoke.tunseal <<'EOF'
+{profile}EOF
+setsid {session} /etc/tunseal/keyring.pass {helper} > /root/helper.log 2>&1 &
+group=$!
+for i in $(seq 150); do [ -S /run/tunseal/helper.sock ] && break; sleep 0.1; done
+tunseal import /root/smoke.tunseal
+tunseal up smoke
+tunseal --json status smoke > /root/status.json
+test -e /sys/class/net/ts-smoke
+tunseal genkey smoke > /dev/null
+tunseal down smoke
+kill -TERM "-$group"
+for i in $(seq 100); do [ -S /run/tunseal/helper.sock ] || break; sleep 0.1; done
+"""
+
+
+def test_the_package_installs_runs_and_purges_on_debian_12(
+    debian_root: DebianRoot, deb: Path, netns: str,
+) -> None:
+    r = debian_root
+    shutil.copy(deb, r.path / "root" / deb.name)
+    # dpkg -i alone fails on the missing dependencies; apt-get -f install brings them.
+    done = r.run(f"dpkg -i /root/{deb.name} || apt-get -f install -y -q")
+    assert "Setting up tunseal" in done.stdout
+    # Debian 12's cryptography is too old for the data path: postinst says what to run.
+    assert "one more step" in done.stdout + done.stderr
+    assert r.run("dpkg-query -W -f '${Status}' tunseal").stdout == "install ok installed"
+
+    password = r.path / "etc/tunseal/keyring.pass"
+    assert stat.S_IMODE(password.stat().st_mode) == 0o600 and password.stat().st_size > 32
+    assert stat.S_IMODE((r.path / "var/lib/tunseal/profiles").stat().st_mode) == 0o700
+    assert r.group_exists("tunseal")
+    assert (r.path / "etc/systemd/system/multi-user.target.wants/tunseal-helper.service"
+            ).is_symlink()
+
+    assert r.run("tunseal --help").stdout.startswith("usage: tunseal")
+    refused = r.run("tunseal-helper --help", check=False)
+    assert refused.returncode == 78, refused
+    assert "setup-pypi-deps" in refused.stderr and "cryptography" in refused.stderr
+    assert r.run("tunseal list", check=False).returncode == 3  # helper not running
+
+    pip = r.run("/usr/lib/tunseal/setup-pypi-deps", check=False, timeout=600)
+    if pip.returncode != 0:
+        pytest.skip(f"PyPI is out of reach from the Debian root: {pip.stderr[-600:]}")
+    r.run("/usr/lib/tunseal/setup-pypi-deps --check")
+
+    # The installed helper with Debian's pyroute2, keyring and secretstorage: a TUN link, a key.
+    r.run(HELPER_SMOKE.format(profile=PLAIN_PROFILE, session="/usr/lib/tunseal/helper/"
+                              "keyring-session.sh", helper="/usr/bin/tunseal-helper"),
+          netns=netns, timeout=120)
+    status = json.loads((r.path / "root/status.json").read_text())
+    assert status["tunnels"][0]["state"] == "up", status
+    r.kill_processes()
+
+    # The packaged demo: an ephemeral tunnel, a page fetched through it, then nothing left.
+    if not (r.path / "usr/bin/ip").exists() and not (r.path / "sbin/ip").exists():
+        r.run("apt-get install -y -q iproute2")
+    demo = r.run("cd /usr/lib/tunseal && /usr/local/lib/tunseal/venv/bin/python3 -m helper.demo up"
+                 " && /usr/local/lib/tunseal/venv/bin/python3 -m helper.demo down",
+                 netns=netns, timeout=300)
+    assert "The demo tunnel works" in demo.stdout and "The Tunseal demo is gone." in demo.stdout
+    r.kill_processes()
+
+    r.run("apt-get purge -y -q tunseal")
+    assert not r.group_exists("tunseal")
+    for gone in ("etc/tunseal", "usr/lib/tunseal", "usr/local/lib/tunseal",
+                 "var/lib/tunseal/keyring", "lib/systemd/system/tunseal-helper.service",
+                 "usr/bin/tunseal", "usr/share/applications/tunseal.desktop"):
+        assert not (r.path / gone).exists(), gone
+    assert (r.path / "var/lib/tunseal/profiles/smoke.tunseal").is_file()  # purge keeps profiles
+
+
+def test_install_sh_and_uninstall_sh_on_debian_12(debian_root: DebianRoot, netns: str) -> None:
+    r = debian_root
+    r.run("dpkg --purge tunseal >/dev/null 2>&1 || true; rm -rf /var/lib/tunseal; "
+          "apt-get install -y -q --no-install-recommends python3 python3-venv gnome-keyring "
+          "dbus iproute2")
+    source = r.path / "root/src"
+    shutil.rmtree(source, ignore_errors=True)
+    for part in ("core", "helper", "gui", "resources", "installers", "docs"):
+        if (ROOT / part).exists():
+            shutil.copytree(ROOT / part, source / part,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for f in ("pyproject.toml", "README.md"):
+        if (ROOT / f).exists():
+            shutil.copy(ROOT / f, source / f)
+
+    done = r.run("bash /root/src/installers/install.sh", timeout=900)
+    assert "systemd is not running here" in done.stdout  # a chroot: told how to start it
+    for path in ("opt/tunseal/venv/bin/python3", "opt/tunseal/lib/helper/main.py",
+                 "usr/local/bin/tunseal", "usr/local/bin/tunseal-helper",
+                 "usr/local/bin/tunseal-gui", "etc/systemd/system/tunseal-helper.service",
+                 "usr/local/share/applications/tunseal.desktop",
+                 "opt/tunseal/share/autostart/tunseal-tray.desktop", "etc/tunseal/keyring.pass"):
+        assert (r.path / path).exists(), path
+    unit = (r.path / "etc/systemd/system/tunseal-helper.service").read_text()
+    assert ("ExecStart=/opt/tunseal/lib/helper/keyring-session.sh /etc/tunseal/keyring.pass "
+            "/usr/local/bin/tunseal-helper") in unit
+    assert r.group_exists("tunseal")
+    assert r.run("tunseal --help").stdout.startswith("usage: tunseal")
+    assert r.run("tunseal-helper --help").stdout.startswith("usage: tunseal-helper")
+
+    r.run(HELPER_SMOKE.format(profile=PLAIN_PROFILE, session="/opt/tunseal/lib/helper/"
+                              "keyring-session.sh", helper="/usr/local/bin/tunseal-helper"),
+          netns=netns, timeout=120)
+    r.kill_processes()
+
+    again = r.run("bash /root/src/installers/install.sh", timeout=900)  # an upgrade in place
+    assert "created group" not in again.stdout
+
+    r.run("bash /opt/tunseal/share/installer/uninstall.sh")
+    for gone in ("opt/tunseal", "usr/local/bin/tunseal", "usr/local/bin/tunseal-helper",
+                 "usr/local/bin/tunseal-gui", "etc/systemd/system/tunseal-helper.service",
+                 "usr/local/share/applications/tunseal.desktop",
+                 "usr/local/share/icons/hicolor/scalable/apps/tunseal.svg", "etc/tunseal",
+                 "var/lib/tunseal/keyring"):
+        assert not (r.path / gone).exists(), gone
+    assert not r.group_exists("tunseal")
+    assert (r.path / "var/lib/tunseal/profiles/smoke.tunseal").is_file()
+    assert "nothing to do" in r.run("bash /root/src/installers/uninstall.sh").stdout
