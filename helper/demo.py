@@ -44,6 +44,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -214,7 +215,7 @@ def up(demo: Demo, *, keep_on_error: bool = False) -> int:
     try:
         _build(demo)
     except (DemoError, IPCError, OSError, subprocess.SubprocessError) as e:
-        _report_failure(demo, e)
+        print(f"tunseal demo: {e}", file=sys.stderr, flush=True)
         if keep_on_error:
             say(f"Kept everything for inspection (logs in {demo.state_dir / 'logs'}); "
                 "remove it with: make demo-stop")
@@ -378,9 +379,11 @@ def _start_web_server(demo: Demo) -> None:
     _spawn(demo, "web", ["ip", "netns", "exec", demo.lan_netns, sys.executable, "-u", "-m",
                          "http.server", str(HTTP_PORT), "--bind", demo.web_host,
                          "--directory", str(www)])
-    _wait_for(lambda: "Serving HTTP" in _log(demo, "web"), START_TIMEOUT,
-              f"the web server did not start; its log:\n{_log(demo, 'web')}",
-              alive=("web", demo))
+    deadline = time.monotonic() + START_TIMEOUT
+    while "Serving HTTP" not in _log(demo, "web"):
+        if not _alive(_read_pidfile(demo, "web")) or time.monotonic() > deadline:
+            raise DemoError(f"the web server did not start; its log:\n{_log(demo, 'web')}")
+        time.sleep(0.1)
 
 
 def _start_helper(demo: Demo, side: str) -> None:
@@ -545,10 +548,6 @@ def _next_steps(demo: Demo) -> None:
             "in again.")
 
 
-def _report_failure(demo: Demo, error: BaseException) -> None:
-    print(f"tunseal demo: {error}", file=sys.stderr, flush=True)
-
-
 # --- down -----------------------------------------------------------------------------------------
 
 
@@ -595,7 +594,7 @@ def _teardown(demo: Demo, *, quiet: bool) -> list[str]:
         done = _run(["groupdel", demo.group], check=False)
         if done.returncode not in (0, 6):  # 6: no such group (already gone)
             problems.append(f"group {demo.group}: {done.stderr.strip()}")
-    with contextlib.suppress(FileNotFoundError):
+    if _stale_socket(demo.socket):
         demo.socket.unlink()  # the helper removes it itself; a killed one leaves it
     if (demo.state_dir / "created-rundir").exists():
         with contextlib.suppress(FileNotFoundError, OSError):
@@ -609,7 +608,22 @@ def _teardown(demo: Demo, *, quiet: bool) -> list[str]:
 
 
 def _host_leftovers(demo: Demo) -> bool:
-    return _link_exists(demo.veth_here) or demo.socket.is_socket()
+    return _link_exists(demo.veth_here) or _stale_socket(demo.socket)
+
+
+def _stale_socket(path: Path) -> bool:
+    """A socket file nobody listens on: left by a killed helper. A live one (the installed
+    service's, say) is never the demo's to remove."""
+    if not path.is_socket():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return True
+        except OSError:
+            return False
+    return False
 
 
 # --- processes ------------------------------------------------------------------------------------
@@ -653,8 +667,9 @@ def _stop(demo: Demo, name: str) -> None:
     if record is None:
         return
     if _alive(record, "helper_"):
-        _signal_and_wait([record["helper_pid"]], STOP_TIMEOUT,
-                         lambda: not _alive(record, "helper_"))
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record["helper_pid"], signal.SIGTERM)
+        _wait(lambda: not _alive(record, "helper_"), STOP_TIMEOUT)
     if _alive(record):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(record["pid"], signal.SIGTERM)
@@ -699,13 +714,6 @@ def _marked_pids(demo: Demo) -> list[int]:
     return found
 
 
-def _signal_and_wait(pids: Sequence[int], timeout: float, done: Callable[[], bool]) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    _wait(done, timeout)
-
-
 def _wait(done: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while not done():
@@ -713,17 +721,6 @@ def _wait(done: Callable[[], bool], timeout: float) -> bool:
             return False
         time.sleep(0.05)
     return True
-
-
-def _wait_for(done: Callable[[], bool], timeout: float, message: str,
-              alive: tuple[str, Demo] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if alive is not None and not _alive(_read_pidfile(alive[1], alive[0])):
-            raise DemoError(message)
-        if time.monotonic() > deadline:
-            raise DemoError(message)
-        time.sleep(0.1)
 
 
 def _start_time(pid: int) -> int | None:
