@@ -272,6 +272,8 @@ def test_unauthenticated_packets_do_not_move_the_peer(lab: netlab.Lab) -> None:
         echo.counts()
         endpoint = pair.server.status()["endpoint"]
         assert endpoint == f"{pair.topo.client_addr}:{data[0].sport}"
+        # The genuine client falls silent, so nothing it sends can move the endpoint back.
+        assert pair.client.helper.stop() == 0
         before = pair.server.drops()
         attacker = send_outer(pair, [data[0].payload, tampered(data)["bad_tag"][0]])
         wait_drops(pair, {"replay": 1, "bad_tag": 1}, before)
