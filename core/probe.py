@@ -93,6 +93,7 @@ class PathState:
         self.last_probe = 0.0
         self.last_answer = now
         self.last_mtu_drop = 0.0
+        self.asking_since = now
         self.reachable = True
 
     # --- probing -----------------------------------------------------------------------------
@@ -114,6 +115,8 @@ class PathState:
         pid = self._next_id
         self._next_id = (pid + 1) & 0xFFFFFFFF or 1
         self._outstanding[pid] = (now, size)
+        if self.last_probe <= self.last_answer:
+            self.asking_since = now  # the first probe since the last answer
         self.last_probe = now
         return pid, int(now * 1e9)
 
@@ -147,10 +150,15 @@ class PathState:
                 self._results.append(False)
 
     def update(self, now: float) -> bool:
-        """Refresh loss and reachability; True if reachability changed."""
+        """Refresh loss and reachability; True if reachability changed.
+
+        Unreachable means: we asked (a probe went out after the last answer) and nothing came
+        back for UNREACHABLE_AFTER. An idle tunnel that sends no probes keeps its last verdict:
+        silence we did not ask about is not loss."""
         self._expire(now)
         was = self.reachable
-        self.reachable = now - self.last_answer < UNREACHABLE_AFTER
+        asked = self.last_probe > self.last_answer
+        self.reachable = not (asked and now - self.asking_since >= UNREACHABLE_AFTER)
         return was != self.reachable
 
     @property

@@ -236,8 +236,6 @@ class DataPath:
                                 kp_index = -1
                                 continue
                             kp_index = index
-                            if kp is peer.next or peer.endpoint != addr:
-                                self._slow_after_open(peer, kp, addr)
                         assert kp is not None and peer is not None
                         try:
                             inner = kp.open_sealed(mv[off:off + DATA_HEADER_LEN],
@@ -246,6 +244,10 @@ class DataPath:
                             reason = getattr(e, "reason", "bad_tag")
                             counts[reason] = counts.get(reason, 0) + 1
                             continue
+                        # Only an authenticated packet may move the peer's endpoint (roaming)
+                        # or confirm its next session.
+                        if kp is peer.next or peer.endpoint != addr:
+                            self._slow_after_open(peer, kp, addr)
                         rx_packets += 1
                         rx_bytes += inner_len
                         # A flagged continuation of the segment just opened joins its run with

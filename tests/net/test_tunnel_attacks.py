@@ -257,14 +257,6 @@ def test_tampered_packets_are_dropped_and_counted(lab: netlab.Lab, transport: st
 # --- unauthenticated packets and the peer's address --------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "helper/datapath.py DataPath.run_rx: on the fast path, `if kp is peer.next or "
-    "peer.endpoint != addr: self._slow_after_open(peer, kp, addr)` runs BEFORE "
-    "kp.open_sealed() authenticates the packet, and _slow_after_open sets peer.endpoint = addr "
-    "(and rotates in a 'next' keypair): any packet carrying a live session index (it is in "
-    "clear in every data packet), replayed or forged, from any source moves the server's "
-    "traffic for that peer to the sender. The endpoint (and the next-keypair rotation) must "
-    "only change after open_sealed succeeded, as in WireGuard."))
 def test_unauthenticated_packets_do_not_move_the_peer(lab: netlab.Lab) -> None:
     with tunnel_pair(lab, Spec(mode="ephemeral")) as pair:
         echo = EchoServer(pair)
