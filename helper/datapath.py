@@ -83,7 +83,7 @@ class DataPath:
         self.rx_frames = 0
         self.coalescer: offload.Coalescer | None = None
         os.set_blocking(tun.fd, False)
-        transport.sock.setblocking(False)
+        transport.set_blocking(False)
 
     # --- helpers shared by both loops ------------------------------------------------------
 
@@ -121,10 +121,11 @@ class DataPath:
             self.write_tun(msg)
             self.icmp_sent += 1
 
-    def _wait(self, fd: int) -> None:
+    def _wait(self, fd: int | list[int]) -> None:
         try:
             p = select.poll()
-            p.register(fd, select.POLLIN)
+            for f in (fd if isinstance(fd, list) else [fd]):
+                p.register(f, select.POLLIN)
             p.poll(POLL_MS)
         except (OSError, ValueError):
             time.sleep(POLL_MS / 1000)
@@ -174,7 +175,7 @@ class DataPath:
     def run_rx(self) -> None:
         fd = self.tun.fd
         vnet = self.tun.vnet_hdr
-        sock_fd = self.transport.sock.fileno()
+        sock_fd = self.transport.fds()
         buf = bytearray(65536 + 4096)
         mv = memoryview(buf)
         write = os.write

@@ -118,6 +118,13 @@ class Transport:
     def close(self) -> None:
         self.sock.close()
 
+    def fds(self) -> list[int]:
+        """File descriptors to wait on for incoming packets."""
+        return [self.sock.fileno()]
+
+    def set_blocking(self, flag: bool) -> None:
+        self.sock.setblocking(flag)
+
     def enable_path_errors(self) -> None:
         """Never fragment our datagrams (so the path tells us its MTU) and queue ICMP errors
         for :meth:`read_errors` instead of losing them."""
@@ -282,6 +289,57 @@ class RawTransport(Transport):
         return 0
 
 
+class DualRawTransport(Transport):
+    """A listening raw-IP end: one raw socket per address family, because a peer may reach it
+    over IPv4 or IPv6 and a raw socket serves one family only."""
+
+    kind = "raw"
+
+    def __init__(self) -> None:
+        self.parts = [RawTransport(family=socket.AF_INET)]
+        try:
+            self.parts.append(RawTransport(family=socket.AF_INET6))
+        except (TransportError, OSError) as e:
+            log.info("no IPv6 raw socket (%s): listening on IPv4 only", e)
+        self.sock = self.parts[0].sock
+
+    def _part(self, addr: Address) -> RawTransport:
+        return self.parts[-1] if ":" in addr[0] else self.parts[0]
+
+    def send(self, data: bytes | bytearray | memoryview, addr: Address) -> None:
+        self._part(addr).send(data, addr)
+
+    def receive(self, buf: bytearray) -> tuple[int, int, Address]:
+        for part in self.parts:
+            try:
+                return part.receive(buf)
+            except BlockingIOError:
+                continue
+        raise BlockingIOError
+
+    def fds(self) -> list[int]:
+        return [p.sock.fileno() for p in self.parts]
+
+    def set_blocking(self, flag: bool) -> None:
+        for p in self.parts:
+            p.sock.setblocking(flag)
+
+    def enable_path_errors(self) -> None:
+        for p in self.parts:
+            p.enable_path_errors()
+
+    def read_errors(self, limit: int = 64) -> list[PathError]:
+        return [e for p in self.parts for e in p.read_errors(limit)]
+
+    def close(self) -> None:
+        for p in self.parts:
+            p.close()
+
+    @property
+    def local_port(self) -> int:
+        return 0
+
+
 def _note_send_error(e: OSError) -> None:
     # A send can fail for reasons that pass (no route yet, buffer full, ICMP-induced errors on
     # a later send): the packet is lost like any other, and upper layers retransmit.
@@ -290,12 +348,14 @@ def _note_send_error(e: OSError) -> None:
         raise e
 
 
-def open_transport(kind: str, *, port: int = 0, ipv6: bool = False) -> Transport:
+def open_transport(kind: str, *, port: int = 0, ipv6: bool = False,
+                   listening: bool = False) -> Transport:
+    """``listening``: the end waits for peers, which may come over either address family."""
     family = socket.AF_INET6 if ipv6 else socket.AF_INET
     if kind == "udp":
         return UdpTransport(port=port, family=family)
     if kind == "raw":
-        return RawTransport(family=family)
+        return DualRawTransport() if listening else RawTransport(family=family)
     raise TransportError(f"unknown transport {kind!r}; choose udp or raw")
 
 

@@ -198,8 +198,9 @@ class Tunnel:
             self.tun = open_tun(self.ifname)
             netdev.configure(self.ifname, addresses=list(spec.addresses), mtu=spec.mtu,
                              routes=list(spec.routes))
+            listening = all(p.endpoint is None for p in spec.peers)
             self.transport = open_transport(spec.transport, port=spec.listen_port,
-                                            ipv6=spec.ipv6_outer)
+                                            ipv6=spec.ipv6_outer, listening=listening)
             self.endpoint = Endpoint(spec.mode, spec.cipher, device_id=spec.device_id,
                                      static_private=spec.static_private, has_psk=spec.has_psk)
             self.transport.enable_path_errors()
