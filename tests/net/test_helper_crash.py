@@ -160,10 +160,18 @@ def test_a_device_that_outlived_its_helper_is_removed_at_the_next_start(
 
 
 def secret_tool(ref: str) -> bytes | None:
-    """The key under ``ref`` as ``secret-tool`` (libsecret, not our code) reads it."""
-    done = subprocess.run(["secret-tool", "lookup", "service", SERVICE, "username", ref],
-                          capture_output=True, text=True, timeout=30, check=False)
-    return base64.b64decode(done.stdout) if done.returncode == 0 and done.stdout else None
+    """The key under ``ref`` as ``secret-tool`` (libsecret, not our code) reads it. A lookup
+    that fails with a message (not just "no such item") is tried again, twice at most: see
+    tunnellab.read_key."""
+    for _ in range(3):
+        done = subprocess.run(["secret-tool", "lookup", "service", SERVICE, "username", ref],
+                              capture_output=True, text=True, timeout=30, check=False)
+        if done.returncode == 0 and done.stdout:
+            return base64.b64decode(done.stdout)
+        if not done.stderr.strip():
+            return None
+        time.sleep(0.2)
+    raise AssertionError(f"secret-tool lookup {ref}: {done.stderr.strip()}")
 
 
 @pytest.mark.parametrize("mode", MODES)

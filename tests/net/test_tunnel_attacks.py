@@ -258,6 +258,9 @@ def test_tampered_packets_are_dropped_and_counted(lab: netlab.Lab, transport: st
 
 
 def test_unauthenticated_packets_do_not_move_the_peer(lab: netlab.Lab) -> None:
+    """A replayed and a forged packet from another port both carry a live session index; the
+    server must not send this peer's traffic to their source (only an authenticated packet may
+    move a peer's endpoint, as in WireGuard)."""
     with tunnel_pair(lab, Spec(mode="ephemeral")) as pair:
         echo = EchoServer(pair)
         data = numbered_traffic(pair, echo, 5)

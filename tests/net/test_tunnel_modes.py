@@ -141,9 +141,7 @@ def test_ipv6_inside_the_tunnel(lab: netlab.Lab, transport: str) -> None:
         check_status(pair, 10_000_000)
 
 
-
-@pytest.mark.parametrize("transport", [
-    "udp", "raw"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_ipv6_outer_path(lab: netlab.Lab, transport: str) -> None:
     """The endpoint is ``[fd00:5eed:2::2]:51900``: the tunnel runs over IPv6, IPv4 and IPv6
     inside."""

@@ -53,7 +53,7 @@ from core.constants import (
 )
 from core.ipc import RequestError
 from core.profile import Profile, ProfileSecrets, dumps, load
-from helper.keystore import KeyStore
+from helper.keystore import KeyringUnavailable, KeyStore
 
 NO_GROUP = "no-such-group-tunseal"
 """The helpers' --group: it does not exist, so their sockets are root-only (tests run as root)."""
@@ -102,6 +102,21 @@ class Spec:
         return "-".join(parts)
 
 
+def read_key(ref: str, *, tries: int = 3) -> bytes | None:
+    """``KeyStore().get(ref)``, tried up to ``tries`` times: the throwaway gnome-keyring of
+    tests/run.sh now and then answers a lookup of its default collection with a path that does
+    not exist while other processes add and delete items (KeyringUnavailable wrapping
+    ItemNotFoundException); the next lookup works."""
+    for attempt in range(tries):
+        try:
+            return KeyStore().get(ref)
+        except KeyringUnavailable:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
 class SecretWatch:
     """Everything a test saw, and every key it knows of: :meth:`check` asserts that no key shows
     up in any transcript, helper log or file under a state directory."""
@@ -116,9 +131,8 @@ class SecretWatch:
 
     def note_keys(self, refs: list[str]) -> None:
         """Read ``refs`` from the keyring (as the helper stored them) and remember the keys."""
-        store = KeyStore()
         for ref in refs:
-            key = store.get(ref)
+            key = read_key(ref)
             if key is not None:
                 self.keys[f"{ref}#{key.hex()[:8]}"] = key
 
