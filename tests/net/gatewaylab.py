@@ -182,9 +182,11 @@ def _bridge_port(lab: netlab.Lab, switch: str, ns: str, addr: str) -> str:
 
 
 @contextlib.contextmanager
-def office(lab: netlab.Lab, n_peers: int, *, flood: bool = False) -> Iterator[Office]:
-    """The gateway up with ``n_peers`` peers added, each peer's tunnel up. Everything the
-    test started is stopped on the way out (the lab removes the namespaces)."""
+def office(lab: netlab.Lab, n_peers: int, *, flood: bool = False,
+           allowed_ips: dict[str, list[str]] | None = None) -> Iterator[Office]:
+    """The gateway up with ``n_peers`` peers added (``allowed_ips``: the ``--allowed-ip``
+    values of some of them, by name), each peer's tunnel up. Everything the test started is
+    stopped on the way out (the lab removes the namespaces)."""
     workdir = Path(tempfile.mkdtemp(prefix="tunseal-gw-"))
     name = f"gw{uuid.uuid4().hex[:6]}"
     switch, gw, lan = lab.ns("switch"), lab.ns("gw"), lab.ns("lan")
@@ -214,7 +216,7 @@ def office(lab: netlab.Lab, n_peers: int, *, flood: bool = False) -> Iterator[Of
         for h in helpers:
             h.wait_ready()
         for p in the_office.peers:
-            add_peer(the_office, p)
+            add_peer(the_office, p, (allowed_ips or {}).get(p.name, []))
         for p in the_office.peers:
             p.cli_json("up", p.profile)
         for p in the_office.peers:
@@ -233,11 +235,12 @@ def office(lab: netlab.Lab, n_peers: int, *, flood: bool = False) -> Iterator[Of
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def add_peer(o: Office, p: Peer) -> None:
-    """``tunseal peer add NAME -o FILE`` on the gateway, ``tunseal import FILE`` on the peer
-    (the file is deleted at once: it holds the peer's private key)."""
+def add_peer(o: Office, p: Peer, allowed_ips: list[str] | None = None) -> None:
+    """``tunseal peer add NAME [--allowed-ip CIDR]... -o FILE`` on the gateway, ``tunseal
+    import FILE`` on the peer (the file is deleted at once: it holds the peer's private key)."""
     path = o.workdir / f"{p.name}.tunseal"
-    done = o.gw_cli("peer", "add", p.name, "-o", str(path))
+    extra = [arg for net in allowed_ips or () for arg in ("--allowed-ip", net)]
+    done = o.gw_cli("peer", "add", p.name, *extra, "-o", str(path))
     assert f"added peer {p.name}" in done.stdout, done.stdout
     assert path.stat().st_mode & 0o777 == 0o600
     try:

@@ -18,7 +18,7 @@ import time
 
 import netlab
 import pytest
-from gatewaylab import LAN_SERVER, Office, UdpSink, flood, office
+from gatewaylab import GW_LAN, LAN_SERVER, Office, UdpSink, flood, office
 from pathlab import Pinger, Stream, assert_stream
 
 pytestmark = [pytest.mark.netns, pytest.mark.keyring]
@@ -146,3 +146,28 @@ def check_peer_remove(o: Office) -> None:
                      check=False).returncode != 0, "a removed peer still reaches the LAN"
     kept = o.peers[0]
     o.lab.run(kept.ns, "ping", "-c", "1", "-W", "2", LAN_SERVER)
+
+
+RUNTIME_PEER_ROUTES = pytest.mark.xfail(strict=True, reason=(
+    "a peer added to the running gateway gets no kernel route for its allowed IPs outside the "
+    "gateway's subnet: helper/tunnel.py Tunnel.add_peer only fills the AllowedIPs table, and "
+    "the TUN device's routes come from netdev.configure(routes=spec.routes) in Tunnel.start, "
+    "so until the helper restarts the gateway answers 'Network is unreachable' for them (and "
+    "Tunnel.remove_peer leaves the routes of peers it started with)"))
+
+
+@RUNTIME_PEER_ROUTES
+def test_network_behind_a_peer_added_at_runtime_is_routed(lab: netlab.Lab) -> None:
+    """`tunseal peer add site --allowed-ip 10.77.0.40/32 --allowed-ip 10.88.0.0/24`: a peer
+    with a network behind it (a branch office). The LAN reaches that network through the
+    gateway; after `peer remove` the gateway no longer routes it to the tunnel."""
+    site = ["10.77.0.40/32", "10.88.0.0/24"]
+    with office(lab, 1, allowed_ips={"p00": site}) as o:
+        p = o.peers[0]
+        assert p.inner == "10.77.0.40"
+        o.lab.run(p.ns, "ip", "addr", "add", "10.88.0.1/32", "dev", "lo")
+        o.lab.route(o.lan, "10.88.0.0/24", GW_LAN)
+        o.lab.run(o.lan, "ping", "-c", "1", "-W", "2", "10.88.0.1")
+        o.gw_cli("peer", "remove", p.name)
+        routes = o.lab.run(o.gw, "ip", "-4", "route", "show", "10.88.0.0/24").stdout
+        assert routes.strip() == "", routes
