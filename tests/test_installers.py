@@ -12,6 +12,7 @@ TUNSEAL_TEST_NO_CHROOT=1 to skip the (few minutes of) real installs.
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import os
 import re
@@ -20,6 +21,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 import tomllib
@@ -219,6 +221,101 @@ def test_shell_scripts_pass_shellcheck(unpacked: Path) -> None:
     run(shellcheck, "-s", "sh", ROOT / "installers/common/system-setup.sh")
     installers = ROOT / "installers"
     run(shellcheck, "-x", "debian/build.sh", "install.sh", "uninstall.sh", cwd=installers)
+
+
+def test_the_helper_runs_with_only_the_units_capabilities_and_no_writable_code(
+    tmp_path: Path,
+) -> None:
+    """The unit's CapabilityBoundingSet and NoNewPrivileges (setpriv), MemoryDenyWriteExecute
+    (the kernel's PR_SET_MDWE, the same rule) around the real launcher chain: keyring-session.sh,
+    dbus, gnome-keyring and the helper, in a throwaway namespace. It must still chown its socket
+    to a group root is not in, make and configure a TUN link, and keep a key."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    for tool in ("setpriv", "ip", "dbus-run-session", "gnome-keyring-daemon"):
+        need(tool)
+    unit = (ROOT / "installers/common/tunseal-helper.service.in").read_text()
+    caps = re.search(r"^CapabilityBoundingSet=(.+)$", unit, re.M)
+    assert caps is not None
+    bounding = ",".join(["-all", *(f"+{c.removeprefix('CAP_').lower()}"
+                                   for c in caps.group(1).split())])
+    password = tmp_path / "keyring.pass"
+    password.write_text("capability-test\n")
+    password.chmod(0o600)
+    sock = tmp_path / "helper.sock"
+    group = next((g for g in ("adm", "nogroup") if _group_exists(g)), None)
+    if group is None:
+        pytest.skip("no group 'adm' or 'nogroup' to hand the socket to")
+    mdwe = ("import ctypes, os, sys\n"
+            "if ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0) != 0:\n"
+            "    sys.exit('no PR_SET_MDWE: ' + os.strerror(ctypes.get_errno()))\n"
+            "os.execvp(sys.argv[1], sys.argv[1:])\n")
+    name = f"tscap{os.getpid():x}"
+    run("ip", "netns", "add", name)
+    env = dict(os.environ, TUNSEAL_KEYRING_DIR=str(tmp_path / "keyring"), PYTHONPATH=str(ROOT))
+    helper = None
+    try:
+        # PR_GET_MDWE (66) fails on kernels before 6.3: test the capabilities alone there.
+        wrap = ["/usr/bin/python3", "-c", mdwe] if _kernel_has_mdwe() else []
+        cmd = ["ip", "netns", "exec", name, *wrap,
+               "setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", "--no-new-privs",
+               "bash", str(ROOT / "helper/keyring-session.sh"), str(password),
+               sys.executable, "-m", "helper.main", "--socket", str(sock),
+               "--state-dir", str(tmp_path / "state"), "--group", group]
+        with open(tmp_path / "helper.log", "wb") as log:
+            helper = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            assert helper.poll() is None, (tmp_path / "helper.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "helper.log").read_text()
+            time.sleep(0.1)
+        assert sock.stat().st_gid == grp.getgrnam(group).gr_gid  # CAP_CHOWN
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return run(sys.executable, "-m", "core.cli", "--socket", sock, *args, cwd=ROOT)
+
+        (tmp_path / "cap.tunseal").write_text(PLAIN_PROFILE.replace("smoke", "cap"))
+        cli("import", str(tmp_path / "cap.tunseal"))
+        cli("up", "cap")
+        assert "10.99.0.1/24" in run("ip", "-n", name, "-br", "addr", "show", "ts-cap").stdout
+        cli("genkey", "cap")  # the keyring under the same rules
+        cli("down", "cap")
+        status = run("grep", "-E", "^Cap(Eff|Bnd):", f"/proc/{_helper_pid(sock)}/status").stdout
+        assert status.split() == ["CapEff:", "0000000000003001", "CapBnd:", "0000000000003001"]
+    finally:
+        if helper is not None and helper.poll() is None:
+            os.killpg(helper.pid, signal.SIGTERM)
+            try:
+                helper.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(helper.pid, signal.SIGKILL)
+                helper.wait(5)
+        for pid in run("ip", "netns", "pids", name, check=False).stdout.split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        run("ip", "netns", "del", name, check=False)
+
+
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _kernel_has_mdwe() -> bool:
+    import ctypes
+
+    return int(ctypes.CDLL(None).prctl(66, 0, 0, 0, 0)) >= 0
+
+
+def _helper_pid(sock: Path) -> int:
+    from core.ipcclient import Client
+
+    with Client(str(sock), timeout=10) as client:
+        return int(client.call("ping")["pid"])
 
 
 # --- a real Debian 12 ----------------------------------------------------------------------------
