@@ -233,16 +233,9 @@ def test_dead_peer_turns_unreachable_and_recovers(lab: netlab.Lab) -> None:
             pinger.stop()
 
 
-IDLE_IS_NOT_UNREACHABLE = pytest.mark.xfail(strict=True, reason=(
-    "a healthy idle tunnel (no data, no keepalive) reports 'unreachable' on both ends after "
-    "UNREACHABLE_AFTER (6 s): helper/tunnel.py Tunnel._probes calls path.update(now) on every "
-    "tick, but probes are sent only while the tunnel is active (data in the last ACTIVE_WINDOW "
-    "or a keepalive), so an idle path's silence is judged as loss; nothing else refreshes "
-    "last_answer since 70f276e stopped the kernel's IPv6 ND/MLD from going through the tunnel"))
-
-
-@IDLE_IS_NOT_UNREACHABLE
 def test_idle_tunnel_stays_up(lab: netlab.Lab) -> None:
+    """No data and no keepalive for longer than UNREACHABLE_AFTER: nobody asked the path
+    anything, so its silence is not loss (fixed in a909f72; this was xfail before)."""
     with path_pair(lab, Spec(mode="ephemeral")) as pair:
         time.sleep(UNREACHABLE_AFTER + 3)
         assert {end.role: end.status()["state"] for end in pair.ends} == {
