@@ -166,6 +166,7 @@ class Tunnel:
         self.routes: AllowedIPs[AnyPeer] = AllowedIPs()
         self._nft_table = ""
         self._pins: list[netdev.HostRoute] = []
+        self._configured = False
         self._added_allowed: dict[str, tuple[str, ...]] = {}
         self._threads: list[threading.Thread] = []
         self._dns_backup: dict[str, object] | None = None
@@ -212,6 +213,7 @@ class Tunnel:
                                      one_peer=len(spec.peers) == 1 and not spec.forward)
             for ps in spec.peers:
                 self.add_peer(ps)
+            self._configured = True
             if spec.dns or spec.dns_search:
                 # dns.apply records the backup before it changes anything (crash safety).
                 self._dns_backup = dns.apply(self.ifname, list(spec.dns), list(spec.dns_search),
@@ -262,6 +264,11 @@ class Tunnel:
         if spec.mode != "plain":
             policy = RekeyPolicy.for_mode(spec.mode, rotate_seconds=spec.rekey_seconds,
                                           rotate_messages=spec.rekey_messages)
+        if self._configured:
+            # A peer added while running (gateway `peer add`): its networks need kernel routes
+            # into the TUN device too (configure is idempotent and skips covered ones).
+            netdev.configure(self.ifname, addresses=list(spec.addresses),
+                             mtu=dp.mtu, routes=list(ps.allowed_ips))
         with self.lock:
             peer = ep.add_peer(ps.name, ps.ident, remote_device_id=ps.remote_device_id,
                                initiates=ps.endpoint is not None, keepalive=ps.keepalive,
@@ -277,10 +284,17 @@ class Tunnel:
         ep = self.endpoint
         if ep is None:
             return False
+        allowed = self._allowed_of_name(name)
         with self.lock:
             for peer in list(ep.peers):
                 if peer.name == name:
                     self.routes.remove_value(peer)
+                    if allowed:
+                        try:
+                            netdev.remove_routes(self.ifname, list(allowed))
+                        except TunsealError as e:
+                            log.warning("tunnel %s: removing routes of %s failed: %s",
+                                        self.name, name, e, extra={"tunnel": self.name})
                     ep.remove_peer(peer)
                     if self.datapath is not None:
                         self.datapath.rings.pop(id(peer), None)
@@ -530,10 +544,15 @@ class Tunnel:
         )
 
     def _allowed_of(self, peer: AnyPeer) -> tuple[str, ...]:
+        return self._allowed_of_name(peer.name)
+
+    def _allowed_of_name(self, name: str) -> tuple[str, ...]:
+        if name in self._added_allowed:
+            return self._added_allowed[name]
         for ps in self.spec.peers:
-            if ps.name == peer.name:
+            if ps.name == name:
                 return ps.allowed_ips
-        return self._added_allowed.get(peer.name, ())
+        return ()
 
     def status(self) -> TunnelStatus:
         spec = self.spec

@@ -148,15 +148,6 @@ def check_peer_remove(o: Office) -> None:
     o.lab.run(kept.ns, "ping", "-c", "1", "-W", "2", LAN_SERVER)
 
 
-RUNTIME_PEER_ROUTES = pytest.mark.xfail(strict=True, reason=(
-    "a peer added to the running gateway gets no kernel route for its allowed IPs outside the "
-    "gateway's subnet: helper/tunnel.py Tunnel.add_peer only fills the AllowedIPs table, and "
-    "the TUN device's routes come from netdev.configure(routes=spec.routes) in Tunnel.start, "
-    "so until the helper restarts the gateway answers 'Network is unreachable' for them (and "
-    "Tunnel.remove_peer leaves the routes of peers it started with)"))
-
-
-@RUNTIME_PEER_ROUTES
 def test_network_behind_a_peer_added_at_runtime_is_routed(lab: netlab.Lab) -> None:
     """`tunseal peer add site --allowed-ip 10.77.0.40/32 --allowed-ip 10.88.0.0/24`: a peer
     with a network behind it (a branch office). The LAN reaches that network through the
