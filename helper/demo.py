@@ -521,10 +521,18 @@ def _show_status(demo: Demo) -> None:
     cli.main(args)
 
 
+def _command(program: str, module: str) -> str:
+    """How to run ``program`` here: on PATH, beside this Python (a checkout's .venv/bin), or as
+    a module of this Python."""
+    if shutil.which(program):
+        return program
+    beside = Path(sys.executable).parent / program
+    return str(beside) if beside.exists() else f"{sys.executable} -m {module}"
+
+
 def _next_steps(demo: Demo) -> None:
-    bin_dir = Path(sys.executable).parent
-    tunseal = "tunseal" if shutil.which("tunseal") else str(bin_dir / "tunseal")
-    gui = "tunseal-gui" if shutil.which("tunseal-gui") else str(bin_dir / "tunseal-gui")
+    tunseal = _command("tunseal", "core.cli")
+    gui = _command("tunseal-gui", "gui.app")
     if demo.prefix != DEFAULT_PREFIX:
         tunseal += f" --socket {demo.socket}"
         gui = f"TUNSEAL_SOCKET={demo.socket} {gui}"
