@@ -603,14 +603,10 @@ def _check_profile(p: Profile, skip: frozenset[str]) -> list[ProfileError]:
             _FIELD["mtu"],
             f"{mtu} is too small for IPv6, which this tunnel carries; use {MTU_MIN_IPV6}-{MTU_MAX}",
         )
-    if mode == "ephemeral":
-        if public_key == "":
-            c.add(_FIELD["public_key"], "is required in ephemeral mode: the peer's public key")
-        if private_key_ref == "":
-            c.add(
-                _FIELD["private_key_ref"],
-                "is required in ephemeral mode: the keyring item holding this end's private key",
-            )
+    # In ephemeral mode the two keys may be missing from a saved profile: setting up a tunnel
+    # means generating this end's key, sending its public half to the peer and receiving
+    # theirs, in that order, so the profile must exist before either key does. Connecting
+    # without them is refused with what to run (helper/tunnel.py).
     if mode in ("psk", "rotating") and psk_ref == "":
         c.add(
             _FIELD["psk_ref"],

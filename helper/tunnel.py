@@ -77,6 +77,10 @@ def identity_for(profile: Profile, secrets: ProfileSecrets) -> Identity:
         if secrets.private_key is None:
             raise TunnelError(f"profile {profile.name!r} has no private key in the keyring: "
                               f"run 'tunseal genkey {profile.name}'")
+        if not profile.public_key:
+            raise TunnelError(f"profile {profile.name!r} does not know the peer's public key: "
+                              f"run 'tunseal setpeerkey {profile.name} KEY' with the key the "
+                              "peer's administrator gave you")
         peer_public = base64.b64decode(profile.public_key)
         return Identity(static_private=secrets.private_key, peer_public=peer_public,
                         psk=secrets.psk)
