@@ -590,10 +590,10 @@ def _check_profile(p: Profile, skip: frozenset[str]) -> list[ProfileError]:
 
     endpoint = c.check("endpoint", _endpoint, p.endpoint)
     transport = c.check("transport", _choice(TRANSPORTS, "transport"), p.transport)
-    public_key = c.check("public_key", _public_key, p.public_key)
+    c.check("public_key", _public_key, p.public_key)
     allowed_ips = c.check_list("allowed_ips", _network, p.allowed_ips, lambda n: n)
     c.check("keepalive", _int_range(0, KEEPALIVE_MAX), p.keepalive)
-    private_key_ref = c.check("private_key_ref", _key_ref, p.private_key_ref)
+    c.check("private_key_ref", _key_ref, p.private_key_ref)
     psk_ref = c.check("psk_ref", _key_ref, p.psk_ref)
 
     # Rules that tie fields together; each applies only when the fields it reads are valid.
