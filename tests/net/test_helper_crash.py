@@ -83,7 +83,7 @@ def recover(pair: TunnelPair, timeout: float = RECOVERY_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     echo = EchoServer(pair, port=7009)
     try:
-        while not all(end.status()["state"] == "up" for end in pair.ends):
+        while not all(end.status(cli=False)["state"] == "up" for end in pair.ends):
             assert time.monotonic() < deadline, {e.role: e.status() for e in pair.ends}
             echo.exchange([64], stop=False)
     finally:

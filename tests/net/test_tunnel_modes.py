@@ -171,7 +171,7 @@ def test_rotating_mode_rotates_session_keys_under_traffic(lab: netlab.Lab) -> No
         # The timers (every 250 ms) start the rekey the message count asks for.
         deadline = time.monotonic() + 5
         while True:
-            now = {end.role: end.status()["last_handshake"] for end in pair.ends}
+            now = {end.role: end.status(cli=False)["last_handshake"] for end in pair.ends}
             if all(now[role] > first[role] for role in now):
                 break
             assert time.monotonic() < deadline, f"no new session: {first} -> {now}"

@@ -189,17 +189,20 @@ class End:
         return helpers_proc.cli_json(self.helper.socket, *args, expect=expect,
                                      transcript=self.watch.transcript)
 
-    def status(self) -> dict[str, Any]:
-        """This end's tunnel, from ``tunseal --json status NAME`` (queried over the socket)."""
-        with self.helper.client() as c:
-            reply = c.call("status", name=self.name)
-        self.watch.transcript.append(json.dumps(reply))
-        tunnels: list[dict[str, Any]] = reply["tunnels"]
+    def status(self, *, cli: bool = True) -> dict[str, Any]:
+        """This end's tunnel, as ``tunseal --json status NAME`` prints it; with ``cli=False``,
+        the same reply straight from the socket (for polling loops: no process per poll)."""
+        if cli:
+            tunnels: list[dict[str, Any]] = self.cli_json("status", self.name)["tunnels"]
+        else:
+            with self.helper.client() as c:
+                tunnels = c.call("status", name=self.name)["tunnels"]
+            self.watch.transcript.append(json.dumps(tunnels))
         assert [t["name"] for t in tunnels] == [self.name], tunnels
         return tunnels[0]
 
-    def drops(self) -> dict[str, int]:
-        return dict(self.status()["drops"])
+    def drops(self, *, cli: bool = True) -> dict[str, int]:
+        return dict(self.status(cli=cli)["drops"])
 
     def key_refs(self) -> list[str]:
         return [f"{self.name}.private", f"{self.name}.psk"]
@@ -339,8 +342,9 @@ class TunnelPair:
         deadline = time.monotonic() + timeout
         pending = list(ends or self.ends)
         while pending:
-            pending = [e for e in pending if e.status()["state"] != state]
+            pending = [e for e in pending if e.status(cli=False)["state"] != state]
             if not pending:
+                assert all(e.status()["state"] == state for e in ends or self.ends)
                 return
             if time.monotonic() > deadline:
                 shown = {e.role: e.status() for e in pending}
@@ -680,6 +684,13 @@ class Capture:
 
     def __exit__(self, *exc: object) -> None:
         assert self.proc is not None
+        # tcpdump stops reading at SIGTERM: what it has not written yet is lost. On a busy
+        # machine it lags, so wait (3 s at most) until the file has stopped growing.
+        size, still, deadline = -1, 0, time.monotonic() + 3
+        while still < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = self.path.stat().st_size if self.path.exists() else 0
+            still, size = (still + 1, size) if now == size else (0, now)
         self.proc.terminate()
         try:
             out, _ = self.proc.communicate(timeout=10)
