@@ -347,7 +347,9 @@ def client_profile(gw: Gateway, peer: GatewayPeer, *, gateway_public: str,
         addresses=(address,), endpoint=endpoint, transport=gw.transport,
         public_key=gateway_public if gw.mode == "ephemeral" else "", allowed_ips=routes,
         dns=gw.dns, keepalive=peer.keepalive or 25,
-        private_key_ref=f"{gw.name}.private" if client_private else "",
-        psk_ref=f"{gw.name}.psk" if psk else "",
+        # Refs unlike the gateway's own ("<gw>.private", "<gw>.<peer>.psk"), so importing a
+        # client profile on the gateway's host can never overwrite the gateway's keys.
+        private_key_ref=f"{gw.name}-{peer.name}.private" if client_private else "",
+        psk_ref=f"{gw.name}-{peer.name}.psk" if psk else "",
     )
     return profile_format.dumps(profile, ProfileSecrets(private_key=client_private, psk=psk))

@@ -62,6 +62,9 @@ class GatewayService:
         self._tunnel = self._engine.up_spec(self._spec(gw))
         log.info("gateway %s listening on %s port %d with %d peer(s)", gw.name, gw.transport,
                  gw.listen_port, len(gw.peers))
+        if not gw.public_endpoint:
+            log.warning("gateway %s has no public_endpoint: client profiles from 'tunseal peer "
+                        "add' will point at 0.0.0.0 until you set it (docs/GATEWAY.md)", gw.name)
 
     @property
     def public_key(self) -> str:

@@ -375,7 +375,10 @@ class Tunnel:
         path.update(now)
         if isinstance(peer, Peer) and peer.sending_keypair() is None:
             return []
-        active = peer_keepalive(peer) > 0 or now - peer.last_data < ACTIVE_WINDOW
+        # An unreachable peer keeps being probed, so it is seen coming back even with no
+        # traffic to carry.
+        active = (peer_keepalive(peer) > 0 or now - peer.last_data < ACTIVE_WINDOW
+                  or not path.reachable)
         out: list[bytes] = []
         size = path.mtu_probe_size(now)
         if size is not None:
