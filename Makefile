@@ -36,6 +36,7 @@ demo-stop: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.micro
 	$(PY) -m bench.throughput
+	$(PY) -m bench.gateway
 
 screenshots: $(STAMP)
 	$(PY) -m gui.screenshots docs/screenshots
