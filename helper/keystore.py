@@ -16,6 +16,7 @@ import base64
 import binascii
 import logging
 import re
+import time
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -138,12 +139,23 @@ class KeyStore:
         return raw
 
 
+_RETRY_DELAYS = (0.05, 0.15, 0.4)
+"""gnome-keyring sometimes answers 'the default collection does not exist' for a moment while
+other clients add and delete items (seen about once in 600 calls under concurrent churn): a
+short bounded retry rides it out. A locked collection is not retried: that one is final."""
+
+
 def _call(fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
     """``fn(*args, **kwargs)``, with keyring, D-Bus and socket errors as KeyringUnavailable."""
-    try:
-        return fn(*args, **kwargs)
-    except _SERVICE_ERRORS as e:
-        raise _unavailable(e) from e
+    for delay in (*_RETRY_DELAYS, None):
+        try:
+            return fn(*args, **kwargs)
+        except _SERVICE_ERRORS as e:
+            if delay is None or isinstance(e, KeyringLocked | LockedException | NoKeyringError):
+                raise _unavailable(e) from e
+            log.debug("keyring call failed (%s); retrying in %.2f s", type(e).__name__, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def _encrypted_backend() -> KeyringBackend:
