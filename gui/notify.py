@@ -53,6 +53,11 @@ class TransitionTracker:
         self._last: dict[str, str] = {}
         self._dropped: set[str] = set()
 
+    def baseline(self, tunnel: str, state: str) -> None:
+        """Record a state known without a status event (a brand-new profile is down), unless
+        one was already seen."""
+        self._last.setdefault(tunnel, state)
+
     def observe(self, tunnel: str, state: str, *, error: str = "") -> Notice | None:
         old = self._last.get(tunnel)
         self._last[tunnel] = state

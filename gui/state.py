@@ -81,8 +81,13 @@ class LiveState(QObject):
         elif kind == "profiles":
             self.helper.call("list_profiles", on_result=self._on_profiles,
                              on_error=self._log_error)
-            if data.get("change") == "removed":
-                self._tracker.forget(str(data.get("name", "")))
+            change, name = data.get("change"), str(data.get("name", ""))
+            if change == "removed":
+                self._tracker.forget(name)
+            elif change in ("added", "imported"):
+                # A profile that did not exist a moment ago is down: its first "up" is news
+                # (without this baseline the first state seen would count as the snapshot).
+                self._tracker.baseline(name, "down")
 
     def _on_profiles(self, result: dict[str, Any]) -> None:
         self.model.set_profiles(result.get("profiles", []))

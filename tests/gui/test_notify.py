@@ -105,3 +105,12 @@ def test_a_new_notice_carries_the_count_of_held_ones() -> None:
 def test_limiter_rejects_nonsense() -> None:
     with pytest.raises(ValueError):
         RateLimiter(burst=0)
+
+
+def test_a_new_profile_is_a_down_baseline_so_its_first_up_is_news() -> None:
+    tracker = TransitionTracker()
+    tracker.baseline("office", "down")
+    notice = tracker.observe("office", "up")
+    assert notice is not None and notice.kind is Kind.CONNECTED
+    tracker.baseline("office", "down")  # already known: a baseline never overrides a state
+    assert tracker.observe("office", "up") is None
