@@ -108,6 +108,11 @@ class Endpoint:
             self._plain_by_device.pop(p.remote_device_id, None)
         self.peers.remove(p)
 
+    def plain_peer(self, device_id: int) -> PlainPeer | None:
+        """The `plain` peer a packet with this DeviceID comes from (the data path's fast
+        receive uses it; a 1:1 tunnel's peer answers to any DeviceID)."""
+        return self._plain_by_device.get(device_id) or self._plain_by_device.get(ANY_DEVICE)
+
     def count(self, reason: str) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + 1
 
@@ -185,7 +190,7 @@ class Endpoint:
 
     def _receive_plain(self, pkt: bytes) -> Inbound:
         ptype, dev, encap, flags, inner = session.open_plain(pkt)
-        p = self._plain_by_device.get(dev) or self._plain_by_device.get(ANY_DEVICE)
+        p = self.plain_peer(dev)
         if p is None:
             return self._drop("unknown_peer", f"plain packet from unknown device ID {dev}")
         p.last_received = self.clock()

@@ -260,6 +260,7 @@ def open_data(
 
 _SEALED_TYPES = frozenset((PacketType.DATA, PacketType.KEEPALIVE, PacketType.CONTROL))
 _SEALED_ALLOWED = SEALED_FLAGS | int(Flag.CSUM_PARTIAL | Flag.CONTINUATION)
+_PLAIN_ALLOWED = int(Flag.CSUM_PARTIAL | Flag.CONTINUATION)
 _SEALED_VT = frozenset((VERSION << 4) | t for t in _SEALED_TYPES)
 
 
@@ -283,7 +284,7 @@ def open_plain(pkt: bytes | bytearray | memoryview) -> tuple[int, int, int, int,
         vt, _, n, dev, encap, flags, _ = PLAIN_HEADER.unpack_from(mv)
         if int.from_bytes(mv[:FIXED_HEADER_LEN], "big") % 0xFFFF:
             raise BadHeader("header checksum mismatch")
-        if flags & ~int(Flag.CSUM_PARTIAL):
+        if flags & ~_PLAIN_ALLOWED:
             raise BadHeader(f"flags 0x{flags:04x} are not valid for a plain packet")
         if vt & 0xF not in _SEALED_TYPES:
             raise BadHeader(f"packet type {vt & 0xF} is not data in plain mode")
@@ -293,7 +294,7 @@ def open_plain(pkt: bytes | bytearray | memoryview) -> tuple[int, int, int, int,
             p = wire.parse(mv)
         except WireError as e:
             raise BadHeader(str(e)) from None
-        if p.flags & ~int(Flag.CSUM_PARTIAL) or p.type not in _SEALED_TYPES:
+        if p.flags & ~_PLAIN_ALLOWED or p.type not in _SEALED_TYPES:
             raise BadHeader(f"{p.type.name} packet with flags 0x{p.flags:04x} is not plain data")
         vt, n, dev, encap, flags = mv[0], p.inner_len, p.device_id, p.encap_id, p.flags
         body = mv[len(p.header):]

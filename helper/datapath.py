@@ -42,6 +42,7 @@ _CSUM = int(Flag.CSUM_PARTIAL)
 _CONT = int(Flag.CONTINUATION)
 SEALED = session.SEALED_FLAGS
 _ALLOWED = SEALED | _CSUM | _CONT
+_PLAIN_ALLOWED = _CSUM | _CONT
 MIN_SEALED = DATA_HEADER_LEN + TAG_LEN
 _SEALED_VT = frozenset((0x10 | t) for t in (PacketType.DATA, PacketType.KEEPALIVE,
                                             PacketType.CONTROL))
@@ -146,7 +147,7 @@ class DataPath:
         state = _TxBatch(self, out, omv, scratch)
         emit = state.emit
         tso = state.tso
-        sealed_single = self.sealed and self._single_peer() is not None
+        one_peer = self._single_peer() is not None
         readv = os.readv
         while not self.stop.is_set():
             try:
@@ -162,7 +163,7 @@ class DataPath:
             self.tx_frames += 1
             if vnet:
                 frame = mv[:n]
-                if not (sealed_single and n > 2000 and tso(frame)):
+                if not (one_peer and n > 2000 and tso(frame)):
                     offload.segment(frame, emit, scratch)
             else:
                 emit(mv[:n], False)
@@ -188,6 +189,9 @@ class DataPath:
         sealed = self.sealed
         unpack_hdr = session.DATA_HEADER.unpack_from
         const = session.DATA_CONST + (0x11 << 8)
+        unpack_plain = session.PLAIN_HEADER.unpack_from
+        plain_const = (0x11 << 8) + 3
+        plain_peer = self.endpoint.plain_peer
         source_owner = self.routes.source_owner
         receive = self.transport.receive
         while not self.stop.is_set():
@@ -216,6 +220,9 @@ class DataPath:
             kp: session.Keypair | None = None
             peer: Peer | None = None
             rx_packets = rx_bytes = 0
+            plain_dev = -1
+            ppeer: PlainPeer | None = None
+            plain_packets = plain_bytes = 0
             for off in range(0, n, seg):
                 ln = min(seg, n - off)
                 # The canonical sealed data header, checked inline (open_data's fast path,
@@ -267,6 +274,39 @@ class DataPath:
                         else:
                             _write_plain(write, fd, inner)
                         continue
+                # `plain` mode's 12-byte header, likewise inline.
+                elif not sealed and ln >= FIXED_HEADER_LEN and buf[off] == 0x11 and \
+                        buf[off + 1] == 3:
+                    _vt, _hw, inner_len, dev, encap, flags, csum = unpack_plain(buf, off)
+                    if (ln == inner_len + FIXED_HEADER_LEN and flags & ~_PLAIN_ALLOWED == 0
+                            and (plain_const + inner_len + dev + encap + flags + csum)
+                            % 0xFFFF == 0):
+                        if dev != plain_dev:
+                            ppeer = plain_peer(dev)
+                            if ppeer is None:
+                                counts["unknown_peer"] = counts.get("unknown_peer", 0) + 1
+                                continue
+                            plain_dev, cont_next = dev, -1
+                        assert ppeer is not None
+                        if ppeer.endpoint != addr:
+                            with self.lock:
+                                ppeer.endpoint = addr  # plain mode cannot authenticate
+                        inner = bytes(mv[off + FIXED_HEADER_LEN:off + ln])
+                        plain_packets += 1
+                        plain_bytes += inner_len
+                        if (flags & _CONT and encap == cont_next and coalescer is not None
+                                and coalescer.continue_run(inner)):
+                            cont_next = (encap + 1) & 0xFFFF
+                            continue
+                        cont_next = (encap + 1) & 0xFFFF
+                        if source_owner(inner) is not ppeer:
+                            counts["bad_source"] = counts.get("bad_source", 0) + 1
+                            continue
+                        if coalescer is not None:
+                            coalescer.add(inner, flags & _CSUM != 0)
+                        else:
+                            _write_plain(write, fd, inner)
+                        continue
                 if ln < FIXED_HEADER_LEN:
                     counts["bad_header"] = counts.get("bad_header", 0) + 1
                     continue
@@ -277,6 +317,11 @@ class DataPath:
                 st.rx_bytes += rx_bytes
                 peer.last_received = peer.last_data = peer.last_data_received = now
                 peer.owes_keepalive = True
+            if ppeer is not None and plain_packets:
+                pst = ppeer.stats
+                pst.rx_packets += plain_packets
+                pst.rx_bytes += plain_bytes
+                ppeer.last_received = ppeer.last_data = ppeer.last_data_received = now
             if coalescer is not None:
                 coalescer.flush()
 
@@ -372,6 +417,8 @@ class _TxBatch:
     def tso(self, frame: memoryview) -> bool:
         """Fast path for a TCP super-packet to the only peer; False: use the generic path."""
         peer = self.single
+        if isinstance(peer, PlainPeer):
+            return self._tso_plain(peer, frame)
         if not isinstance(peer, Peer):
             return False
         kp = peer.current
@@ -392,6 +439,28 @@ class _TxBatch:
         if count and offload.tso_segment_size(frame) > mtu:
             # Re-segmented to fit the lowered MTU; tell TCP so it stops sending too big.
             dp.tell_too_big(inner, mtu)
+        st = peer.stats
+        st.tx_packets += count
+        st.tx_bytes += nbytes
+        self.off, self.seg = off, seg
+        self.count = -(-off // seg) if seg else 0
+        self.flush()
+        return True
+
+    def _tso_plain(self, peer: PlainPeer, frame: memoryview) -> bool:
+        if peer is not self.peer or self.count:
+            self.flush()
+            self.peer = peer
+        dp = self.dp
+        first = peer.encap
+        off, seg, count, nbytes, peer.encap = offload.frame_tso_plain(
+            frame, peer.device_id, first, self.out, 0, self._send, dp.mtu)
+        if count < 0:
+            return False
+        inner = frame[offload.VNET_LEN:]
+        dp.ring(peer).record(first, count, bytes(inner[:icmp.QUOTE_LEN]))
+        if count and offload.tso_segment_size(frame) > dp.mtu:
+            dp.tell_too_big(inner, dp.mtu)
         st = peer.stats
         st.tx_packets += count
         st.tx_bytes += nbytes
