@@ -88,12 +88,14 @@ TARGETS = (
     Target("openvpn", "openvpn", cipher="aes-256-gcm"),
     Target("wireguard-go", "wireguard-go", cipher="chacha20-poly1305"),
     Target("tunseal-plain", "tunseal", "plain", "none"),
-    Target("tunseal-psk", "tunseal", "psk", "chacha20-poly1305"),
-    Target("tunseal-rotating", "tunseal", "rotating", "chacha20-poly1305"),
-    Target("tunseal-ephemeral", "tunseal", "ephemeral", "chacha20-poly1305"),
-    Target("tunseal-ephemeral-aes256", "tunseal", "ephemeral", "aes-256-gcm"),
+    # Each mode with the default cipher (aes-256-gcm); "tunseal-ephemeral" is the product's
+    # default profile. The other ciphers and the raw-IP transport beside it.
+    Target("tunseal-psk", "tunseal", "psk", "aes-256-gcm"),
+    Target("tunseal-rotating", "tunseal", "rotating", "aes-256-gcm"),
+    Target("tunseal-ephemeral", "tunseal", "ephemeral", "aes-256-gcm"),
+    Target("tunseal-ephemeral-chacha20", "tunseal", "ephemeral", "chacha20-poly1305"),
     Target("tunseal-ephemeral-aes128", "tunseal", "ephemeral", "aes-128-gcm"),
-    Target("tunseal-ephemeral-raw", "tunseal", "ephemeral", "chacha20-poly1305", "raw"),
+    Target("tunseal-ephemeral-raw", "tunseal", "ephemeral", "aes-256-gcm", "raw"),
 )
 REFERENCES = {"raw": "raw-veth", "openvpn": "openvpn", "wg": "wireguard-go"}
 
