@@ -300,8 +300,8 @@ class _Keypair:
     __slots__ = ("private", "public")
 
     def __init__(self, private: bytes | X25519PrivateKey):
-        self.private = (private if isinstance(private, X25519PrivateKey)
-                        else X25519PrivateKey.from_private_bytes(private))
+        self.private = (X25519PrivateKey.from_private_bytes(private)
+                        if isinstance(private, bytes) else private)
         self.public = self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
