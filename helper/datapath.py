@@ -427,39 +427,31 @@ class _TxBatch:
         if peer is not self.peer or self.count:
             self.flush()
             self.peer = peer
-        dp = self.dp
-        mtu = dp.mtu
         first_encap = kp.send_counter & 0xFFFF
         off, seg, count, nbytes = offload.seal_tso(frame, kp, self.out, 0, self.scratch,
-                                                   self._send, mtu)
-        if count < 0:
-            return False
-        inner = frame[offload.VNET_LEN:]
-        dp.ring(peer).record(first_encap, count, bytes(inner[:icmp.QUOTE_LEN]))
-        if count and offload.tso_segment_size(frame) > mtu:
-            # Re-segmented to fit the lowered MTU; tell TCP so it stops sending too big.
-            dp.tell_too_big(inner, mtu)
-        st = peer.stats
-        st.tx_packets += count
-        st.tx_bytes += nbytes
-        self.off, self.seg = off, seg
-        self.count = -(-off // seg) if seg else 0
-        self.flush()
-        return True
+                                                   self._send, self.dp.mtu)
+        return self._tso_done(peer, frame, first_encap, off, seg, count, nbytes)
 
     def _tso_plain(self, peer: PlainPeer, frame: memoryview) -> bool:
         if peer is not self.peer or self.count:
             self.flush()
             self.peer = peer
-        dp = self.dp
         first = peer.encap
         off, seg, count, nbytes, peer.encap = offload.frame_tso_plain(
-            frame, peer.device_id, first, self.out, 0, self._send, dp.mtu)
+            frame, peer.device_id, first, self.out, 0, self._send, self.dp.mtu)
+        return self._tso_done(peer, frame, first, off, seg, count, nbytes)
+
+    def _tso_done(self, peer: AnyPeer, frame: memoryview, first_encap: int, off: int,
+                  seg: int, count: int, nbytes: int) -> bool:
+        """Book-keeping after a TSO frame was cut: the ICMP ring, too-big feedback, counters,
+        and sending what is left in the buffer. False: the frame was not cut."""
         if count < 0:
             return False
+        dp = self.dp
         inner = frame[offload.VNET_LEN:]
-        dp.ring(peer).record(first, count, bytes(inner[:icmp.QUOTE_LEN]))
+        dp.ring(peer).record(first_encap, count, bytes(inner[:icmp.QUOTE_LEN]))
         if count and offload.tso_segment_size(frame) > dp.mtu:
+            # Re-segmented to fit the lowered MTU; tell TCP so it stops sending too big.
             dp.tell_too_big(inner, dp.mtu)
         st = peer.stats
         st.tx_packets += count
