@@ -13,7 +13,6 @@ import grp
 import json
 import os
 import random
-import signal
 import socket
 import stat
 import subprocess
@@ -29,9 +28,9 @@ from typing import Any
 
 import netlab
 import pytest
+from helpers_proc import HelperProcess
 
 from core import noise
-from core.errors import HelperUnavailable
 from core.ipc import Event
 from core.ipcclient import Client
 from helper.keystore import KeyStore
@@ -71,65 +70,6 @@ def _group_exists(name: str) -> bool:
 
 def _user_exists(name: str) -> bool:
     return _sh("getent", "passwd", name).returncode == 0
-
-
-class HelperProcess:
-    """``python -m helper.main`` with its own socket, state dir and log file."""
-
-    def __init__(self, workdir: Path, group: str, *, env: dict[str, str] | None = None,
-                 wrap: tuple[str, ...] = ()):
-        self.wrap = wrap
-        self.socket = workdir / "run" / "helper.sock"
-        self.state_dir = workdir / "state"
-        self.log_path = workdir / "helper.log"
-        self.group = group
-        self._env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def command(self) -> list[str]:
-        return [*self.wrap, sys.executable, "-m", "helper.main", "--socket", str(self.socket),
-                "--state-dir", str(self.state_dir), "--group", self.group,
-                "--log-level", "debug"]
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), cwd=ROOT, stdout=log,
-                                         stderr=subprocess.STDOUT, env=self._env)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"helper exited with {self.proc.returncode}:\n{self.log()}")
-            with contextlib.suppress(HelperUnavailable), Client(str(self.socket), timeout=5) as c:
-                c.call("ping")
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"helper not ready after {START_TIMEOUT} s:\n{self.log()}")
-
-    def stop(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise AssertionError(f"helper ignored SIGTERM for {STOP_TIMEOUT} s") from None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_for_log(self, text: str, timeout: float = EVENT_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log():
-                return
-            time.sleep(0.1)
-        tail = "\n".join(self.log().splitlines()[-40:])
-        raise AssertionError(f"{text!r} not logged within {timeout} s; the log ends:\n{tail}")
-
-    def client(self, timeout: float = 15.0) -> Client:
-        return Client(str(self.socket), timeout=timeout)
 
 
 @dataclass
