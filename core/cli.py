@@ -9,16 +9,14 @@ not found.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TextIO
 
+from core.atomicfile import write_atomic
 from core.errors import HelperUnavailable, IPCError
 from core.ipc import RequestError
 from core.ipcclient import Client
@@ -392,21 +390,8 @@ def _read_profile_file(path: str) -> str:
 
 def _write_private(path: str, text: str, *, secret: bool) -> None:
     """Write atomically; a file holding secrets is created 0600 and never exists wider."""
-    directory = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tunseal-export.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            if not secret:
-                umask = os.umask(0)
-                os.umask(umask)
-                os.chmod(tmp, 0o666 & ~umask)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, text.encode("utf-8"), mode=0o600 if secret else 0o666)
     except OSError as e:
         raise IPCError(f"cannot write {path}: {e.strerror or e}", code="local") from None
 

@@ -21,6 +21,7 @@ from typing import Any
 import tomli_w
 
 from core import profile as profile_format
+from core.atomicfile import write_atomic
 from core.constants import CIPHERS, DEFAULT_CIPHER, DEFAULT_MTU, DEFAULT_PORT, MODES, TRANSPORTS
 from core.errors import ProfileError, ProfileInvalid
 from core.profile import Profile, ProfileSecrets
@@ -287,14 +288,7 @@ def load(path: str | os.PathLike[str]) -> Gateway:
 
 
 def save(gw: Gateway, path: str | os.PathLike[str]) -> None:
-    target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(dumps(gw))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    write_atomic(path, dumps(gw).encode("utf-8"), mode=0o600)
 
 
 def next_address(gw: Gateway) -> str:

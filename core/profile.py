@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import dataclasses
 import datetime
 import difflib
@@ -34,6 +33,7 @@ from typing import Any, TypeVar
 
 import tomli_w
 
+from core.atomicfile import write_atomic
 from core.constants import (
     CIPHERS,
     DEFAULT_CIPHER,
@@ -335,21 +335,8 @@ def dump(p: Profile, path: str | os.PathLike[str], secrets: ProfileSecrets | Non
     umask. Nothing is written if the profile or secrets are invalid."""
     text = dumps(p, secrets).encode("utf-8")
     target = os.fspath(path)
-    directory, base = os.path.split(target)
-    tmp = os.path.join(directory, f".{base}.{os.urandom(6).hex()}.tmp")
-    mode = 0o600 if secrets is not None else 0o666
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(target, text, mode=0o600 if secrets is not None else 0o666)
     except OSError as e:
         raise ProfileError(f"cannot write {target!r}: {e.strerror or e}") from e
     log.debug("wrote profile %r to %s (secrets: %s)", p.name, target, secrets is not None)

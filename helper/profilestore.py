@@ -9,13 +9,12 @@ either the old profile or the new one. A file that does not read back as a profi
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 
+from core.atomicfile import write_atomic
 from core.errors import ProfileError
 from core.profile import Profile, dumps, load
 
@@ -77,17 +76,7 @@ class ProfileStore:
         text = dumps(profile).encode("utf-8")
         target = self._path(profile.name)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{profile.name}.", suffix=".tmp", dir=self._dir)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(text)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
+            write_atomic(target, text, mode=0o600)
             self._sync_directory()
         except OSError as e:
             raise ProfileError(
