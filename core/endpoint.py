@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from core import session, wire
-from core.constants import DATA_HEADER_LEN, FIXED_HEADER_LEN, TAG_LEN, Option, PacketType
+from core.constants import DATA_HEADER_LEN, FIXED_HEADER_LEN, Option, PacketType
 from core.errors import CryptoError, HandshakeError, ReplayError, TunsealError, WireError
 from core.handshake import Identity, Suite
 from core.peer import IndexTable, Peer, PeerStats, RekeyPolicy
@@ -277,5 +277,3 @@ def _default_reason(e: TunsealError) -> str:
         return "bad_tag"
     return "handshake_failed"
 
-
-SEALED_OVERHEAD = DATA_HEADER_LEN + TAG_LEN

@@ -12,7 +12,6 @@ import errno
 import logging
 import socket
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from core.constants import RAW_IP_PROTOCOL
@@ -358,11 +357,3 @@ def open_transport(kind: str, *, port: int = 0, ipv6: bool = False,
         return DualRawTransport() if listening else RawTransport(family=family)
     raise TransportError(f"unknown transport {kind!r}; choose udp or raw")
 
-
-def split_gro(n: int, seg: int) -> Iterator[tuple[int, int]]:
-    """(offset, length) of each datagram in a GRO run of ``n`` bytes."""
-    if seg <= 0 or seg >= n:
-        yield 0, n
-        return
-    for off in range(0, n, seg):
-        yield off, min(seg, n - off)

@@ -498,11 +498,6 @@ class Tunnel:
 
     # --- status ------------------------------------------------------------------------------
 
-    @property
-    def is_gateway(self) -> bool:
-        return len(self.spec.peers) != 1 or (self.spec.peers[0].endpoint is None and bool(
-            self.spec.masquerade))
-
     def peer_state(self, peer: AnyPeer) -> str:
         s = peer.state
         if s == "waiting":
