@@ -9,9 +9,40 @@ if [ -z "${TUNSEAL_IN_TEST_SESSION:-}" ]; then
 fi
 export HOME; HOME=$(mktemp -d /tmp/tunseal-test-home.XXXXXX)
 trap 'rm -rf "$HOME"' EXIT
-eval "$(printf '%s' "tunseal-test" | gnome-keyring-daemon --unlock --components=secrets)"
+PASSWORD=tunseal-test
+eval "$(printf '%s' "$PASSWORD" | gnome-keyring-daemon --unlock --components=secrets)"
 export GNOME_KEYRING_CONTROL
 export QT_QPA_PLATFORM=offscreen
+
+secrets_pid() {
+    dbus-send --session --print-reply=literal --dest=org.freedesktop.DBus /org/freedesktop/DBus \
+        org.freedesktop.DBus.GetConnectionUnixProcessID string:org.freedesktop.secrets \
+        2>/dev/null | awk '{print $2}' || true
+}
+# gnome-keyring-daemon has been seen to die under the suite's concurrent keyring traffic; D-Bus
+# then activates a fresh daemon that is locked and has no collection, and every later test that
+# stores a key fails on a password prompt nobody can answer. The watchdog replaces such a
+# daemon with one unlocked by the same password over the same data (the stored keys survive),
+# and says so. It lives exactly as long as pytest (bounded by it).
+keyring_watchdog() {
+    local expected; expected=$(secrets_pid)
+    while sleep 1; do
+        local now; now=$(secrets_pid)
+        if [ -n "$expected" ] && [ "$now" != "$expected" ]; then
+            echo "tests/run.sh: the test keyring daemon went away (pid $expected -> ${now:-none}); restarting it unlocked" >&2
+            printf '%s' "$PASSWORD" | gnome-keyring-daemon --replace --unlock --components=secrets \
+                >/dev/null || true
+            sleep 0.5
+            expected=$(secrets_pid)
+        fi
+    done
+}
+# The daemon claims its bus name a moment after printing its environment: wait (bounded).
+for _ in $(seq 100); do [ -n "$(secrets_pid)" ] && break; sleep 0.1; done
+keyring_watchdog &
+watchdog=$!
+trap 'kill "$watchdog" 2>/dev/null; rm -rf "$HOME"' EXIT
+
 status=0
 .venv/bin/python -m pytest -n 2 --dist loadgroup -p no:cacheprovider "$@" || status=$?
 # pytest's "no tests collected" (5) is a failure here too: a suite that ran nothing proves nothing.
