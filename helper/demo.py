@@ -592,10 +592,12 @@ def _teardown(demo: Demo, *, quiet: bool) -> list[str]:
             tell(f"deleting namespace {ns} (and its links)")
             _delete_netns(ns, problems)
     # The veth pair goes with the namespace; this end is left only if the namespace was never
-    # made. The tunnel's TUN link needs nothing: it exists only while its helper holds it open.
+    # made. The kernel dismantles a deleted namespace asynchronously, so this end can vanish
+    # between the check and the delete: "Cannot find device" then means the job is done.
+    # The tunnel's TUN link needs nothing: it exists only while its helper holds it open.
     if _link_exists(demo.veth_here):
         done = _ip("link", "del", demo.veth_here, check=False)
-        if done.returncode != 0:
+        if done.returncode != 0 and _link_exists(demo.veth_here):
             problems.append(f"link {demo.veth_here}: {done.stderr.strip()}")
     if (demo.state_dir / "created-group").exists():
         tell(f"deleting group {demo.group!r} (the demo created it)")
