@@ -179,13 +179,15 @@ class Keeper:
                      reply.header.fields.get(HeaderFields.error_name))
             conn.close()
             conn = _open()
-            signals = [*rules, MatchRule(type="signal", sender=BUS_NAME,
-                                         path="/org/freedesktop/resolve1",
-                                         interface="org.freedesktop.DBus.Properties",
-                                         member="PropertiesChanged")]
-            for rule in signals:
-                conn.filter(rule, queue=self._queue)
-                _call(conn, message_bus.AddMatch(rule), "watch systemd-resolved")
+            changed = {"type": "signal", "path": "/org/freedesktop/resolve1",
+                       "interface": "org.freedesktop.DBus.Properties",
+                       "member": "PropertiesChanged"}
+            # The bus resolves a well-known sender name; the messages carry the unique one, so
+            # the local filter does without it.
+            for on_bus, local in [*((r, r) for r in rules),
+                                  (MatchRule(sender=BUS_NAME, **changed), MatchRule(**changed))]:
+                conn.filter(local, queue=self._queue)
+                _call(conn, message_bus.AddMatch(on_bus), "watch systemd-resolved")
             return conn
         except BaseException:
             conn.close()

@@ -420,3 +420,80 @@ def test_detect_backend_sees_resolved_on_the_bus(resolved_link: resolvedlab.Reso
     assert r.run(sys.executable, "-c", code).stdout.strip() == "resolved"
     r.stop_daemon()  # /etc/resolv.conf still points at the stub, but nobody answers
     assert r.run(sys.executable, "-c", code).stdout.strip() == "file"
+
+
+_APPLY_RESOLVED_THEN_HANG = """
+import sys, time
+from pathlib import Path
+from helper import dns
+from helper.records import Records
+dns.start(sys.argv[2], ["10.77.0.1"], ["corp.example"], full_tunnel=True,
+          records=Records(Path(sys.argv[1])))
+print("applied", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.netns
+def test_resolved_settings_are_reverted_after_sigkill(
+    resolved_link: resolvedlab.Resolved, tmp_path: Path
+) -> None:
+    r = resolved_link
+    state = tmp_path / "state"
+    applier = subprocess.Popen([*r.wrap, sys.executable, "-c", _APPLY_RESOLVED_THEN_HANG,
+                                str(state), IF], env=r.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    netlab.wait_for_line(applier, "applied", timeout=30)
+    applier.kill()
+    applier.wait(timeout=10)
+    assert _link(r) == FULL  # the crash left our DNS on the link (it is still there)...
+    done = r.run(sys.executable, "-c", _CLEANUP, str(state))
+    assert json.loads(done.stdout) == [f"restored DNS of {IF} (resolved)"]
+    assert _link(r) == NOTHING  # ...and the next start's cleanup reverted it
+    assert list((state / "run").iterdir()) == []
+
+
+_NETWORK_MANAGER = """
+import sys
+from jeepney.bus_messages import message_bus
+from jeepney.io.blocking import open_dbus_connection
+conn = open_dbus_connection(bus="SYSTEM")
+reply = conn.send_and_get_reply(message_bus.RequestName("org.freedesktop.NetworkManager"),
+                                timeout=10)
+assert reply.body == (1,), reply.body  # the primary owner
+print("owned", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.netns
+def test_without_a_monitor_the_keeper_follows_resolved_and_networkmanager(
+    lab: netlab.Lab,
+) -> None:
+    ns = lab.ns("dns")
+    netlab.hold_tun(lab, ns, IF)
+    lab.run(ns, "ip", "link", "set", IF, "up")
+    # A bus that refuses root a monitor (some distributions' policies do), and lets a test
+    # process be NetworkManager.
+    policy = ('<deny send_destination="org.freedesktop.DBus" '
+              'send_interface="org.freedesktop.DBus.Monitoring"/>'
+              '<allow own="org.freedesktop.NetworkManager"/>')
+    with resolvedlab.Resolved(lab, ns, extra_root_policy=policy) as r:
+        kept = Kept(r, ["10.77.0.1"], ["corp.example"], full=True)
+        assert kept.started["monitoring"] is False
+        r.resolvectl("revert", IF)  # resolved signals that its server list changed
+        _wait_link(r, FULL)
+        assert kept.status()["reapplied"] == 1
+        # Domains alone change without a signal; NetworkManager starting is the next look.
+        r.resolvectl("domain", IF, "cafe.example")
+        nm = subprocess.Popen([*r.wrap, sys.executable, "-c", _NETWORK_MANAGER], env=r.env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+        try:
+            netlab.wait_for_line(nm, "owned", timeout=30)
+            _wait_link(r, FULL)
+            assert kept.status()["reapplied"] == 2
+        finally:
+            nm.communicate("\n", timeout=30)
+        kept.close()
+        assert _link(r) == NOTHING
