@@ -243,9 +243,9 @@ class Keeper:
             if not self.want.satisfied_by(got):
                 log.info("%s: DNS settings changed (%s: now %s); putting them back", self.ifname,
                          why, _show(got))
+                self.reapplied += 1  # first: whoever sees the link restored sees it counted
                 _set(conn, self._ifindex, self.ifname, self.want, wait=True)
                 got = _read(conn, self._ifindex, self.ifname)
-                self.reapplied += 1
             self.current = got
         except ResolvedError as exc:
             if not self._stopping.is_set():

@@ -5,9 +5,9 @@ unpacks Debian's package (never installs it: that would take over /etc/resolv.co
 :data:`RESOLVED_ROOT`. :class:`Resolved` gives it what a systemd machine would:
 
 * a private mount namespace (held by a sleeping process) with a tmpfs on /run/systemd, a
-  ``systemd-resolve`` user in bind-mounted copies of /etc/passwd and /etc/group, a drop-in that
-  turns off LLMNR, mDNS, DNSSEC and the fallback servers, and /etc/resolv.conf pointing at the
-  stub 127.0.0.53, as on a machine where resolved manages DNS;
+  drop-in there that turns off LLMNR, mDNS, DNSSEC and the fallback servers, and a copy of /etc
+  with a ``systemd-resolve`` user and /etc/resolv.conf pointing at the stub 127.0.0.53, as on a
+  machine where resolved manages DNS;
 * a ``dbus-daemon`` as the system bus, with the system bus's default-deny policy and the
   package's own org.freedesktop.resolve1 policy, listening on a socket in a fresh directory;
 * ``systemd-resolved`` itself, in the lab namespace (so it sees that namespace's links).
@@ -79,9 +79,11 @@ work=$1
 mount -t tmpfs -o mode=0755 tmpfs /run/systemd
 mkdir -p /run/systemd/resolved.conf.d
 cp "$work/resolved.conf" /run/systemd/resolved.conf.d/tunseal-test.conf
-mount --bind "$work/passwd" /etc/passwd
-mount --bind "$work/group" /etc/group
-mount --bind "$work/resolv.conf" /etc/resolv.conf
+# A copy of all of /etc, not bind mounts on single files: a file mounted over goes away in
+# every other namespace when the host replaces it by rename (useradd does, in other tests).
+cp -a /etc "$work/etc"
+for f in passwd group resolv.conf; do rm -f "$work/etc/$f"; cp -p "$work/$f" "$work/etc/$f"; done
+mount --bind "$work/etc" /etc
 echo ready
 exec sleep 3600
 """

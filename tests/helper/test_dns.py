@@ -407,8 +407,11 @@ def test_resolved_restart_is_noticed_and_the_settings_come_back(
     r.stop_daemon(forget=True)
     r.start_daemon()
     _wait_link(r, FULL)
-    st = kept.status()
-    assert st["reapplied"] == 1 and st["servers"] == ["10.77.0.1"], st
+    deadline = time.monotonic() + 20
+    while (st := kept.status())["servers"] != ["10.77.0.1"]:  # read back just after the link
+        assert time.monotonic() < deadline, st
+        time.sleep(0.1)
+    assert st["reapplied"] == 1, st
     kept.close()
     assert _link(r) == NOTHING
 
