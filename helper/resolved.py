@@ -162,7 +162,9 @@ class Keeper:
         conn = _open()
         try:
             rules = _owner_rules()
-            monitor = [*rules, MatchRule(type="method_call", destination=BUS_NAME)]
+            monitor = [*rules, *(MatchRule(type="method_call", destination=BUS_NAME,
+                                           interface=iface)
+                                 for iface in (_MANAGER.interface, _LINK_IFACE))]
             for rule in monitor:
                 conn.filter(rule, queue=self._queue)
             try:

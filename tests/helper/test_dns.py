@@ -380,13 +380,22 @@ def test_resolved_full_tunnel_takes_every_name(resolved_link: resolvedlab.Resolv
     ("domain", IF, "cafe.example"),  # domains alone: resolved sends no signal for this one
     ("default-route", IF, "no"),
     ("dns", IF, "192.0.2.53"),
+    ("busctl", "org.freedesktop.resolve1.Link", "SetDomains", "a(sb)", "1", "cafe.example",
+     "false"),  # the same through the link's own object
 ])
 def test_resolved_keeper_puts_back_what_another_client_changed(
     resolved_link: resolvedlab.Resolved, reset: tuple[str, ...]
 ) -> None:
     r = resolved_link
     kept = Kept(r, ["10.77.0.1"], ["corp.example"], full=True)
-    r.resolvectl(*reset)
+    if reset[0] == "busctl":
+        busctl = ("busctl", f"--address={r.address}", "call", "org.freedesktop.resolve1")
+        ifindex = r.run("cat", f"/sys/class/net/{IF}/ifindex").stdout.strip()
+        path = r.run(*busctl, "/org/freedesktop/resolve1", "org.freedesktop.resolve1.Manager",
+                     "GetLink", "i", ifindex).stdout.split()[1].strip('"')  # o "/org/..."
+        r.run(*busctl, path, *reset[1:])
+    else:
+        r.resolvectl(*reset)
     _wait_link(r, FULL)
     assert kept.status()["reapplied"] == 1
     kept.close()
