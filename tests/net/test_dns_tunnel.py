@@ -171,6 +171,16 @@ def test_full_tunnel_sends_every_query_into_the_tunnel_and_none_to_the_lan(
         assert (f"DNS        {OFFICE_DNS} for corp.example ~. (systemd-resolved, default "
                 "route)") in shown
 
+        # Someone resets the link (NetworkManager, an admin): the helper puts it back.
+        pair.resolved.resolvectl("revert", tun)
+        client.helper.wait_for_log(f"{tun}: DNS settings changed", timeout=20)
+        deadline = time.monotonic() + 20
+        while "~." not in pair.resolved.link_status(tun):
+            assert time.monotonic() < deadline, pair.resolved.link_status(tun)
+            time.sleep(0.1)
+        assert via_link(pair, "www.elsewhere.test") == (OFFICE["www.elsewhere.test"], tun)
+        assert cafe.queries() == []
+
         client.cli("down", client.name)
         # Down: the LAN's resolver answers again, as before the tunnel.
         assert lookup(pair, "www.elsewhere.test") == CAFE["www.elsewhere.test"]
