@@ -8,13 +8,17 @@ directly so the helper needs no ``resolvectl`` and gets typed answers and error 
 :class:`Keeper` holds a link's settings against the things that undo them, without polling: a
 thread blocks on its own bus connection, woken by
 
+* any call to resolved's Manager or Link interface that changes our link (``SetLink*``,
+  ``RevertLink``) made by someone else: NetworkManager or networkd resetting it, an admin's
+  ``resolvectl``. The connection is a bus monitor (``BecomeMonitor``, which the system bus
+  allows root), because resolved 252 signals no change of a link's domains or default route;
 * ``NameOwnerChanged`` of ``org.freedesktop.resolve1``: resolved restarted (it reloads saved
-  link settings from /run/systemd/resolve/netif/ when it can, but a fresh /run does not have them);
-* ``PropertiesChanged`` on resolved's Manager: its DNS server list changed, which is what a
-  ``RevertLink`` or another client's ``SetLinkDNS`` on our link looks like from outside
-  (resolved 252 signals no change of a link's domains or default route alone);
-* ``NameOwnerChanged`` of ``org.freedesktop.NetworkManager``: NetworkManager (re)started and
-  may push its own view of every link.
+  link settings from /run/systemd/resolve/netif/ when it can; a fresh /run does not have them);
+* ``NameOwnerChanged`` of ``org.freedesktop.NetworkManager``: NetworkManager (re)started.
+
+Where the bus refuses a monitor, ``PropertiesChanged`` on resolved's Manager stands in for the
+calls: its DNS server list changed, which is what a ``RevertLink`` or another client's
+``SetLinkDNS`` looks like from outside (a change of domains alone is then missed).
 
 On each, it reads the link back and re-applies what differs.
 """
@@ -38,8 +42,8 @@ from jeepney.io.blocking import DBusConnection, open_dbus_connection
 
 from helper.netdev import NetConfigError
 
-__all__ = ["BUS_NAME", "Keeper", "LinkDns", "ResolvedError", "apply", "read", "revert",
-           "running", "settings_for"]
+__all__ = ["BUS_NAME", "Keeper", "LinkDns", "ResolvedError", "apply", "revert", "running",
+           "settings_for"]
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +99,6 @@ def apply(ifname: str, want: LinkDns) -> LinkDns:
         ifindex = _ifindex(ifname)
         _set(conn, ifindex, ifname, want)
         return _read(conn, ifindex, ifname)
-
-
-def read(ifname: str) -> LinkDns:
-    with _connection() as conn:
-        return _read(conn, _ifindex(ifname), ifname)
 
 
 def revert(ifname: str) -> None:
