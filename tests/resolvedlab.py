@@ -178,7 +178,11 @@ class Resolved:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Resolved:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.close()
