@@ -257,6 +257,7 @@ def format_status(st: TunnelStatus, now: float) -> str:
         ("transfer", f"{human_bytes(st.rx_bytes)} received, {human_bytes(st.tx_bytes)} sent"),
         ("rate", f"{human_bytes(st.rx_rate)}/s in, {human_bytes(st.tx_rate)}/s out"),
         ("RTT", _rtt(st)),
+        ("DNS", st.dns.summary() if st.dns is not None else ""),
     ]
     lines += [f"  {label:<10} {value}" for label, value in rows if value]
     return "\n".join(lines)

@@ -573,7 +573,7 @@ def _check_profile(p: Profile, skip: frozenset[str]) -> list[ProfileError]:
         c.add(_FIELD["addresses"], 'at least one address is required, e.g. ["10.77.0.2/32"]')
     listen_port = c.check("listen_port", _int_range(0, PORT_MAX), p.listen_port)
     c.check_list("dns", _host_address, p.dns, lambda a: a)
-    c.check_list("dns_search", _domain, p.dns_search, str.lower)
+    c.check_list("dns_search", _search_domain, p.dns_search, _domain_identity)
 
     endpoint = c.check("endpoint", _endpoint, p.endpoint)
     transport = c.check("transport", _choice(TRANSPORTS, "transport"), p.transport)
@@ -706,6 +706,28 @@ def _host_address(value: object) -> _IPAddress:
     if ip.is_unspecified or ip.is_multicast:
         raise _Invalid(f"{ip} is not a usable server address (unspecified or multicast)")
     return ip
+
+
+def _search_domain(value: object) -> str:
+    """A search domain, or a routing-only one for systemd-resolved: ``~corp.example`` sends
+    names under it to the tunnel's servers without searching it, ``~.`` sends every name."""
+    text = _string(value)
+    if text == "~.":
+        return text
+    if text.startswith("~"):
+        try:
+            return "~" + _domain(text[1:])
+        except _Invalid:
+            raise _Invalid(
+                f"{_show(text)} is not a routing domain; use '~' and a domain name "
+                "(~corp.example), or '~.' for every name"
+            ) from None
+    return _domain(text)
+
+
+def _domain_identity(domain: str) -> str:
+    """``corp.example`` and ``~corp.example`` name the same domain: one of them is enough."""
+    return domain.removeprefix("~").lower()
 
 
 def _domain(value: object) -> str:

@@ -32,6 +32,38 @@ class PeerStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class DnsStatus:
+    """The DNS in effect for a running tunnel, as the system reports it (docs/DNS.md)."""
+
+    backend: str
+    """resolved (systemd-resolved, per link), resolvconf, or file (/etc/resolv.conf)."""
+    servers: tuple[str, ...] = ()
+    domains: tuple[str, ...] = ()
+    """``corp.example`` search and route, ``~corp.example`` route only, ``~.`` every name."""
+    default_route: bool | None = None
+    """resolved only: the link also answers names no routing domain claims."""
+
+    def summary(self) -> str:
+        """One line for a person: ``10.44.0.1 for ~corp.example ~. (systemd-resolved, default
+        route)``."""
+        servers = ", ".join(self.servers) or "no servers"
+        domains = f" for {' '.join(self.domains)}" if self.domains else ""
+        how = {"resolved": "systemd-resolved", "resolvconf": "resolvconf",
+               "file": "/etc/resolv.conf"}.get(self.backend, self.backend)
+        if self.default_route:
+            how += ", default route"
+        return f"{servers}{domains} ({how})"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DnsStatus:
+        route = d.get("default_route")
+        return cls(backend=str(d.get("backend", "")),
+                   servers=tuple(str(s) for s in d.get("servers", ())),
+                   domains=tuple(str(s) for s in d.get("domains", ())),
+                   default_route=None if route is None else bool(route))
+
+
+@dataclass(frozen=True, slots=True)
 class TunnelStatus:
     name: str
     state: str
@@ -56,6 +88,8 @@ class TunnelStatus:
     error: str = ""
     since: float | None = None
     """Unix time the tunnel entered its current state."""
+    dns: DnsStatus | None = None
+    """The tunnel's DNS while it is up and has DNS settings."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,4 +106,6 @@ class TunnelStatus:
             peers.append(PeerStatus(**fields))
         data["peers"] = tuple(peers)
         data["drops"] = {str(k): int(v) for k, v in dict(d.get("drops", {})).items()}
+        dns = d.get("dns")
+        data["dns"] = DnsStatus.from_dict(dns) if isinstance(dns, dict) else None
         return cls(**data)

@@ -18,6 +18,7 @@ _ROWS = (
     ("received", "Received"), ("sent", "Sent"), ("rates", "Now"),
     ("rtt", "Round trip"), ("loss", "Loss"), ("mtu", "Tunnel MTU"),
     ("mode", "Security"), ("cipher", "Cipher"), ("interface", "Interface"),
+    ("dns", "DNS"),
 )
 
 
@@ -64,6 +65,7 @@ class StatusPanel(QWidget):
         v["mode"].setText(st.mode or "—")
         v["cipher"].setText("none" if st.mode == "plain" else (st.cipher or "—"))
         v["interface"].setText(st.interface or "—")
+        v["dns"].setText(st.dns.summary() if running and st.dns is not None else "—")
         self.graph.set_points(points, now)
 
     def show_mode(self, mode: str, cipher: str) -> None:

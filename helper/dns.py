@@ -2,13 +2,19 @@
 
 Three backends, chosen by :func:`detect_backend` unless the caller names one:
 
-* ``RESOLVED``: systemd-resolved is running and /etc/resolv.conf points at it; the settings go on
-  the TUN link (``resolvectl dns|domain IF ...``) and ``resolvectl revert IF`` undoes them (the
-  daemon also forgets them by itself when the link goes away).
+* ``RESOLVED``: systemd-resolved is on the system bus and /etc/resolv.conf points at it; the
+  settings go on the TUN link over D-Bus (:mod:`helper.resolved`): servers, domains (``~x``
+  route-only ones included) and, for a full tunnel, ``~.`` plus DefaultRoute=yes so no query
+  goes to another link. RevertLink undoes them (the daemon also forgets them by itself when
+  the link goes away). While the tunnel is up a :class:`~helper.resolved.Keeper` puts them
+  back whenever resolved restarts or someone resets the link.
 * ``RESOLVCONF``: a ``resolvconf`` program (Debian's or openresolv) owns /etc/resolv.conf; we add
   an interface record ``tun.IF`` and delete it on down.
 * ``FILE``: nothing manages /etc/resolv.conf; we rewrite it, keeping an exact backup (bytes, mode,
   owner, or the symlink it was) in the record :func:`apply` returns.
+
+:func:`start` is what a tunnel calls: :func:`apply`, then the keeper, and an :class:`ActiveDns`
+that reports the DNS in effect and undoes everything on :meth:`ActiveDns.close`.
 
 Pass ``records=`` to :func:`apply` and the backup is noted through :class:`~helper.records.Records`
 *before* anything changes, so a crash at any point is undone by ``Records.cleanup_stale``.
@@ -32,12 +38,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.status import DnsStatus
+from helper import resolved
 from helper.netdev import NetConfigError
 
 if TYPE_CHECKING:
     from helper.records import Records
 
-__all__ = ["RESOLV_CONF", "Backend", "DnsConfigError", "apply", "detect_backend", "restore"]
+__all__ = ["RESOLV_CONF", "ActiveDns", "Backend", "DnsConfigError", "apply", "detect_backend",
+           "restore", "start"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +56,7 @@ RESOLVED_RUN_DIR = "/run/systemd/resolve/"
 RESOLVCONF_PREFIX = "tun."
 """Debian's resolvconf orders interface records by name; ``tun.*`` comes before the LAN's."""
 TOOL_TIMEOUT = 10.0
+"""Seconds ``resolvconf`` may take."""
 _LABEL = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}"
 _DOMAIN_RE = re.compile(rf"~?(?:\.|{_LABEL}(?:\.{_LABEL})*\.?)")
 """A domain, or resolved's routing-only ``~domain``; ``~.`` routes every query to the link."""
@@ -66,15 +76,11 @@ class Backend(enum.Enum):
 
 
 def detect_backend(resolv_conf: Path = RESOLV_CONF) -> Backend:
-    """RESOLVED when ``resolvectl status`` works and ``resolv_conf`` leads to resolved (a link
-    into /run/systemd/resolve/ or its stub address); else RESOLVCONF when the program is
+    """RESOLVED when ``resolv_conf`` leads to resolved (a link into /run/systemd/resolve/ or its
+    stub address) and resolved is on the system bus; else RESOLVCONF when the program is
     installed; else FILE."""
-    if shutil.which("resolvectl") and _resolved_manages(resolv_conf):
-        try:
-            _run(["resolvectl", "status"], what="ask systemd-resolved for its status")
-            return Backend.RESOLVED
-        except DnsConfigError as exc:
-            log.debug("systemd-resolved is not usable: %s", exc)
+    if _resolved_manages(resolv_conf) and resolved.running():
+        return Backend.RESOLVED
     if shutil.which("resolvconf"):
         return Backend.RESOLVCONF
     return Backend.FILE
@@ -85,12 +91,15 @@ def apply(
     servers: Sequence[str],
     search: Sequence[str],
     *,
+    full_tunnel: bool = False,
     backend: Backend | None = None,
     records: Records | None = None,
     resolv_conf: Path = RESOLV_CONF,
 ) -> dict[str, Any]:
     """Use ``servers`` and ``search`` domains while link ``ifname`` is up; returns the record
-    :func:`restore` needs. ``resolv_conf`` is for the FILE backend (and detection)."""
+    :func:`restore` needs. ``full_tunnel``: the link routes 0.0.0.0/0 or ::/0, so with
+    resolved it takes every name (the other backends replace or precede the LAN's servers
+    anyway). ``resolv_conf`` is for the FILE backend (and detection)."""
     servers = _checked_servers(ifname, servers)
     search = _checked_domains(ifname, search)
     if backend is None:
@@ -108,7 +117,7 @@ def apply(
     if records is not None:
         records.note_dns(ifname, record)
     if backend is Backend.RESOLVED:
-        _apply_resolved(ifname, servers, search)
+        _apply_resolved(ifname, resolved.settings_for(servers, search, full_tunnel=full_tunnel))
     elif backend is Backend.RESOLVCONF:
         text = _resolv_text(servers, search, kept=[])
         _run(["resolvconf", "-a", record["name"]], what="add DNS settings", stdin=text.encode())
@@ -128,7 +137,10 @@ def restore(record: dict[str, Any]) -> None:
         if not _link_present(ifname):
             log.debug("%s is gone, and systemd-resolved forgot its DNS with it", ifname)
             return
-        _run(["resolvectl", "revert", ifname], what=f"revert the DNS settings of {ifname}")
+        if not resolved.running():
+            log.debug("systemd-resolved is not running: it holds no DNS settings of %s", ifname)
+            return
+        resolved.revert(ifname)
     elif backend == Backend.RESOLVCONF.value:
         _run(["resolvconf", "-d", str(record["name"]), "-f"], what=f"remove DNS of {ifname}")
     elif backend == Backend.FILE.value:
@@ -136,6 +148,83 @@ def restore(record: dict[str, Any]) -> None:
     else:
         raise DnsConfigError(f"{ifname}: unknown DNS backup kind {backend!r}; nothing was restored")
     log.info("%s: DNS restored (%s)", ifname, backend)
+
+
+# --- a running tunnel's DNS ---------------------------------------------------------------------
+
+
+class ActiveDns:
+    """What :func:`start` set up for one link: :meth:`status` says what is in effect (read back
+    from resolved, or from /etc/resolv.conf), :meth:`close` stops the keeper and restores."""
+
+    def __init__(self, record: dict[str, Any], *, keeper: resolved.Keeper | None = None,
+                 resolv_conf: Path = RESOLV_CONF) -> None:
+        self.record = record
+        self.keeper = keeper
+        self._resolv_conf = resolv_conf
+
+    @property
+    def backend(self) -> Backend:
+        return Backend(self.record["backend"])
+
+    def status(self) -> DnsStatus:
+        if self.keeper is not None:
+            got = self.keeper.current  # kept up to date by the keeper's signals: no bus call
+            if got is None:
+                return DnsStatus(self.backend.value)
+            return DnsStatus(self.backend.value, got.servers, got.domains, got.default_route)
+        servers, search = _resolv_conf_state(self._resolv_conf)
+        return DnsStatus(self.backend.value, servers, search)
+
+    def close(self) -> None:
+        """Stop keeping the settings, then undo them (see :func:`restore`)."""
+        if self.keeper is not None:
+            self.keeper.stop()
+            self.keeper = None
+        restore(self.record)
+
+
+def start(
+    ifname: str,
+    servers: Sequence[str],
+    search: Sequence[str],
+    *,
+    full_tunnel: bool = False,
+    backend: Backend | None = None,
+    records: Records | None = None,
+    resolv_conf: Path = RESOLV_CONF,
+) -> ActiveDns:
+    """:func:`apply`, and with resolved a keeper that holds the settings until
+    :meth:`ActiveDns.close`. On failure nothing stays applied."""
+    record = apply(ifname, servers, search, full_tunnel=full_tunnel, backend=backend,
+                   records=records, resolv_conf=resolv_conf)
+    keeper = None
+    try:
+        if record["backend"] == Backend.RESOLVED.value:
+            want = resolved.settings_for(_checked_servers(ifname, servers),
+                                         _checked_domains(ifname, search),
+                                         full_tunnel=full_tunnel)
+            keeper = resolved.Keeper(ifname, want)
+            keeper.start()
+    except BaseException:
+        with contextlib.suppress(NetConfigError):
+            restore(record)
+        raise
+    return ActiveDns(record, keeper=keeper, resolv_conf=resolv_conf)
+
+
+def _resolv_conf_state(path: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(nameservers, search domains) of a resolv.conf: what the system resolver uses now."""
+    servers: list[str] = []
+    search: list[str] = []
+    with contextlib.suppress(OSError):
+        for line in path.read_text(errors="replace").splitlines():
+            words = line.split()
+            if words[:1] == ["nameserver"] and len(words) > 1:
+                servers.append(words[1])
+            elif words[:1] in (["search"], ["domain"]):
+                search = words[1:]  # the last one wins, as in the C library
+    return tuple(servers), tuple(search)
 
 
 # --- resolved ----------------------------------------------------------------------------------
@@ -152,15 +241,12 @@ def _resolved_manages(resolv_conf: Path) -> bool:
     return False
 
 
-def _apply_resolved(ifname: str, servers: list[str], search: list[str]) -> None:
+def _apply_resolved(ifname: str, want: resolved.LinkDns) -> None:
     try:
-        if servers:
-            _run(["resolvectl", "dns", ifname, *servers], what=f"set the DNS servers of {ifname}")
-        if search:
-            _run(["resolvectl", "domain", ifname, *search], what=f"set the domains of {ifname}")
-    except DnsConfigError:
-        with contextlib.suppress(DnsConfigError):
-            _run(["resolvectl", "revert", ifname], what="undo a half-applied DNS change")
+        resolved.apply(ifname, want)
+    except resolved.ResolvedError:
+        with contextlib.suppress(resolved.ResolvedError):
+            resolved.revert(ifname)  # undo a half-applied change
         raise
 
 

@@ -173,7 +173,7 @@ class Tunnel:
         self._configured = False
         self._added_allowed: dict[str, tuple[str, ...]] = {}
         self._threads: list[threading.Thread] = []
-        self._dns_backup: dict[str, object] | None = None
+        self._dns: dns.ActiveDns | None = None
         self.since = time.time()
         self._last_state = ""
         self._rate_sample = (time.monotonic(), 0, 0)
@@ -184,6 +184,17 @@ class Tunnel:
         return f"Tunnel({self.name!r}, {self.ifname})"
 
     # --- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def full_tunnel(self) -> bool:
+        """The tunnel routes 0.0.0.0/0 or ::/0: everything, not just some networks."""
+        return any(ipaddress.ip_network(r, strict=False).prefixlen == 0 for r in self.spec.routes)
+
+    @property
+    def dns_servers(self) -> tuple[str, ...]:
+        """The DNS servers queries go to while the tunnel is up (lockdown lets port 53/853
+        through to these alone)."""
+        return self.spec.dns
 
     @property
     def peers(self) -> list[AnyPeer]:
@@ -219,9 +230,9 @@ class Tunnel:
                 self.add_peer(ps)
             self._configured = True
             if spec.dns or spec.dns_search:
-                # dns.apply records the backup before it changes anything (crash safety).
-                self._dns_backup = dns.apply(self.ifname, list(spec.dns), list(spec.dns_search),
-                                             records=self._records)
+                # dns.start records the backup before it changes anything (crash safety).
+                self._dns = dns.start(self.ifname, spec.dns, spec.dns_search,
+                                      full_tunnel=self.full_tunnel, records=self._records)
             if spec.masquerade or spec.forward:
                 self._nft_table = nat.enable(self.ifname, list(spec.masquerade))
             for fn, label in ((self.datapath.run_tx, "tx"), (self.datapath.run_rx, "rx")):
@@ -320,13 +331,13 @@ class Tunnel:
         for t in self._threads:
             t.join(timeout=2.0)
         self._threads.clear()
-        if self._dns_backup is not None:
+        if self._dns is not None:
             try:
-                dns.restore(self._dns_backup)
+                self._dns.close()
             except TunsealError as e:
                 log.warning("tunnel %s: restoring DNS failed: %s", self.name, e,
                             extra={"tunnel": self.name})
-            self._dns_backup = None
+            self._dns = None
         if self.transport is not None:
             self.transport.close()
         if self.tun is not None:
@@ -574,6 +585,7 @@ class Tunnel:
             rtt_ms=single.rtt_ms if single else None, loss=single.loss if single else None,
             drops=dict(self.endpoint.drops) if self.endpoint else {},
             peers=peers, since=self.since,
+            dns=self._dns.status() if self._dns is not None else None,
         )
 
     @property

@@ -10,11 +10,13 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import netlab
 import pytest
+import resolvedlab
 
 from helper import dns
 
@@ -200,11 +202,11 @@ def test_domains_that_could_inject_lines_are_refused(tmp_path: Path, bad: str) -
     assert not (tmp_path / "r").exists()
 
 
-# --- resolved and resolvconf -----------------------------------------------------------------
-# Neither program is installed on the test machines, and installing them would take over the
-# machine's /etc/resolv.conf. So these tests put stand-in programs first on PATH that record
-# their command line and stdin, and check the exact calls Tunseal makes. The code under test
-# runs unchanged in a child process; only the external program is a stand-in.
+# --- resolvconf --------------------------------------------------------------------------------
+# resolvconf is not installed on the test machines, and installing it would take over the
+# machine's /etc/resolv.conf. So these tests put a stand-in program first on PATH that records
+# its command line and stdin, and check the exact calls Tunseal makes. The code under test runs
+# unchanged in a child process; only the external program is a stand-in.
 
 _STUB = """#!/bin/sh
 # shell builtins only: PATH holds nothing but the stubs
@@ -212,18 +214,17 @@ printf '%s\\n' "${{0##*/}} $*" >> "{log}"
 if [ "${{0##*/}} $1" = "resolvconf -a" ]; then
     while IFS= read -r line; do printf '  | %s\\n' "$line" >> "{log}"; done
 fi
-if [ "${{0##*/}} $1" = "resolvectl status" ]; then exit {status_rc}; fi
 exit 0
 """
 
 
-def _stubs(tmp_path: Path, *names: str, status_rc: int = 0) -> tuple[dict[str, str], Path]:
+def _stubs(tmp_path: Path, *names: str) -> tuple[dict[str, str], Path]:
     bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
     bin_dir.mkdir()
     for name in names:
-        (bin_dir / name).write_text(_STUB.format(log=log, status_rc=status_rc))
+        (bin_dir / name).write_text(_STUB.format(log=log))
         (bin_dir / name).chmod(0o755)
-    env = netlab.python_env(PATH=str(bin_dir))
+    env = netlab.python_env(PATH=str(bin_dir), DBUS_SYSTEM_BUS_ADDRESS=f"unix:path={tmp_path}/none")
     return env, log
 
 
@@ -233,23 +234,6 @@ def _child(env: dict[str, str], code: str, *args: str) -> str:
                           text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
-
-
-def test_resolved_backend_sets_and_reverts_the_link(tmp_path: Path) -> None:
-    env, log = _stubs(tmp_path, "resolvectl")
-    out = _child(env, """
-rec = dns.apply("lo", ["10.77.0.1", "fd77::1"], ["corp.example", "~."],
-                backend=dns.Backend.RESOLVED)
-dns.restore(rec)
-dns.restore({"backend": "resolved", "ifname": "ts-gone"})  # link gone: nothing to revert
-print(json.dumps(rec))
-""")
-    assert json.loads(out) == {"backend": "resolved", "ifname": "lo"}
-    assert log.read_text().splitlines() == [
-        "resolvectl dns lo 10.77.0.1 fd77::1",
-        "resolvectl domain lo corp.example ~.",
-        "resolvectl revert lo",
-    ]
 
 
 def test_resolvconf_backend_adds_and_deletes_an_interface_record(tmp_path: Path) -> None:
@@ -269,22 +253,259 @@ print(json.dumps(rec))
     ]
 
 
-@pytest.mark.parametrize(
-    ("programs", "status_rc", "stub_resolver", "expected"),
-    [
-        ((), 0, True, "file"),
-        (("resolvconf",), 0, False, "resolvconf"),
-        (("resolvectl", "resolvconf"), 0, True, "resolved"),
-        (("resolvectl", "resolvconf"), 0, False, "resolvconf"),  # resolved not in /etc/resolv.conf
-        (("resolvectl", "resolvconf"), 1, True, "resolvconf"),  # resolved not running
-        (("resolvectl",), 1, True, "file"),
-    ],
-)
-def test_detect_backend(
-    tmp_path: Path, programs: tuple[str, ...], status_rc: int, stub_resolver: bool, expected: str
+@pytest.mark.parametrize(("programs", "expected"), [((), "file"), (("resolvconf",), "resolvconf")])
+def test_detect_backend_without_resolved(
+    tmp_path: Path, programs: tuple[str, ...], expected: str
 ) -> None:
-    env, _ = _stubs(tmp_path, *programs, status_rc=status_rc)
+    env, _ = _stubs(tmp_path, *programs)
     conf = tmp_path / "resolv.conf"
-    conf.write_text("nameserver 127.0.0.53\n" if stub_resolver else "nameserver 192.0.2.53\n")
+    conf.write_text("nameserver 127.0.0.53\n")  # points at resolved, but no bus: not resolved
     out = _child(env, "print(dns.detect_backend(Path(sys.argv[1])).value)", str(conf))
     assert out == expected
+
+
+# --- systemd-resolved, for real ------------------------------------------------------------------
+# The daemon from Debian's package on a throwaway system bus in a lab namespace (resolvedlab),
+# a TUN link held open there, and the code under test in a child process on that "machine".
+
+IF = "tsdns0"
+
+_KEEP = """
+import json, sys
+from helper import dns
+servers, domains, full = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3] == "full"
+active = dns.start(sys.argv[4], servers, domains, full_tunnel=full)
+def show():
+    st = active.status()
+    return {"backend": st.backend, "servers": list(st.servers), "domains": list(st.domains),
+            "default_route": st.default_route, "reapplied": active.keeper.reapplied,
+            "monitoring": active.keeper.monitoring}
+print("started " + json.dumps(show()), flush=True)
+for line in sys.stdin:
+    print("status " + json.dumps(show()), flush=True)
+active.close()
+print("closed", flush=True)
+"""
+
+
+class Kept:
+    """A child process on the resolved machine that holds ``dns.start(...)`` until closed."""
+
+    def __init__(self, r: resolvedlab.Resolved, servers: list[str], domains: list[str], *,
+                 full: bool = False) -> None:
+        self.proc = subprocess.Popen(
+            [*r.wrap, sys.executable, "-c", _KEEP, json.dumps(servers), json.dumps(domains),
+             "full" if full else "split", IF],
+            env=r.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        self.started = json.loads(netlab.wait_for_line(self.proc, "started", timeout=30)[8:])
+
+    def status(self) -> dict:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        return dict(json.loads(netlab.wait_for_line(self.proc, "status", timeout=30)[7:]))
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        netlab.wait_for_line(self.proc, "closed", timeout=30)
+        assert self.proc.wait(timeout=10) == 0
+
+
+@pytest.fixture
+def resolved_link(lab: netlab.Lab) -> Iterator[resolvedlab.Resolved]:
+    ns = lab.ns("dns")
+    netlab.hold_tun(lab, ns, IF)
+    lab.run(ns, "ip", "link", "set", IF, "up")
+    lab.run(ns, "ip", "addr", "add", "10.77.0.2/24", "dev", IF)
+    with resolvedlab.Resolved(lab, ns) as r:
+        yield r
+
+
+def _link(r: resolvedlab.Resolved) -> dict[str, object]:
+    """What resolvectl (not our code) says of the link."""
+    out = r.link_status(IF)
+    servers = domains = ""
+    for line in out.splitlines():
+        if "DNS Servers:" in line:
+            servers = line.split(":", 1)[1].strip()
+        if "DNS Domain:" in line:
+            domains = line.split(":", 1)[1].strip()
+    return {"servers": servers, "domains": domains, "default_route": "+DefaultRoute" in out}
+
+
+def _wait_link(r: resolvedlab.Resolved, want: dict[str, object], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while (got := _link(r)) != want:
+        assert time.monotonic() < deadline, f"link is {got}, not {want}:\n{r.log()[-3000:]}"
+        time.sleep(0.1)
+
+
+SPLIT = {"servers": "10.77.0.1 fd77::1", "domains": "corp.example ~lab.example",
+         "default_route": False}
+FULL = {"servers": "10.77.0.1", "domains": "corp.example ~.", "default_route": True}
+NOTHING = {"servers": "", "domains": "", "default_route": False}
+
+
+@pytest.mark.netns
+def test_resolved_split_tunnel_sets_reads_back_and_reverts(
+    resolved_link: resolvedlab.Resolved,
+) -> None:
+    r = resolved_link
+    kept = Kept(r, ["10.77.0.1", "fd77::1"], ["corp.example", "~lab.example"])
+    assert kept.started == {"backend": "resolved", "servers": ["10.77.0.1", "fd77::1"],
+                            "domains": ["corp.example", "~lab.example"],
+                            "default_route": False,  # resolved's choice: a route-only domain
+                            "reapplied": 0, "monitoring": True}
+    assert _link(r) == SPLIT
+    kept.close()
+    assert _link(r) == NOTHING
+
+
+@pytest.mark.netns
+def test_resolved_full_tunnel_takes_every_name(resolved_link: resolvedlab.Resolved) -> None:
+    r = resolved_link
+    kept = Kept(r, ["10.77.0.1"], ["corp.example"], full=True)
+    assert kept.started["domains"] == ["corp.example", "~."]
+    assert kept.started["default_route"] is True
+    assert _link(r) == FULL
+    kept.close()
+    assert _link(r) == NOTHING
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("reset", [
+    ("revert", IF),  # what NetworkManager or networkd does to a link it resets
+    ("domain", IF, "cafe.example"),  # domains alone: resolved sends no signal for this one
+    ("default-route", IF, "no"),
+    ("dns", IF, "192.0.2.53"),
+    ("busctl", "org.freedesktop.resolve1.Link", "SetDomains", "a(sb)", "1", "cafe.example",
+     "false"),  # the same through the link's own object
+])
+def test_resolved_keeper_puts_back_what_another_client_changed(
+    resolved_link: resolvedlab.Resolved, reset: tuple[str, ...]
+) -> None:
+    r = resolved_link
+    kept = Kept(r, ["10.77.0.1"], ["corp.example"], full=True)
+    if reset[0] == "busctl":
+        busctl = ("busctl", f"--address={r.address}", "call", "org.freedesktop.resolve1")
+        ifindex = r.run("cat", f"/sys/class/net/{IF}/ifindex").stdout.strip()
+        path = r.run(*busctl, "/org/freedesktop/resolve1", "org.freedesktop.resolve1.Manager",
+                     "GetLink", "i", ifindex).stdout.split()[1].strip('"')  # o "/org/..."
+        r.run(*busctl, path, *reset[1:])
+    else:
+        r.resolvectl(*reset)
+    _wait_link(r, FULL)
+    assert kept.status()["reapplied"] == 1
+    kept.close()
+    assert _link(r) == NOTHING
+
+
+@pytest.mark.netns
+def test_resolved_restart_is_noticed_and_the_settings_come_back(
+    resolved_link: resolvedlab.Resolved,
+) -> None:
+    r = resolved_link
+    kept = Kept(r, ["10.77.0.1"], ["corp.example"], full=True)
+    # A restart with its saved state: resolved restores the link itself; nothing to redo.
+    r.stop_daemon()
+    r.start_daemon()
+    _wait_link(r, FULL)
+    # A restart with a fresh /run: the link comes back bare, and the keeper refills it.
+    r.stop_daemon(forget=True)
+    r.start_daemon()
+    _wait_link(r, FULL)
+    deadline = time.monotonic() + 20
+    while (st := kept.status())["servers"] != ["10.77.0.1"]:  # read back just after the link
+        assert time.monotonic() < deadline, st
+        time.sleep(0.1)
+    assert st["reapplied"] == 1, st
+    kept.close()
+    assert _link(r) == NOTHING
+
+
+@pytest.mark.netns
+def test_detect_backend_sees_resolved_on_the_bus(resolved_link: resolvedlab.Resolved) -> None:
+    r = resolved_link
+    code = "from helper import dns; print(dns.detect_backend().value)"
+    assert r.run(sys.executable, "-c", code).stdout.strip() == "resolved"
+    r.stop_daemon()  # /etc/resolv.conf still points at the stub, but nobody answers
+    assert r.run(sys.executable, "-c", code).stdout.strip() == "file"
+
+
+_APPLY_RESOLVED_THEN_HANG = """
+import sys, time
+from pathlib import Path
+from helper import dns
+from helper.records import Records
+dns.start(sys.argv[2], ["10.77.0.1"], ["corp.example"], full_tunnel=True,
+          records=Records(Path(sys.argv[1])))
+print("applied", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.netns
+def test_resolved_settings_are_reverted_after_sigkill(
+    resolved_link: resolvedlab.Resolved, tmp_path: Path
+) -> None:
+    r = resolved_link
+    state = tmp_path / "state"
+    applier = subprocess.Popen([*r.wrap, sys.executable, "-c", _APPLY_RESOLVED_THEN_HANG,
+                                str(state), IF], env=r.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    netlab.wait_for_line(applier, "applied", timeout=30)
+    applier.kill()
+    applier.wait(timeout=10)
+    assert _link(r) == FULL  # the crash left our DNS on the link (it is still there)...
+    done = r.run(sys.executable, "-c", _CLEANUP, str(state))
+    assert json.loads(done.stdout) == [f"restored DNS of {IF} (resolved)"]
+    assert _link(r) == NOTHING  # ...and the next start's cleanup reverted it
+    assert list((state / "run").iterdir()) == []
+
+
+_NETWORK_MANAGER = """
+import sys
+from jeepney.bus_messages import message_bus
+from jeepney.io.blocking import open_dbus_connection
+conn = open_dbus_connection(bus="SYSTEM")
+reply = conn.send_and_get_reply(message_bus.RequestName("org.freedesktop.NetworkManager"),
+                                timeout=10)
+assert reply.body == (1,), reply.body  # the primary owner
+print("owned", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.netns
+def test_without_a_monitor_the_keeper_follows_resolved_and_networkmanager(
+    lab: netlab.Lab,
+) -> None:
+    ns = lab.ns("dns")
+    netlab.hold_tun(lab, ns, IF)
+    lab.run(ns, "ip", "link", "set", IF, "up")
+    # A bus that refuses root a monitor (some distributions' policies do), and lets a test
+    # process be NetworkManager.
+    policy = ('<deny send_destination="org.freedesktop.DBus" '
+              'send_interface="org.freedesktop.DBus.Monitoring"/>'
+              '<allow own="org.freedesktop.NetworkManager"/>')
+    with resolvedlab.Resolved(lab, ns, extra_root_policy=policy) as r:
+        kept = Kept(r, ["10.77.0.1"], ["corp.example"], full=True)
+        assert kept.started["monitoring"] is False
+        r.resolvectl("revert", IF)  # resolved signals that its server list changed
+        _wait_link(r, FULL)
+        assert kept.status()["reapplied"] == 1
+        # Domains alone change without a signal; NetworkManager starting is the next look.
+        r.resolvectl("domain", IF, "cafe.example")
+        nm = subprocess.Popen([*r.wrap, sys.executable, "-c", _NETWORK_MANAGER], env=r.env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+        try:
+            netlab.wait_for_line(nm, "owned", timeout=30)
+            _wait_link(r, FULL)
+            assert kept.status()["reapplied"] == 2
+        finally:
+            nm.communicate("\n", timeout=30)
+        kept.close()
+        assert _link(r) == NOTHING

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.cli import EXIT_USAGE, format_age, format_status, human_bytes, main
-from core.status import TunnelStatus
+from core.status import DnsStatus, TunnelStatus
 
 NOW = 1_800_000_000.0
 
@@ -35,6 +35,17 @@ def test_status_at_a_glance() -> None:
         "  RTT        23.4 ms (loss 0 %)",
     ]
     assert "UNSAFE" not in text
+
+
+def test_status_shows_the_dns_in_effect() -> None:
+    full = DnsStatus("resolved", ("10.77.0.1", "fd77::1"), ("corp.example", "~."), True)
+    assert "  DNS        10.77.0.1, fd77::1 for corp.example ~. (systemd-resolved, default " \
+        "route)" in format_status(up(dns=full), NOW)
+    plain = DnsStatus("file", ("10.77.0.1",), ())
+    assert "  DNS        10.77.0.1 (/etc/resolv.conf)" in format_status(up(dns=plain), NOW)
+    assert "DNS" not in format_status(up(), NOW)  # a tunnel without DNS settings
+    # the status travels as JSON: the DNS survives the round trip
+    assert TunnelStatus.from_dict(up(dns=full).to_dict()).dns == full
 
 
 def test_plain_mode_warns() -> None:

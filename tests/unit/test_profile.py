@@ -140,6 +140,10 @@ def test_defaults_alone_report_every_missing_piece() -> None:
         'format = 1\n[tunnel]\nname = "a.b_c-9"\nmode = "plain"\ncipher = "aes-128-gcm"\n'
         '[interface]\naddresses = ["fd00::1/64"]\n[peer]\nendpoint = "[fd00::2]"\n'
         f'public_key = "{PUB}"\nallowed_ips = ["::/0", "0.0.0.0/0"]\n[keys]\npsk = "x/y"\n',
+        # routing-only domains for systemd-resolved (docs/DNS.md)
+        'format = 1\n[tunnel]\nname = "d"\nmode = "plain"\n[interface]\naddresses = ["10.0.0.1"]\n'
+        'dns = ["10.0.0.53"]\ndns_search = ["corp.example", "~lab.example", "~."]\n'
+        '[peer]\nendpoint = "peer.example"\n',
     ],
 )
 def test_valid_variants(text: str) -> None:
@@ -260,6 +264,12 @@ INVALID: list[tuple[str, str, object, str, str]] = [
     ("interface", "dns_search", ["a..example"], "interface.dns_search[0]", "not a domain"),
     ("interface", "dns_search", ["a.example."], "interface.dns_search[0]", "not a domain"),
     ("interface", "dns_search", ["A.ex", "a.EX"], "interface.dns_search[1]", "already listed"),
+    ("interface", "dns_search", ["a.ex", "~A.ex"], "interface.dns_search[1]", "already listed"),
+    ("interface", "dns_search", ["~"], "interface.dns_search[0]", "not a routing domain"),
+    ("interface", "dns_search", ["~~a.ex"], "interface.dns_search[0]", "not a routing domain"),
+    ("interface", "dns_search", ["~-a.ex"], "interface.dns_search[0]", "not a routing domain"),
+    ("interface", "dns_search", ["."], "interface.dns_search[0]", "not a domain"),
+    ("interface", "dns_search", ["a~.ex"], "interface.dns_search[0]", "not a domain"),
     ("peer", "endpoint", "198.51.100.7:99999", "peer.endpoint", "port 99999 is out of range"),
     ("peer", "endpoint", "host:0", "peer.endpoint", "port 0 is out of range (1-65535)"),
     ("peer", "endpoint", "host:", "peer.endpoint", "is not a number"),
