@@ -155,9 +155,17 @@ def configure(
              [str(i) for i in ifaces], [str(n) for n in nets])
 
 
-def set_mtu(ifname: str, mtu: int) -> None:
-    with _ipr(ifname) as ipr:
-        _set_mtu(ipr, _index(ipr, ifname), ifname, mtu)
+def set_mtu(ifname: str, mtu: int, *, addresses: Sequence[str] = (),
+            routes: Sequence[str] = ()) -> None:
+    """Change the MTU of a configured link, then put back ``addresses`` and ``routes``: an MTU
+    change can take them away (below 1280 the kernel deletes every IPv6 address and route of
+    the link, and does not restore them when the MTU rises again). Idempotent like
+    :func:`configure`; refuses an MTU below 1280 when any of them is IPv6."""
+    if not addresses and not routes:
+        with _ipr(ifname) as ipr:
+            _set_mtu(ipr, _index(ipr, ifname), ifname, mtu)
+        return
+    configure(ifname, addresses=addresses, mtu=mtu, routes=routes)
 
 
 def remove_routes(ifname: str, routes: Sequence[str]) -> None:

@@ -278,7 +278,12 @@ class Tunnel:
                                initiates=ps.endpoint is not None, keepalive=ps.keepalive,
                                policy=policy)
             peer.endpoint = ps.endpoint
-            peer.path = PathState(mtu=spec.mtu, now=time.monotonic())
+            v6 = self._carries_ipv6() or any(":" in n for n in ps.allowed_ips)
+            peer.path = PathState(mtu=spec.mtu, now=time.monotonic(), ipv6=v6)
+            if v6:  # a gateway peer may bring the tunnel's first IPv6 network
+                for other in ep.peers:
+                    if other.path is not None:
+                        other.path.min_mtu = max(other.path.min_mtu, probe.MTU_FLOOR_IPV6)
             for prefix in ps.allowed_ips:
                 self.routes.insert(prefix, peer)
             self._added_allowed[ps.name] = ps.allowed_ips
@@ -473,13 +478,26 @@ class Tunnel:
                 return peer
         return None
 
+    def _carries_ipv6(self) -> bool:
+        """Any IPv6 address or route on the tunnel: then its MTU stays at 1280 or more."""
+        nets = (*self.spec.addresses, *self.spec.routes,
+                *(n for allowed in self._added_allowed.values() for n in allowed))
+        return any(":" in n for n in nets)
+
     def _set_mtu(self, mtu: int, why: str) -> None:
         # One TUN device for all peers: the tunnel MTU is the smallest any path carries.
         mtu = min([p.path.mtu for p in self.peers if p.path is not None] + [mtu])
+        if self._carries_ipv6():
+            mtu = max(mtu, probe.MTU_FLOOR_IPV6)  # the PathState floor, for every caller
         if self.datapath is not None:
             self.datapath.mtu = mtu
+        # The live peers' networks: what the link must route now (removed peers' are gone).
+        routes = [n for p in self.peers for n in self._allowed_of(p)]
         try:
-            netdev.set_mtu(self.ifname, mtu)
+            # Addresses and routes go back on after the change, should the kernel have
+            # dropped any with it (IPv6 below 1280: see netdev.set_mtu).
+            netdev.set_mtu(self.ifname, mtu, addresses=list(self.spec.addresses),
+                           routes=routes)
         except TunsealError as e:
             log.warning("tunnel %s: setting MTU %d failed: %s", self.name, mtu, e,
                         extra={"tunnel": self.name})

@@ -147,6 +147,48 @@ def test_path_mtu_drop_mid_transfer(lab: netlab.Lab) -> None:
         pair.client.helper.wait_for_log("the path MTU dropped to 1280", timeout=1)
 
 
+def test_finding4_mtu_drop_below_1280_keeps_ipv6(lab: netlab.Lab) -> None:
+    """Issue 9 finding 4: the router's link towards the server drops to MTU 1200 under a tunnel
+    that carries IPv4 and IPv6. The "fragmentation needed" (1200 - 56 bytes of overhead = 1144)
+    must not take the tunnel below 1280, where the kernel deletes its IPv6 addresses and routes
+    for good: the tunnel MTU stops at 1280 and IPv6 keeps working through it."""
+    with path_pair(lab, Spec(mode="ephemeral", inner6=True)) as pair:
+        topo, client = pair.topo, pair.client
+        ifname = client.status()["interface"]
+
+        def v6_addresses() -> list[str]:
+            return [a["local"] for link in ip_json(lab, topo.client, "-6", "addr", "show",
+                                                   "dev", ifname)
+                    for a in link.get("addr_info", []) if a.get("scope") == "global"]
+
+        def ping6() -> bool:
+            return lab.run(topo.client, "ping", "-6", "-c", "1", "-W", "2",
+                           pair.server.inner6, check=False).returncode == 0
+
+        assert v6_addresses() == [client.inner6]
+        wait_for("IPv6 through the tunnel before the drop", ping6, 20)
+        Router(lab, topo).set_mtu(topo.router_server_if, 1200)
+
+        def report() -> bool:
+            # Full-size IPv4 packets with DF: the router answers each with frag-needed (1200).
+            lab.run(topo.client, "ping", "-c", "1", "-W", "1", "-s", "1300", "-M", "do",
+                    pair.server.inner4, check=False)
+            return "the path MTU dropped to 1200" in client.helper.log()
+
+        wait_for("the client hears of the 1200-byte path", report, 30)
+        st = client.status()
+        [link] = ip_json(lab, topo.client, "link", "show", ifname)
+        print(f"path MTU 1200: tunnel MTU {DEFAULT_MTU} -> {st['mtu']} (link {link['mtu']}), "
+              f"IPv6 addresses {v6_addresses()}")
+        assert st["mtu"] == link["mtu"] == 1280, (st["mtu"], link["mtu"])
+        assert v6_addresses() == [client.inner6]
+        wait_for("IPv6 through the tunnel after the drop", ping6, 20)
+        routes = ip_json(lab, topo.client, "-6", "route", "show", "dev", ifname)
+        assert "fd44:5eed::/64" in [r["dst"] for r in routes], routes
+        # IPv4 keeps working too, with packets that fit the path.
+        lab.run(topo.client, "ping", "-c", "1", "-W", "2", pair.server.inner4)
+
+
 _UDP_ECHO = r"""
 import socket, sys
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
