@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from core import gateway as gwconf
 from core import probe
 from core.constants import DATA_HEADER_LEN, FIXED_HEADER_LEN, TAG_LEN, ControlKind, PacketType
 from core.endpoint import AnyPeer, Endpoint
-from core.errors import TunsealError
+from core.errors import ProfileError, TunsealError
 from core.handshake import Identity
 from core.peer import Peer, RekeyPolicy
 from core.probe import ACTIVE_WINDOW, UNREACHABLE_AFTER, PathState
@@ -259,11 +260,31 @@ class Tunnel:
                 netdev.add_host_route(pin)
                 self._pins.append(pin)
 
+    def check_peer(self, name: str, allowed_ips: tuple[str, ...]) -> None:
+        """ProfileError when a gateway may not route ``allowed_ips`` to peer ``name``: a default
+        route or too wide a prefix, an overlap with another peer's networks, or with a network
+        this host is on (its LAN, its uplink, the tunnel's own address). The gateway file is
+        checked the same way (core/gateway.py); this also sees the host's links, which the
+        file does not know. A client tunnel's one peer may route anything (0.0.0.0/0 is how
+        a client sends everything through the tunnel)."""
+        if not self.spec.forward:
+            return
+        taken = {n: other for other, allowed in self._added_allowed.items() if other != name
+                 for n in allowed}
+        own = [*(ipaddress.ip_interface(a).ip for a in self.spec.addresses),
+               *(i.network for i in netdev.local_networks(exclude=self.ifname))]
+        problems = [m for text in allowed_ips
+                    for m in gwconf.prefix_conflicts(text, taken=taken, own=own)]
+        if problems:
+            raise ProfileError(f"gateway {self.name!r}, peer {name!r}: "
+                               + "; ".join(problems), field="allowed_ips")
+
     def add_peer(self, ps: PeerSpec) -> AnyPeer:
         """Add a peer to the running tunnel (a gateway's `tunseal peer add` lands here)."""
         ep, dp = self.endpoint, self.datapath
         assert ep is not None and dp is not None
         spec = self.spec
+        self.check_peer(ps.name, ps.allowed_ips)
         policy = None
         if spec.mode != "plain":
             policy = RekeyPolicy.for_mode(spec.mode, rotate_seconds=spec.rekey_seconds,
