@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import subprocess
 import time
+from typing import Any
 
 import netlab
 import pytest
 from pathlab import (
+    PathPair,
     Pinger,
     Router,
     Stream,
@@ -27,7 +29,7 @@ from pathlab import (
 )
 from tunnellab import Spec, TunnelPair, ip_json
 
-from core.constants import DEFAULT_MTU
+from core.constants import DEFAULT_MTU, REKEY_TIMEOUT
 from core.probe import UNREACHABLE_AFTER
 from helper.tunnel import outer_overhead
 
@@ -87,6 +89,33 @@ def test_behind_nat_with_loss(lab: netlab.Lab, mode: str, nbytes: int, rate: flo
             assert rekeyed, (f"no rekey on both ends while the transfer ran "
                              f"(before {before}, samples {samples[::8]})")
             print(f"rekeyed with {rekeyed[0][0] / 1e6:.1f} MB received")
+
+
+def test_lost_confirming_keepalive_is_repeated(lab: netlab.Lab) -> None:
+    """The flake of issue 9 ("the server stayed `connecting` for 30 s with a last_handshake set
+    and 0 bytes", in test_behind_nat_with_loss): an idle initiator confirms a new session with
+    one KEEPALIVE; when the path loses that one packet, the responder holds an unconfirmed
+    session it may not send with, and nothing else comes until the client has data. The router
+    here drops exactly the first keepalive (an nft quota of one 72-byte packet); the client
+    repeats it after REKEY_TIMEOUT, and both ends come up without any traffic."""
+    state: dict[str, Any] = {}
+
+    def drop_first_keepalive(pair: PathPair) -> None:
+        router = Router(lab, pair.topo)
+        # 44-byte sealed KEEPALIVE + 8 (UDP): nothing else the tunnel sends is this short.
+        router.forward_rule(f"ip daddr {pair.topo.server_addr} udp dport {pair.spec.port} "
+                            "udp length 52 quota until 100 bytes counter drop")
+        state["router"], state["t0"] = router, time.monotonic()
+
+    with path_pair(lab, Spec(mode="ephemeral"), before_up=drop_first_keepalive,
+                   up_timeout=3 * REKEY_TIMEOUT) as pair:
+        took = time.monotonic() - state["t0"]
+        dropped = state["router"].counter()
+        print(f"the router dropped {dropped} keepalive(s); both ends up after {took:.1f} s")
+        assert dropped == 1, "the confirming keepalive was not the packet dropped"
+        assert {end.role: end.status()["state"] for end in pair.ends} == {
+            "server": "up", "client": "up"}
+        lab.run(pair.topo.client, "ping", "-c", "1", "-W", "2", pair.server.inner4)
 
 
 def test_nat_port_change_mid_transfer(lab: netlab.Lab) -> None:
