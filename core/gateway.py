@@ -13,7 +13,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,13 @@ from core.profile import Profile, ProfileSecrets
 FORMAT = 1
 MAX_PEERS = 4096
 """Peers one gateway serves at most: every peer costs bounded state, and so does the table."""
+MIN_PEER_PREFIX = {4: 8, 6: 16}
+"""The shortest prefix a peer's ``allowed_ips`` may hold, per IP version. Each one becomes a
+route on the gateway host into the tunnel, so ``0.0.0.0/0`` (added as two /1 routes, which beat
+the host's own default route) or any very wide prefix sends the gateway's own traffic, and its
+LAN's, to one peer. The widest network a site behind a peer plausibly has is a whole RFC 1918
+block (10.0.0.0/8) or, in IPv6, far less than a /16 (a site gets a /48, RFC 4193 and RIR
+policy); anything wider is a mistake or an attack."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 _REF = re.compile(r"^[A-Za-z0-9._/-]{1,128}$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
@@ -219,16 +226,74 @@ def _cross_checks(problems: list[ProfileError], gw: Gateway) -> None:
                 _problem(problems, f"{where}.device_id", "psk-mode peers are told apart by "
                          "device ID: each needs its own, different from the gateway's")
         devices.add(p.device_id)
-        for net in p.allowed_ips:
-            if net in owned:
-                _problem(problems, f"{where}.allowed_ips",
-                         f"{net} is already routed to peer {owned[net]!r}")
-            owned[net] = p.name
+        own = [*(ipaddress.ip_interface(a).ip for a in gw.addresses if _is_interface(a)),
+               *(n for n in _parsed(gw.lan))]
+        for j, text in enumerate(p.allowed_ips):
+            for message in prefix_conflicts(text, taken=owned, own=own):
+                _problem(problems, f"{where}.allowed_ips[{j}]", message)
+        owned.update((text, p.name) for text in p.allowed_ips if text not in owned)
     if gw.mode == "ephemeral":
         with_psk = {bool(p.psk_ref) for p in gw.peers}
         if len(with_psk) > 1:
             _problem(problems, "peer", "in ephemeral mode either every peer has a psk or none "
                      "(the handshake pattern is the gateway's: IK or IKpsk2)")
+
+
+_Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+_Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def prefix_conflicts(text: str, *, taken: Mapping[str, str],
+                     own: Sequence[_Net | _Addr]) -> list[str]:
+    """Why the network ``text`` may not be routed to a peer (empty: it may): a default route
+    or a prefix wider than MIN_PEER_PREFIX, an overlap with a network in ``taken`` (network ->
+    the peer it is routed to), or one of the gateway's ``own`` networks or addresses inside it
+    or overlapping it (its tunnel address, its LAN, the host's links). Real prefix overlap, not
+    string equality: 10.0.0.0/24 and 10.0.0.7/32 collide. ``text`` that does not parse is
+    reported elsewhere and yields nothing here."""
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        return []
+    if net.prefixlen == 0:
+        return [f"{net} is a default route: it would send all of the gateway's own traffic "
+                "to this peer; give the peer only the networks behind it"]
+    if net.prefixlen < MIN_PEER_PREFIX[net.version]:
+        return [f"{net} is wider than /{MIN_PEER_PREFIX[net.version]}: it would route much "
+                "of the internet, the gateway's own traffic included, to this peer"]
+    out: list[str] = []
+    for other_text, peer in taken.items():
+        other = _network(other_text)
+        if other is not None and other.version == net.version and other.overlaps(net):
+            out.append(f"{net} overlaps {other}, already routed to peer {peer!r}")
+    for thing in own:
+        if thing.version != net.version:
+            continue
+        if isinstance(thing, ipaddress.IPv4Address | ipaddress.IPv6Address):
+            if thing in net:
+                out.append(f"{net} holds the gateway's own address {thing}")
+        elif thing.overlaps(net):
+            out.append(f"{net} overlaps the gateway's own network {thing}")
+    return out
+
+
+def _network(text: str) -> _Net | None:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+
+
+def _parsed(texts: tuple[str, ...]) -> list[_Net]:
+    return [n for n in map(_network, texts) if n is not None]
+
+
+def _is_interface(text: str) -> bool:
+    try:
+        ipaddress.ip_interface(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _decode_key(text: str) -> bytes | None:

@@ -303,6 +303,14 @@ class Peer:
             return False
         if self.keepalive and now - self.last_sent >= self.keepalive:
             return True
+        # The keepalive that confirms a new session (Endpoint._receive_resp) may be lost, and an
+        # idle initiator sends nothing else: the responder would hold a session it may not send
+        # with until we have data. Repeat it while nothing came back with the session, every
+        # REKEY_TIMEOUT, twice at most (the responder need not answer: a keepalive alone never
+        # causes one).
+        if (kp.is_initiator and kp.receive_count == 0 and now - self.last_sent >= REKEY_TIMEOUT
+                and now - kp.created < 2.5 * REKEY_TIMEOUT):
+            return True
         # Passive keepalive: we received data (not a keepalive: that would ping-pong forever)
         # but have sent nothing back for a while.
         return self.owes_keepalive and now - self.last_data_received >= KEEPALIVE_TIMEOUT

@@ -34,6 +34,15 @@ UNREACHABLE_AFTER = 6.0
 LOSS_WINDOW = 32
 MTU_PROBE_INTERVAL = 60.0
 """After the path MTU went down, try the configured MTU again this often (it may come back)."""
+MTU_FLOOR_IPV4 = 576
+"""The smallest tunnel MTU a path report may set: every IPv4 host must take 576-byte packets
+(RFC 791), and a report below it is broken or forged."""
+MTU_FLOOR_IPV6 = 1280
+"""The floor when the tunnel carries IPv6: IPv6 needs 1280 on every link (RFC 8200 section 5),
+and Linux removes every IPv6 address and route from a link set below it, without putting them
+back when the MTU rises again. One "fragmentation needed" (or a forged one) would otherwise cut
+IPv6 through the tunnel until the next `up`. Inner packets the path cannot carry at 1280 are
+lost instead, which IPv6 hosts handle like any loss."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +91,11 @@ def decode(payload: bytes) -> tuple[ControlKind, Probe | bytes]:
 class PathState:
     """What one end knows about the path to one peer. Times are monotonic seconds."""
 
-    def __init__(self, *, mtu: int, now: float):
+    def __init__(self, *, mtu: int, now: float, ipv6: bool = False):
         self.configured_mtu = mtu
         self.mtu = mtu
+        self.min_mtu = MTU_FLOOR_IPV6 if ipv6 else MTU_FLOOR_IPV4
+        """:meth:`lower_mtu` never goes below this (raised when the tunnel gains IPv6)."""
         self.srtt: float | None = None
         self.rttvar = 0.0
         self._outstanding: dict[int, tuple[float, int]] = {}
@@ -172,8 +183,9 @@ class PathState:
         return None if self.srtt is None else self.srtt * 1000.0
 
     def lower_mtu(self, mtu: int, now: float) -> bool:
-        """The path said the tunnel must carry at most ``mtu``; True if that is news."""
-        mtu = max(mtu, 576)
+        """The path said the tunnel must carry at most ``mtu``; True if that is news. Never
+        below :attr:`min_mtu` (see MTU_FLOOR_IPV6)."""
+        mtu = max(mtu, self.min_mtu)
         if mtu >= self.mtu:
             return False
         self.mtu = mtu

@@ -17,9 +17,11 @@
 - then it connects ``office``, fetches the office page through the tunnel, checks it, shows the
   status and leaves both helpers running until ``down``.
 
-``down`` stops the helpers and the web server, deletes the namespaces (and so the veth pairs),
-the group if the demo created it, and the demo's state; it does whatever
-part of that is needed, so it also cleans up after a failed or interrupted ``up``.
+``down`` stops the helpers and the web server, undoes what a killed helper left behind (from
+its crash records: the original /etc/resolv.conf, host routes), deletes the namespaces (and so
+the veth pairs), the group if the demo created it, and the demo's state; it does whatever
+part of that is needed, so it also cleans up after a failed or interrupted ``up``. A crash
+record it cannot undo is kept, with the state, and ``down`` says so.
 
 Every process the demo starts carries ``TUNSEAL_DEMO_MARK`` in its environment, so ``down`` can
 find the ones that outlived their parent (a daemonised ``gnome-keyring-daemon``) by that mark
@@ -587,6 +589,7 @@ def _teardown(demo: Demo, *, quiet: bool) -> list[str]:
     for name in ("here-helper", "office-helper", "web"):
         _stop(demo, name)
     _kill_marked(demo, problems)
+    kept = _undo_crash_records(demo, problems, tell)
     for ns in (demo.lan_netns, demo.netns):
         if _netns_exists(ns):
             tell(f"deleting namespace {ns} (and its links)")
@@ -609,12 +612,43 @@ def _teardown(demo: Demo, *, quiet: bool) -> list[str]:
     if (demo.state_dir / "created-rundir").exists():
         with contextlib.suppress(FileNotFoundError, OSError):
             demo.socket.parent.rmdir()  # only if empty
-    if demo.state_dir.exists():
+    if kept:
+        problems.append(f"{demo.state_dir} is kept: it holds the only record of how to undo "
+                        f"what a killed helper changed ({', '.join(kept)}); fix the cause "
+                        "above and run 'make demo-stop' again")
+    elif demo.state_dir.exists():
         tell(f"removing {demo.state_dir} (keys, profiles, logs, pid files)")
         shutil.rmtree(demo.state_dir, ignore_errors=True)
         if demo.state_dir.exists():
             problems.append(f"{demo.state_dir} could not be removed")
     return problems
+
+
+def _undo_crash_records(demo: Demo, problems: list[str], tell: Callable[[str], None]
+                        ) -> list[str]:
+    """A helper killed while its tunnel was up leaves what it changed (the DNS backup with the
+    original /etc/resolv.conf, host routes) recorded in its state directory; its next start
+    would undo it, but down is about to delete that directory. Undo it now, in the namespace
+    the helper ran in (the office's, while it exists), before anything is deleted. Returns the
+    sides whose records could not be undone (their state must then be kept)."""
+    kept: list[str] = []
+    for side in ("here", "office"):
+        state = demo.state_dir / side
+        if not any((state / "run").glob("*.json")):
+            continue
+        wrap = ["ip", "netns", "exec", demo.netns] if (
+            side == "office" and _netns_exists(demo.netns)) else []
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        done = subprocess.run([*wrap, sys.executable, "-m", "helper.records", "cleanup",
+                               str(state)], cwd=REPO_ROOT, env=env, capture_output=True,
+                              text=True, timeout=60, check=False, stdin=subprocess.DEVNULL)
+        for line in done.stdout.splitlines():
+            tell(f"{side} helper was killed; undoing what it left: {line}")
+        if done.returncode != 0:
+            kept.append(f"{side}/run")
+            problems.append(f"undoing what the {side} helper left: "
+                            f"{done.stderr.strip() or done.returncode}")
+    return kept
 
 
 def _host_leftovers(demo: Demo) -> bool:

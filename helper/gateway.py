@@ -116,6 +116,11 @@ class GatewayService:
                 psk_ref=f"{gw.name}.{name}.psk" if psk else "",
             )
             new = gwconf.add_peer(gw, peer)
+            if self._tunnel is not None:  # and against this host's own networks, before saving
+                self._tunnel.check_peer(peer.name, peer.allowed_ips)
+            # Before anything is saved: a peer whose profile cannot be made is not added.
+            text = gwconf.client_profile(new, peer, gateway_public=self.public_key,
+                                         client_private=client_private, psk=psk)
             if psk is not None:
                 self._keys.put(peer.psk_ref, psk)
             try:
@@ -128,8 +133,6 @@ class GatewayService:
             self.config = new
             if self._tunnel is not None:
                 self._tunnel.add_peer(self._peer_spec(new, peer))
-            text = gwconf.client_profile(new, peer, gateway_public=self.public_key,
-                                         client_private=client_private, psk=psk)
         log.info("gateway %s: added peer %s (%s)", gw.name, name, ", ".join(allowed))
         return {"peer": self._describe(peer), "profile": text}
 

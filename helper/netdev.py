@@ -50,6 +50,7 @@ __all__ = [
     "ifname_for",
     "link_exists",
     "list_links",
+    "local_networks",
     "remove_host_route",
     "remove_routes",
     "set_mtu",
@@ -155,9 +156,32 @@ def configure(
              [str(i) for i in ifaces], [str(n) for n in nets])
 
 
-def set_mtu(ifname: str, mtu: int) -> None:
-    with _ipr(ifname) as ipr:
-        _set_mtu(ipr, _index(ipr, ifname), ifname, mtu)
+def set_mtu(ifname: str, mtu: int, *, addresses: Sequence[str] = (),
+            routes: Sequence[str] = ()) -> None:
+    """Change the MTU of a configured link, then put back ``addresses`` and ``routes``: an MTU
+    change can take them away (below 1280 the kernel deletes every IPv6 address and route of
+    the link, and does not restore them when the MTU rises again). Idempotent like
+    :func:`configure`; refuses an MTU below 1280 when any of them is IPv6."""
+    if not addresses and not routes:
+        with _ipr(ifname) as ipr:
+            _set_mtu(ipr, _index(ipr, ifname), ifname, mtu)
+        return
+    configure(ifname, addresses=addresses, mtu=mtu, routes=routes)
+
+
+def local_networks(*, exclude: str = "") -> list[_Interface]:
+    """Every address of every link in this namespace (with its prefix), except ``exclude``'s:
+    what the host itself is on, which no route into a tunnel may take over."""
+    with _ipr("addresses") as ipr:
+        skip = ipr.link_lookup(ifname=exclude) if exclude else []
+        out: list[_Interface] = []
+        for msg in ipr.get_addr():
+            addr = msg.get_attr("IFA_ADDRESS")
+            if msg["index"] in skip or not isinstance(addr, str):
+                continue
+            with contextlib.suppress(ValueError):
+                out.append(ipaddress.ip_interface(f"{addr}/{msg['prefixlen']}"))
+        return out
 
 
 def remove_routes(ifname: str, routes: Sequence[str]) -> None:

@@ -239,6 +239,32 @@ def _undo_steps(
     return steps
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m helper.records cleanup STATE_DIR``: undo the stale records a helper that is
+    gone left in STATE_DIR (what its next start would do), in the current namespace; one line
+    per thing undone on stdout. Exit 1 when a record could not be undone: it is kept, so the
+    backup it holds (the original /etc/resolv.conf, say) is not lost. The demo runs this
+    before it deletes a helper's state directory."""
+    import argparse
+    import sys
+
+    from helper import dns, netdev
+
+    parser = argparse.ArgumentParser(prog="python -m helper.records")
+    parser.add_argument("command", choices=["cleanup"])
+    parser.add_argument("state_dir", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    records = Records(args.state_dir)
+    for line in records.cleanup_stale(netdev, dns):
+        print(line)
+    left = [r.ifname for r in records.stale()]
+    if left:
+        print(f"not undone, kept in {records.dir}: {', '.join(left)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _checked_ifname(name: Any) -> str:
     if not isinstance(name, str) or not _IFNAME_RE.fullmatch(name) or name in (".", ".."):
         raise ValueError(f"{name!r} is not a link name")
@@ -260,3 +286,7 @@ def _own_start_time() -> int:
     t = _start_time(os.getpid())
     assert t is not None
     return t
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from core import gateway as gwconf
 from core import probe
 from core.constants import DATA_HEADER_LEN, FIXED_HEADER_LEN, TAG_LEN, ControlKind, PacketType
 from core.endpoint import AnyPeer, Endpoint
-from core.errors import TunsealError
+from core.errors import ProfileError, TunsealError
 from core.handshake import Identity
 from core.peer import Peer, RekeyPolicy
 from core.probe import ACTIVE_WINDOW, UNREACHABLE_AFTER, PathState
@@ -270,11 +271,31 @@ class Tunnel:
                 netdev.add_host_route(pin)
                 self._pins.append(pin)
 
+    def check_peer(self, name: str, allowed_ips: tuple[str, ...]) -> None:
+        """ProfileError when a gateway may not route ``allowed_ips`` to peer ``name``: a default
+        route or too wide a prefix, an overlap with another peer's networks, or with a network
+        this host is on (its LAN, its uplink, the tunnel's own address). The gateway file is
+        checked the same way (core/gateway.py); this also sees the host's links, which the
+        file does not know. A client tunnel's one peer may route anything (0.0.0.0/0 is how
+        a client sends everything through the tunnel)."""
+        if not self.spec.forward:
+            return
+        taken = {n: other for other, allowed in self._added_allowed.items() if other != name
+                 for n in allowed}
+        own = [*(ipaddress.ip_interface(a).ip for a in self.spec.addresses),
+               *(i.network for i in netdev.local_networks(exclude=self.ifname))]
+        problems = [m for text in allowed_ips
+                    for m in gwconf.prefix_conflicts(text, taken=taken, own=own)]
+        if problems:
+            raise ProfileError(f"gateway {self.name!r}, peer {name!r}: "
+                               + "; ".join(problems), field="allowed_ips")
+
     def add_peer(self, ps: PeerSpec) -> AnyPeer:
         """Add a peer to the running tunnel (a gateway's `tunseal peer add` lands here)."""
         ep, dp = self.endpoint, self.datapath
         assert ep is not None and dp is not None
         spec = self.spec
+        self.check_peer(ps.name, ps.allowed_ips)
         policy = None
         if spec.mode != "plain":
             policy = RekeyPolicy.for_mode(spec.mode, rotate_seconds=spec.rekey_seconds,
@@ -289,7 +310,12 @@ class Tunnel:
                                initiates=ps.endpoint is not None, keepalive=ps.keepalive,
                                policy=policy)
             peer.endpoint = ps.endpoint
-            peer.path = PathState(mtu=spec.mtu, now=time.monotonic())
+            v6 = self._carries_ipv6() or any(":" in n for n in ps.allowed_ips)
+            peer.path = PathState(mtu=spec.mtu, now=time.monotonic(), ipv6=v6)
+            if v6:  # a gateway peer may bring the tunnel's first IPv6 network
+                for other in ep.peers:
+                    if other.path is not None:
+                        other.path.min_mtu = max(other.path.min_mtu, probe.MTU_FLOOR_IPV6)
             for prefix in ps.allowed_ips:
                 self.routes.insert(prefix, peer)
             self._added_allowed[ps.name] = ps.allowed_ips
@@ -484,13 +510,26 @@ class Tunnel:
                 return peer
         return None
 
+    def _carries_ipv6(self) -> bool:
+        """Any IPv6 address or route on the tunnel: then its MTU stays at 1280 or more."""
+        nets = (*self.spec.addresses, *self.spec.routes,
+                *(n for allowed in self._added_allowed.values() for n in allowed))
+        return any(":" in n for n in nets)
+
     def _set_mtu(self, mtu: int, why: str) -> None:
         # One TUN device for all peers: the tunnel MTU is the smallest any path carries.
         mtu = min([p.path.mtu for p in self.peers if p.path is not None] + [mtu])
+        if self._carries_ipv6():
+            mtu = max(mtu, probe.MTU_FLOOR_IPV6)  # the PathState floor, for every caller
         if self.datapath is not None:
             self.datapath.mtu = mtu
+        # The live peers' networks: what the link must route now (removed peers' are gone).
+        routes = [n for p in self.peers for n in self._allowed_of(p)]
         try:
-            netdev.set_mtu(self.ifname, mtu)
+            # Addresses and routes go back on after the change, should the kernel have
+            # dropped any with it (IPv6 below 1280: see netdev.set_mtu).
+            netdev.set_mtu(self.ifname, mtu, addresses=list(self.spec.addresses),
+                           routes=routes)
         except TunsealError as e:
             log.warning("tunnel %s: setting MTU %d failed: %s", self.name, mtu, e,
                         extra={"tunnel": self.name})

@@ -183,3 +183,64 @@ def test_the_default_names_are_the_documented_ones() -> None:
     assert (str(d.underlay), str(d.tunnel_net), str(d.lan_net)) == (
         "198.18.0.0/30", "10.213.0.0/24", "10.213.1.0/24")
     assert d.web_url == "http://10.213.1.2/"
+
+
+_CRASHED_HELPER = r"""
+import os, signal, sys
+from pathlib import Path
+from helper import dns
+from helper.records import Records
+state, resolv, kind = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+records = Records(state)
+if kind == "file":  # what Tunnel.start does for a profile with DNS, on a host without resolved
+    dns.apply("ts-crashed", ["10.213.1.53"], ["office.example"], backend=dns.Backend.FILE,
+              records=records, resolv_conf=resolv)
+else:  # a backup this helper version cannot undo
+    records.note_dns("ts-crashed", {"backend": "from-the-future", "ifname": "ts-crashed"})
+print("applied", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def crash_with_dns(d: demo_mod.Demo, resolv: Path, kind: str = "file") -> None:
+    """A helper with the demo's state directory rewrites ``resolv`` (a throwaway file standing
+    in for /etc/resolv.conf: this machine's own is never touched), records the backup as every
+    helper does, and is killed."""
+    state = d.state_dir / "here"
+    state.mkdir(parents=True)
+    done = subprocess.run([sys.executable, "-c", _CRASHED_HELPER, str(state), str(resolv), kind],
+                          cwd=ROOT, env=netlab.python_env(), capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert done.returncode == -signal.SIGKILL and "applied" in done.stdout, done.stderr
+
+
+def test_finding10_demo_stop_after_a_helper_crash_restores_dns(demo: demo_mod.Demo,
+                                                                tmp_path: Path) -> None:
+    """Issue 9 finding 10: `demo-stop` after a helper crash deleted the DNS backup with the
+    demo's state and left resolv.conf rewritten. It must restore from the crash records first."""
+    resolv = tmp_path / "resolv.conf"
+    original = "nameserver 192.0.2.1\nsearch home.example\n"
+    resolv.write_text(original)
+    crash_with_dns(demo, resolv)
+    assert "nameserver 10.213.1.53" in resolv.read_text()  # the crash left it rewritten
+
+    gone = run_demo(demo, "down")
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert "undoing what it left: restored DNS of ts-crashed (file)" in gone.stdout, gone.stdout
+    assert resolv.read_text() == original
+    assert leftovers(demo) == []
+
+
+def test_finding10_demo_stop_keeps_a_record_it_cannot_undo(demo: demo_mod.Demo,
+                                                           tmp_path: Path) -> None:
+    crash_with_dns(demo, tmp_path / "resolv.conf", kind="unknown")
+    kept = run_demo(demo, "down")
+    assert kept.returncode == 1, kept.stdout + kept.stderr
+    assert "unknown DNS backup kind 'from-the-future'" in kept.stderr, kept.stderr
+    assert f"{demo.state_dir} is kept" in kept.stderr
+    record = demo.state_dir / "here" / "run" / "ts-crashed.json"
+    assert record.exists()
+    record.unlink()  # the administrator dealt with it by hand
+    again = run_demo(demo, "down")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert leftovers(demo) == []

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -382,11 +382,10 @@ def debian_root() -> Iterator[DebianRoot]:
     path.chmod(0o755)  # a root directory: apt's unprivileged _apt user must traverse it
     root = DebianRoot(path)
     try:
-        done = run("debootstrap", "--variant=minbase", f"--cache-dir={CACHE / 'debootstrap'}",
-                   "bookworm", path, MIRROR, timeout=900, check=False)
-        if done.returncode != 0:
-            pytest.skip(f"debootstrap bookworm from {MIRROR} failed (no mirror?): "
-                        f"{(done.stderr or done.stdout)[-600:]}")
+        failure = debootstrap(path)
+        if failure:
+            pytest.skip(f"debootstrap bookworm from {MIRROR} failed {DEBOOTSTRAP_TRIES} times "
+                        f"(no mirror?): {failure}")
         # No service starts in the root; pip in it trusts what this machine trusts.
         policy = path / "usr/sbin/policy-rc.d"
         policy.write_text("#!/bin/sh\nexit 101\n")
@@ -397,11 +396,82 @@ def debian_root() -> Iterator[DebianRoot]:
         yield root
     finally:
         root.kill_processes()
-        mounted = [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
-                   if f" {path}/" in line or f" {path} " in line]
-        if mounted:
-            pytest.fail(f"refusing to delete {path}: something is mounted in it: {mounted}")
-        subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False, timeout=300)
+        remove_tree(path)
+
+
+DEBOOTSTRAP_TRIES = 3
+DEBOOTSTRAP_TIMEOUT = 900.0
+"""Seconds one debootstrap may take (a first run downloads ~40 MB)."""
+DEBOOTSTRAP_BACKOFF = 20.0
+"""Seconds before the second try, doubled before each further one. A slow or briefly failing
+mirror made the whole chroot test skip once; the .deb cache keeps what each try fetched, so a
+retry resumes rather than starts over."""
+
+
+def debootstrap(path: Path, *, command: tuple[str, ...] = ("debootstrap",),
+                pause: Callable[[float], None] = time.sleep) -> str:
+    """Make a Debian 12 minbase root in ``path`` (empty), trying DEBOOTSTRAP_TRIES times with
+    a growing pause between tries; "" when it worked, else the last failure's tail. A failed
+    try's half-made tree is removed first (never through a mount: see remove_tree)."""
+    failure = ""
+    for attempt in range(DEBOOTSTRAP_TRIES):
+        if attempt:
+            remove_tree(path)
+            path.mkdir(mode=0o755)
+            pause(DEBOOTSTRAP_BACKOFF * 2 ** (attempt - 1))
+        try:
+            done = run(*command, "--variant=minbase", f"--cache-dir={CACHE / 'debootstrap'}",
+                       "bookworm", path, MIRROR, timeout=DEBOOTSTRAP_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            failure = f"try {attempt + 1} took longer than {DEBOOTSTRAP_TIMEOUT:.0f} s"
+            continue
+        if done.returncode == 0:
+            return ""
+        failure = f"try {attempt + 1}: {(done.stderr or done.stdout)[-600:]}"
+    return failure
+
+
+def remove_tree(path: Path) -> None:
+    """rm -rf ``path``, refusing (a test failure) when anything is mounted inside it."""
+    mounted = [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+               if f" {path}/" in line or f" {path} " in line]
+    if mounted:
+        pytest.fail(f"refusing to delete {path}: something is mounted in it: {mounted}")
+    subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False, timeout=300)
+
+
+def test_debootstrap_is_retried_with_backoff_before_the_test_skips(tmp_path: Path) -> None:
+    """A stand-in debootstrap (a real script, no network) fails twice, leaving a half-made
+    tree each time, then works: the third try runs in an empty directory after pauses of 20 s
+    and 40 s; one that always fails gives up after three tries with its last words."""
+    script = tmp_path / "flaky-debootstrap"
+    script.write_text("#!/bin/sh\n"
+                      f"n=$(cat {tmp_path}/count 2>/dev/null || echo 0); n=$((n + 1))\n"
+                      f"echo $n > {tmp_path}/count\n"
+                      'target=$4; ls -A "$target" > "$target.seen.$n"\n'
+                      'touch "$target/half-made"\n'
+                      '[ "$n" -ge "${WORKS_AT:-99}" ] || { echo "E: mirror timed out ($n)" >&2; '
+                      "exit 1; }\n")
+    script.chmod(0o755)
+    root = tmp_path / "root"
+    root.mkdir()
+    pauses: list[float] = []
+    os.environ["WORKS_AT"] = "3"
+    try:
+        assert debootstrap(root, command=(str(script),), pause=pauses.append) == ""
+    finally:
+        del os.environ["WORKS_AT"]
+    assert pauses == [DEBOOTSTRAP_BACKOFF, 2 * DEBOOTSTRAP_BACKOFF]
+    assert [(tmp_path / f"root.seen.{n}").read_text() for n in (1, 2, 3)] == ["", "", ""]
+    assert (root / "half-made").exists()  # the successful try's tree is kept
+
+    (tmp_path / "count").unlink()
+    remove_tree(root)
+    root.mkdir()
+    pauses.clear()
+    failure = debootstrap(root, command=(str(script),), pause=pauses.append)
+    assert failure.startswith("try 3: E: mirror timed out (3)"), failure
+    assert len(pauses) == DEBOOTSTRAP_TRIES - 1
 
 
 @pytest.fixture

@@ -93,6 +93,31 @@ print(netdev.link_exists("ts-office"), netdev.link_exists("ts-none"), netdev.lis
     assert set(_routes(lab, ns, "-6", "ts-office")) - {"fe80::/64"} == {"fd77::/64"}
 
 
+def test_finding4_set_mtu_puts_back_what_an_mtu_change_took(lab: netlab.Lab) -> None:
+    """Issue 9 finding 4: below MTU 1280 the kernel deletes a link's IPv6 addresses and routes
+    and does not restore them when the MTU rises; netdev.set_mtu with the tunnel's addresses
+    and routes puts them back, and refuses to go below 1280 itself while they hold IPv6."""
+    ns = lab.ns("mtu6")
+    netlab.hold_tun(lab, ns, "ts-mtu6")
+    kw = 'addresses=["10.77.0.2/24", "fd77::2/64"], routes=["fd10::/48", "10.10.0.0/16"]'
+    _netdev(lab, ns, f"netdev.configure('ts-mtu6', mtu=1380, {kw})")
+    lab.run(ns, "ip", "link", "set", "dev", "ts-mtu6", "mtu", "1200")  # someone else did it
+    lab.run(ns, "ip", "link", "set", "dev", "ts-mtu6", "mtu", "1300")
+
+    def v6() -> tuple[set[str], set[str]]:
+        link = _ip(lab, ns, "-6", "addr", "show", "dev", "ts-mtu6")
+        addrs = {a["local"] for li in link for a in li["addr_info"] if a["scope"] == "global"}
+        return addrs, set(_routes(lab, ns, "-6", "ts-mtu6")) - {"fe80::/64"}
+
+    assert v6() == (set(), set())  # what the kernel does, and why this test exists
+    out = _netdev(lab, ns, f"netdev.set_mtu('ts-mtu6', 1340, {kw})\n"
+                           f"netdev.set_mtu('ts-mtu6', 1200, {kw})", check=False)
+    assert "IPv6 needs an MTU of at least 1280, not 1200" in out
+    assert _ip(lab, ns, "link", "show", "dev", "ts-mtu6")[0]["mtu"] == 1340
+    assert v6() == ({"fd77::2"}, {"fd77::/64", "fd10::/48"})
+    assert "10.10.0.0/16" in _routes(lab, ns, "-4", "ts-mtu6")
+
+
 def test_default_route_is_split_and_the_endpoint_stays_outside(lab: netlab.Lab) -> None:
     topo = netlab.two_hosts_with_router(lab, v6=True)
     netlab.hold_tun(lab, topo.client, "ts-full")

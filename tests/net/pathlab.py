@@ -58,17 +58,20 @@ class PathPair(TunnelPair):
 
 @contextlib.contextmanager
 def path_pair(lab: netlab.Lab, spec: Spec, *, loss_percent: int = 0, masquerade: bool = False,
-              extra: dict[str, Any] | None = None, up_timeout: float = 30.0
-              ) -> Iterator[PathPair]:
+              extra: dict[str, Any] | None = None, up_timeout: float = 30.0,
+              before_up: Callable[[PathPair], None] | None = None) -> Iterator[PathPair]:
     """A tunnel up across ``two_hosts_with_router(loss_percent=, masquerade=)``; on the way
     out the profiles are removed, the helpers stopped, the key-leak check run and the work
-    directory deleted, whatever happened (the lab fixture removes the namespaces)."""
+    directory deleted, whatever happened (the lab fixture removes the namespaces).
+    ``before_up`` runs once the profiles exist, before either end is brought up."""
     topo = netlab.two_hosts_with_router(lab, loss_percent=loss_percent, masquerade=masquerade)
     workdir = Path(tempfile.mkdtemp(prefix="tunseal-path-"))
     pair = PathPair(lab, topo, spec, workdir, extra or {})
     try:
         pair.start_helpers()
         pair.build()
+        if before_up is not None:
+            before_up(pair)
         pair.up(timeout=up_timeout)
         try:
             yield pair

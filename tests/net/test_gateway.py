@@ -162,3 +162,36 @@ def test_network_behind_a_peer_added_at_runtime_is_routed(lab: netlab.Lab) -> No
         o.gw_cli("peer", "remove", p.name)
         routes = o.lab.run(o.gw, "ip", "-4", "route", "show", "10.88.0.0/24").stdout
         assert routes.strip() == "", routes
+
+
+def test_finding5_peer_add_refuses_routes_that_capture_the_gateway(lab: netlab.Lab) -> None:
+    """Issue 9 finding 5: `tunseal peer add --allowed-ip` with a default route, a network that
+    overlaps another peer's (not only an equal string), the gateway's LAN, or the network the
+    gateway host's own uplink is on (only the helper sees that one: it is not in the file) is
+    refused with a message naming the conflict. Nothing is saved or routed, and the existing
+    peer still reaches the LAN."""
+    with office(lab, 1) as o:
+        p = o.peers[0]
+        before = o.config.read_text()
+        routes_before = o.lab.run(o.gw, "ip", "-4", "route", "show").stdout
+        cases = {
+            "0.0.0.0/0": "0.0.0.0/0 is a default route",
+            "::/0": "::/0 is a default route",
+            "64.0.0.0/2": "64.0.0.0/2 is wider than /8",
+            f"{p.inner.rsplit('.', 1)[0]}.0/28": f"overlaps {p.inner}/32, already routed to "
+                                                 "peer 'p00'",
+            "198.18.200.0/25": "overlaps the gateway's own network 198.18.200.0/24",
+            "198.18.100.128/25": "overlaps the gateway's own network 198.18.100.0/24",
+        }
+        for net, why in cases.items():
+            done = o.gw_cli("peer", "add", "intruder", "--allowed-ip", net, expect=1)
+            said = done.stdout + done.stderr
+            assert why in said, (net, said)
+        assert o.config.read_text() == before
+        assert o.lab.run(o.gw, "ip", "-4", "route", "show").stdout == routes_before
+        assert "intruder" not in [q["name"] for q in o.gw_cli_json("peer", "list")["peers"]]
+        o.lab.run(p.ns, "ping", "-c", "1", "-W", "2", LAN_SERVER)
+        # A network of its own behind a new peer is still fine.
+        done = o.gw_cli("peer", "add", "branch", "--allowed-ip", "10.77.0.50/32",
+                        "--allowed-ip", "10.99.0.0/16", "-o", str(o.workdir / "branch.tunseal"))
+        assert "added peer branch" in done.stdout, done.stdout

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import subprocess
 import time
+from typing import Any
 
 import netlab
 import pytest
 from pathlab import (
+    PathPair,
     Pinger,
     Router,
     Stream,
@@ -27,7 +29,7 @@ from pathlab import (
 )
 from tunnellab import Spec, TunnelPair, ip_json
 
-from core.constants import DEFAULT_MTU
+from core.constants import DEFAULT_MTU, REKEY_TIMEOUT
 from core.probe import UNREACHABLE_AFTER
 from helper.tunnel import outer_overhead
 
@@ -89,6 +91,33 @@ def test_behind_nat_with_loss(lab: netlab.Lab, mode: str, nbytes: int, rate: flo
             print(f"rekeyed with {rekeyed[0][0] / 1e6:.1f} MB received")
 
 
+def test_lost_confirming_keepalive_is_repeated(lab: netlab.Lab) -> None:
+    """The flake of issue 9 ("the server stayed `connecting` for 30 s with a last_handshake set
+    and 0 bytes", in test_behind_nat_with_loss): an idle initiator confirms a new session with
+    one KEEPALIVE; when the path loses that one packet, the responder holds an unconfirmed
+    session it may not send with, and nothing else comes until the client has data. The router
+    here drops exactly the first keepalive (an nft quota of one 72-byte packet); the client
+    repeats it after REKEY_TIMEOUT, and both ends come up without any traffic."""
+    state: dict[str, Any] = {}
+
+    def drop_first_keepalive(pair: PathPair) -> None:
+        router = Router(lab, pair.topo)
+        # 44-byte sealed KEEPALIVE + 8 (UDP): nothing else the tunnel sends is this short.
+        router.forward_rule(f"ip daddr {pair.topo.server_addr} udp dport {pair.spec.port} "
+                            "udp length 52 quota until 100 bytes counter drop")
+        state["router"], state["t0"] = router, time.monotonic()
+
+    with path_pair(lab, Spec(mode="ephemeral"), before_up=drop_first_keepalive,
+                   up_timeout=3 * REKEY_TIMEOUT) as pair:
+        took = time.monotonic() - state["t0"]
+        dropped = state["router"].counter()
+        print(f"the router dropped {dropped} keepalive(s); both ends up after {took:.1f} s")
+        assert dropped == 1, "the confirming keepalive was not the packet dropped"
+        assert {end.role: end.status()["state"] for end in pair.ends} == {
+            "server": "up", "client": "up"}
+        lab.run(pair.topo.client, "ping", "-c", "1", "-W", "2", pair.server.inner4)
+
+
 def test_nat_port_change_mid_transfer(lab: netlab.Lab) -> None:
     """The router forgets its NAT mappings and maps the tunnel's flow to a new port: the server
     follows the first authenticated packet from it, no handshake and no `up` needed."""
@@ -145,6 +174,48 @@ def test_path_mtu_drop_mid_transfer(lab: netlab.Lab) -> None:
         [link] = ip_json(lab, topo.client, "link", "show", st["interface"])
         assert link["mtu"] == st["mtu"]
         pair.client.helper.wait_for_log("the path MTU dropped to 1280", timeout=1)
+
+
+def test_finding4_mtu_drop_below_1280_keeps_ipv6(lab: netlab.Lab) -> None:
+    """Issue 9 finding 4: the router's link towards the server drops to MTU 1200 under a tunnel
+    that carries IPv4 and IPv6. The "fragmentation needed" (1200 - 56 bytes of overhead = 1144)
+    must not take the tunnel below 1280, where the kernel deletes its IPv6 addresses and routes
+    for good: the tunnel MTU stops at 1280 and IPv6 keeps working through it."""
+    with path_pair(lab, Spec(mode="ephemeral", inner6=True)) as pair:
+        topo, client = pair.topo, pair.client
+        ifname = client.status()["interface"]
+
+        def v6_addresses() -> list[str]:
+            return [a["local"] for link in ip_json(lab, topo.client, "-6", "addr", "show",
+                                                   "dev", ifname)
+                    for a in link.get("addr_info", []) if a.get("scope") == "global"]
+
+        def ping6() -> bool:
+            return lab.run(topo.client, "ping", "-6", "-c", "1", "-W", "2",
+                           pair.server.inner6, check=False).returncode == 0
+
+        assert v6_addresses() == [client.inner6]
+        wait_for("IPv6 through the tunnel before the drop", ping6, 20)
+        Router(lab, topo).set_mtu(topo.router_server_if, 1200)
+
+        def report() -> bool:
+            # Full-size IPv4 packets with DF: the router answers each with frag-needed (1200).
+            lab.run(topo.client, "ping", "-c", "1", "-W", "1", "-s", "1300", "-M", "do",
+                    pair.server.inner4, check=False)
+            return "the path MTU dropped to 1200" in client.helper.log()
+
+        wait_for("the client hears of the 1200-byte path", report, 30)
+        st = client.status()
+        [link] = ip_json(lab, topo.client, "link", "show", ifname)
+        print(f"path MTU 1200: tunnel MTU {DEFAULT_MTU} -> {st['mtu']} (link {link['mtu']}), "
+              f"IPv6 addresses {v6_addresses()}")
+        assert st["mtu"] == link["mtu"] == 1280, (st["mtu"], link["mtu"])
+        assert v6_addresses() == [client.inner6]
+        wait_for("IPv6 through the tunnel after the drop", ping6, 20)
+        routes = ip_json(lab, topo.client, "-6", "route", "show", "dev", ifname)
+        assert "fd44:5eed::/64" in [r["dst"] for r in routes], routes
+        # IPv4 keeps working too, with packets that fit the path.
+        lab.run(topo.client, "ping", "-c", "1", "-W", "2", pair.server.inner4)
 
 
 _UDP_ECHO = r"""

@@ -79,3 +79,32 @@ def test_mtu_goes_down_on_report_and_up_on_a_larger_probe() -> None:
     pid, sent = path.new_probe(100.0, size)
     path.on_reply(probe.Probe(pid, sent, size), 100.01)
     assert path.mtu == 1408
+
+
+def test_finding4_mtu_floor_is_1280_when_the_tunnel_carries_ipv6() -> None:
+    """Issue 9 finding 4: a report below 1280 (real or forged) must not take a tunnel that
+    carries IPv6 below IPv6's minimum link MTU, where Linux deletes the link's IPv6 addresses."""
+    path = PathState(mtu=1408, now=0.0, ipv6=True)
+    assert path.lower_mtu(1144, 1.0) and path.mtu == probe.MTU_FLOOR_IPV6 == 1280
+    assert not path.lower_mtu(600, 2.0) and path.mtu == 1280
+    assert not path.lower_mtu(0, 3.0) and path.mtu == 1280
+    # It still comes back up to the configured MTU when a full-size probe gets through.
+    size = path.mtu_probe_size(100.0)
+    assert size == 1408
+    pid, sent = path.new_probe(100.0, size)
+    path.on_reply(probe.Probe(pid, sent, size), 100.1)
+    assert path.mtu == 1408
+
+
+def test_finding4_ipv4_only_tunnel_keeps_the_576_floor() -> None:
+    path = PathState(mtu=1408, now=0.0)
+    assert path.lower_mtu(1144, 1.0) and path.mtu == 1144
+    assert path.lower_mtu(100, 2.0) and path.mtu == probe.MTU_FLOOR_IPV4 == 576
+    assert not path.lower_mtu(500, 3.0)
+
+
+def test_finding4_floor_raised_later_applies_to_the_next_report() -> None:
+    """A gateway that gains an IPv6 peer at runtime raises the floor of its existing paths."""
+    path = PathState(mtu=1408, now=0.0)
+    path.min_mtu = probe.MTU_FLOOR_IPV6
+    assert path.lower_mtu(900, 1.0) and path.mtu == 1280

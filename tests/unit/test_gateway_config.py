@@ -1,0 +1,98 @@
+"""core/gateway.py's checks of what may be routed to a peer (issue 9 finding 5)."""
+
+from __future__ import annotations
+
+import pytest
+
+from core import gateway
+from core.errors import ProfileInvalid
+from core.gateway import Gateway, GatewayPeer
+
+KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+
+
+def office(*peers: tuple[str, ...], lan: tuple[str, ...] = ("192.168.10.0/24",)) -> Gateway:
+    return Gateway(name="office", addresses=("10.213.0.1/24", "fd13::1/64"), lan=lan,
+                   peers=tuple(GatewayPeer(name=f"p{i}", public_key=KEY, device_id=i + 2,
+                                           allowed_ips=allowed)
+                               for i, allowed in enumerate(peers)))
+
+
+def problems(gw: Gateway) -> list[tuple[str, str]]:
+    """(field, message) of every problem the full validation finds."""
+    try:
+        gateway.from_dict(gateway.to_dict(gw))
+    except ProfileInvalid as e:
+        return [(p.field or "", p.reason) for p in e.problems]
+    return []
+
+
+def test_finding5_distinct_peers_and_site_networks_are_fine() -> None:
+    gw = office(("10.213.0.2/32", "10.88.0.0/24"), ("10.213.0.3/32", "fd13::3/128"),
+                ("172.16.0.0/12",))
+    assert problems(gw) == []
+
+
+@pytest.mark.parametrize("prefix", ["0.0.0.0/0", "::/0"])
+def test_finding5_a_default_route_is_refused_for_a_peer(prefix: str) -> None:
+    found = problems(office(("10.213.0.2/32", prefix)))
+    assert [f for f, _ in found] == ["peer[0].allowed_ips[1]"], found
+    assert "is a default route" in found[0][1] and "gateway's own traffic" in found[0][1]
+
+
+@pytest.mark.parametrize(("prefix", "bound"), [("0.0.0.0/1", 8), ("128.0.0.0/7", 8),
+                                               ("8000::/1", 16), ("2000::/3", 16)])
+def test_finding5_a_prefix_wider_than_the_bound_is_refused(prefix: str, bound: int) -> None:
+    found = problems(office((prefix,)))
+    assert [f for f, _ in found] == ["peer[0].allowed_ips[0]"], found
+    assert f"wider than /{bound}" in found[0][1]
+
+
+def test_finding5_overlap_is_real_prefix_overlap_not_string_equality() -> None:
+    """The old check compared strings: 10.88.0.0/24 and 10.88.0.7/32 were both accepted, and
+    the second peer's host route silently took that address from the first."""
+    found = problems(office(("10.213.0.2/32", "10.88.0.0/24"), ("10.88.0.7/32",),
+                            ("10.213.0.4/32", "fd77::/48"), ("fd77:0:0:1::/64",)))
+    assert found == [
+        ("peer[1].allowed_ips[0]", "10.88.0.7/32 overlaps 10.88.0.0/24, already routed to "
+                                   "peer 'p0'"),
+        ("peer[3].allowed_ips[0]", "fd77:0:0:1::/64 overlaps fd77::/48, already routed to "
+                                   "peer 'p2'"),
+    ]
+    # a wider network that covers an earlier peer's is caught the other way round too
+    assert problems(office(("10.88.0.7/32",), ("10.88.0.0/16",)))[0][1] == (
+        "10.88.0.0/16 overlaps 10.88.0.7/32, already routed to peer 'p0'")
+
+
+@pytest.mark.parametrize(("prefix", "why"), [
+    ("10.213.0.0/24", "10.213.0.0/24 holds the gateway's own address 10.213.0.1"),
+    ("10.213.0.1/32", "10.213.0.1/32 holds the gateway's own address 10.213.0.1"),
+    ("192.168.10.128/25", "192.168.10.128/25 overlaps the gateway's own network "
+                          "192.168.10.0/24"),
+    ("192.168.0.0/16", "192.168.0.0/16 overlaps the gateway's own network 192.168.10.0/24"),
+    ("fd13::/48", "fd13::/48 holds the gateway's own address fd13::1"),
+])
+def test_finding5_a_peer_may_not_take_the_gateways_own_address_or_lan(prefix: str,
+                                                                       why: str) -> None:
+    assert problems(office(("10.99.0.2/32",), (prefix,))) == [("peer[1].allowed_ips[0]", why)]
+
+
+def test_finding5_peer_add_revalidates_with_the_same_rules() -> None:
+    """`tunseal peer add` goes through gateway.add_peer, which re-validates the whole file."""
+    gw = office(("10.213.0.2/32", "10.88.0.0/24"))
+    with pytest.raises(ProfileInvalid, match=r"overlaps 10\.88\.0\.0/24, already routed to peer"):
+        gateway.add_peer(gw, GatewayPeer(name="new", public_key=KEY, device_id=9,
+                                         allowed_ips=("10.88.0.128/25",)))
+    with pytest.raises(ProfileInvalid, match="is a default route"):
+        gateway.add_peer(gw, GatewayPeer(name="new", public_key=KEY, device_id=9,
+                                         allowed_ips=("0.0.0.0/0",)))
+    ok = gateway.add_peer(gw, GatewayPeer(name="new", public_key=KEY, device_id=9,
+                                          allowed_ips=("10.213.0.9/32",)))
+    assert [p.name for p in ok.peers] == ["p0", "new"]
+
+
+def test_finding5_prefix_conflicts_on_its_own() -> None:
+    assert gateway.prefix_conflicts("10.9.0.0/16", taken={}, own=[]) == []
+    assert gateway.prefix_conflicts("not a network", taken={"x": "p"}, own=[]) == []
+    assert gateway.prefix_conflicts("10.9.0.0/16", taken={"10.9.3.0/24": "b"}, own=[]) == [
+        "10.9.0.0/16 overlaps 10.9.3.0/24, already routed to peer 'b'"]
