@@ -408,7 +408,7 @@ class _Tso:
         t = cls()
         t.pkt, t.total, t.ip_len = pkt, len(pkt), ip_len
         if kind == GSO_TCPV4:
-            if ip_len != 20 or pkt[0] != 0x45 or t.total < 40:
+            if t.total < 40 or ip_len != 20 or pkt[0] != 0x45:
                 return None
             (_vihl, t.tos, _tl, t.ip_id0, t.frag, t.ttl, _proto, _c, t.src, t.dst, sport, dport,
              t.seq0, t.ack, t.doff, t.flags, t.win, _tc) = _V4HDR.unpack_from(pkt)
@@ -416,7 +416,7 @@ class _Tso:
             addrs = int.from_bytes(t.src + t.dst, "big")
             t.ip_base = (0x4500 | t.tos) + t.frag + (t.ttl << 8) + PROTO_TCP + addrs
         elif kind == GSO_TCPV6:
-            if ip_len != 40 or pkt[6] != PROTO_TCP or t.total < 60:
+            if t.total < 60 or ip_len != 40 or pkt[6] != PROTO_TCP:
                 return None
             (t.vtf, _pl, _nh, t.ttl, t.src, t.dst, sport, dport, t.seq0, t.ack, t.doff, t.flags,
              t.win, _tc) = _V6HDR.unpack_from(pkt)
