@@ -77,7 +77,10 @@ def segment(frame: memoryview, emit: Emit, scratch: bytearray) -> int:
         return 0  # we never enable UFO/USO, so the kernel sends nothing else; drop defensively
     v4 = kind == GSO_TCPV4
     ip_len = csum_start
-    if len(pkt) < ip_len + 20:
+    # The kernel never hands over anything else; checked so a frame cannot make us write
+    # headers outside the segment (an IP header shorter than its version's) or lengths that
+    # do not fit their 16-bit fields.
+    if ip_len < (20 if v4 else 40) or len(pkt) < ip_len + 20 or len(pkt) > 0xFFFF:
         return 0
     tcp_len_hdr = (pkt[ip_len + 12] >> 4) * 4
     hl = ip_len + tcp_len_hdr
