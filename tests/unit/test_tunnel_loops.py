@@ -200,6 +200,32 @@ def test_a_transmit_loop_whose_tun_breaks_fails_the_tunnel(rig: Rig) -> None:
     err = rig.tunnel.status().error
     assert "tx loop died 4 times" in err and "IsADirectoryError" in err, err
     assert rig.states[-1] == "failed"
+    shows_failed_with_reason(rig.tunnel.status().to_dict())
+
+
+def shows_failed_with_reason(data: dict[str, object]) -> None:
+    """What the CLI, the GUI's model (window and tray) and its notifications make of a
+    ``failed`` status event, as the helper sends it."""
+    from core.cli import format_status
+    from core.status import TunnelStatus
+    from gui.format import state_text
+    from gui.model import Availability, Model, TrayState
+    from gui.notify import Kind, TransitionTracker
+
+    st = TunnelStatus.from_dict(dict(data))
+    reason = str(data["error"])
+    text = format_status(st, time.time())
+    assert f"{st.name}: failed" in text and reason in text, text
+    model = Model()
+    model.availability = Availability(ok=True)
+    model.apply_status(data, time.time())
+    assert model.tray_state() is TrayState.PROBLEM
+    assert state_text("failed") == "Failed"
+    tracker = TransitionTracker()
+    tracker.observe(st.name, "up")
+    notice = tracker.observe(st.name, "failed", error=reason)
+    assert notice is not None and notice.kind is Kind.FAILED and notice.is_problem
+    assert reason in notice.body and "keeps trying" not in notice.body
 
 
 def test_finding11_outer_icmp_errors_are_relayed_for_ipv6_inner_packets(
