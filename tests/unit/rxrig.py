@@ -86,14 +86,15 @@ class Far:
     sock: socket.socket
     source: bytes
 
-    def seal(self, inner: bytes, flags: int = 0) -> bytes:
+    def seal(self, inner: bytes, flags: int = 0, ptype: int = PacketType.DATA) -> bytes:
         p = self.peer
         if isinstance(p, Peer):
             kp = p.sending_keypair()
             assert kp is not None
-            return bytes(kp.seal(inner, PacketType.DATA, flags))
+            return bytes(kp.seal(inner, ptype, flags))
         out = bytearray(FIXED_HEADER_LEN + len(inner))
-        seal_plain_into(out, 0, inner, device_id=p.device_id, encap_id=p.encap, flags=flags)
+        seal_plain_into(out, 0, inner, device_id=p.device_id, encap_id=p.encap, ptype=ptype,
+                        flags=flags)
         p.encap = (p.encap + 1) & 0xFFFF
         return bytes(out)
 

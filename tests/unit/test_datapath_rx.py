@@ -11,7 +11,7 @@ import pytest
 import rxrig
 from rxrig import RxRig, addr_of, tcp, udp4
 
-from core.constants import Flag
+from core.constants import Flag, PacketType
 
 CSUM = int(Flag.CSUM_PARTIAL)
 CONT = int(Flag.CONTINUATION)
@@ -130,3 +130,22 @@ def test_datagram_storm_is_counted_and_survived(rig: RxRig) -> None:
     out = rig.run([far.seal(udp4(addr_of(0), addr_of(0, host=3), b""))])
     assert out.drops == {} and len(out.frames) == 1
     assert "internal_error" not in rig.drops()
+
+
+def test_a_batch_that_meets_a_bug_is_counted_and_the_loop_goes_on(rig: RxRig) -> None:
+    """The per-batch guard: a fault injected into the CONTROL handler (the engine's code the
+    loop calls) costs the rest of its batch, counted as internal_error, not the loop."""
+    def broken(peer: object, payload: bytes) -> None:
+        raise RuntimeError("injected fault")
+
+    rig.datapath.on_control = broken
+    far = rig.far[0]
+    good = far.seal(udp4(addr_of(0), addr_of(0, host=3), b"x" * 40))
+    control = far.seal(b"\0" * (len(good) - len(far.seal(b""))), ptype=PacketType.CONTROL)
+    assert len(control) == len(good)
+    out = rig.run([good, control, good[:-1]])
+    assert out.drops == {"internal_error": 2}, out.drops  # the CONTROL packet and the one after
+    assert len(out.frames) == 1
+    assert rig.thread.is_alive()
+    rig.datapath.on_control = lambda peer, payload: None
+    assert rig.run([control]).drops == {}
