@@ -148,4 +148,4 @@ def test_a_batch_that_meets_a_bug_is_counted_and_the_loop_goes_on(rig: RxRig) ->
     assert len(out.frames) == 1
     assert rig.thread.is_alive()
     rig.datapath.on_control = lambda peer, payload: None
-    assert rig.run([control]).drops == {}
+    assert rig.run([far.seal(b"", ptype=PacketType.CONTROL)]).drops == {}
