@@ -93,7 +93,7 @@ def check(rig: RxRig, batch: list[bytes]) -> None:
             assert len(owner_of_fill(packet[f.vnet[2]:], FILL)) <= 1, "two peers in one run"
 
 
-FUZZ = settings(max_examples=60, deadline=None,
+FUZZ = settings(max_examples=50, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
