@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-STATES = ("down", "connecting", "handshaking", "up", "unreachable", "error")
+STATES = ("down", "connecting", "handshaking", "up", "unreachable", "error", "failed")
 """down: not running. connecting: running, no session yet. handshaking: initiation in flight.
-up: a confirmed session. unreachable: the peer stopped answering. error: failed to start."""
+up: a confirmed session. unreachable: the peer stopped answering. error: failed to start.
+failed: was running, but its data path stopped and could not be restarted; ``error`` says why
+(the tunnel carries nothing until it is taken down and up again)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ STATE_WORDS = {
     "up": "Connected",
     "unreachable": "Peer not answering",
     "error": "Failed",
+    "failed": "Failed",
 }
 """What each core.status state is called in the window and the tray."""
 

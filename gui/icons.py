@@ -25,6 +25,7 @@ STATE_OF_TUNNEL = {
     "up": TrayState.CONNECTED,
     "unreachable": TrayState.PROBLEM,
     "error": TrayState.PROBLEM,
+    "failed": TrayState.PROBLEM,
 }
 
 

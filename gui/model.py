@@ -238,7 +238,7 @@ class Model:
         if not self.availability.ok:
             return TrayState.PROBLEM
         states = {s.state for s in self.statuses.values()}
-        if states & {"error", "unreachable"}:
+        if states & {"error", "failed", "unreachable"}:
             return TrayState.PROBLEM
         if "up" in states:
             return TrayState.CONNECTED

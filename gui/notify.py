@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 __all__ = ["Kind", "Notice", "RateLimiter", "TransitionTracker"]
 
 _TRYING = frozenset({"connecting", "handshaking"})
-_PROBLEM = frozenset({"unreachable", "error"})
+_PROBLEM = frozenset({"unreachable", "error", "failed"})
 
 
 class Kind(enum.Enum):
@@ -74,6 +74,11 @@ class TransitionTracker:
             self._dropped.discard(tunnel)
             return Notice(Kind.DISCONNECTED, tunnel, f"Disconnected from {tunnel}",
                           "The tunnel is closed.")
+        if state == "failed":
+            # Not "keeps trying": a failed tunnel waits for the user (the reason says so).
+            self._dropped.discard(tunnel)
+            return Notice(Kind.FAILED, tunnel, f"{tunnel}: the tunnel failed",
+                          error or "The tunnel stopped carrying traffic.")
         if old == "up" and (state in _TRYING or state in _PROBLEM):
             self._dropped.add(tunnel)
             why = error or "the other end stopped answering"

@@ -38,6 +38,8 @@ POLL_MS = 250
 """How long an idle loop sleeps before checking whether it should stop."""
 ICMP_RATE = 100
 """ICMP errors per second the tunnel sends to inner senders, at most."""
+LOG_INTERVAL = 10.0
+"""Seconds between two logged internal errors of one data path (each is counted anyway)."""
 _CSUM = int(Flag.CSUM_PARTIAL)
 _CONT = int(Flag.CONTINUATION)
 SEALED = session.SEALED_FLAGS
@@ -83,6 +85,7 @@ class DataPath:
         self.tx_frames = 0
         self.rx_frames = 0
         self.coalescer: offload.Coalescer | None = None
+        self._last_internal_log = -LOG_INTERVAL
         os.set_blocking(tun.fd, False)
         transport.set_blocking(False)
 
@@ -104,7 +107,7 @@ class DataPath:
     def write_tun(self, packet: bytes) -> None:
         """Inject a packet (an ICMP error we generated) into the inner network."""
         frame = offload.plain_frame(packet) if self.tun.vnet_hdr else packet
-        _write_plain(os.write, self.tun.fd, frame)
+        self.deliver(frame)
 
     def tell_too_big(self, inner: bytes | memoryview, mtu: int) -> None:
         """ICMP "fragmentation needed"/"packet too big" to an inner sender, at most
@@ -161,31 +164,35 @@ class DataPath:
                     break
                 raise
             self.tx_frames += 1
-            if vnet:
-                frame = mv[:n]
-                if not (one_peer and n > 2000 and tso(frame)):
-                    offload.segment(frame, emit, scratch)
-            else:
-                emit(mv[:n], False)
-            if n > 2000 or state.count >= MAX_GSO_SEGMENTS:
-                state.flush()
+            try:
+                if vnet:
+                    frame = mv[:n]
+                    if not (one_peer and n > 2000 and tso(frame)):
+                        offload.segment(frame, emit, scratch)
+                else:
+                    emit(mv[:n], False)
+                if n > 2000 or state.count >= MAX_GSO_SEGMENTS:
+                    state.flush()
+            except Exception:
+                # As on receive: a frame the checks missed costs itself and what was batched
+                # with it, never the loop.
+                self._internal_error("sending", 1 + state.count)
+                state.discard()
         state.flush()
 
     # --- network -> TUN --------------------------------------------------------------------
 
     def run_rx(self) -> None:
-        fd = self.tun.fd
         vnet = self.tun.vnet_hdr
         sock_fd = self.transport.fds()
         buf = bytearray(65536 + 4096)
         mv = memoryview(buf)
-        write = os.write
-        coalescer = (offload.Coalescer(lambda frame: _write_plain(write, fd, frame))
-                     if vnet else None)
+        deliver = self.deliver
+        counts = self.endpoint.drops
+        coalescer = offload.Coalescer(deliver, self.endpoint.count) if vnet else None
         self.coalescer = coalescer
         lookup = self.endpoint.indices.keypair
         peer_of = self.endpoint.indices.peer
-        counts = self.endpoint.drops
         sealed = self.sealed
         unpack_hdr = session.DATA_HEADER.unpack_from
         const = session.DATA_CONST + (0x11 << 8)
@@ -209,9 +216,16 @@ class DataPath:
                 # in the error queue, which says which packet and what the path wants.
                 errors = self.transport.read_errors()
                 if errors:
-                    self.on_path_errors(errors)
+                    try:
+                        self.on_path_errors(errors)
+                    except Exception:
+                        self._internal_error("handling path errors", 1)
                 continue
             self.rx_frames += 1
+            if n <= 0:
+                # An empty datagram (anyone can send one to our port): nothing to read.
+                counts["bad_header"] = counts.get("bad_header", 0) + 1
+                continue
             now = time.monotonic()
             if seg <= 0 or seg > n:
                 seg = n
@@ -223,94 +237,110 @@ class DataPath:
             plain_dev = -1
             ppeer: PlainPeer | None = None
             plain_packets = plain_bytes = 0
-            for off in range(0, n, seg):
-                ln = min(seg, n - off)
-                # The canonical sealed data header, checked inline (open_data's fast path,
-                # without a function call per packet); anything else takes the general route.
-                if sealed and ln >= MIN_SEALED and buf[off] == 0x11:
-                    (_vt, hw, inner_len, dev, encap, flags, csum, t1, l1, index, t2, l2,
-                     counter) = unpack_hdr(buf, off)
-                    if (hw == 7 and t1 == 0x82 and l1 == 4 and t2 == 0x81 and l2 == 8
-                            and ln == inner_len + MIN_SEALED and flags & ~_ALLOWED == 0
-                            and flags & SEALED == SEALED
-                            and (const + inner_len + dev + encap + flags + csum + index
-                                 + counter) % 0xFFFF == 0):
-                        if index != kp_index:
-                            cont_next = -1
-                            kp = lookup(index)
-                            peer = peer_of(index) if kp is not None else None
-                            if kp is None or peer is None:
-                                counts["unknown_session"] = counts.get("unknown_session", 0) + 1
-                                kp_index = -1
+            off = 0
+            # One guard per batch, not per packet (free in CPython 3.11 until it fires): the
+            # checks below are meant to turn every bad packet into a counted drop, and if one
+            # is missed, the rest of this batch is counted lost and the loop goes on.
+            try:
+                for off in range(0, n, seg):
+                    ln = min(seg, n - off)
+                    # The canonical sealed data header, checked inline (open_data's fast path,
+                    # without a function call per packet); anything else takes the general
+                    # route.
+                    if sealed and ln >= MIN_SEALED and buf[off] == 0x11:
+                        (_vt, hw, inner_len, dev, encap, flags, csum, t1, l1, index, t2, l2,
+                         counter) = unpack_hdr(buf, off)
+                        if (hw == 7 and t1 == 0x82 and l1 == 4 and t2 == 0x81 and l2 == 8
+                                and ln == inner_len + MIN_SEALED and flags & ~_ALLOWED == 0
+                                and flags & SEALED == SEALED
+                                and (const + inner_len + dev + encap + flags + csum + index
+                                     + counter) % 0xFFFF == 0):
+                            if index != kp_index:
+                                cont_next = -1
+                                kp = lookup(index)
+                                peer = peer_of(index) if kp is not None else None
+                                if kp is None or peer is None:
+                                    counts["unknown_session"] = counts.get(
+                                        "unknown_session", 0) + 1
+                                    kp_index = -1
+                                    continue
+                                kp_index = index
+                            assert kp is not None and peer is not None
+                            try:
+                                inner = kp.open_sealed(mv[off:off + DATA_HEADER_LEN],
+                                                       mv[off + DATA_HEADER_LEN:off + ln],
+                                                       counter)
+                            except TunsealError as e:
+                                reason = getattr(e, "reason", "bad_tag")
+                                counts[reason] = counts.get(reason, 0) + 1
                                 continue
-                            kp_index = index
-                        assert kp is not None and peer is not None
-                        try:
-                            inner = kp.open_sealed(mv[off:off + DATA_HEADER_LEN],
-                                                   mv[off + DATA_HEADER_LEN:off + ln], counter)
-                        except TunsealError as e:
-                            reason = getattr(e, "reason", "bad_tag")
-                            counts[reason] = counts.get(reason, 0) + 1
-                            continue
-                        # Only an authenticated packet may move the peer's endpoint (roaming)
-                        # or confirm its next session.
-                        if kp is peer.next or peer.endpoint != addr:
-                            self._slow_after_open(peer, kp, addr)
-                        rx_packets += 1
-                        rx_bytes += inner_len
-                        # A flagged continuation of the segment just opened joins its run with
-                        # no header checks: its header is discarded, so it cannot smuggle a
-                        # source address past the check its run's first segment passed.
-                        if (flags & _CONT and counter == cont_next and coalescer is not None
-                                and coalescer.continue_run(inner)):
+                            # Only an authenticated packet may move the peer's endpoint
+                            # (roaming) or confirm its next session.
+                            if kp is peer.next or peer.endpoint != addr:
+                                self._slow_after_open(peer, kp, addr)
+                            rx_packets += 1
+                            rx_bytes += inner_len
+                            # A flagged continuation of the segment just opened joins its
+                            # run with no header checks: its header is discarded, so it cannot
+                            # smuggle a source address past the check its run's first segment
+                            # passed, and the run must be this peer's.
+                            if (flags & _CONT and counter == cont_next and coalescer is not None
+                                    and coalescer.continue_run(inner, peer)):
+                                cont_next = counter + 1
+                                continue
+                            if source_owner(inner) is not peer:
+                                counts["bad_source"] = counts.get("bad_source", 0) + 1
+                                continue
+                            # Only a packet that went on to the run may be continued.
                             cont_next = counter + 1
+                            if coalescer is not None:
+                                coalescer.add(inner, flags & _CSUM != 0, peer)
+                            else:
+                                deliver(inner)
                             continue
-                        cont_next = counter + 1
-                        if source_owner(inner) is not peer:
-                            counts["bad_source"] = counts.get("bad_source", 0) + 1
-                            continue
-                        if coalescer is not None:
-                            coalescer.add(inner, flags & _CSUM != 0)
-                        else:
-                            _write_plain(write, fd, inner)
-                        continue
-                # `plain` mode's 12-byte header, likewise inline.
-                elif not sealed and ln >= FIXED_HEADER_LEN and buf[off] == 0x11 and \
-                        buf[off + 1] == 3:
-                    _vt, _hw, inner_len, dev, encap, flags, csum = unpack_plain(buf, off)
-                    if (ln == inner_len + FIXED_HEADER_LEN and flags & ~_PLAIN_ALLOWED == 0
-                            and (plain_const + inner_len + dev + encap + flags + csum)
-                            % 0xFFFF == 0):
-                        if dev != plain_dev:
-                            ppeer = plain_peer(dev)
-                            if ppeer is None:
-                                counts["unknown_peer"] = counts.get("unknown_peer", 0) + 1
+                    # `plain` mode's 12-byte header, likewise inline.
+                    elif not sealed and ln >= FIXED_HEADER_LEN and buf[off] == 0x11 and \
+                            buf[off + 1] == 3:
+                        _vt, _hw, inner_len, dev, encap, flags, csum = unpack_plain(buf, off)
+                        if (ln == inner_len + FIXED_HEADER_LEN and flags & ~_PLAIN_ALLOWED == 0
+                                and (plain_const + inner_len + dev + encap + flags + csum)
+                                % 0xFFFF == 0):
+                            if dev != plain_dev:
+                                ppeer = plain_peer(dev)
+                                if ppeer is None:
+                                    counts["unknown_peer"] = counts.get("unknown_peer", 0) + 1
+                                    continue
+                                plain_dev, cont_next = dev, -1
+                            assert ppeer is not None
+                            if ppeer.endpoint != addr:
+                                with self.lock:
+                                    ppeer.endpoint = addr  # plain mode cannot authenticate
+                            inner = bytes(mv[off + FIXED_HEADER_LEN:off + ln])
+                            plain_packets += 1
+                            plain_bytes += inner_len
+                            if (flags & _CONT and encap == cont_next and coalescer is not None
+                                    and coalescer.continue_run(inner, ppeer)):
+                                cont_next = (encap + 1) & 0xFFFF
                                 continue
-                            plain_dev, cont_next = dev, -1
-                        assert ppeer is not None
-                        if ppeer.endpoint != addr:
-                            with self.lock:
-                                ppeer.endpoint = addr  # plain mode cannot authenticate
-                        inner = bytes(mv[off + FIXED_HEADER_LEN:off + ln])
-                        plain_packets += 1
-                        plain_bytes += inner_len
-                        if (flags & _CONT and encap == cont_next and coalescer is not None
-                                and coalescer.continue_run(inner)):
+                            if source_owner(inner) is not ppeer:
+                                counts["bad_source"] = counts.get("bad_source", 0) + 1
+                                continue
                             cont_next = (encap + 1) & 0xFFFF
+                            if coalescer is not None:
+                                coalescer.add(inner, flags & _CSUM != 0, ppeer)
+                            else:
+                                deliver(inner)
                             continue
-                        cont_next = (encap + 1) & 0xFFFF
-                        if source_owner(inner) is not ppeer:
-                            counts["bad_source"] = counts.get("bad_source", 0) + 1
-                            continue
-                        if coalescer is not None:
-                            coalescer.add(inner, flags & _CSUM != 0)
-                        else:
-                            _write_plain(write, fd, inner)
+                    if ln < FIXED_HEADER_LEN:
+                        counts["bad_header"] = counts.get("bad_header", 0) + 1
                         continue
-                if ln < FIXED_HEADER_LEN:
-                    counts["bad_header"] = counts.get("bad_header", 0) + 1
-                    continue
-                self._slow_receive(bytes(mv[off:off + ln]), addr, coalescer, write, fd)
+                    self._slow_receive(bytes(mv[off:off + ln]), addr, coalescer, deliver)
+                if coalescer is not None:
+                    coalescer.flush()
+            except Exception:
+                if coalescer is not None:
+                    coalescer.reset()
+                self._internal_error("receiving", -(-(n - off) // seg))
             if peer is not None and rx_packets:
                 st = peer.stats
                 st.rx_packets += rx_packets
@@ -322,8 +352,25 @@ class DataPath:
                 pst.rx_packets += plain_packets
                 pst.rx_bytes += plain_bytes
                 ppeer.last_received = ppeer.last_data = ppeer.last_data_received = now
-            if coalescer is not None:
-                coalescer.flush()
+
+    def deliver(self, frame: bytes | bytearray) -> None:
+        """Write one frame (a packet, or a coalesced super-packet) to the TUN device; one the
+        kernel refuses (a malformed inner packet, a device going away) is a counted drop."""
+        try:
+            os.write(self.tun.fd, frame)
+        except OSError:
+            self.endpoint.count("tun_rejected")
+
+    def _internal_error(self, doing: str, lost: int) -> None:
+        """A bug met while handling packets: count what it cost (``internal_error``), log it
+        (with the traceback, at most every LOG_INTERVAL s), and let the loop go on."""
+        counts = self.endpoint.drops
+        counts["internal_error"] = counts.get("internal_error", 0) + max(lost, 1)
+        now = time.monotonic()
+        if now - self._last_internal_log >= LOG_INTERVAL:
+            self._last_internal_log = now
+            log.exception("data path: error while %s (%d packet(s) dropped; the loop goes on)",
+                          doing, max(lost, 1))
 
     def _slow_after_open(self, peer: Peer, kp: session.Keypair, addr: Address) -> None:
         with self.lock:
@@ -339,7 +386,7 @@ class DataPath:
                 self.on_state()
 
     def _slow_receive(self, pkt: bytes, addr: Address, coalescer: offload.Coalescer | None,
-                      write: Callable[[int, bytes | bytearray], int], fd: int) -> None:
+                      deliver: Callable[[bytes], None]) -> None:
         with self.lock:
             r = self.endpoint.receive(pkt, address_key(addr))
             if r.peer is not None and r.drop is None:
@@ -360,24 +407,16 @@ class DataPath:
                 return
             partial = bool(r.flags & _CSUM)
             if coalescer is not None:
-                coalescer.add(r.inner, partial)
+                coalescer.add(r.inner, partial, r.peer)
             else:
-                _write_plain(write, fd, r.inner)
-
-
-def _write_plain(write: Callable[[int, bytes | bytearray], int], fd: int,
-                 inner: bytes | bytearray) -> None:
-    try:
-        write(fd, inner)
-    except OSError:
-        pass  # the device is going away or the packet is invalid for the kernel
+                deliver(r.inner)
 
 
 def _link_local(pkt: memoryview) -> bool:
     """Packets the kernel sends on every link (IPv6 ND/MLD from fe80::, to ff02::; IPv4 to
     224.0.0.0/24) that a layer-3 tunnel must not carry: the far end would drop them as
     coming from outside the peer's allowed IPs."""
-    if pkt[0] >> 4 == 6 and len(pkt) >= 40:
+    if len(pkt) >= 40 and pkt[0] >> 4 == 6:
         link_src = pkt[8] == 0xFE and pkt[9] & 0xC0 == 0x80
         return link_src or (pkt[24] == 0xFF and pkt[25] & 0x0F <= 2)
     return len(pkt) >= 20 and pkt[16] == 224 and pkt[17] == 0 and pkt[18] == 0
@@ -412,6 +451,10 @@ class _TxBatch:
     def flush(self) -> None:
         if self.count:
             self._send(self.off, self.seg)
+        self.off = self.count = self.seg = 0
+
+    def discard(self) -> None:
+        """Forget what is batched, unsent (after a frame failed half-way)."""
         self.off = self.count = self.seg = 0
 
     def tso(self, frame: memoryview) -> bool:

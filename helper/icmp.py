@@ -22,8 +22,10 @@ ICMP6_TIME_EXCEEDED = 3
 RING_SIZE = 1024
 """Sends remembered per peer for ICMP matching: about the packets of the last round trip at
 gigabit rates (TSO frames count once), bounded whatever the traffic."""
-QUOTE_LEN = 28
-"""Inner IP header + 8 bytes of transport header: what an ICMP error must quote (RFC 792)."""
+QUOTE_LEN = 68
+"""Inner IP header + 8 bytes of transport header: what an ICMP error must quote (RFC 792,
+RFC 4443 2.4). The longest header is IPv4's with options (60 bytes); IPv6's is 40, so 28 bytes
+(enough for IPv4 without options only) left every IPv6 packet unquotable, its errors unsent."""
 
 
 def _ip4(src: bytes, dst: bytes, proto: int, payload: bytes) -> bytes:

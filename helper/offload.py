@@ -64,6 +64,8 @@ def segment(frame: memoryview, emit: Emit, scratch: bytearray) -> int:
 
     ``scratch`` is a reusable buffer of at least 65536 bytes for building segments.
     """
+    if len(frame) < VNET_LEN:
+        return 0
     flags, gso_type, _hdr_len, gso_size, csum_start, _csum_off = VNET.unpack_from(frame)
     pkt = frame[VNET_LEN:]
     partial = bool(flags & F_NEEDS_CSUM)
@@ -75,7 +77,10 @@ def segment(frame: memoryview, emit: Emit, scratch: bytearray) -> int:
         return 0  # we never enable UFO/USO, so the kernel sends nothing else; drop defensively
     v4 = kind == GSO_TCPV4
     ip_len = csum_start
-    if len(pkt) < ip_len + 20:
+    # The kernel never hands over anything else; checked so a frame cannot make us write
+    # headers outside the segment (an IP header shorter than its version's) or lengths that
+    # do not fit their 16-bit fields.
+    if ip_len < (20 if v4 else 40) or len(pkt) < ip_len + 20 or len(pkt) > 0xFFFF:
         return 0
     tcp_len_hdr = (pkt[ip_len + 12] >> 4) * 4
     hl = ip_len + tcp_len_hdr
@@ -131,11 +136,13 @@ class Coalescer:
     __slots__ = (
         "_bufs",
         "_count",
+        "_drop",
         "_gso",
         "_hl",
         "_ip_len",
         "_key",
         "_next_seq",
+        "_owner",
         "_psh",
         "_size",
         "_v4",
@@ -144,8 +151,10 @@ class Coalescer:
         "merged",
     )
 
-    def __init__(self, write: Callable[[bytes | bytearray], object]):
+    def __init__(self, write: Callable[[bytes | bytearray], object],
+                 drop: Callable[[str], None] | None = None):
         self._write = write
+        self._drop = drop or (lambda reason: None)
         self._bufs: list[bytes | memoryview] = []
         self._key: tuple[object, ...] = ()
         self._next_seq = 0
@@ -156,16 +165,21 @@ class Coalescer:
         self._ip_len = 0
         self._v4 = True
         self._psh = False
+        self._owner: object = None
         self.frames = 0
         self.merged = 0
 
-    def add(self, pkt: bytes, partial: bool) -> None:
-        """Queue one inner packet; call :meth:`flush` at the end of a receive batch."""
+    def add(self, pkt: bytes, partial: bool, owner: object = None) -> None:
+        """Queue one inner packet from ``owner`` (the peer it came from); call :meth:`flush`
+        at the end of a receive batch. A packet that cannot be what it claims (a partial
+        checksum that would lie outside it, a TCP header shorter than 20 bytes) is dropped and
+        counted ``malformed_inner``: the kernel must never be asked to act on it."""
         n = len(pkt)
         if partial and n >= 40:
             if pkt[0] == 0x45 and pkt[9] == PROTO_TCP and not pkt[6] & 0x3F:
                 # The common case first, inline: the next in-order segment of the run being
-                # built (same flow, ack, window, options, TOS and TTL as its first segment).
+                # built (same flow, ack, window, options, TOS and TTL as its first segment,
+                # so the same valid header length; and exactly as long as it says).
                 if self._count:
                     ports, seq, ack, doff, flags, win = _TCP_FIELDS.unpack_from(pkt, 20)
                     hl = 20 + (doff >> 4) * 4
@@ -175,6 +189,7 @@ class Coalescer:
                             and not flags & _NO_MERGE and ports == key[1] and ack == key[2]
                             and win == key[4] and pkt[12:20] == key[0]
                             and pkt[38:hl] == key[5] and pkt[1] | pkt[8] << 8 == key[6]
+                            and pkt[2] << 8 | pkt[3] == n
                             and self._size + payload <= MAX_COALESCED):
                         self._bufs.append(memoryview(pkt)[hl:])
                         self._count += 1
@@ -184,24 +199,25 @@ class Coalescer:
                             self._psh = bool(flags & TCP_PSH)
                             self.flush()  # a short or pushed segment ends the run
                         return
-                self._add_tcp(pkt, 20, True)
+                self._add_tcp(pkt, 20, True, owner)
                 return
             if pkt[0] >> 4 == 6 and pkt[6] == PROTO_TCP and n >= 60:
-                self._add_tcp(pkt, 40, False)
+                self._add_tcp(pkt, 40, False, owner)
                 return
         self.flush()
         self._emit_single(pkt, partial)
 
-    def continue_run(self, pkt: bytes) -> bool:
+    def continue_run(self, pkt: bytes, owner: object = None) -> bool:
         """Append a segment the sender flagged CONTINUATION of the previous one (which the
-        caller checked: consecutive counter, same session). No header comparison: the flag
-        says it belongs to the run, and a peer can only garble its own flow by lying."""
+        caller checked: consecutive counter, same session) if the open run is ``owner``'s. No
+        header comparison: the flag says it belongs to the run, and a peer can only garble
+        its own flow by lying, never glue its bytes onto another peer's."""
         hl = self._hl
         payload = len(pkt) - hl
-        if (not self._count or payload <= 0 or payload > self._gso
-                or self._size + payload > MAX_COALESCED):
+        if (not self._count or owner is not self._owner or payload <= 0
+                or payload > self._gso or self._size + payload > MAX_COALESCED):
             return False
-        flags = pkt[self._ip_len + 13]
+        flags = pkt[self._ip_len + 13]  # hl >= ip_len + 20 (checked when the run began)
         if flags & _NO_MERGE:
             return False
         self._bufs.append(memoryview(pkt)[hl:])
@@ -212,24 +228,45 @@ class Coalescer:
             self.flush()
         return True
 
+    def reset(self) -> None:
+        """Forget the open run without writing it (after a receive batch failed half-way)."""
+        self._bufs = []
+        self._count = 0
+        self._owner = None
+
     def _emit_single(self, pkt: bytes, partial: bool) -> None:
         if partial:
-            v = pkt[0] >> 4
-            ip_len = (pkt[0] & 0x0F) * 4 if v == 4 else 40
-            proto = pkt[9] if v == 4 else pkt[6]
+            n = len(pkt)
+            v = pkt[0] >> 4 if n else 0
+            if v == 4 and n >= 20:
+                ip_len, proto = (pkt[0] & 0x0F) * 4, pkt[9]
+            elif v == 6 and n >= 40:
+                ip_len, proto = 40, pkt[6]
+            else:
+                self._drop("malformed_inner")
+                return
             off = 16 if proto == PROTO_TCP else 6
+            if ip_len < 20 or ip_len + off + 2 > n:
+                self._drop("malformed_inner")  # the checksum to complete lies outside it
+                return
             hdr = VNET.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, ip_len, off)
         else:
             hdr = _PLAIN_VNET
         self._write(hdr + pkt)
         self.frames += 1
 
-    def _add_tcp(self, pkt: bytes, ip_len: int, v4: bool) -> None:
+    def _add_tcp(self, pkt: bytes, ip_len: int, v4: bool, owner: object) -> None:
         th = ip_len
+        n = len(pkt)
         ports, seq, ack, doff, flags, win = _TCP_FIELDS.unpack_from(pkt, th)
         hl = ip_len + (doff >> 4) * 4
-        payload = len(pkt) - hl
-        if payload <= 0 or flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG | TCP_CWR):
+        if doff >> 4 < 5 or hl > n:
+            self.flush()
+            self._drop("malformed_inner")  # no TCP header is shorter than 20 bytes
+            return
+        payload = n - hl
+        length = (pkt[2] << 8 | pkt[3]) if v4 else (pkt[4] << 8 | pkt[5]) + 40
+        if payload <= 0 or flags & _NO_MERGE or length != n:
             self.flush()
             self._emit_single(pkt, True)
             return
@@ -239,6 +276,7 @@ class Coalescer:
         key = (pkt[12:20] if v4 else pkt[8:40], ports, ack, doff, win, pkt[th + 18:hl],
                pkt[1] | pkt[8] << 8 if v4 else pkt[0:4])  # the fast path in add() mirrors this
         if (self._count and seq == self._next_seq and key == self._key
+                and owner is self._owner
                 and payload <= self._gso and self._size + payload <= MAX_COALESCED):
             self._bufs.append(memoryview(pkt)[hl:])
             self._count += 1
@@ -251,6 +289,7 @@ class Coalescer:
         self.flush()
         self._bufs = [pkt]
         self._key = key
+        self._owner = owner
         self._count = 1
         self._gso = payload
         self._size = payload
@@ -315,6 +354,8 @@ _V6HDR = struct.Struct("!IHBB16s16sHHIIBBHH")
 
 def tso_segment_size(frame: memoryview) -> int:
     """Size of the segments (headers included) a TSO frame asks to be cut into."""
+    if len(frame) < VNET_LEN:
+        return 0
     _f, _t, _hl, gso_size, ip_len, _co = VNET.unpack_from(frame)
     pkt = frame[VNET_LEN:]
     if len(pkt) < ip_len + 13:
@@ -362,13 +403,15 @@ class _Tso:
     def parse(cls, frame: memoryview, mtu: int) -> _Tso | None:
         """None unless ``frame`` is a TCP TSO frame we can cut (IPv4 without options, or
         IPv6 with TCP right after the fixed header)."""
+        if len(frame) < VNET_LEN:
+            return None
         _flags, gso_type, _hl, gso_size, ip_len, _co = VNET.unpack_from(frame)
         pkt = frame[VNET_LEN:]
         kind = gso_type & ~GSO_ECN
         t = cls()
         t.pkt, t.total, t.ip_len = pkt, len(pkt), ip_len
         if kind == GSO_TCPV4:
-            if ip_len != 20 or pkt[0] != 0x45 or t.total < 40:
+            if t.total < 40 or ip_len != 20 or pkt[0] != 0x45:
                 return None
             (_vihl, t.tos, _tl, t.ip_id0, t.frag, t.ttl, _proto, _c, t.src, t.dst, sport, dport,
              t.seq0, t.ack, t.doff, t.flags, t.win, _tc) = _V4HDR.unpack_from(pkt)
@@ -376,7 +419,7 @@ class _Tso:
             addrs = int.from_bytes(t.src + t.dst, "big")
             t.ip_base = (0x4500 | t.tos) + t.frag + (t.ttl << 8) + PROTO_TCP + addrs
         elif kind == GSO_TCPV6:
-            if ip_len != 40 or pkt[6] != PROTO_TCP or t.total < 60:
+            if t.total < 60 or ip_len != 40 or pkt[6] != PROTO_TCP:
                 return None
             (t.vtf, _pl, _nh, t.ttl, t.src, t.dst, sport, dport, t.seq0, t.ack, t.doff, t.flags,
              t.win, _tc) = _V6HDR.unpack_from(pkt)

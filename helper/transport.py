@@ -237,7 +237,7 @@ class UdpTransport(Transport):
         n, anc, _flags, addr = self.sock.recvmsg_into([buf], _GSO_CMSG_SPACE)
         seg = 0
         for level, kind, data in anc:
-            if level == SOL_UDP and kind == UDP_GRO:
+            if level == SOL_UDP and kind == UDP_GRO and len(data) >= 2:
                 seg = _INT.unpack(data[:4])[0] if len(data) >= 4 else _USHORT.unpack(data[:2])[0]
         if addr and addr[0].startswith("::ffff:"):
             addr = (addr[0][7:], addr[1])
@@ -278,7 +278,7 @@ class RawTransport(Transport):
         n, addr = self.sock.recvfrom_into(buf)
         if self.family == socket.AF_INET:
             # IPv4 raw sockets deliver the IP header too; IPv6 ones do not.
-            ihl = (buf[0] & 0x0F) * 4
+            ihl = min((buf[0] & 0x0F) * 4, n) if n else 0
             buf[:n - ihl] = buf[ihl:n]
             n -= ihl
         return n, 0, (addr[0], 0)

@@ -30,6 +30,7 @@ from helper import dns, icmp, nat, netdev
 from helper.allowedips import AllowedIPs
 from helper.datapath import DataPath
 from helper.records import Records
+from helper.supervisor import Supervised
 from helper.transport import Address, PathError, Transport, open_transport
 from helper.tun import Tun, open_tun
 
@@ -173,7 +174,9 @@ class Tunnel:
         self._pins: list[netdev.HostRoute] = []
         self._configured = False
         self._added_allowed: dict[str, tuple[str, ...]] = {}
-        self._threads: list[threading.Thread] = []
+        self._threads: list[Supervised] = []
+        self.failure = ""
+        """Why the tunnel is ``failed`` (its data path could not be kept running), or ""."""
         self._dns: dns.ActiveDns | None = None
         self.since = time.time()
         self._last_state = ""
@@ -236,11 +239,7 @@ class Tunnel:
                                       full_tunnel=self.full_tunnel, records=self._records)
             if spec.masquerade or spec.forward:
                 self._nft_table = nat.enable(self.ifname, list(spec.masquerade))
-            for fn, label in ((self.datapath.run_tx, "tx"), (self.datapath.run_rx, "rx")):
-                t = threading.Thread(target=self._guard(fn), name=f"{spec.name}-{label}",
-                                     daemon=True)
-                t.start()
-                self._threads.append(t)
+            self._start_loops()
             log.info("tunnel %s up on %s (%s, %s, %s, %d peer(s)%s)", spec.name, self.ifname,
                      spec.mode, spec.cipher if spec.mode != "plain" else "no encryption",
                      spec.transport, len(spec.peers),
@@ -342,14 +341,24 @@ class Tunnel:
                     return True
         return False
 
-    def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                fn()
-            except Exception:
-                log.exception("tunnel %s: data path failed", self.name,
-                              extra={"tunnel": self.name})
-        return run
+    def _start_loops(self) -> None:
+        """The data path's two loops, each restarted if it dies (helper/supervisor.py)."""
+        dp = self.datapath
+        assert dp is not None
+        for fn, label in ((dp.run_tx, "tx"), (dp.run_rx, "rx")):
+            loop = Supervised(f"{self.name}-{label}", fn, dp.stop, self._loop_failed)
+            loop.start()
+            self._threads.append(loop)
+
+    def _loop_failed(self, reason: str) -> None:
+        """A loop kept dying: stop the other one too and show ``failed`` with the reason,
+        rather than run half a tunnel. The user's way out is down and up again."""
+        self.failure = (f"{reason}; the tunnel carries no traffic: run 'tunseal down "
+                        f"{self.name}' and 'tunseal up {self.name}'")
+        log.error("tunnel %s failed: %s", self.name, reason, extra={"tunnel": self.name})
+        if self.datapath is not None:
+            self.datapath.stop.set()
+        self.notify()
 
     def stop(self) -> None:
         if self.datapath is not None:
@@ -562,6 +571,8 @@ class Tunnel:
 
     @property
     def state(self) -> str:
+        if self.failure:
+            return "failed"
         peers = self.peers
         if len(self.spec.peers) == 1 and len(peers) == 1:
             return self.peer_state(peers[0])
@@ -623,7 +634,7 @@ class Tunnel:
             rx_rate=self.rx_rate, tx_rate=self.tx_rate,
             rtt_ms=single.rtt_ms if single else None, loss=single.loss if single else None,
             drops=dict(self.endpoint.drops) if self.endpoint else {},
-            peers=peers, since=self.since,
+            peers=peers, since=self.since, error=self.failure,
             dns=self._dns.status() if self._dns is not None else None,
         )
 

@@ -10,6 +10,8 @@ may reach the server twice.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import struct
 import time
 from collections.abc import Callable
@@ -29,7 +31,8 @@ from tunnellab import (
 )
 
 from core import wire
-from core.constants import DATA_HEADER_LEN, PacketType
+from core.constants import DATA_HEADER_LEN, FIXED_HEADER_LEN, Flag, PacketType
+from core.session import seal_plain_into
 
 pytestmark = [pytest.mark.netns, pytest.mark.keyring]
 
@@ -276,3 +279,63 @@ def test_unauthenticated_packets_do_not_move_the_peer(lab: netlab.Lab) -> None:
         assert pair.server.status()["endpoint"] == endpoint, (
             f"the server now sends this peer's traffic to the attacker's port "
             f"{attacker['port']}")
+
+
+# --- datagrams that used to end the receive loop (issue 9, findings 0 and 1) --------------------
+
+_GSO_SENDER = r"""
+import json, socket, struct, sys
+dst, dport = sys.argv[1], int(sys.argv[2])
+batches = [[bytes.fromhex(h) for h in b] for b in json.loads(sys.stdin.read())]
+sock = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, socket.SOCK_DGRAM)
+for batch in batches:
+    if len(batch) == 1:
+        sock.sendto(batch[0], (dst, dport))
+    else:  # one UDP GSO send: the receiver's UDP_GRO socket gets them as one batch
+        sock.sendmsg([b"".join(batch)], [(17, 103, struct.pack("H", len(batch[0])))], 0,
+                     (dst, dport))
+print(json.dumps({"sent": sum(map(len, batches))}), flush=True)
+"""
+
+
+def _plain_tcp_pair(src: str, dst: str, *, encap: int) -> list[bytes]:
+    """Two in-order TCP segments with data offset 0, framed as `plain` data packets flagged
+    CSUM_PARTIAL: before the fix, one GRO batch of them ended the receive thread."""
+    out = []
+    for i in range(2):
+        tcp = struct.pack("!HHIIBBHHH", 40000, 5201, 1000 + 40 * i, 7, 0, 0x10, 502, 0, 0)
+        body = tcp + bytes([0x41 + i]) * 20
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 1, 0x4000, 64, 6, 0,
+                         ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
+        inner = ip + body
+        buf = bytearray(FIXED_HEADER_LEN + len(inner))
+        seal_plain_into(buf, 0, inner, device_id=0, encap_id=encap + i,
+                        flags=int(Flag.CSUM_PARTIAL))
+        out.append(bytes(buf))
+    return out
+
+
+def test_findings_0_and_1_hostile_datagrams_do_not_silence_the_tunnel(lab: netlab.Lab) -> None:
+    """Empty datagrams and GRO batches of TCP segments with a 0-byte TCP header, sent from the
+    client's namespace to a real server helper's UDP port (`plain`, so anyone can): each one is
+    counted in `tunseal --json status` and the tunnel carries traffic after them."""
+    with tunnel_pair(lab, Spec(mode="plain")) as pair:
+        echo = EchoServer(pair)
+        assert echo.exchange(echo_sizes(1000, 5), stop=False)["ok"] == 5
+        before = pair.server.drops()
+        batches = [[b""] for _ in range(3)]
+        batches += [_plain_tcp_pair(pair.client.inner4, pair.server.inner4, encap=100 + 2 * i)
+                    for i in range(3)]
+        dst = pair.topo.server_addr
+        assert dst is not None
+        sent = json.loads(pair.lab.python(pair.topo.client, _GSO_SENDER, dst,
+                                          str(pair.spec.port),
+                                          input=json.dumps([[p.hex() for p in b]
+                                                            for b in batches])).stdout)
+        assert sent["sent"] == 9
+        drops = wait_drops(pair, {"bad_header": 3, "malformed_inner": 6}, before)
+        assert drops.get("internal_error", 0) == 0
+        after = echo.exchange(echo_sizes(1000, 10), first=5)
+        assert after["ok"] == 10, after
+        status = pair.server.status()
+        assert status["state"] == "up" and status["error"] == "", status
