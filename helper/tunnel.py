@@ -28,6 +28,7 @@ from core.status import PeerStatus, TunnelStatus
 from helper import dns, icmp, nat, netdev
 from helper.allowedips import AllowedIPs
 from helper.datapath import DataPath
+from helper.handshakestate import HandshakeStore
 from helper.records import Records
 from helper.transport import Address, PathError, Transport, open_transport
 from helper.tun import Tun, open_tun
@@ -167,6 +168,7 @@ class Tunnel:
         self.transport: Transport | None = None
         self.endpoint: Endpoint | None = None
         self.datapath: DataPath | None = None
+        self._handshakes: HandshakeStore | None = None
         self.routes: AllowedIPs[AnyPeer] = AllowedIPs()
         self._nft_table = ""
         self._pins: list[netdev.HostRoute] = []
@@ -206,8 +208,10 @@ class Tunnel:
             listening = all(p.endpoint is None for p in spec.peers)
             self.transport = open_transport(spec.transport, port=spec.listen_port,
                                             ipv6=spec.ipv6_outer, listening=listening)
+            self._handshakes = self._open_handshake_memory()
             self.endpoint = Endpoint(spec.mode, spec.cipher, device_id=spec.device_id,
-                                     static_private=spec.static_private, has_psk=spec.has_psk)
+                                     static_private=spec.static_private, has_psk=spec.has_psk,
+                                     memory=self._handshakes)
             self.transport.enable_path_errors()
             self.datapath = DataPath(self.endpoint, self.tun, self.transport, self.routes,
                                      self.lock, on_state=self.notify, mtu=spec.mtu,
@@ -243,6 +247,26 @@ class Tunnel:
             self.stop()
             raise
         self.notify()
+
+    def _open_handshake_memory(self) -> HandshakeStore | None:
+        """The persisted origin ID and replay timestamps of this tunnel (sealed modes)."""
+        if self.spec.mode == "plain":
+            return None
+        state_dir = self._records.dir.parent  # Records keeps <state_dir>/run
+        try:
+            return HandshakeStore.open(state_dir, self.spec.name)
+        except OSError as e:
+            raise TunnelError(f"tunnel {self.name!r}: cannot keep its handshake memory in "
+                              f"{state_dir}/handshakes: {e.strerror}") from None
+
+    def _flush_handshakes(self) -> None:
+        if self._handshakes is None:
+            return
+        try:
+            self._handshakes.flush()
+        except OSError as e:
+            log.warning("tunnel %s: saving the handshake memory failed: %s", self.name,
+                        e.strerror, extra={"tunnel": self.name})
 
     def _pin_endpoints(self) -> None:
         """A tunnel that routes everything (0.0.0.0/0) would also capture its own outer
@@ -320,6 +344,7 @@ class Tunnel:
         for t in self._threads:
             t.join(timeout=2.0)
         self._threads.clear()
+        self._flush_handshakes()
         if self._dns_backup is not None:
             try:
                 dns.restore(self._dns_backup)
@@ -363,6 +388,7 @@ class Tunnel:
                 out.extend((peer, pkt) for pkt in self._probes(peer, now))
         for peer, pkt in out:
             dp.send_to(peer, [pkt])
+        self._flush_handshakes()
         self.notify()
 
     def _probes(self, peer: AnyPeer, now: float) -> list[bytes]:
