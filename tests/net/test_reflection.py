@@ -6,7 +6,8 @@ every packet the client sends to the server's tunnel port, and conntrack makes i
 look as if they came from the server. It either sends each packet straight back (a
 reflector) or keeps it (a recorder, whose catch it later sends to the server from its own
 address). The client must never come up with itself; the server must never move its peer's
-endpoint to the attacker because of an initiation.
+endpoint to the attacker because of an initiation, nor answer, after a restart, an
+initiation it had answered before it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 
 import netlab
 import pytest
-from tunnellab import EchoServer, Spec, TunnelPair, echo_sizes, tunnel_pair
+from tunnellab import Capture, EchoServer, Spec, TunnelPair, echo_sizes, send_outer, tunnel_pair
 
 from core.constants import PacketType
 
@@ -183,3 +184,35 @@ def test_finding2_an_initiation_from_elsewhere_does_not_move_the_servers_endpoin
         moved = pair.server.status()["endpoint"]
         assert moved.startswith(f"{pair.topo.client_addr}:") and moved != endpoint, moved
 
+
+
+@pytest.mark.parametrize("mode", ["psk", "ephemeral"])
+def test_finding2_initiation_replayed_after_the_server_crashed_is_refused(
+        lab: netlab.Lab, mode: str) -> None:
+    """Issue 9, finding 2: the server never initiates, so only the timestamps it accepted
+    stop a replayed initiation, and they used to live in memory only. Initiations captured on
+    the way to the server, the server's helper killed (SIGKILL: nothing is saved on the way
+    down) and started again: sent once more, every one is refused as a replay, not answered."""
+    with tunnel_pair(lab, Spec(mode=mode), up=False) as pair:
+        with Capture(pair) as capture:
+            pair.up()
+            time.sleep(1.0)  # the memory is written at the next timer tick (250 ms)
+        inits = [p.payload for p in capture.packets() if p.payload[0] == INIT]
+        assert inits, "no handshake initiation captured"
+
+        pair.server.helper.kill()
+        pair.server.helper.start()
+        assert pair.server.cli_json("up", pair.server.name)["status"]["state"] != "error"
+        send_outer(pair, inits)
+        deadline = time.monotonic() + TIMEOUT
+        while (drops := pair.server.drops(cli=False)).get("handshake_replay", 0) < len(inits):
+            assert pair.server.status(cli=False)["last_handshake"] is None, (
+                f"the restarted server answered a replayed initiation (drops {drops})")
+            assert time.monotonic() < deadline, f"server drops {drops}"
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert pair.server.drops().get("handshake_replay", 0) == len(inits)
+        assert pair.server.status()["last_handshake"] is None
+        # What the restarted helper remembered it read from its state directory.
+        state = pair.server.helper.state_dir / "handshakes" / f"{pair.server.name}.json"
+        assert json.loads(state.read_text())["peers"][pair.server.name]["newest"]
