@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from protocol_helpers import (
     SOURCE_A,
     SOURCE_B,
@@ -20,13 +22,15 @@ from protocol_helpers import (
     make_endpoint,
     make_keys,
     make_pair,
+    mutate,
+    mutations,
     ptype_of,
 )
 
 from core import handshake, noise, wire
 from core.constants import CIPHERS, REKEY_TIMEOUT, TIMESTAMP_LEN, Flag, Option, PacketType
 from core.endpoint import Endpoint, Inbound
-from core.errors import CryptoError, HandshakeError
+from core.errors import CryptoError, HandshakeError, WireError
 from core.handshake import (
     CookieGenerator,
     FloodGuard,
@@ -682,3 +686,35 @@ def test_finding10_type_nibble_2_checks_the_header_first(mode: str, psk: bool) -
     # The genuine packets still work after all that.
     pair.deliver(pair.b, [resp])
     assert pair.pa.state == "up" and pair.got["b"] == [b"x"]
+
+
+_FINDING10_PAIRS = {mode: make_pair(mode, psk=psk) for mode, psk in
+                    (("psk", True), ("ephemeral", True))}
+_FINDING10_SEEDS = {mode: [pair.a.seal(pair.pa, b"x")[0]] for mode, pair in
+                    _FINDING10_PAIRS.items()}
+for _mode, _pair in _FINDING10_PAIRS.items():
+    _FINDING10_SEEDS[_mode].append(_pair.b.receive(_FINDING10_SEEDS[_mode][0],
+                                                   SOURCE_A).replies[0])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mode=st.sampled_from(sorted(_FINDING10_PAIRS)), which=st.integers(0, 1), ops=mutations,
+       repair=st.booleans())
+def test_finding10_a_broken_handshake_header_is_always_a_header_drop(
+        mode: str, which: int, ops: list[Any], repair: bool) -> None:
+    """Issue 9, finding 10, as a property: whatever the edit, a handshake packet that breaks
+    the header rules is counted ``bad_header`` and nothing else, at either end."""
+    pair = _FINDING10_PAIRS[mode]
+    pkt = mutate(_FINDING10_SEEDS[mode][which], ops, repair_checksum=repair)
+    if len(pkt) < 12 or pkt[0] & 0x0F not in (PacketType.HANDSHAKE_INIT,
+                                              PacketType.HANDSHAKE_RESP):
+        return  # runts and other types: covered by test_endpoint's fuzzing
+    ptype = PacketType(pkt[0] & 0x0F)
+    try:
+        handshake.parse_handshake(pkt, ptype)
+    except WireError:
+        receiver = pair.b if ptype == PacketType.HANDSHAKE_INIT else pair.a
+        before = dict(receiver.drops)
+        r = receiver.receive(pkt, SOURCE_A)
+        assert r.drop == "bad_header", (r.drop, r.detail)
+        assert receiver.drops == {**before, "bad_header": before.get("bad_header", 0) + 1}
