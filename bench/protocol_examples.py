@@ -56,6 +56,7 @@ EX2_TIME_RETRY = 1767225606.0
 EX2_COOKIE_SECRET = bytes([0xAA]) * 32
 EX2_COOKIE_NONCE = bytes([0xBB]) * 12
 EX2_SOURCE = bytes([198, 51, 100, 7]) + (40000).to_bytes(2, "big")
+EX2_ORIGIN = bytes([0xCC]) * 16
 
 EX3_DEVICE = 3
 EX3_REMOTE_DEVICE = 4
@@ -184,7 +185,7 @@ def psk_example() -> dict[str, bytes]:
     suite = EX2_SUITE
     ident = Identity(psk=EX2_PSK)
     first = Initiator(suite, ident, device_id=EX2_INITIATOR_DEVICE, local_index=EX2_INDEX_FIRST,
-                      now=EX2_TIME_FIRST, ephemeral=EX2_EPHEMERAL_FIRST)
+                      now=EX2_TIME_FIRST, ephemeral=EX2_EPHEMERAL_FIRST, origin=EX2_ORIGIN)
     mac1_key = ident.mac1_key_for(None)
     cookie_key = ident.cookie_key_for(None)
     received = handshake.read_initiation(first.packet, mac1_key)
@@ -194,7 +195,8 @@ def psk_example() -> dict[str, bytes]:
         cookie_reply = cookies.reply(received, EX2_SOURCE, device_id=EX2_RESPONDER_DEVICE)
     cookie = handshake.open_cookie_reply(cookie_reply, cookie_key, first)
     retry = Initiator(suite, ident, device_id=EX2_INITIATOR_DEVICE, local_index=EX2_INDEX_RETRY,
-                      now=EX2_TIME_RETRY, cookie=cookie, ephemeral=EX2_EPHEMERAL_RETRY)
+                      now=EX2_TIME_RETRY, cookie=cookie, ephemeral=EX2_EPHEMERAL_RETRY,
+                      origin=EX2_ORIGIN)
     received = handshake.read_initiation(retry.packet, mac1_key)
     if not cookies.mac2_ok(received, EX2_SOURCE):
         raise AssertionError("the retry's MAC2 does not verify")
@@ -205,6 +207,8 @@ def psk_example() -> dict[str, bytes]:
     kp = _initiator_keypair(done, suite, EX2_INITIATOR_DEVICE)
     return {
         "psk": EX2_PSK,
+        "origin": EX2_ORIGIN,
+        "prologue": suite.prologue_for(EX2_ORIGIN),
         "first_ephemeral_private": EX2_EPHEMERAL_FIRST,
         "retry_ephemeral_private": EX2_EPHEMERAL_RETRY,
         "responder_ephemeral_private": EX2_RESPONDER_EPHEMERAL,
@@ -346,7 +350,9 @@ def _render_ex2() -> list[str]:
     out = [
         "### Example 2: `psk` mode, aes-128-gcm, with a cookie round trip",
         "",
-        f"Noise protocol `{noise_name(EX2_SUITE)}`, prologue `{EX2_SUITE.prologue.decode()}`. "
+        f"Noise protocol `{noise_name(EX2_SUITE)}`, prologue `{EX2_SUITE.prologue.decode()}|` "
+        "followed by the initiator's 16-byte origin ID `origin` (section 8.2; `prologue` "
+        "below is the whole of it, in hex). "
         f"Initiator DeviceID {EX2_INITIATOR_DEVICE}, responder DeviceID "
         f"{EX2_RESPONDER_DEVICE}. The responder is under load: it answers the first initiation "
         f"(index 0x{EX2_INDEX_FIRST:08x}) with a cookie reply, and the initiator's retry 5 s "
@@ -358,7 +364,7 @@ def _render_ex2() -> list[str]:
         "",
     ]
     out += _values("ex2", e, [
-        "psk", "first_ephemeral_private", "retry_ephemeral_private",
+        "psk", "origin", "prologue", "first_ephemeral_private", "retry_ephemeral_private",
         "responder_ephemeral_private", "first_timestamp", "retry_timestamp", "mac1_key",
         "cookie_key", "cookie_secret", "source", "cookie", "k1_initiator_to_responder",
         "k2_responder_to_initiator",

@@ -78,6 +78,9 @@ class Option(IntEnum):
     """16 bytes: keyed BLAKE2s over the handshake packet, keyed by a cookie (all zero if none)."""
     CONTROL_KIND = 0x86
     """1 byte: what a CONTROL packet carries (see :class:`ControlKind`). Critical."""
+    ORIGIN = 0x87
+    """16 bytes: the initiating end's origin ID, in psk/rotating initiations. Critical: the
+    responder refuses its own (a reflected initiation) and mixes it into the Noise prologue."""
     PAD_HINT = 0x01
     """Any length: ignored. Lets a sender pad a packet (non-critical example option)."""
 
@@ -105,6 +108,9 @@ COOKIE_LEN = 16
 COOKIE_NONCE_LEN = 12
 TIMESTAMP_LEN = 12
 """TAI64N: 8 bytes of seconds + 4 bytes of nanoseconds, big-endian."""
+ORIGIN_LEN = 16
+"""An end's origin ID: random, chosen once per tunnel and kept across restarts. 128 bits make
+two ends choosing the same one as unlikely as guessing a key."""
 
 NOISE_PROLOGUE = b"Tunseal v1"
 """Mixed into every Noise handshake so a Tunseal handshake never verifies in another protocol."""

@@ -11,14 +11,30 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from core import session, wire
-from core.constants import DATA_HEADER_LEN, FIXED_HEADER_LEN, Option, PacketType
+from core import handshake, session, wire
+from core.constants import FIXED_HEADER_LEN, Option, PacketType
 from core.errors import CryptoError, HandshakeError, ReplayError, TunsealError, WireError
 from core.handshake import Identity, Suite
 from core.peer import IndexTable, Peer, PeerStats, RekeyPolicy
 from core.probe import PathState
 from core.responder import ANY_DEVICE, Refused, Responder
+
+
+class HandshakeMemory(Protocol):
+    """What an end keeps across restarts to defeat replayed and reflected initiations: its
+    origin ID and, per peer, the newest initiation timestamp it accepted (the helper's is
+    helper/handshakestate.py; without one an Endpoint remembers only while it lives)."""
+
+    @property
+    def origin(self) -> bytes: ...
+
+    def newest(self, peer: str, credential: bytes) -> bytes:
+        """The newest timestamp accepted from ``peer`` while it had ``credential``, or b""."""
+        ...
+
+    def accepted(self, peer: str, credential: bytes, timestamp: bytes) -> None: ...
 
 
 class PlainPeer:
@@ -60,6 +76,10 @@ class Inbound:
     """The payload of a CONTROL packet (probe, probe reply, ICMP relay) for the engine."""
     replies: list[bytes] = field(default_factory=list)
     """Packets to send back to the packet's source."""
+    roam: bool = False
+    """The packet proves the peer sends from its source address now (a sealed packet that
+    opened, or any plain packet): the peer's endpoint may move there. Never set for handshake
+    packets: an initiation can be a replay, and one alone must not redirect a tunnel."""
     drop: str | None = None
     """Why the packet was dropped (the drop counter's name), or None."""
     detail: str = ""
@@ -68,7 +88,8 @@ class Inbound:
 class Endpoint:
     def __init__(self, mode: str, cipher: str, *, device_id: int,
                  static_private: bytes | None = None, has_psk: bool = False,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 memory: HandshakeMemory | None = None):
         self.mode = mode
         self.cipher = cipher
         self.device_id = device_id
@@ -79,10 +100,14 @@ class Endpoint:
         self.suite: Suite | None = None
         self.responder: Responder | None = None
         self._plain_by_device: dict[int, PlainPeer] = {}
+        self.memory = memory
+        self.origin = memory.origin if memory is not None else handshake.new_origin()
+        """This end's origin ID: its initiations carry it, its responder refuses it."""
         if mode != "plain":
             self.suite = Suite(mode, cipher, has_psk or mode in ("psk", "rotating"))
             self.responder = Responder(self.suite, own_static=static_private,
-                                       device_id=device_id, indices=self.indices, clock=clock)
+                                       device_id=device_id, indices=self.indices, clock=clock,
+                                       origin=self.origin)
 
     def add_peer(self, name: str, ident: Identity, *, remote_device_id: int, initiates: bool,
                  keepalive: float = 0.0, policy: RekeyPolicy | None = None) -> AnyPeer:
@@ -92,9 +117,13 @@ class Endpoint:
             self._plain_by_device[remote_device_id] = p
         else:
             assert self.responder is not None
+            memory, credential = self.memory, ident.fingerprint
             p = Peer(name, self.suite, ident, device_id=self.device_id, indices=self.indices,
                      clock=self.clock, policy=policy or RekeyPolicy.for_mode(self.mode),
-                     keepalive=keepalive, initiates=initiates)
+                     keepalive=keepalive, initiates=initiates, origin=self.origin,
+                     last_timestamp=memory.newest(name, credential) if memory else b"",
+                     on_timestamp=(lambda ts: memory.accepted(name, credential, ts))
+                     if memory else None)
             self.responder.add(p, remote_device_id)
         self.peers.append(p)
         return p
@@ -201,7 +230,7 @@ class Endpoint:
         p.stats.rx_bytes += len(inner)
         return Inbound(peer=p, inner=inner if ptype == PacketType.DATA else None, ptype=ptype,
                        flags=flags, encap_id=encap,
-                       control=inner if ptype == PacketType.CONTROL else None)
+                       control=inner if ptype == PacketType.CONTROL else None, roam=True)
 
     def _receive_sealed(self, pkt: bytes) -> Inbound:
         kp, ptype, flags, encap, inner = session.open_data(pkt, self.indices.keypair)
@@ -216,7 +245,7 @@ class Endpoint:
         p.stats.rx_bytes += len(inner)
         result = Inbound(peer=p, inner=inner if ptype == PacketType.DATA else None, ptype=ptype,
                          flags=flags, encap_id=encap,
-                         control=inner if ptype == PacketType.CONTROL else None)
+                         control=inner if ptype == PacketType.CONTROL else None, roam=True)
         if was_next:
             result.replies.extend(self._flush_staged(p))
         return result
@@ -239,8 +268,7 @@ class Endpoint:
         return Inbound(peer=reply.peer, replies=[reply.packet])
 
     def _receive_resp(self, pkt: bytes) -> Inbound:
-        if len(pkt) < DATA_HEADER_LEN:
-            return self._drop("bad_header", "runt handshake response")
+        handshake.parse_handshake(pkt, PacketType.HANDSHAKE_RESP)  # the header first
         p = self._peer_for_option_index(pkt)
         kp = p.consume_response(pkt)
         p.last_received = self.clock()

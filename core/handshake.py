@@ -3,7 +3,10 @@
 ``ephemeral`` mode runs Noise IK (IKpsk2 when the profile also has a pre-shared key): both ends
 prove their static keys and contribute ephemeral keys. ``psk`` and ``rotating`` run Noise NNpsk0:
 both ends contribute fresh ephemeral keys and the pre-shared key authenticates them, so a restart
-never reuses a session key or a nonce. Every handshake packet carries MAC1 (keyed by something
+never reuses a session key or a nonce. NNpsk0 alone cannot tell the two ends apart (both hold the
+same psk), so an initiation also names its sender's origin ID (the ORIGIN option, mixed into the
+prologue): a responder refuses its own, and an initiation sent back to where it came from never
+completes. Every handshake packet carries MAC1 (keyed by something
 only legitimate peers know: the responder's public key or the PSK) so a responder discards junk
 before any Diffie-Hellman, and MAC2 (keyed by a cookie) which a responder under load demands.
 docs/PROTOCOL.md describes the same thing byte by byte.
@@ -36,6 +39,7 @@ from core.constants import (
     LABEL_MAC1,
     MAC_LEN,
     NOISE_PROLOGUE,
+    ORIGIN_LEN,
     REKEY_TIMEOUT,
     TAG_LEN,
     TIMESTAMP_LEN,
@@ -92,7 +96,33 @@ class Suite:
 
     @property
     def prologue(self) -> bytes:
+        """The prologue both ends agree on before any message (without the origin, below)."""
         return NOISE_PROLOGUE + b"|" + self.cipher.encode()
+
+    @property
+    def uses_origin(self) -> bool:
+        """NNpsk0 initiations carry the initiator's origin ID (IK ones need none: the two
+        static keys already tell the ends apart)."""
+        return self.pattern == "NNpsk0"
+
+    def prologue_for(self, origin: bytes | None) -> bytes:
+        """The Noise prologue of one handshake: for NNpsk0 it ends with the initiator's origin
+        ID, so the session keys depend on which end initiated, and a changed ORIGIN option
+        makes message 1 fail to decrypt."""
+        if not self.uses_origin:
+            return self.prologue
+        return self.prologue + b"|" + check_origin(origin)
+
+
+def check_origin(origin: bytes | None) -> bytes:
+    if origin is None or len(origin) != ORIGIN_LEN:
+        raise HandshakeError(f"an origin ID must be {ORIGIN_LEN} bytes")
+    return bytes(origin)
+
+
+def new_origin() -> bytes:
+    """A fresh origin ID (an Endpoint keeps one for good; PROTOCOL.md section 8.2)."""
+    return os.urandom(ORIGIN_LEN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +154,13 @@ class Identity:
     @property
     def own_public(self) -> bytes | None:
         return noise.public_key(self.static_private) if self.static_private else None
+
+    @property
+    def fingerprint(self) -> bytes:
+        """16 bytes naming the peer's credentials (its public key and psk) without revealing
+        them: replay memory kept for a peer is void once its credentials change."""
+        return blake2s(b"tunseal peer credentials", self.peer_public or b"",
+                       self.psk or b"")[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,16 +212,21 @@ def _mac_inputs(p: wire.Packet) -> tuple[bytes, bytes, bytes, bytes]:
 
 
 def parse_handshake(packet: bytes, expected: PacketType) -> wire.Packet:
+    """The structural checks of PROTOCOL.md 7.4, before any key is used: the header (3.5),
+    Flags 0xA000, payload = OLDPACKETLEN, MAC1 and MAC2 present. Raises WireError (a header
+    drop, ``bad_header``), never HandshakeError: nothing here depends on a key."""
     try:
         p = wire.parse(packet)
     except WireError as e:
-        raise HandshakeError(f"malformed {expected.name}: {e}") from None
+        raise WireError(f"malformed {expected.name}: {e}") from None
     if p.type != expected:
-        raise HandshakeError(f"expected {expected.name}, got {p.type.name}")
-    if p.type != PacketType.COOKIE and p.flags != _HANDSHAKE_FLAGS:
-        raise HandshakeError(f"{p.type.name} with flags 0x{p.flags:04x}")
+        raise WireError(f"expected {expected.name}, got {p.type.name}")
+    if p.flags != _HANDSHAKE_FLAGS:
+        raise WireError(f"{p.type.name} with flags 0x{p.flags:04x}; handshakes carry 0xa000")
     if len(p.payload) != p.inner_len:
-        raise HandshakeError("handshake payload length does not match OLDPACKETLEN")
+        raise WireError("handshake payload length does not match OLDPACKETLEN")
+    if p.option(Option.MAC1) is None or p.option(Option.MAC2) is None:
+        raise WireError(f"{p.type.name} packet lacks MAC1/MAC2")
     return p
 
 
@@ -205,20 +247,28 @@ class Initiator:
     """One handshake attempt from the initiating side."""
 
     def __init__(self, suite: Suite, ident: Identity, *, device_id: int, local_index: int,
-                 now: float, cookie: bytes | None = None, ephemeral: bytes | None = None):
+                 now: float, cookie: bytes | None = None, ephemeral: bytes | None = None,
+                 origin: bytes | None = None):
+        """``origin``: this end's origin ID (NNpsk0 only). An Endpoint passes the one it keeps
+        for good; None draws a fresh one, which suits a one-off handshake only."""
         self.suite = suite
         self.local_index = local_index
         self.started = now
         self._ident = ident
+        options: list[tuple[int, bytes]] = [(Option.SENDER_INDEX, local_index.to_bytes(4, "big"))]
+        self.origin: bytes | None = None
+        if suite.uses_origin:
+            self.origin = check_origin(origin) if origin is not None else new_origin()
+            options.append((Option.ORIGIN, self.origin))
         self._hs = noise.HandshakeState(
             suite.pattern, True, cipher=suite.noise_cipher, hash_name="BLAKE2s",
-            prologue=suite.prologue, s=ident.static_private, rs=ident.peer_public,
+            prologue=suite.prologue_for(self.origin), s=ident.static_private,
+            rs=ident.peer_public,
             psk=ident.psk if suite.has_psk or suite.pattern == "NNpsk0" else None, e=ephemeral,
         )
         message = self._hs.write_message(tai64n(now))
         self.packet, self.mac1 = _build(
-            PacketType.HANDSHAKE_INIT, device_id=device_id,
-            options=[(Option.SENDER_INDEX, local_index.to_bytes(4, "big"))],
+            PacketType.HANDSHAKE_INIT, device_id=device_id, options=options,
             payload=message, mac1_key=ident.mac1_key_for(ident.peer_public), cookie=cookie,
         )
 
@@ -245,12 +295,20 @@ class Initiation:
     packet: wire.Packet
     sender_index: int
     mac1: bytes
+    origin: bytes | None
+    """The ORIGIN option (the initiator's origin ID), None if absent."""
+
+
+def verify_initiation(p: wire.Packet, mac1_key: bytes) -> Initiation:
+    """An initiation that passed :func:`parse_handshake`, once its MAC1 verifies (raises
+    HandshakeError otherwise; WireError if SENDER_INDEX is missing)."""
+    m1 = verify_mac1(p, mac1_key)
+    return Initiation(p, int.from_bytes(p.require(Option.SENDER_INDEX), "big"), m1,
+                      p.option(Option.ORIGIN))
 
 
 def read_initiation(packet: bytes, mac1_key: bytes) -> Initiation:
-    p = parse_handshake(packet, PacketType.HANDSHAKE_INIT)
-    m1 = verify_mac1(p, mac1_key)
-    return Initiation(p, int.from_bytes(p.require(Option.SENDER_INDEX), "big"), m1)
+    return verify_initiation(parse_handshake(packet, PacketType.HANDSHAKE_INIT), mac1_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,9 +328,11 @@ def respond(init: Initiation, suite: Suite, ident_for: Callable[[bytes | None], 
     peer's psk is only needed for message 2, so one listening key serves many peers.
     """
     nn = suite.pattern == "NNpsk0"
+    if nn and init.origin is None:
+        raise HandshakeError("psk-mode initiation without the initiator's ORIGIN option")
     hs = noise.HandshakeState(
         suite.pattern, False, cipher=suite.noise_cipher, hash_name="BLAKE2s",
-        prologue=suite.prologue, s=None if nn else own_static,
+        prologue=suite.prologue_for(init.origin), s=None if nn else own_static,
         psk=ident_for(None).psk if nn else None, e=ephemeral, defer_psk=suite.has_psk and not nn,
     )
     timestamp = hs.read_message(init.packet.payload)

@@ -118,7 +118,9 @@ class Peer:
 
     def __init__(self, name: str, suite: Suite, ident: Identity, *, device_id: int,
                  indices: IndexTable, clock: Callable[[], float], policy: RekeyPolicy,
-                 keepalive: float = 0.0, initiates: bool = True):
+                 keepalive: float = 0.0, initiates: bool = True, origin: bytes | None = None,
+                 last_timestamp: bytes = b"",
+                 on_timestamp: Callable[[bytes], None] | None = None):
         self.name = name
         self.suite = suite
         self.ident = ident
@@ -132,7 +134,13 @@ class Peer:
         self.previous: Keypair | None = None
         self.next: Keypair | None = None
         self.pending: Initiator | None = None
-        self.last_timestamp = b""
+        self.origin = origin
+        """This end's origin ID, carried by its psk-mode initiations (PROTOCOL.md 8.2)."""
+        self.last_timestamp = last_timestamp
+        """The newest initiation timestamp accepted from this peer: what a replayed initiation
+        must beat. Seeded from the helper's persisted memory, so a restart does not reset it."""
+        self.on_timestamp = on_timestamp
+        """Told each newly accepted timestamp, to persist it."""
         self.last_sent = 0.0
         self.last_received = 0.0
         self.last_data = 0.0
@@ -170,7 +178,8 @@ class Peer:
         fresh = self.cookie and now - self.cookie_time < COOKIE_SECRET_LIFETIME
         cookie = self.cookie if fresh else None
         self.pending = Initiator(self.suite, self.ident, device_id=self.device_id,
-                                 local_index=index, now=_wallclock(), cookie=cookie)
+                                 local_index=index, now=_wallclock(), cookie=cookie,
+                                 origin=self.origin)
         if self.attempt_started is None:
             self.attempt_started = now
         self.last_sent = self.last_initiation = now
@@ -204,6 +213,8 @@ class Peer:
             self._indices.release(resp.completed.local_index)
             raise HandshakeError("replayed handshake initiation (timestamp not newer)")
         self.last_timestamp = resp.timestamp
+        if self.on_timestamp is not None:
+            self.on_timestamp(resp.timestamp)
         self._install(resp.completed)
         self.last_sent = self._clock()
         return resp.packet

@@ -2,17 +2,19 @@
 
 One Responder serves every peer of an engine (one peer for a client, many for a gateway). The
 order of checks is the point: everything that costs nothing comes before the Diffie-Hellman
-(parse, MAC1, per-source rate, and, under load, a MAC2 cookie proving the source address), so
-a flood of bogus initiations is refused at the price of a keyed hash each.
+(the header, MAC1, the origin, per-source rate, and, under load, a MAC2 cookie proving the
+source address), so a flood of bogus initiations is refused at the price of a keyed hash each.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from core import handshake
+from core.constants import PacketType
 from core.errors import CryptoError, HandshakeError, WireError
 from core.handshake import CookieGenerator, FloodGuard, Identity, Suite
 from core.peer import IndexTable, Peer
@@ -41,10 +43,16 @@ class Reply:
 class Responder:
     def __init__(self, suite: Suite, *, own_static: bytes | None, device_id: int,
                  indices: IndexTable, clock: Callable[[], float] = time.monotonic,
-                 guard: FloodGuard | None = None):
+                 guard: FloodGuard | None = None, origin: bytes | None = None):
+        """``origin``: this end's origin ID (psk modes), the one its own initiations carry."""
         self.suite = suite
         self.device_id = device_id
+        self.origin: bytes | None = None
+        if suite.uses_origin:
+            self.origin = (handshake.check_origin(origin) if origin is not None
+                           else handshake.new_origin())
         self._own_static = own_static
+        self._own_public: bytes | None = None
         self._indices = indices
         self._clock = clock
         self.guard = guard or FloodGuard(clock)
@@ -56,6 +64,7 @@ class Responder:
             if own_static is None:
                 raise HandshakeError("an ephemeral-mode responder needs its static private key")
             own = Identity(static_private=own_static)
+            self._own_public = own.own_public
             self._mac1_key = own.mac1_key_for(own.own_public)
             self._shared_cookies = CookieGenerator(own.cookie_key_for(own.own_public), clock)
 
@@ -74,6 +83,10 @@ class Responder:
         else:
             if peer.ident.peer_public is None:
                 raise HandshakeError(f"peer {peer.name!r} has no public key")
+            if peer.ident.peer_public == self._own_public:
+                # The one way to reflect IK: this end would answer its own initiations.
+                raise HandshakeError(f"peer {peer.name!r} is configured with this end's own "
+                                     "public key: set the peer's public key instead")
             self._by_key[peer.ident.peer_public] = peer
         self._by_device[remote_device_id] = peer
 
@@ -88,7 +101,11 @@ class Responder:
     def handle(self, packet: bytes, source: bytes) -> Reply:
         """Answer one initiation from ``source`` (the packed outer address and port)."""
         try:
-            device_id = int.from_bytes(packet[4:6], "big") if len(packet) >= 6 else -1
+            try:
+                parsed = handshake.parse_handshake(packet, PacketType.HANDSHAKE_INIT)
+            except WireError as e:
+                raise Refused(str(e), "bad_header") from None
+            device_id = parsed.device_id
             if self.suite.pattern == "NNpsk0":
                 if device_id not in self._by_device:
                     device_id = ANY_DEVICE
@@ -103,9 +120,16 @@ class Responder:
                 mac1_key = self._mac1_key
                 cookies = self._shared_cookies
             try:
-                init = handshake.read_initiation(packet, mac1_key)
+                init = handshake.verify_initiation(parsed, mac1_key)
             except HandshakeError as e:
                 raise Refused(str(e), "handshake_mac") from None
+            if self.origin is not None:
+                if init.origin is None:
+                    raise Refused("psk-mode initiation without an ORIGIN option",
+                                  "handshake_failed")
+                if hmac.compare_digest(init.origin, self.origin):
+                    raise Refused("initiation carries this end's own origin ID: it was sent "
+                                  "back to us (reflected)", "handshake_reflected")
             if self.guard.under_load() and not cookies.mac2_ok(init, source):
                 self.guard.note()
                 return Reply(cookies.reply(init, source, device_id=self.device_id), None)

@@ -44,6 +44,7 @@ _OPTION_SIZES = {
     Option.MAC1: 16,
     Option.MAC2: 16,
     Option.CONTROL_KIND: 1,
+    Option.ORIGIN: 16,
 }
 
 

@@ -390,7 +390,9 @@ class DataPath:
         with self.lock:
             r = self.endpoint.receive(pkt, address_key(addr))
             if r.peer is not None and r.drop is None:
-                if r.peer.endpoint != addr:
+                # Only transport packets that authenticated move the endpoint, never a
+                # handshake: a captured initiation replayed later must not redirect the tunnel.
+                if r.roam and r.peer.endpoint != addr:
                     r.peer.endpoint = addr
                 if isinstance(r.peer, PlainPeer):
                     r.peer.last_received = time.monotonic()

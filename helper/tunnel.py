@@ -29,6 +29,7 @@ from core.status import PeerStatus, TunnelStatus
 from helper import dns, icmp, nat, netdev
 from helper.allowedips import AllowedIPs
 from helper.datapath import DataPath
+from helper.handshakestate import HandshakeStore
 from helper.records import Records
 from helper.supervisor import Supervised
 from helper.transport import Address, PathError, Transport, open_transport
@@ -169,6 +170,7 @@ class Tunnel:
         self.transport: Transport | None = None
         self.endpoint: Endpoint | None = None
         self.datapath: DataPath | None = None
+        self._handshakes: HandshakeStore | None = None
         self.routes: AllowedIPs[AnyPeer] = AllowedIPs()
         self._nft_table = ""
         self._pins: list[netdev.HostRoute] = []
@@ -221,8 +223,10 @@ class Tunnel:
             listening = all(p.endpoint is None for p in spec.peers)
             self.transport = open_transport(spec.transport, port=spec.listen_port,
                                             ipv6=spec.ipv6_outer, listening=listening)
+            self._handshakes = self._open_handshake_memory()
             self.endpoint = Endpoint(spec.mode, spec.cipher, device_id=spec.device_id,
-                                     static_private=spec.static_private, has_psk=spec.has_psk)
+                                     static_private=spec.static_private, has_psk=spec.has_psk,
+                                     memory=self._handshakes)
             self.transport.enable_path_errors()
             self.datapath = DataPath(self.endpoint, self.tun, self.transport, self.routes,
                                      self.lock, on_state=self.notify, mtu=spec.mtu,
@@ -254,6 +258,26 @@ class Tunnel:
             self.stop()
             raise
         self.notify()
+
+    def _open_handshake_memory(self) -> HandshakeStore | None:
+        """The persisted origin ID and replay timestamps of this tunnel (sealed modes)."""
+        if self.spec.mode == "plain":
+            return None
+        state_dir = self._records.dir.parent  # Records keeps <state_dir>/run
+        try:
+            return HandshakeStore.open(state_dir, self.spec.name)
+        except OSError as e:
+            raise TunnelError(f"tunnel {self.name!r}: cannot keep its handshake memory in "
+                              f"{state_dir}/handshakes: {e.strerror}") from None
+
+    def _flush_handshakes(self) -> None:
+        if self._handshakes is None:
+            return
+        try:
+            self._handshakes.flush()
+        except OSError as e:
+            log.warning("tunnel %s: saving the handshake memory failed: %s", self.name,
+                        e.strerror, extra={"tunnel": self.name})
 
     def _pin_endpoints(self) -> None:
         """A tunnel that routes everything (0.0.0.0/0) would also capture its own outer
@@ -366,6 +390,7 @@ class Tunnel:
         for t in self._threads:
             t.join(timeout=2.0)
         self._threads.clear()
+        self._flush_handshakes()
         if self._dns is not None:
             try:
                 self._dns.close()
@@ -409,6 +434,7 @@ class Tunnel:
                 out.extend((peer, pkt) for pkt in self._probes(peer, now))
         for peer, pkt in out:
             dp.send_to(peer, [pkt])
+        self._flush_handshakes()
         self.notify()
 
     def _probes(self, peer: AnyPeer, now: float) -> list[bytes]:

@@ -22,6 +22,7 @@ from core.constants import FIXED_HEADER_LEN, VERSION, Option, PacketType
 from core.endpoint import AnyPeer, Endpoint, Inbound
 from core.handshake import Identity
 from core.peer import RekeyPolicy
+from core.responder import ANY_DEVICE
 from core.session import Keypair
 
 HANDSHAKE_MODES = ("psk", "rotating", "ephemeral")
@@ -215,15 +216,18 @@ def make_keys(mode: str, *, psk: bool = True) -> Keys:
 
 
 def make_endpoint(mode: str, cipher: str, keys: Keys, clock: FakeClock, *, side: str,
-                  policy: RekeyPolicy | None = None,
-                  keepalive: float = 0.0) -> tuple[Endpoint, AnyPeer]:
-    """One end: ``side`` "a" initiates (a client), "b" listens (a server)."""
+                  policy: RekeyPolicy | None = None, keepalive: float = 0.0,
+                  any_device: bool = False) -> tuple[Endpoint, AnyPeer]:
+    """One end: ``side`` "a" initiates (a client), "b" listens (a server). ``any_device``
+    registers the peer under ANY_DEVICE, as the helper does for a tunnel made from a profile
+    (the far end's DeviceID unknown)."""
     is_a = side == "a"
     ep = Endpoint(mode, cipher, device_id=1 if is_a else 2,
                   static_private=keys.static_a if is_a else keys.static_b,
                   has_psk=keys.psk is not None, clock=clock)
     ident = keys.identity_for_a() if is_a else keys.identity_for_b()
-    peer = ep.add_peer("b" if is_a else "a", ident, remote_device_id=2 if is_a else 1,
+    remote = ANY_DEVICE if any_device else 2 if is_a else 1
+    peer = ep.add_peer("b" if is_a else "a", ident, remote_device_id=remote,
                        initiates=is_a, keepalive=keepalive, policy=policy)
     return ep, peer
 
@@ -296,12 +300,14 @@ class Pair:
 
 
 def make_pair(mode: str, cipher: str = "chacha20-poly1305", *, psk: bool = True,
-              policy: RekeyPolicy | None = None, keepalive: float = 0.0) -> Pair:
+              policy: RekeyPolicy | None = None, keepalive: float = 0.0,
+              any_device: bool = False) -> Pair:
     keys = make_keys(mode, psk=psk)
     clock = FakeClock()
     a, pa = make_endpoint(mode, cipher, keys, clock, side="a", policy=policy,
-                          keepalive=keepalive)
-    b, pb = make_endpoint(mode, cipher, keys, clock, side="b", policy=policy)
+                          keepalive=keepalive, any_device=any_device)
+    b, pb = make_endpoint(mode, cipher, keys, clock, side="b", policy=policy,
+                          any_device=any_device)
     return Pair(mode, cipher, keys, clock, a, b, pa, pb)
 
 

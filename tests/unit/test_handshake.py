@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import itertools
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from protocol_helpers import (
     SOURCE_A,
     SOURCE_B,
@@ -19,12 +22,15 @@ from protocol_helpers import (
     make_endpoint,
     make_keys,
     make_pair,
+    mutate,
+    mutations,
     ptype_of,
 )
 
 from core import handshake, noise, wire
 from core.constants import CIPHERS, REKEY_TIMEOUT, TIMESTAMP_LEN, Flag, Option, PacketType
-from core.errors import CryptoError, HandshakeError
+from core.endpoint import Endpoint, Inbound
+from core.errors import CryptoError, HandshakeError, WireError
 from core.handshake import (
     CookieGenerator,
     FloodGuard,
@@ -35,6 +41,8 @@ from core.handshake import (
     read_initiation,
     respond,
 )
+from core.responder import ANY_DEVICE
+from helper.handshakestate import HandshakeStore
 
 SUITES = [  # (mode, psk, expected Noise pattern)
     ("psk", True, "NNpsk0"),
@@ -385,7 +393,7 @@ def test_responder_refuses_a_burst_from_one_source() -> None:
     assert pair.b.receive(pair.pa.begin_handshake(), SOURCE_B).drop is None
 
 
-def garbage_init(payload: bytes, mac1_key: bytes) -> bytes:
+def garbage_init(payload: bytes, mac1_key: bytes, origin: bytes | None = None) -> bytes:
     """An initiation around an arbitrary Noise payload, with a valid MAC1 computed as the
     protocol specifies (over the header with the checksum and both MACs zeroed, and the
     payload). Anyone who knows b's public key can make one."""
@@ -393,6 +401,7 @@ def garbage_init(payload: bytes, mac1_key: bytes) -> bytes:
         PacketType.HANDSHAKE_INIT, inner_len=len(payload), device_id=1, encap_id=0,
         flags=int(Flag.AUTHENTICATED | Flag.KEY_PRESENT),
         options=[(Option.SENDER_INDEX, (77).to_bytes(4, "big")),
+                 *([(Option.ORIGIN, origin)] if origin is not None else []),
                  (Option.MAC1, bytes(16)), (Option.MAC2, bytes(16))]))
     header[10:12] = bytes(2)
     at = wire.option_offset(header, Option.MAC1)
@@ -408,11 +417,304 @@ def test_mac1_valid_garbage_is_refused_cleanly(mode: str, psk: bool, size: int) 
     pair = make_pair(mode, psk=psk)
     ident_b = pair.keys.identity_for_b()
     mac1_key = ident_b.mac1_key_for(ident_b.own_public if mode == "ephemeral" else None)
-    r = pair.b.receive(garbage_init(os.urandom(size), mac1_key), SOURCE_A)
+    # psk mode: with an ORIGIN, so that the garbage gets as far as Noise.
+    origin = os.urandom(16) if mode == "psk" else None
+    r = pair.b.receive(garbage_init(os.urandom(size), mac1_key, origin), SOURCE_A)
     assert r.drop == "handshake_failed", r.detail
     # Low-order points: an all-zero ephemeral key must not yield a session either.
-    r = pair.b.receive(garbage_init(bytes(size), mac1_key), SOURCE_A)
+    r = pair.b.receive(garbage_init(bytes(size), mac1_key, origin), SOURCE_A)
     assert r.drop == "handshake_failed", r.detail
     assert pair.pb.next is None
     establish(pair)  # and the genuine peer is still served
 
+
+
+# --- finding 2: reflection, stale replays, and what moves an endpoint ----------------------------
+
+REFLECTION_CASES = [  # (mode, psk, how the reflected initiation is refused)
+    ("psk", True, "handshake_reflected"),
+    ("rotating", True, "handshake_reflected"),
+    ("ephemeral", False, "handshake_mac"),
+    ("ephemeral", True, "handshake_mac"),
+]
+
+
+def reflect(ep: Endpoint, packets: list[bytes], *, rounds: int = 10) -> list[Inbound]:
+    """An on-path attacker who sends ``ep`` everything it sends, back, from the peer's
+    address: the replies to reflected packets are reflected too, until ``ep`` falls silent."""
+    results: list[Inbound] = []
+    for _ in range(rounds):
+        if not packets:
+            break
+        nxt: list[bytes] = []
+        for pkt in packets:
+            r = ep.receive(pkt, SOURCE_B)
+            results.append(r)
+            nxt.extend(r.replies)
+        packets = nxt
+    return results
+
+
+@pytest.mark.parametrize(("mode", "psk", "reason"), REFLECTION_CASES)
+def test_finding2_reflected_initiation_never_completes_a_session_with_itself(
+        mode: str, psk: bool, reason: str) -> None:
+    """Issue 9, finding 2: an end that is sent its own initiation back must not answer it,
+    must not complete a session with itself, and must not come up. The first attempt and every
+    retry are reflected. Both ends take any DeviceID for their one peer, as tunnels made from
+    profiles do, so the DeviceID does not tell the initiation apart either."""
+    pair = make_pair(mode, psk=psk, any_device=True)
+    results = reflect(pair.a, pair.a.seal(pair.pa, b"to the peer, not to myself"))
+    for _ in range(3):
+        pair.clock.advance(REKEY_TIMEOUT)
+        results += reflect(pair.a, [pkt for _, pkt in pair.a.tick()])
+    assert [r.drop for r in results] == [reason] * 4
+    assert all(r.replies == [] and r.peer is None for r in results)
+    assert pair.a.drops == {reason: 4}
+    pa = pair.pa
+    assert pa.current is None and pa.next is None and pa.stats.handshakes == 0
+    assert pa.state == "handshaking" and pa.sending_keypair() is None
+    assert pair.got["a"] == []
+    # The genuine peer is still served at once.
+    pair.deliver(pair.a, [pa.begin_handshake()])
+    assert pa.state == "up" and pair.got["b"] == [b"to the peer, not to myself"]
+
+
+def test_finding2_origin_is_bound_into_the_noise_prologue() -> None:
+    """The ORIGIN option is not just a label: the responder's Noise state starts from a
+    prologue that ends with it, so even an end that knows the psk (and can recompute MAC1)
+    cannot swap the origin of someone else's initiation; and a responder's own origin is what
+    it refuses."""
+    keys = make_keys("psk")
+    suite = Suite("psk", "chacha20-poly1305", True)
+    ident = keys.identity_for_a()
+    mine, theirs = bytes([1]) * 16, bytes([2]) * 16
+    init = Initiator(suite, ident, device_id=1, local_index=9, now=1.7e9, origin=theirs)
+    assert wire.parse(init.packet).require(Option.ORIGIN) == theirs
+    assert suite.prologue_for(theirs) == b"Tunseal v1|chacha20-poly1305|" + theirs
+    parsed = read_initiation(init.packet, ident.mac1_key_for(None))
+    assert parsed.origin == theirs
+    resp = respond(parsed, suite, lambda _pub: ident, own_static=None, device_id=2,
+                   local_index=10)
+    assert init.consume_response(resp.packet).send_key == resp.completed.recv_key
+    # Rewrite ORIGIN and recompute MAC1 as a psk holder could: Noise message 1 fails.
+    forged = bytearray(init.packet)
+    at = wire.option_offset(forged, Option.ORIGIN)
+    assert at is not None
+    forged[at:at + 16] = mine
+    forged = bytearray(fix_checksum(forged))
+    p = wire.parse(forged)
+    in1, _, _, _ = handshake._mac_inputs(p)
+    m1 = wire.option_offset(forged, Option.MAC1)
+    assert m1 is not None
+    forged[m1:m1 + 16] = handshake.mac(ident.mac1_key_for(None), in1)
+    forged = bytearray(fix_checksum(forged))
+    reparsed = read_initiation(bytes(forged), ident.mac1_key_for(None))
+    assert reparsed.origin == mine
+    with pytest.raises(CryptoError):
+        respond(reparsed, suite, lambda _pub: ident, own_static=None, device_id=2,
+                local_index=11)
+    # Without an origin a psk-mode initiation is not answered at all.
+    bare = handshake.Initiation(parsed.packet, parsed.sender_index, parsed.mac1, None)
+    with pytest.raises(HandshakeError, match="ORIGIN"):
+        respond(bare, suite, lambda _pub: ident, own_static=None, device_id=2, local_index=12)
+
+
+def test_finding2_an_ik_end_refuses_its_own_public_key_as_its_peer() -> None:
+    """IK's one reflection: an end told that its peer's public key is its own would answer its
+    own initiations. Such a peer is refused when it is added."""
+    own = noise.generate_private_key()
+    ep = Endpoint("ephemeral", "chacha20-poly1305", device_id=1, static_private=own,
+                  clock=FakeClock())
+    with pytest.raises(HandshakeError, match="own public key"):
+        ep.add_peer("me", Identity(own, noise.public_key(own)), remote_device_id=2,
+                    initiates=True)
+    assert ep.peers == []
+
+
+def store_for(tmp_path: Path, name: str = "tun") -> HandshakeStore:
+    return HandshakeStore.open(tmp_path, name)
+
+
+def listening_end(pair: Pair, memory: HandshakeStore) -> tuple[Endpoint, Any]:
+    """b again, as a helper restart makes it: a fresh Endpoint, the same keys, the memory
+    the helper keeps in its state directory."""
+    ep = Endpoint(pair.mode, pair.cipher, device_id=2, static_private=pair.keys.static_b,
+                  has_psk=pair.keys.psk is not None, clock=pair.clock, memory=memory)
+    peer = ep.add_peer("a", pair.keys.identity_for_b(), remote_device_id=1, initiates=False)
+    return ep, peer
+
+
+@pytest.mark.parametrize(("mode", "psk"), [("psk", True), ("rotating", True),
+                                           ("ephemeral", False), ("ephemeral", True)])
+def test_finding2_initiation_replayed_after_a_listener_restart_is_refused(
+        tmp_path: Path, mode: str, psk: bool) -> None:
+    """Issue 9, finding 2: a listening end never initiates, so only the timestamps it accepted
+    stand between it and a captured initiation. They survive a restart of the helper (the
+    store in its state directory); an initiation captured before is refused after."""
+    pair = make_pair(mode, psk=psk)
+    memory = store_for(tmp_path)
+    pair.b, pair.pb = listening_end(pair, memory)
+    establish(pair)
+    captured, = handshake_packets(pair, PacketType.HANDSHAKE_INIT)
+    memory.flush()
+    assert (tmp_path / "handshakes" / "tun.json").stat().st_mode & 0o777 == 0o600
+
+    # The helper restarts: a new process reads the memory back.
+    restarted = store_for(tmp_path)
+    assert restarted.origin == memory.origin
+    b, pb = listening_end(pair, restarted)
+    assert pb.last_timestamp == pair.pb.last_timestamp != b""
+    r = b.receive(captured, SOURCE_A)
+    assert r.drop == "handshake_replay" and r.replies == [] and r.peer is None
+    assert b.drops == {"handshake_replay": 1} and pb.next is None
+    # A genuine new initiation (a newer timestamp) is still answered.
+    pair.b, pair.pb = b, pb
+    pair.clock.advance(1.0)
+    pair.deliver(pair.a, [pair.pa.begin_handshake()])
+    assert pb.current is not None and pb.stats.handshakes == 1
+
+
+def test_finding2_the_origin_survives_a_restart_so_old_own_initiations_stay_refused(
+        tmp_path: Path) -> None:
+    """An initiation of this end captured before its helper restarted, reflected after: the
+    origin ID comes back from the state directory, so the end still knows it as its own."""
+    pair = make_pair("psk")
+    a = Endpoint("psk", "chacha20-poly1305", device_id=1, has_psk=True, clock=pair.clock,
+                 memory=store_for(tmp_path, "client"))
+    pa = a.add_peer("b", pair.keys.identity_for_a(), remote_device_id=ANY_DEVICE,
+                    initiates=True)
+    old = pa.begin_handshake()
+    assert a.memory is not None
+    a.memory.flush()  # type: ignore[attr-defined]
+    again = Endpoint("psk", "chacha20-poly1305", device_id=1, has_psk=True, clock=pair.clock,
+                     memory=store_for(tmp_path, "client"))
+    again.add_peer("b", pair.keys.identity_for_a(), remote_device_id=ANY_DEVICE,
+                   initiates=True)
+    r = again.receive(old, SOURCE_B)
+    assert r.drop == "handshake_reflected" and r.replies == []
+
+
+def test_finding2_handshake_memory_store(tmp_path: Path) -> None:
+    """The store: newest timestamps only grow; new credentials start afresh; nothing is
+    written until flushed; a damaged file costs the memory, not the tunnel."""
+    s = store_for(tmp_path)
+    t1, t2 = handshake.tai64n(1.7e9), handshake.tai64n(1.7e9 + 1)
+    s.accepted("peer", b"cred-1", t2)
+    s.accepted("peer", b"cred-1", t1)  # older: ignored
+    assert s.newest("peer", b"cred-1") == t2
+    assert s.newest("peer", b"cred-2") == b"" and s.newest("other", b"cred-1") == b""
+    s.flush()
+    reread = store_for(tmp_path)
+    assert reread.newest("peer", b"cred-1") == t2 and reread.origin == s.origin
+    reread.accepted("peer", b"cred-2", t1)  # the peer's keys changed: it starts afresh
+    assert reread.newest("peer", b"cred-2") == t1 and reread.newest("peer", b"cred-1") == b""
+    path = tmp_path / "handshakes" / "tun.json"
+    path.write_text("{not json")
+    damaged = store_for(tmp_path)
+    assert damaged.newest("peer", b"cred-1") == b"" and len(damaged.origin) == 16
+    assert [p.name for p in (tmp_path / "handshakes").iterdir()] == ["tun.json"]
+
+
+@pytest.mark.parametrize(("mode", "psk"), [("psk", True), ("ephemeral", False)])
+def test_finding2_handshake_packets_never_move_the_endpoint(mode: str, psk: bool) -> None:
+    """Only a sealed packet that opened may move a peer's endpoint (Inbound.roam, which the
+    helper's data path obeys): not a fresh initiation, not a replayed one, not a response.
+    The first sealed packet of the new session does."""
+    pair = make_pair(mode, psk=psk)
+    init, = pair.a.seal(pair.pa, b"first")
+    answered = pair.b.receive(init, SOURCE_A)
+    assert answered.peer is pair.pb and answered.drop is None and not answered.roam
+    replayed = pair.b.receive(init, SOURCE_A)
+    assert replayed.drop == "handshake_replay" and not replayed.roam
+    completed = pair.a.receive(answered.replies[0], SOURCE_B)
+    assert completed.peer is pair.pa and not completed.roam
+    confirming, = completed.replies  # the staged "first", sealed with the new session
+    opened = pair.b.receive(confirming, SOURCE_A)
+    assert opened.roam and opened.peer is pair.pb and opened.inner == b"first"
+
+
+# --- finding 10: the TYPE nibble alone does not make a packet a handshake ----------------------
+
+
+def header_spoils(packet: bytes) -> dict[str, bytes]:
+    """A genuine handshake packet with one header rule of PROTOCOL.md 3.5/7.4 broken each."""
+    def edit(fn: Any, fix: bool = True) -> bytes:
+        buf = bytearray(packet)
+        fn(buf)
+        return fix_checksum(buf) if fix else bytes(buf)
+
+    def add_option(buf: bytearray, opt: bytes) -> None:
+        hlen = buf[1] * 4
+        buf[hlen:hlen] = opt
+        buf[1] += len(opt) // 4
+
+    return {
+        "version 0": edit(lambda b: b.__setitem__(0, b[0] & 0x0F)),
+        "version 3": edit(lambda b: b.__setitem__(0, 0x30 | b[0] & 0x0F)),
+        "checksum": edit(lambda b: b.__setitem__(10, b[10] ^ 0xFF), fix=False),
+        "undefined flag": edit(lambda b: b.__setitem__(9, b[9] | 0x01)),
+        "flags 0x8000": edit(lambda b: b.__setitem__(8, 0x80)),
+        "flags 0xc000": edit(lambda b: b.__setitem__(8, 0xC0)),
+        "unknown critical option": edit(lambda b: add_option(b, b"\xf0\x02\x00\x00")),
+        "HLEN past the end": edit(lambda b: b.__setitem__(1, 0xFF)),
+        "HLEN below 3": edit(lambda b: b.__setitem__(1, 2)),
+        "payload short of OLDPACKETLEN": edit(lambda b: b.__delitem__(slice(-1, None))),
+        "payload beyond OLDPACKETLEN": edit(lambda b: b.extend(b"\0")),
+    }
+
+
+@pytest.mark.parametrize(("mode", "psk"), [("psk", True), ("ephemeral", False),
+                                           ("ephemeral", True)])
+def test_finding10_type_nibble_2_checks_the_header_first(mode: str, psk: bool) -> None:
+    """Issue 9, finding 10: a packet whose TYPE nibble is 2 (or 3) but whose VER, checksum,
+    flags, options or length break the header rules is a header drop (``bad_header``), before
+    any peer lookup or MAC: not ``handshake_mac``, ``unknown_peer`` or ``handshake_failed``."""
+    pair = make_pair(mode, psk=psk)
+    init, = pair.a.seal(pair.pa, b"x")
+    spoilt = header_spoils(init)
+    for what, pkt in spoilt.items():
+        r = pair.b.receive(pkt, SOURCE_A)
+        assert r.drop == "bad_header", (what, r.drop, r.detail)
+    assert pair.b.drops == {"bad_header": len(spoilt)}
+    resp = pair.b.receive(init, SOURCE_A).replies[0]
+    spoilt_resp = header_spoils(resp)
+    for what, pkt in spoilt_resp.items():
+        r = pair.a.receive(pkt, SOURCE_B)
+        assert r.drop == "bad_header", (what, r.drop, r.detail)
+    assert pair.a.drops == {"bad_header": len(spoilt_resp)}
+    assert pair.pa.pending is not None and pair.pa.current is None
+    # The genuine packets still work after all that.
+    pair.deliver(pair.b, [resp])
+    assert pair.pa.state == "up" and pair.got["b"] == [b"x"]
+
+
+_FINDING10_PAIRS = {mode: make_pair(mode, psk=psk) for mode, psk in
+                    (("psk", True), ("ephemeral", True))}
+_FINDING10_SEEDS = {mode: [pair.a.seal(pair.pa, b"x")[0]] for mode, pair in
+                    _FINDING10_PAIRS.items()}
+for _mode, _pair in _FINDING10_PAIRS.items():
+    _FINDING10_SEEDS[_mode].append(_pair.b.receive(_FINDING10_SEEDS[_mode][0],
+                                                   SOURCE_A).replies[0])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mode=st.sampled_from(sorted(_FINDING10_PAIRS)), which=st.integers(0, 1), ops=mutations,
+       repair=st.booleans())
+def test_finding10_a_broken_handshake_header_is_always_a_header_drop(
+        mode: str, which: int, ops: list[Any], repair: bool) -> None:
+    """Issue 9, finding 10, as a property: whatever the edit, a handshake packet that breaks
+    the header rules is counted ``bad_header`` and nothing else, at either end."""
+    pair = _FINDING10_PAIRS[mode]
+    pkt = mutate(_FINDING10_SEEDS[mode][which], ops, repair_checksum=repair)
+    if len(pkt) < 12 or pkt[0] & 0x0F not in (PacketType.HANDSHAKE_INIT,
+                                              PacketType.HANDSHAKE_RESP):
+        return  # runts and other types: covered by test_endpoint's fuzzing
+    ptype = PacketType(pkt[0] & 0x0F)
+    try:
+        handshake.parse_handshake(pkt, ptype)
+    except WireError:
+        receiver = pair.b if ptype == PacketType.HANDSHAKE_INIT else pair.a
+        before = dict(receiver.drops)
+        r = receiver.receive(pkt, SOURCE_A)
+        assert r.drop == "bad_header", (r.drop, r.detail)
+        assert receiver.drops == {**before, "bad_header": before.get("bad_header", 0) + 1}

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from bench import protocol_examples
 from core import constants, handshake, noise, session
 from core.constants import Flag, Option, PacketType
+from core.errors import CryptoError
 from core.handshake import Identity, Initiator, Suite
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
@@ -268,7 +269,7 @@ def test_ex2_handshake_and_keepalive() -> None:
     initiator = Initiator(suite, ident, device_id=retry.device,
                           local_index=retry.int_opt(Option.SENDER_INDEX),
                           now=tai64n_time(v["retry_timestamp"]), cookie=v["cookie"],
-                          ephemeral=v["retry_ephemeral_private"])
+                          ephemeral=v["retry_ephemeral_private"], origin=v["origin"])
     assert initiator.packet == DUMPS["ex2-init-retry"]
     received = handshake.read_initiation(DUMPS["ex2-init-retry"], v["mac1_key"])
     answered = handshake.respond(received, suite, lambda _pub: ident, own_static=None,
@@ -286,6 +287,29 @@ def test_ex2_handshake_and_keepalive() -> None:
     nonce = bytes(4) + counter.to_bytes(8, "big")
     aead = AESGCM(v["k1_initiator_to_responder"][:16])
     assert aead.decrypt(nonce, ka.payload, ka.header) == b""
+
+
+def test_ex2_origin_option_and_prologue() -> None:
+    """Section 8.2: a psk-mode initiation carries ORIGIN, and the Noise prologue is
+    "Tunseal v1|<cipher>|" followed by that origin ID: message 1 opens with exactly that
+    prologue (run through the bare Noise engine, not core.handshake) and with no other."""
+    v = VALUES["ex2"]
+    assert v["prologue"] == b"Tunseal v1|aes-128-gcm|" + v["origin"]
+    for tag, stamp in (("ex2-init-first", "first_timestamp"), ("ex2-init-retry",
+                                                               "retry_timestamp")):
+        p = Parsed(DUMPS[tag])
+        assert p.opt(Option.ORIGIN) == v["origin"] and len(v["origin"]) == 16
+        assert Option.ORIGIN & constants.OPTION_CRITICAL
+
+        def read(prologue: bytes, message: bytes = p.payload) -> bytes:
+            hs = noise.HandshakeState("NNpsk0", False, cipher="AESGCM", prologue=prologue,
+                                      psk=v["psk"])
+            return hs.read_message(message)
+
+        assert read(v["prologue"]) == v[stamp]
+        for wrong in (b"Tunseal v1|aes-128-gcm", b"Tunseal v1|aes-128-gcm|" + bytes(16)):
+            with pytest.raises(CryptoError):
+                read(wrong)
 
 
 # --- example 3: plain mode, CSUM_PARTIAL ----------------------------------------------------

@@ -38,6 +38,7 @@ OPTION_SIZES = {
     Option.MAC1: 16,
     Option.MAC2: 16,
     Option.CONTROL_KIND: 1,
+    Option.ORIGIN: 16,
 }
 """Options whose data has one legal length; the rest (PAD_HINT) take any length."""
 KNOWN_OPTION_TYPES = frozenset(int(o) for o in Option)
