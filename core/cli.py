@@ -19,7 +19,7 @@ from typing import Any, Final, TextIO
 from core.atomicfile import write_atomic
 from core.errors import HelperUnavailable, IPCError
 from core.ipc import RequestError
-from core.ipcclient import Client
+from core.ipcclient import Client, list_all_profiles
 from core.profile import dumps, profile_from_dict
 from core.status import TunnelStatus
 
@@ -90,7 +90,7 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_list(client: Client, args: argparse.Namespace) -> int:
-    profiles = client.call("list_profiles")["profiles"]
+    profiles = list_all_profiles(client)
     states = {t["name"]: t["state"] for t in client.call("status")["tunnels"]}
     result = {"profiles": profiles, "states": states}
     return _emit(args, result, lambda: _format_list(profiles, states))
