@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
+import ctypes.util
 import grp
 import logging
 import os
@@ -51,6 +53,8 @@ LOG_MESSAGE_LIMIT: Final = 4096
 REFUSAL_WRITE_TIMEOUT: Final = 2.0
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+TRIM_DELAY: Final = 1.0
+"""Seconds after the last dropped subscriber before the freed heap is handed back."""
 
 
 class ControlServer:
@@ -67,6 +71,7 @@ class ControlServer:
         self._connections: collections.Counter[int] = collections.Counter()
         self.dropped_subscribers = 0
         """Subscribers disconnected because they did not read their events."""
+        self._trim: asyncio.TimerHandle | None = None
         self._gid: int | None = None
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -212,6 +217,10 @@ class ControlServer:
         log.warning("disconnected a subscriber (uid %d, pid %d) that stopped reading: it missed "
                     "%d events (its queue holds %d); %d dropped so far", subscriber.caller.uid,
                     subscriber.caller.pid, missed, self._queue_limit, self.dropped_subscribers)
+        if self._loop is not None:
+            if self._trim is not None:
+                self._trim.cancel()
+            self._trim = self._loop.call_later(TRIM_DELAY, _release_free_memory)
 
     def _allowed(self, uid: int, gid: int) -> bool:
         if uid == 0:
@@ -371,6 +380,16 @@ class _EventLogHandler(logging.Handler):
             self.handleError(record)
         finally:
             self._local.busy = False
+
+
+def _release_free_memory() -> None:
+    """Hand freed heap pages back to the system. The buffers of many dropped subscribers are
+    freed, but glibc keeps such pages mapped (they are not at the top of the heap), so without
+    this the helper's RSS stays at its peak for good. Not glibc: nothing to do."""
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    if trim is not None:
+        trim(0)
 
 
 def _peer_credentials(writer: asyncio.StreamWriter) -> tuple[int, int, int]:

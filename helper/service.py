@@ -457,7 +457,7 @@ class Service:
             return
         who = _user(owner) if owner is not None else "root (it was stored before Tunseal " \
             "recorded owners)"
-        only = _user(owner) if owner is not None else "root"
+        only = _user(owner).split(" (")[0] if owner is not None else "root"
         raise RequestError(
             f"profile {name!r} belongs to {who}: only {only} or root may {action}; you may "
             "connect and disconnect it",
