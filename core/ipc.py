@@ -104,7 +104,7 @@ OPS: Final[Mapping[str, Mapping[str, _Arg]]] = {
     "set_peer_key": {"name": _NAME, "public_key": _Arg(str)},
     "connect": {"name": _NAME},
     "disconnect": {"name": _NAME},
-    "status": {"name": _Arg(str, required=False)},
+    "status": {"name": _Arg(str, required=False), "after": _Arg(str, required=False)},
     "peer_add": {"name": _NAME, "allowed_ips": _Arg(list, required=False)},
     "peer_remove": {"name": _NAME},
     "peer_list": {},

@@ -25,7 +25,15 @@ from typing import Any, Final
 from core.errors import HelperUnavailable, IPCError
 from core.ipc import MAX_LINE, Event, Reply, Request, RequestError, decode_incoming
 
-__all__ = ["DEFAULT_SOCKET", "Client", "call", "list_all_profiles", "socket_path"]
+__all__ = [
+    "DEFAULT_SOCKET",
+    "Client",
+    "all_pages",
+    "all_statuses",
+    "call",
+    "list_all_profiles",
+    "socket_path",
+]
 
 DEFAULT_SOCKET: Final = "/run/tunseal/helper.sock"
 SOCKET_ENV: Final = "TUNSEAL_SOCKET"
@@ -44,7 +52,7 @@ ROOT_ONLY: Final = (
     "its log and restart it"
 )
 PAGES_MAX: Final = 10_000
-"""Pages of ``list_profiles`` followed at most: a helper that never says "no more" is a bug,
+"""Pages of a paged reply followed at most: a helper that never says "no more" is a bug,
 and the client must not loop on it forever."""
 CLOSED: Final = "the Tunseal helper closed the connection (did it stop or restart?)"
 
@@ -230,18 +238,30 @@ class Client:
         return self._sock
 
 
-def list_all_profiles(client: Client) -> list[dict[str, Any]]:
-    """Every profile, following ``list_profiles``'s pages (one reply holds at most 64 KiB)."""
-    profiles: list[dict[str, Any]] = []
+def all_pages(client: Client, op: str, key: str) -> list[dict[str, Any]]:
+    """Every entry of a paged operation (``list_profiles``, ``status`` without a name): one
+    reply holds at most 64 KiB, so the helper answers in pages, each naming in ``next`` where
+    the following one starts."""
+    entries: list[dict[str, Any]] = []
     args: dict[str, Any] = {}
     for _ in range(PAGES_MAX):
-        page = client.call("list_profiles", **args)
-        profiles.extend(page.get("profiles", []))
+        page = client.call(op, **args)
+        entries.extend(page.get(key, []))
         after = page.get("next")
         if not isinstance(after, str) or not after:
-            return profiles
+            return entries
         args = {"after": after}
-    raise IPCError(f"the helper sent more than {PAGES_MAX} pages of profiles", code="internal")
+    raise IPCError(f"the helper sent more than {PAGES_MAX} pages for {op!r}", code="internal")
+
+
+def list_all_profiles(client: Client) -> list[dict[str, Any]]:
+    """Every profile, following ``list_profiles``'s pages."""
+    return all_pages(client, "list_profiles", "profiles")
+
+
+def all_statuses(client: Client) -> list[dict[str, Any]]:
+    """Every profile's and running tunnel's status, following ``status``'s pages."""
+    return all_pages(client, "status", "tunnels")
 
 
 def call(op: str, path: str | None = None, **args: Any) -> Any:

@@ -53,7 +53,7 @@ class LiveState(QObject):
     def refresh(self) -> None:
         """Ask for a fresh snapshot of profiles and tunnels."""
         self.helper.list_profiles(on_result=self._on_profiles, on_error=self._log_error)
-        self.helper.call("status", on_result=self._on_statuses, on_error=self._log_error)
+        self.helper.statuses(on_result=self._on_statuses, on_error=self._log_error)
 
     # --- from the helper -------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ log line, except the text ``export_profile`` returns when the caller asked for t
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import os
@@ -220,22 +221,8 @@ class Service:
         one reply. ``next`` names the last one when more follow (pass it as ``after``); a
         profile too large for any reply is named in ``omitted`` instead."""
         profiles = sorted(self._profiles.list(), key=lambda p: p.name)
-        page: list[dict[str, Any]] = []
-        omitted: list[str] = []
-        used = 0
-        for index, profile in enumerate(profiles):
-            if after is not None and profile.name <= after:
-                continue
-            entry = profile_to_dict(profile)
-            size = len(json.dumps(entry, separators=(",", ":"))) + 1
-            if size > PAGE_BYTES:
-                omitted.append(profile.name)
-                continue
-            if used + size > PAGE_BYTES:
-                return {"profiles": page, "next": profiles[index - 1].name, "omitted": omitted}
-            page.append(entry)
-            used += size
-        return {"profiles": page, "next": None, "omitted": omitted}
+        return _page("profiles", [(p.name, functools.partial(profile_to_dict, p))
+                                  for p in profiles], after)
 
     def get_profile(self, caller: Caller, name: str) -> dict[str, Any]:
         return {"profile": profile_to_dict(self._get(name))}
@@ -388,15 +375,17 @@ class Service:
             self._engine_call(self._engine.forget, name)  # a failed start's error, if any
         return {"status": self._status(name)}
 
-    def status(self, caller: Caller, name: str | None = None) -> dict[str, Any]:
+    def status(self, caller: Caller, name: str | None = None,
+               after: str | None = None) -> dict[str, Any]:
+        """The named tunnel, or a page of every profile's and running tunnel's status (paged
+        like list_profiles)."""
         running = self._engine_call(self._engine.running)
         if name is not None:
             if name not in running:
                 self._get(name)
-            names = [name]
-        else:
-            names = sorted({p.name for p in self._profiles.list()} | set(running))
-        return {"tunnels": [self._status(n) for n in names]}
+            return {"tunnels": [self._status(name)], "next": None, "omitted": []}
+        names = sorted({p.name for p in self._profiles.list()} | set(running))
+        return _page("tunnels", [(n, functools.partial(self._status, n)) for n in names], after)
 
     # --- helpers --------------------------------------------------------------------------------
 
@@ -441,11 +430,10 @@ class Service:
     def _claim(self, caller: Caller, name: str) -> None:
         """Make ``caller`` the owner of the new profile ``name``, and make sure no key left
         under its names (by a profile of that name whose removal failed half-way) carries
-        over to it."""
+        over to it. Those names are this profile's alone: no other profile has them, and a
+        gateway's cannot be spelled so (keyrefs)."""
         for kind in keyrefs.KINDS:
-            ref = keyrefs.profile_ref(name, kind)
-            if ref not in self._foreign_refs(name):
-                self._key_call(self._keys.delete, ref)
+            self._key_call(self._keys.delete, keyrefs.profile_ref(name, kind))
         with _classified("storage"):
             self._profiles.set_owner(name, caller.uid)
 
@@ -464,22 +452,14 @@ class Service:
             code="denied",
         )
 
-    def _foreign_refs(self, name: str) -> set[str]:
-        """Keyring items in use by anything but the profile ``name``: other profiles' and the
-        gateway's."""
-        refs = {ref for p in self._profiles.list() if p.name != name
-                for ref in (p.private_key_ref, p.psk_ref) if ref}
-        if self._gateway is not None:
-            refs |= self._gateway.key_refs()
-        return refs
-
     def _own_refs(self, profile: Profile) -> list[str]:
         """The keyring items removing ``profile`` deletes: its own names (keyrefs), whether or
-        not its [keys] still names them, never one another profile or the gateway uses."""
+        not its [keys] still names them; never one the gateway uses (a gateway's names cannot
+        be spelled like a profile's, but what is in use is not deleted, whatever its name)."""
         candidates = {keyrefs.profile_ref(profile.name, kind) for kind in keyrefs.KINDS}
-        candidates |= {ref for ref in (profile.private_key_ref, profile.psk_ref)
-                       if keyrefs.is_profile_ref(ref)}
-        return sorted(candidates - self._foreign_refs(profile.name))
+        if self._gateway is not None:
+            candidates -= self._gateway.key_refs()
+        return sorted(candidates)
 
     def _refuse_existing(self, name: str) -> None:
         if self._exists(name):
@@ -537,6 +517,30 @@ def _missing_key(profile: Profile, key: str) -> RequestError:
         f"'tunseal {command} {profile.name}' or import it",
         code="not_found",
     )
+
+
+def _page(key: str, items: list[tuple[str, Callable[[], dict[str, object]]]],
+          after: str | None) -> dict[str, Any]:
+    """``{key: [...], "next": ..., "omitted": [...]}``: the entries of ``items`` (sorted by
+    name; each built only when reached) after ``after``, as many as fit in one reply."""
+    page: list[dict[str, Any]] = []
+    omitted: list[str] = []
+    used = 0
+    last = None
+    for name, build in items:
+        if after is not None and name <= after:
+            continue
+        entry = build()
+        size = len(json.dumps(entry, separators=(",", ":"))) + 1
+        if size > PAGE_BYTES:
+            omitted.append(name)
+        elif used + size > PAGE_BYTES:
+            return {key: page, "next": last, "omitted": omitted}
+        else:
+            page.append(entry)
+            used += size
+        last = name
+    return {key: page, "next": None, "omitted": omitted}
 
 
 def _require_root(caller: Caller, action: str) -> None:

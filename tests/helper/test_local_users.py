@@ -567,6 +567,38 @@ def test_finding9_list_profiles_pages_past_64_kib(world: World, names: Callable[
     assert set(made) <= {p["tunnel"]["name"] for p in json.loads(cli.stdout)["profiles"]}
 
 
+def test_finding9_status_of_every_tunnel_pages_too(world: World,
+                                                   names: Callable[[], str]) -> None:
+    """A status reply lists every profile; enough of them used to push it past 64 KiB as
+    well (then the GUI and `tunseal list` failed for every member)."""
+    made = []
+    with world.root() as c:
+        for i in range(260):
+            name = names()
+            c.call("add_profile", profile={
+                "format": 1, "tunnel": {"name": name},
+                "interface": {"addresses": [f"10.{241 + i // 200}.{i % 200}.1/24"],
+                              "listen_port": 40000 + i}})
+            made.append(name)
+        first = c.call("status")
+        assert first["next"] is not None
+        seen: list[str] = []
+        args: dict[str, Any] = {}
+        for _ in range(100):
+            page = c.call("status", **args)
+            seen += [t["name"] for t in page["tunnels"]]
+            if not page["next"]:
+                break
+            args = {"after": page["next"]}
+    assert set(made) | {world.gateway} <= set(seen)
+    assert len(seen) == len(set(seen))
+    cli = subprocess.run([sys.executable, "-m", "core.cli", "--socket", world.socket,
+                          "--json", "list"], capture_output=True, text=True, timeout=60,
+                         cwd=ROOT, check=False)
+    assert cli.returncode == 0, cli.stderr
+    assert set(made) <= set(json.loads(cli.stdout)["states"])
+
+
 # === finding 10 ===================================================================================
 
 
