@@ -241,11 +241,14 @@ class Service:
 
     def remove_profile(self, caller: Caller, name: str) -> dict[str, Any]:
         self._refuse_reserved(name)
-        profile = self._get(name)
+        if not self._exists(name):
+            self._get(name)  # not_found
+        # Not read first: a file this version no longer accepts (say, a low-order peer key)
+        # must still be removable, and nothing below needs its contents.
         self._require_owner(caller, name, "remove it")
         if name in self._engine_call(self._engine.running):
             self._engine_call(self._engine.down, name)
-        for ref in self._own_refs(profile):
+        for ref in self._own_refs(name):
             self._key_call(self._keys.delete, ref)
         with _classified("storage"):
             self._profiles.remove(name)
@@ -452,11 +455,11 @@ class Service:
             code="denied",
         )
 
-    def _own_refs(self, profile: Profile) -> list[str]:
-        """The keyring items removing ``profile`` deletes: its own names (keyrefs), whether or
-        not its [keys] still names them; never one the gateway uses (a gateway's names cannot
-        be spelled like a profile's, but what is in use is not deleted, whatever its name)."""
-        candidates = {keyrefs.profile_ref(profile.name, kind) for kind in keyrefs.KINDS}
+    def _own_refs(self, name: str) -> list[str]:
+        """The keyring items removing profile ``name`` deletes: its own names (keyrefs),
+        whether or not its [keys] still names them; never one the gateway uses (a gateway's
+        names cannot be spelled like a profile's, but what is in use is not deleted)."""
+        candidates = {keyrefs.profile_ref(name, kind) for kind in keyrefs.KINDS}
         if self._gateway is not None:
             candidates -= self._gateway.key_refs()
         return sorted(candidates)

@@ -632,6 +632,29 @@ def test_finding10_low_order_peer_keys_are_refused(world: World, names: Callable
         assert "low-order point" in str(info.value)
 
 
+def test_finding10_a_stored_profile_with_a_low_order_key_can_still_be_removed(
+        world: World, names: Callable[[], str]) -> None:
+    """Written before such keys were refused: it no longer reads as a profile, but its owner
+    (root, for a file without a recorded owner) can still remove it."""
+    name = names()
+    zero = base64.b64encode(bytes(32)).decode()
+    text = ephemeral_profile(name, private_ref="x", port=52022)
+    text = text.replace(text.split('public_key = "')[1].split('"')[0], zero)
+    path = world.helper.state_dir / "profiles" / f"{name}.tunseal"
+    path.write_text(text)
+    assert "low-order point" in denied_or(one(world, world.mallory, "get_profile", name=name))
+    assert "belongs to root" in denied(one(world, world.mallory, "remove_profile", name=name))
+    with world.root() as c:
+        assert c.call("remove_profile", name=name) == {}
+    assert not path.exists()
+
+
+def denied_or(answer: dict[str, Any]) -> str:
+    assert answer["ok"] is False, answer
+    message: str = answer["message"]
+    return message
+
+
 def test_finding10_a_tunnel_that_fails_to_start_says_why(
         world: World, names: Callable[[], str]) -> None:
     name = names()
