@@ -22,7 +22,7 @@ import asyncio
 import collections
 import contextlib
 import ctypes
-import ctypes.util
+import functools
 import grp
 import logging
 import os
@@ -382,12 +382,21 @@ class _EventLogHandler(logging.Handler):
             self._local.busy = False
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    trim: Callable[[int], int] | None = getattr(libc, "malloc_trim", None)
+    return trim
+
+
 def _release_free_memory() -> None:
     """Hand freed heap pages back to the system. The buffers of many dropped subscribers are
     freed, but glibc keeps such pages mapped (they are not at the top of the heap), so without
     this the helper's RSS stays at its peak for good. Not glibc: nothing to do."""
-    name = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    trim = _malloc_trim()
     if trim is not None:
         trim(0)
 
