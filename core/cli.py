@@ -19,7 +19,7 @@ from typing import Any, Final, TextIO
 from core.atomicfile import write_atomic
 from core.errors import HelperUnavailable, IPCError
 from core.ipc import RequestError
-from core.ipcclient import Client
+from core.ipcclient import Client, all_statuses, list_all_profiles
 from core.profile import dumps, profile_from_dict
 from core.status import TunnelStatus
 
@@ -71,16 +71,22 @@ def cmd_down(client: Client, args: argparse.Namespace) -> int:
     return _emit(args, result, lambda: format_status(_status(result["status"]), time.time()))
 
 
+def _statuses(client: Client, name: str | None) -> dict[str, Any]:
+    """``{"tunnels": [...]}``: the named tunnel, or every page of them."""
+    if name:
+        return {"tunnels": client.call("status", name=name)["tunnels"]}
+    return {"tunnels": all_statuses(client)}
+
+
 def cmd_status(client: Client, args: argparse.Namespace) -> int:
-    query = {"name": args.name} if args.name else {}
     if not args.watch:
-        result = client.call("status", **query)
+        result = _statuses(client, args.name)
         return _emit(args, result, lambda: _format_tunnels(result["tunnels"]))
     shown = 0
     while args.count is None or shown < args.count:
         if shown:
             time.sleep(args.interval)
-        result = client.call("status", **query)
+        result = _statuses(client, args.name)
         if args.json:
             print(json.dumps(result), flush=True)
         else:
@@ -90,8 +96,8 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_list(client: Client, args: argparse.Namespace) -> int:
-    profiles = client.call("list_profiles")["profiles"]
-    states = {t["name"]: t["state"] for t in client.call("status")["tunnels"]}
+    profiles = list_all_profiles(client)
+    states = {t["name"]: t["state"] for t in all_statuses(client)}
     result = {"profiles": profiles, "states": states}
     return _emit(args, result, lambda: _format_list(profiles, states))
 

@@ -65,6 +65,9 @@ ERROR_CODES: Final = (
     "engine",  # the tunnel engine failed
     "storage",  # the helper could not read or write its profile directory
     "forbidden",  # the connecting user is not root and not in the helper's group
+    "denied",  # allowed to use the helper, but not to do this (another user's profile, a port
+    # below 1024 without root, a gateway change without root); the message says who may
+    "busy",  # a per-user limit is reached (control connections); the message names it
     "internal",  # a bug in the helper; its log has the traceback
 )
 
@@ -88,7 +91,7 @@ _NAME = _Arg(str)
 OPS: Final[Mapping[str, Mapping[str, _Arg]]] = {
     "ping": {},
     "subscribe": {},
-    "list_profiles": {},
+    "list_profiles": {"after": _Arg(str, required=False)},
     "get_profile": {"name": _NAME},
     "add_profile": {"profile": _Arg(dict)},
     "update_profile": {"profile": _Arg(dict)},
@@ -101,7 +104,7 @@ OPS: Final[Mapping[str, Mapping[str, _Arg]]] = {
     "set_peer_key": {"name": _NAME, "public_key": _Arg(str)},
     "connect": {"name": _NAME},
     "disconnect": {"name": _NAME},
-    "status": {"name": _Arg(str, required=False)},
+    "status": {"name": _Arg(str, required=False), "after": _Arg(str, required=False)},
     "peer_add": {"name": _NAME, "allowed_ips": _Arg(list, required=False)},
     "peer_remove": {"name": _NAME},
     "peer_list": {},
@@ -310,6 +313,21 @@ def _finite_float(text: str) -> float:
     return value
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's keys, refusing duplicates: with ``{"op":"ping","op":"status"}`` the client
+    and the helper could disagree about which one is meant."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(f"duplicate key {_short(key)}; a key may appear once per object")
+        obj[key] = value
+    return obj
+
+
 def _decode_object(line: bytes) -> dict[str, Any]:
     if not isinstance(line, bytes | bytearray):
         raise RequestError("a message must be bytes", code="bad_json")
@@ -322,12 +340,14 @@ def _decode_object(line: bytes) -> dict[str, Any]:
     try:
         text = bytes(line).decode("utf-8")
         obj = json.loads(text, parse_constant=_reject_constant,
-                         parse_float=_finite_float)
+                         parse_float=_finite_float, object_pairs_hook=_unique_keys)
     except UnicodeDecodeError as e:
         msg = f"not UTF-8 (invalid byte at offset {e.start})"
         raise RequestError(msg, code="bad_json") from None
     except RecursionError:
         raise RequestError("not JSON: nested too deeply", code="bad_json") from None
+    except _DuplicateKey as e:
+        raise RequestError(str(e), code="bad_json") from None
     except ValueError as e:  # JSONDecodeError, NaN/Infinity, int() digit limit
         raise RequestError(f"not JSON: {e}", code="bad_json") from None
     if not isinstance(obj, dict):
@@ -406,7 +426,7 @@ def _check_args(op: str, spec: Mapping[str, _Arg], args: Mapping[Any, Any]) -> N
             continue
         if not isinstance(value, str):
             continue
-        if key == "name" and not NAME_PATTERN.fullmatch(value):
+        if key in ("name", "after") and not NAME_PATTERN.fullmatch(value):
             raise RequestError(
                 f"{op}: {_short(value)} is not a profile name (1-32 of A-Z a-z 0-9 . _ -, "
                 "starting with a letter or digit)",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import grp
 import os
 import socket
 import time
@@ -24,7 +25,15 @@ from typing import Any, Final
 from core.errors import HelperUnavailable, IPCError
 from core.ipc import MAX_LINE, Event, Reply, Request, RequestError, decode_incoming
 
-__all__ = ["DEFAULT_SOCKET", "Client", "call", "socket_path"]
+__all__ = [
+    "DEFAULT_SOCKET",
+    "Client",
+    "all_pages",
+    "all_statuses",
+    "call",
+    "list_all_profiles",
+    "socket_path",
+]
 
 DEFAULT_SOCKET: Final = "/run/tunseal/helper.sock"
 SOCKET_ENV: Final = "TUNSEAL_SOCKET"
@@ -35,8 +44,16 @@ NOT_RUNNING: Final = (
 )
 NOT_ALLOWED: Final = (
     "you are not allowed to use the Tunseal helper: ask an administrator to add you to the "
-    "'tunseal' group, then log in again"
+    "{group!r} group, then log in again"
 )
+ROOT_ONLY: Final = (
+    "you are not allowed to use the Tunseal helper: its socket is open to root only (the "
+    "helper found no group to let in); ask an administrator to create the group it names in "
+    "its log and restart it"
+)
+PAGES_MAX: Final = 10_000
+"""Pages of a paged reply followed at most: a helper that never says "no more" is a bug,
+and the client must not loop on it forever."""
 CLOSED: Final = "the Tunseal helper closed the connection (did it stop or restart?)"
 
 
@@ -221,6 +238,32 @@ class Client:
         return self._sock
 
 
+def all_pages(client: Client, op: str, key: str) -> list[dict[str, Any]]:
+    """Every entry of a paged operation (``list_profiles``, ``status`` without a name): one
+    reply holds at most 64 KiB, so the helper answers in pages, each naming in ``next`` where
+    the following one starts."""
+    entries: list[dict[str, Any]] = []
+    args: dict[str, Any] = {}
+    for _ in range(PAGES_MAX):
+        page = client.call(op, **args)
+        entries.extend(page.get(key, []))
+        after = page.get("next")
+        if not isinstance(after, str) or not after:
+            return entries
+        args = {"after": after}
+    raise IPCError(f"the helper sent more than {PAGES_MAX} pages for {op!r}", code="internal")
+
+
+def list_all_profiles(client: Client) -> list[dict[str, Any]]:
+    """Every profile, following ``list_profiles``'s pages."""
+    return all_pages(client, "list_profiles", "profiles")
+
+
+def all_statuses(client: Client) -> list[dict[str, Any]]:
+    """Every profile's and running tunnel's status, following ``status``'s pages."""
+    return all_pages(client, "status", "tunnels")
+
+
 def call(op: str, path: str | None = None, **args: Any) -> Any:
     """One request on a fresh connection."""
     with Client(path) as client:
@@ -238,9 +281,25 @@ def _result(reply: Reply) -> Any:
 
 def _unavailable(e: OSError, path: str) -> HelperUnavailable:
     if e.errno in (errno.EACCES, errno.EPERM):
-        return HelperUnavailable(f"{NOT_ALLOWED} (socket {path})", code="forbidden")
+        return HelperUnavailable(f"{_not_allowed(path)} (socket {path})", code="forbidden")
     if e.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR):
         return HelperUnavailable(f"{NOT_RUNNING} (no helper at {path})", code="unavailable")
     return HelperUnavailable(
         f"cannot reach the Tunseal helper at {path}: {e.strerror or e}", code="unavailable"
     )
+
+
+def _not_allowed(path: str) -> str:
+    """The refusal, naming the group the helper really lets in: the socket file's group (the
+    helper sets it to its --group, or root when that group does not exist)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return NOT_ALLOWED.format(group="tunseal")  # cannot even look: the default group
+    if not st.st_mode & 0o060:
+        return ROOT_ONLY
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return NOT_ALLOWED.format(group=group)

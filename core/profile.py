@@ -55,6 +55,7 @@ __all__ = [
     "ProfileSecrets",
     "dump",
     "dumps",
+    "is_low_order",
     "load",
     "loads",
     "profile_from_dict",
@@ -85,7 +86,9 @@ PORT_MAX = 0xFFFF
 DEVICE_ID_MAX = 0xFFFF
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
-_REF_RE = re.compile(r"[A-Za-z0-9._/-]{1,128}")
+_REF_RE = re.compile(r"[A-Za-z0-9._/:-]{1,128}")
+"""':' is allowed for the helper's own names (``profile:office:psk``, helper/keyrefs.py), which
+a gateway configuration cannot spell (core/gateway.py refuses ':')."""
 _LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _IP_RE = re.compile(r"[0-9A-Fa-f:.]{2,45}")
 _PREFIX_RE = re.compile(r"0|[1-9][0-9]{0,2}")
@@ -817,12 +820,40 @@ def _decode_key(text: str) -> bytes | None:
     return raw
 
 
+_P25519 = 2**255 - 19
+_LOW_ORDER_U = frozenset({
+    0,
+    1,
+    _P25519 - 1,
+    325606250916557431795983626356110631294008115727848805560023387167927233504,
+    39382357235489614581723060781553021112529911719440698176882885853963445705823,
+})
+"""u-coordinates of the Curve25519 points of order 1, 2, 4 and 8 (the list libsodium refuses).
+X25519 with any of them yields the all-zero shared secret, whatever the private key."""
+
+
+def is_low_order(key: bytes) -> bool:
+    """Whether a 32-byte X25519 public key is a low-order point, in any of its encodings (the
+    top bit is ignored and u is taken mod p, as RFC 7748 section 5 says a receiver does)."""
+    u = int.from_bytes(key, "little") & ((1 << 255) - 1)
+    return u % _P25519 in _LOW_ORDER_U
+
+
 def _public_key(value: object) -> str:
     text = _string(value)
-    if text and _decode_key(text) is None:
+    if not text:
+        return text
+    raw = _decode_key(text)
+    if raw is None:
         raise _Invalid(
             f"{_show(text)} is not a public key; expected 44 characters of base64 "
             f"encoding {KEY_LEN} bytes"
+        )
+    if is_low_order(raw):
+        raise _Invalid(
+            f"{_show(text)} is not a usable public key: it is a low-order point, with which "
+            "every key exchange gives the same all-zero secret; ask the peer for its real key "
+            "('tunseal pubkey' on its side)"
         )
     return text
 
@@ -831,8 +862,8 @@ def _key_ref(value: object) -> str:
     text = _string(value, REF_MAX)
     if text and not _REF_RE.fullmatch(text):
         raise _Invalid(
-            f"{_show(text)} is not a keyring item name; use letters, digits, '.', '_', '/' or "
-            f"'-' (at most {REF_MAX})"
+            f"{_show(text)} is not a keyring item name; use letters, digits, '.', '_', '/', "
+            f"':' or '-' (at most {REF_MAX})"
         )
     return text
 

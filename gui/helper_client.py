@@ -18,7 +18,7 @@ from typing import Any
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
 from core.errors import HelperUnavailable, IPCError
-from core.ipcclient import Client, socket_path
+from core.ipcclient import Client, all_statuses, list_all_profiles, socket_path
 
 __all__ = ["HelperClient"]
 
@@ -138,11 +138,26 @@ class HelperClient(QObject):
 
     def call(self, op: str, *, on_result: OnResult | None = None,
              on_error: OnError | None = None, **args: Any) -> None:
+        self._submit(lambda: self._calls.call(op, **args), on_result, on_error)
+
+    def list_profiles(self, *, on_result: OnResult | None = None,
+                      on_error: OnError | None = None) -> None:
+        """Every profile, as ``{"profiles": [...]}``: ``list_profiles`` pages followed on the
+        worker thread (one reply holds at most 64 KiB)."""
+        self._submit(lambda: {"profiles": list_all_profiles(self._calls)}, on_result, on_error)
+
+    def statuses(self, *, on_result: OnResult | None = None,
+                 on_error: OnError | None = None) -> None:
+        """Every tunnel's status, as ``{"tunnels": [...]}``, following ``status``'s pages."""
+        self._submit(lambda: {"tunnels": all_statuses(self._calls)}, on_result, on_error)
+
+    def _submit(self, request: Callable[[], Any], on_result: OnResult | None,
+                on_error: OnError | None) -> None:
         if self._closed:
             return
         job = next(self._ids)
         self._pending[job] = (on_result, on_error)
-        future = self._pool.submit(self._calls.call, op, **args)
+        future = self._pool.submit(request)
         future.add_done_callback(lambda f: self._done(job, f))
 
     def _done(self, job: int, future: concurrent.futures.Future[Any]) -> None:

@@ -52,8 +52,8 @@ class LiveState(QObject):
 
     def refresh(self) -> None:
         """Ask for a fresh snapshot of profiles and tunnels."""
-        self.helper.call("list_profiles", on_result=self._on_profiles, on_error=self._log_error)
-        self.helper.call("status", on_result=self._on_statuses, on_error=self._log_error)
+        self.helper.list_profiles(on_result=self._on_profiles, on_error=self._log_error)
+        self.helper.statuses(on_result=self._on_statuses, on_error=self._log_error)
 
     # --- from the helper -------------------------------------------------------------------
 
@@ -79,8 +79,7 @@ class LiveState(QObject):
             self.model.logs.add(entry)
             self.logAdded.emit(entry)
         elif kind == "profiles":
-            self.helper.call("list_profiles", on_result=self._on_profiles,
-                             on_error=self._log_error)
+            self.helper.list_profiles(on_result=self._on_profiles, on_error=self._log_error)
             change, name = data.get("change"), str(data.get("name", ""))
             if change == "removed":
                 self._tracker.forget(name)

@@ -7,8 +7,13 @@ single byte is read from it: root or a member of the group may act; anyone else 
 
 Each connection is served by its own task; requests on one connection are answered in order, and
 the handlers run in worker threads so a slow keyring or engine call never stalls other clients.
-Events are broadcast to subscribed connections through a bounded queue per subscriber: when a
-subscriber does not read, its oldest events are dropped (and counted); nobody else waits for it.
+A user other than root may hold at most :data:`CONNECTIONS_PER_UID` connections at once; one
+more gets a ``busy`` error and is disconnected.
+
+Events are broadcast to subscribed connections through a bounded queue per subscriber, whose
+socket buffer is kept small: a subscriber that stops reading until its queue is full is
+disconnected (counted and logged), and what was queued for it is freed; nobody else waits for it.
+It may subscribe again and ask for the current state.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
+import functools
 import grp
 import logging
 import os
@@ -24,6 +31,7 @@ import socket
 import stat
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -34,12 +42,19 @@ from helper.service import Caller, Service
 log = logging.getLogger(__name__)
 
 QUEUE_LIMIT: Final = 256
-"""Events buffered per subscriber before its oldest are dropped."""
+"""Events queued for a subscriber that is not reading before it is disconnected."""
+WRITE_BUFFER_HIGH: Final = 16 * 1024
+"""Bytes a subscriber's transport may hold before its pump waits: the queue holds references
+to lines shared by all subscribers, but a transport buffer is a copy per connection."""
+CONNECTIONS_PER_UID: Final = 16
+"""Open connections one user (other than root) may have: the GUI needs two, the CLI one."""
 LOG_MESSAGE_LIMIT: Final = 4096
 """Characters of a log message forwarded as an event (keeps every event far below MAX_LINE)."""
 REFUSAL_WRITE_TIMEOUT: Final = 2.0
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+TRIM_DELAY: Final = 1.0
+"""Seconds after the last dropped subscriber before the freed heap is handed back."""
 
 
 class ControlServer:
@@ -47,11 +62,16 @@ class ControlServer:
     may use the helper (None or a missing group: root only)."""
 
     def __init__(self, *, path: Path, group: str | None, service: Service,
-                 queue_limit: int = QUEUE_LIMIT):
+                 queue_limit: int = QUEUE_LIMIT, connections_per_uid: int = CONNECTIONS_PER_UID):
         self.path = path
         self.group = group
         self._service = service
         self._queue_limit = queue_limit
+        self._connections_per_uid = connections_per_uid
+        self._connections: collections.Counter[int] = collections.Counter()
+        self.dropped_subscribers = 0
+        """Subscribers disconnected because they did not read their events."""
+        self._trim: asyncio.TimerHandle | None = None
         self._gid: int | None = None
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -138,7 +158,7 @@ class ControlServer:
             loop.call_soon_threadsafe(self._broadcast, line)
 
     def _broadcast(self, line: bytes) -> None:
-        for subscriber in self._subscribers:
+        for subscriber in list(self._subscribers):  # offer() may drop one
             subscriber.offer(line)
 
     def log_handler(self, level: int = logging.INFO) -> logging.Handler:
@@ -152,32 +172,55 @@ class ControlServer:
         assert task is not None
         self._tasks.add(task)
         subscription: list[_Subscriber] = []  # filled by _serve, emptied here whatever happens
+        counted: int | None = None
         try:
             pid, uid, gid = _peer_credentials(writer)
             if not await asyncio.to_thread(self._allowed, uid, gid):
                 await self._refuse(writer, pid, uid)
                 return
+            if uid != 0 and self._connections[uid] >= self._connections_per_uid:
+                await self._refuse_busy(writer, pid, uid)
+                return
+            self._connections[uid] += 1
+            counted = uid
             log.debug("client connected: uid %d pid %d", uid, pid)
             await self._serve(reader, writer, Caller(uid=uid, pid=pid), subscription)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client went away; nothing to answer
         finally:
+            if counted is not None:
+                self._connections[counted] -= 1
+                if self._connections[counted] <= 0:
+                    del self._connections[counted]
             for subscriber in subscription:
                 self._unsubscribe(subscriber)
             writer.close()
             self._tasks.discard(task)
 
-    def _subscribe(self, writer: asyncio.StreamWriter, pid: int) -> _Subscriber:
-        subscriber = _Subscriber(writer, pid, self._queue_limit)
+    def _subscribe(self, writer: asyncio.StreamWriter, caller: Caller) -> _Subscriber:
+        subscriber = _Subscriber(writer, caller, self._queue_limit, self._drop)
         self._subscribers.add(subscriber)
         return subscriber
 
     def _unsubscribe(self, subscriber: _Subscriber) -> None:
         self._subscribers.discard(subscriber)
         subscriber.stop()
-        if subscriber.dropped:
-            log.info("a subscriber (pid %d) missed %d events: it did not read them in time",
-                     subscriber.pid, subscriber.dropped)
+
+    def _drop(self, subscriber: _Subscriber) -> None:
+        """``subscriber`` did not read until its queue filled: disconnect it (its task then
+        ends and unsubscribes) and free what was queued for it."""
+        if subscriber not in self._subscribers:
+            return
+        self._subscribers.discard(subscriber)
+        missed = subscriber.stop()
+        self.dropped_subscribers += 1
+        log.warning("disconnected a subscriber (uid %d, pid %d) that stopped reading: it missed "
+                    "%d events (its queue holds %d); %d dropped so far", subscriber.caller.uid,
+                    subscriber.caller.pid, missed, self._queue_limit, self.dropped_subscribers)
+        if self._loop is not None:
+            if self._trim is not None:
+                self._trim.cancel()
+            self._trim = self._loop.call_later(TRIM_DELAY, _release_free_memory)
 
     def _allowed(self, uid: int, gid: int) -> bool:
         if uid == 0:
@@ -200,6 +243,18 @@ class ControlServer:
             "group; ask an administrator to add you to it, then log in again"
         )
         writer.write(Reply.failure(None, RequestError(message, code="forbidden")).encode())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(writer.drain(), REFUSAL_WRITE_TIMEOUT)
+
+    async def _refuse_busy(self, writer: asyncio.StreamWriter, pid: int, uid: int) -> None:
+        log.warning("refused uid %d (pid %d): it already has %d connections", uid, pid,
+                    self._connections_per_uid)
+        message = (
+            f"uid {uid} already has {self._connections_per_uid} connections to the Tunseal "
+            "helper, the most one user may have; close other tunseal commands or windows of "
+            "yours, then try again"
+        )
+        writer.write(Reply.failure(None, RequestError(message, code="busy")).encode())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(writer.drain(), REFUSAL_WRITE_TIMEOUT)
 
@@ -233,7 +288,7 @@ class ControlServer:
                 continue
             if request.op == "subscribe":
                 if not subscription:
-                    subscription.append(self._subscribe(writer, caller.pid))
+                    subscription.append(self._subscribe(writer, caller))
                 await _send(writer, Reply.success(request.id, {}).encode())
                 continue
             await _send(writer, await self._answer(request, caller))
@@ -261,24 +316,34 @@ async def _send(writer: asyncio.StreamWriter, line: bytes) -> None:
 
 
 class _Subscriber:
-    """One subscribed connection's outgoing events: a bounded queue drained by its own task."""
+    """One subscribed connection's outgoing events: a bounded queue drained by its own task.
+    A full queue calls ``overflow`` (the server disconnects the subscriber)."""
 
-    def __init__(self, writer: asyncio.StreamWriter, pid: int, limit: int):
-        self.pid = pid
-        self.dropped = 0
+    def __init__(self, writer: asyncio.StreamWriter, caller: Caller, limit: int,
+                 overflow: Callable[[_Subscriber], None]):
+        self.caller = caller
         self._writer = writer
-        self._queue: collections.deque[bytes] = collections.deque(maxlen=limit)
+        self._limit = limit
+        self._overflow = overflow
+        self._queue: collections.deque[bytes] = collections.deque()
         self._ready = asyncio.Event()
+        writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         self._task = asyncio.get_running_loop().create_task(self._pump())
 
     def offer(self, line: bytes) -> None:
-        if len(self._queue) == self._queue.maxlen:
-            self.dropped += 1  # the deque drops its oldest entry on append
+        if len(self._queue) >= self._limit:
+            self._overflow(self)
+            return
         self._queue.append(line)
         self._ready.set()
 
-    def stop(self) -> None:
+    def stop(self) -> int:
+        """End the pump and the connection; returns how many events it never got."""
+        missed = len(self._queue) + 1
+        self._queue.clear()
         self._task.cancel()
+        self._writer.transport.abort()  # frees the transport's buffer now, not at a drain
+        return missed
 
     async def _pump(self) -> None:
         with contextlib.suppress(ConnectionError):
@@ -315,6 +380,25 @@ class _EventLogHandler(logging.Handler):
             self.handleError(record)
         finally:
             self._local.busy = False
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    trim: Callable[[int], int] | None = getattr(libc, "malloc_trim", None)
+    return trim
+
+
+def _release_free_memory() -> None:
+    """Hand freed heap pages back to the system. The buffers of many dropped subscribers are
+    freed, but glibc keeps such pages mapped (they are not at the top of the heap), so without
+    this the helper's RSS stays at its peak for good. Not glibc: nothing to do."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _peer_credentials(writer: asyncio.StreamWriter) -> tuple[int, int, int]:

@@ -67,6 +67,16 @@ class GatewayService:
                         "add' will point at 0.0.0.0 until you set it (docs/GATEWAY.md)", gw.name)
 
     @property
+    def name(self) -> str:
+        """The gateway's tunnel name: reserved, no profile may take it (helper/service.py)."""
+        return self.config.name
+
+    def key_refs(self) -> set[str]:
+        """Every keyring item the gateway uses: never deleted or handed out for a profile."""
+        gw = self.config
+        return {gw.private_key_ref, *(p.psk_ref for p in gw.peers if p.psk_ref)}
+
+    @property
     def public_key(self) -> str:
         return _b64(noise.public_key(self._private))
 

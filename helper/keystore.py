@@ -49,7 +49,7 @@ ENCRYPTED_BACKENDS = frozenset(
 """Backends known to keep secrets encrypted at rest. Anything else (fail, null, keyrings.alt's
 files, a third-party backend) is refused: an allow-list, so an unknown store fails closed."""
 
-_REF_RE = re.compile(r"[A-Za-z0-9._/-]{1,128}")  # the rule core.profile applies to [keys] refs
+_REF_RE = re.compile(r"[A-Za-z0-9._/:-]{1,128}")  # the rule core.profile applies to [keys] refs
 _NO_SERVICE = frozenset({"keyring.backends.fail.Keyring", "keyring.backends.null.Keyring"})
 _PROBE_REF = "(unlock probe)"  # never a valid ref, so the probe cannot read a real key
 
@@ -199,7 +199,7 @@ def _check_ref(ref: str) -> None:
     if not isinstance(ref, str) or not _REF_RE.fullmatch(ref):
         shown = repr(ref[:60]) if isinstance(ref, str) else type(ref).__name__
         raise KeyInvalid(
-            f"{shown} is not a key ref; use 1-128 letters, digits, '.', '_', '/' or '-'"
+            f"{shown} is not a key ref; use 1-128 letters, digits, '.', '_', '/', ':' or '-'"
         )
 
 

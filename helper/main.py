@@ -96,6 +96,9 @@ async def _run(args: argparse.Namespace, keys: KeyStore, level: int) -> int:
             return 1
     service = Service(profiles=profiles, keys=keys, engine=engine, notify=forward,
                       gateway=gateway)
+    # Before anyone can connect: profiles stored with caller-chosen key names get the
+    # helper's own (helper/keyrefs.py).
+    await asyncio.to_thread(service.migrate_key_refs)
     server = ControlServer(path=args.socket, group=args.group, service=service)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -28,7 +28,7 @@ import hashlib
 import ipaddress
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -54,6 +54,7 @@ __all__ = [
     "remove_host_route",
     "remove_routes",
     "set_mtu",
+    "unique_ifname",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 IFNAMSIZ_MAX = 15
 """IFNAMSIZ is 16 bytes including the terminating NUL."""
 IFNAME_PREFIX = "ts-"
+UNIQUE_TRIES = 1000
 RTPROT_TUNSEAL = 77
 """Routing protocol number marking Tunseal's routes (unassigned in /etc/iproute2/rt_protos)."""
 RT_TABLE_MAIN = 254
@@ -101,6 +103,25 @@ def ifname_for(profile_name: str) -> str:
     digest = hashlib.sha256(profile_name.encode()).hexdigest()[:5]
     stem = _IFNAME_BAD.sub("_", profile_name)[:6]
     return f"{IFNAME_PREFIX}{stem}-{digest}"
+
+
+def unique_ifname(profile_name: str, taken: Collection[str]) -> str:
+    """:func:`ifname_for`, or, when another tunnel or link already has that name (a short
+    profile name can equal another's hashed one: ``engine-73166`` and ``engineering-vpn``), the
+    first ``ts-<first 6>-<5 hex digits of a hash of the name and a counter>`` not in ``taken``."""
+    name = ifname_for(profile_name)
+    if name not in taken:
+        return name
+    stem = _IFNAME_BAD.sub("_", profile_name)[:6]
+    for salt in range(1, UNIQUE_TRIES + 1):
+        digest = hashlib.sha256(f"{profile_name}\0{salt}".encode()).hexdigest()[:5]
+        candidate = f"{IFNAME_PREFIX}{stem}-{digest}"
+        if candidate not in taken:
+            return candidate
+    raise NetConfigError(
+        f"no free interface name for {profile_name!r} after {UNIQUE_TRIES} tries: list the "
+        f"links with 'ip link show' and delete stale {IFNAME_PREFIX}* ones"
+    )
 
 
 def expand_routes(routes: Sequence[str]) -> list[_Network]:

@@ -5,10 +5,16 @@ A file is ``<name>.tunseal`` holding ``core.profile.dumps(profile)``: never a ``
 written atomically (temporary file, fsync, rename, fsync of the directory), so a crash leaves
 either the old profile or the new one. A file that does not read back as a profile is skipped by
 :meth:`ProfileStore.list` with a warning naming it; :meth:`ProfileStore.get` raises instead.
+
+Next to each profile, ``<name>.owner`` holds the uid of the user who created or imported it
+(``{"uid": 1000}``), written the same way. Only the owner and root may read its secrets, change
+it, its keys, or remove it (helper/service.py). A profile without that file (one stored before
+owners were recorded) belongs to root.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -24,6 +30,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DIRECTORY = Path("/var/lib/tunseal/profiles")
 SUFFIX = ".tunseal"
+OWNER_SUFFIX = ".owner"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")  # core.profile's rule for tunnel.name
 
 
@@ -84,11 +91,35 @@ class ProfileStore:
             ) from e
         log.info("saved profile %r", profile.name)
 
+    def owner(self, name: str) -> int | None:
+        """The uid that owns ``name``, or None when none was recorded (root's, then)."""
+        path = self._owner_path(name)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            log.warning("%s is unreadable (%s): profile %r is treated as root's", path, e, name)
+            return None
+        uid = data.get("uid") if isinstance(data, dict) else None
+        return uid if type(uid) is int and uid >= 0 else None
+
+    def set_owner(self, name: str, uid: int) -> None:
+        """Record that ``uid`` owns the profile ``name`` (written before the profile itself, so
+        a profile never exists, even for a moment, with an owner it should not have)."""
+        path = self._owner_path(name)
+        try:
+            write_atomic(path, json.dumps({"uid": uid}).encode() + b"\n", mode=0o600)
+            self._sync_directory()
+        except OSError as e:
+            raise ProfileError(f"cannot write {path}: {e.strerror or e}", profile=name) from e
+
     def remove(self, name: str) -> None:
         """Delete the profile called ``name``. Raises :class:`ProfileNotFound` if there is none."""
         path = self._path(name)
         try:
             path.unlink()
+            self._owner_path(name).unlink(missing_ok=True)
             self._sync_directory()
         except FileNotFoundError:
             raise ProfileNotFound(name, self._dir) from None
@@ -108,6 +139,12 @@ class ProfileStore:
         # Names cannot hold a '/', but a planted symlink could still point elsewhere.
         if path.resolve().parent != self._dir:
             raise ProfileError(f"{path} leads outside {self._dir}; remove it", profile=name)
+        return path
+
+    def _owner_path(self, name: str) -> Path:
+        path = self._path(name).with_suffix(OWNER_SUFFIX)
+        if path.is_symlink():
+            raise ProfileError(f"{path} is a symbolic link; remove it", profile=name)
         return path
 
     def _read(self, path: Path, name: str) -> Profile:

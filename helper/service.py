@@ -10,8 +10,11 @@ log line, except the text ``export_profile`` returns when the caller asked for t
 from __future__ import annotations
 
 import base64
+import functools
+import json
 import logging
 import os
+import pwd
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,7 +23,7 @@ from typing import Any, Protocol, TypeVar
 
 from core import noise
 from core.errors import ProfileError, ProfileInvalid, TunsealError
-from core.ipc import VERSION, Problem, Request, RequestError
+from core.ipc import MAX_LINE, VERSION, Problem, Request, RequestError
 from core.profile import (
     Profile,
     ProfileSecrets,
@@ -30,11 +33,18 @@ from core.profile import (
     profile_to_dict,
 )
 from core.status import TunnelStatus
+from helper import keyrefs
 from helper.profilestore import ProfileNotFound
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+PRIVILEGED_PORTS = 1024
+"""Ports below this are bound only for root's profiles: the helper binds as root, and a group
+member must not be able to make it take a port the system reserves for its own services."""
+PAGE_BYTES = MAX_LINE - 4096
+"""Room for profiles in one ``list_profiles`` reply, leaving space for the envelope."""
 
 
 class ProfileStoreLike(Protocol):
@@ -43,6 +53,8 @@ class ProfileStoreLike(Protocol):
     def exists(self, name: str) -> bool: ...
     def put(self, profile: Profile) -> None: ...
     def remove(self, name: str) -> None: ...
+    def owner(self, name: str) -> int | None: ...
+    def set_owner(self, name: str, uid: int) -> None: ...
 
 
 class KeyStoreLike(Protocol):
@@ -56,9 +68,13 @@ class EngineLike(Protocol):
     def down(self, name: str) -> None: ...
     def status(self, name: str) -> TunnelStatus: ...
     def running(self) -> list[str]: ...
+    def forget(self, name: str) -> None: ...
 
 
 class GatewayLike(Protocol):
+    @property
+    def name(self) -> str: ...
+    def key_refs(self) -> set[str]: ...
     def peer_add(self, name: str, allowed_ips: list[str] | None) -> dict[str, Any]: ...
     def peer_remove(self, name: str) -> dict[str, Any]: ...
     def peer_list(self) -> dict[str, Any]: ...
@@ -67,10 +83,18 @@ class GatewayLike(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who sent a request (from SO_PEERCRED), for the audit log."""
+    """Who sent a request (from SO_PEERCRED): what they may do, and the audit log."""
 
     uid: int
     pid: int
+
+    @property
+    def is_root(self) -> bool:
+        return self.uid == 0
+
+
+HELPER = Caller(uid=0, pid=os.getpid())
+"""The helper acting on its own (bringing persisting tunnels back at start)."""
 
 
 Notify = Callable[[str, dict[str, Any]], None]
@@ -78,7 +102,13 @@ Notify = Callable[[str, dict[str, Any]], None]
 
 class Service:
     """Executes requests. Thread-safe: requests that change profiles, keys or tunnels run one
-    at a time; reads run concurrently."""
+    at a time; reads run concurrently.
+
+    Every handler takes the :class:`Caller` first. Who may do what: anyone allowed on the
+    socket may list, read (without secrets), add and import profiles, connect, disconnect and
+    ask for status; only a profile's owner (who added or imported it) or root may export its
+    secrets, change it or its keys, replace it by an import, or remove it; only root may bind a
+    port below 1024 or change the gateway's peers."""
 
     def __init__(
         self,
@@ -128,12 +158,12 @@ class Service:
             raise RequestError(f"{request.op!r} is not handled here", code="unknown_op")
         try:
             if request.op not in self._mutating:
-                return handler(**request.args)
+                return handler(caller, **request.args)
             with self._lock:
                 target = request.args.get("name", "")
                 log.info("uid %d (pid %d): %s%s", caller.uid, caller.pid, request.op,
                          f" {target}" if target else "")
-                return handler(**request.args)
+                return handler(caller, **request.args)
         except ProfileInvalid as e:
             raise _invalid(e.problems) from None
         except ProfileError as e:
@@ -147,20 +177,26 @@ class Service:
                                "'tunseal-helper --gateway CONFIG'", code="not_found")
         return self._gateway
 
-    def peer_add(self, name: str, allowed_ips: list[str] | None = None) -> dict[str, Any]:
-        result = self._gw().peer_add(name, allowed_ips)
+    def peer_add(self, caller: Caller, name: str,
+                 allowed_ips: list[str] | None = None) -> dict[str, Any]:
+        gw = self._gw()
+        _require_root(caller, f"add a peer to gateway {gw.name!r} (it creates the peer's keys "
+                      "and returns them)")
+        result = gw.peer_add(name, allowed_ips)
         self._notify("profiles", {"change": "peer_added", "name": name})
         return result
 
-    def peer_remove(self, name: str) -> dict[str, Any]:
-        result = self._gw().peer_remove(name)
+    def peer_remove(self, caller: Caller, name: str) -> dict[str, Any]:
+        gw = self._gw()
+        _require_root(caller, f"remove a peer of gateway {gw.name!r}")
+        result = gw.peer_remove(name)
         self._notify("profiles", {"change": "peer_removed", "name": name})
         return result
 
-    def peer_list(self) -> dict[str, Any]:
+    def peer_list(self, caller: Caller) -> dict[str, Any]:
         return self._gw().peer_list()
 
-    def peer_show(self, name: str) -> dict[str, Any]:
+    def peer_show(self, caller: Caller, name: str) -> dict[str, Any]:
         return self._gw().peer_show(name)
 
     def restore(self) -> None:
@@ -170,52 +206,66 @@ class Service:
                 continue
             try:
                 with self._lock:
-                    self.connect(profile.name)
+                    self.connect(HELPER, profile.name)
                 log.info("brought up persisting tunnel %r", profile.name)
             except RequestError as e:
                 log.error("could not bring up persisting tunnel %r: %s", profile.name, e.message)
 
     # --- profiles -------------------------------------------------------------------------------
 
-    def ping(self) -> dict[str, Any]:
+    def ping(self, caller: Caller) -> dict[str, Any]:
         return {"version": VERSION, "pid": os.getpid()}
 
-    def list_profiles(self) -> dict[str, Any]:
+    def list_profiles(self, caller: Caller, after: str | None = None) -> dict[str, Any]:
+        """One page of profiles, sorted by name, starting after ``after``: as many as fit in
+        one reply. ``next`` names the last one when more follow (pass it as ``after``); a
+        profile too large for any reply is named in ``omitted`` instead."""
         profiles = sorted(self._profiles.list(), key=lambda p: p.name)
-        return {"profiles": [profile_to_dict(p) for p in profiles]}
+        return _page("profiles", [(p.name, functools.partial(profile_to_dict, p))
+                                  for p in profiles], after)
 
-    def get_profile(self, name: str) -> dict[str, Any]:
+    def get_profile(self, caller: Caller, name: str) -> dict[str, Any]:
         return {"profile": profile_to_dict(self._get(name))}
 
-    def add_profile(self, profile: dict[str, Any]) -> dict[str, Any]:
-        new = profile_from_dict(profile)
+    def add_profile(self, caller: Caller, profile: dict[str, Any]) -> dict[str, Any]:
+        new = self._admissible(caller, profile_from_dict(profile))
         self._refuse_existing(new.name)
+        self._claim(caller, new.name)
         return self._put(new, "added")
 
-    def update_profile(self, profile: dict[str, Any]) -> dict[str, Any]:
-        new = profile_from_dict(profile)
+    def update_profile(self, caller: Caller, profile: dict[str, Any]) -> dict[str, Any]:
+        new = self._admissible(caller, profile_from_dict(profile))
         self._get(new.name)
+        self._require_owner(caller, new.name, "change it")
         return self._put(new, "updated")
 
-    def remove_profile(self, name: str) -> dict[str, Any]:
-        profile = self._get(name)
+    def remove_profile(self, caller: Caller, name: str) -> dict[str, Any]:
+        self._refuse_reserved(name)
+        if not self._exists(name):
+            self._get(name)  # not_found
+        # Not read first: a file this version no longer accepts (say, a low-order peer key)
+        # must still be removable, and nothing below needs its contents.
+        self._require_owner(caller, name, "remove it")
         if name in self._engine_call(self._engine.running):
             self._engine_call(self._engine.down, name)
-        others = [p for p in self._profiles.list() if p.name != name]
-        in_use = {ref for p in others for ref in (p.private_key_ref, p.psk_ref)}
-        for ref in (profile.private_key_ref, profile.psk_ref):
-            if ref and ref not in in_use:
-                self._key_call(self._keys.delete, ref)
+        for ref in self._own_refs(name):
+            self._key_call(self._keys.delete, ref)
         with _classified("storage"):
             self._profiles.remove(name)
+        self._engine_call(self._engine.forget, name)
         self._notify("profiles", {"change": "removed", "name": name})
         return {}
 
-    def import_profile(self, text: str, replace: bool = False) -> dict[str, Any]:
-        profile, secrets = loads(text)
+    def import_profile(self, caller: Caller, text: str, replace: bool = False) -> dict[str, Any]:
+        parsed, secrets = loads(text)
+        profile = self._admissible(caller, parsed)
         existed = self._exists(profile.name)
         if existed and not replace:
             self._refuse_existing(profile.name)
+        if existed:
+            self._require_owner(caller, profile.name, "replace it")
+        else:
+            self._claim(caller, profile.name)
         stored = []
         if secrets is not None:
             for key, value, ref in (
@@ -229,46 +279,86 @@ class Service:
         result["stored_secrets"] = stored
         return result
 
-    def export_profile(self, name: str, with_secrets: bool = False) -> dict[str, Any]:
+    def export_profile(self, caller: Caller, name: str,
+                       with_secrets: bool = False) -> dict[str, Any]:
         profile = self._get(name)
         secrets = None
         if with_secrets:
+            self._require_owner(caller, name, "export its secret keys")
             loaded = self._load_secrets(profile)
             if loaded.private_key is not None or loaded.psk is not None:
                 secrets = loaded
-            log.warning("profile %r exported with its secrets", name)
+            log.warning("profile %r exported with its secrets (uid %d)", name, caller.uid)
         return {"text": dumps(profile, secrets), "with_secrets": secrets is not None}
 
-    def set_peer_key(self, name: str, public_key: str) -> dict[str, Any]:
-        return self._put(self._get(name).replace(public_key=public_key), "updated")
+    def set_peer_key(self, caller: Caller, name: str, public_key: str) -> dict[str, Any]:
+        profile = self._get(name)
+        self._require_owner(caller, name, "change its peer key")
+        return self._put(profile.replace(public_key=public_key), "updated")
 
     # --- keys -----------------------------------------------------------------------------------
 
-    def genkey(self, name: str) -> dict[str, Any]:
+    def genkey(self, caller: Caller, name: str) -> dict[str, Any]:
         profile = self._get(name)
-        ref = profile.private_key_ref or f"{name}.private"
+        self._require_owner(caller, name, "give it a new key")
+        ref = keyrefs.profile_ref(name, "private")
         private = noise.generate_private_key()
         self._key_call(self._keys.put, ref, private)
         result = self._put(profile.replace(private_key_ref=ref), "updated")
         result["public_key"] = _b64(noise.public_key(private))
         return result
 
-    def genpsk(self, name: str) -> dict[str, Any]:
+    def genpsk(self, caller: Caller, name: str) -> dict[str, Any]:
         profile = self._get(name)
-        ref = profile.psk_ref or f"{name}.psk"
+        self._require_owner(caller, name, "give it a new pre-shared key")
+        ref = keyrefs.profile_ref(name, "psk")
         self._key_call(self._keys.put, ref, os.urandom(32))
         return self._put(profile.replace(psk_ref=ref), "updated")
 
-    def public_key(self, name: str) -> dict[str, Any]:
+    def public_key(self, caller: Caller, name: str) -> dict[str, Any]:
         profile = self._get(name)
         private = self._load_secrets(profile).private_key
         if private is None:
             raise _missing_key(profile, "private_key")
         return {"public_key": _b64(noise.public_key(private))}
 
+    # --- key names from before the helper chose them ------------------------------------------
+
+    def migrate_key_refs(self) -> list[str]:
+        """Give every stored profile the helper's own key names (keyrefs), copying each key
+        it had to its new name. A key named like one of the gateway's is not copied: that was
+        a profile reaching into the gateway's keyring items. Old items are left in place (a
+        gateway not running in this helper may still use them). Returns one line per change."""
+        done: list[str] = []
+        gateway_refs = self._gateway.key_refs() if self._gateway is not None else set()
+        for profile in self._profiles.list():
+            new = keyrefs.normalised(profile)
+            if new == profile:
+                continue
+            try:
+                for old, ref in ((profile.private_key_ref, new.private_key_ref),
+                                 (profile.psk_ref, new.psk_ref)):
+                    if old == ref:
+                        continue
+                    if old in gateway_refs:
+                        done.append(f"profile {profile.name!r}: keys item {old!r} is the "
+                                    "gateway's; not copied (generate or import a key)")
+                        continue
+                    value = self._keys.get(old)
+                    if value is not None and self._keys.get(ref) is None:
+                        self._keys.put(ref, value)
+                    done.append(f"profile {profile.name!r}: key {old!r} is now {ref!r}")
+                self._profiles.put(new)
+            except TunsealError as e:
+                log.error("profile %r keeps its old key names for now: %s", profile.name, e)
+        for line in done:
+            log.warning("key names: %s", line)
+        return done
+
     # --- tunnels --------------------------------------------------------------------------------
 
-    def connect(self, name: str) -> dict[str, Any]:
+    def connect(self, caller: Caller, name: str) -> dict[str, Any]:
+        self._refuse_reserved(name)
         profile = self._get(name)
         if name not in self._engine_call(self._engine.running):
             secrets = self._load_secrets(profile)
@@ -279,22 +369,26 @@ class Service:
             self._engine_call(self._engine.up, profile, secrets)
         return {"status": self._status(name)}
 
-    def disconnect(self, name: str) -> dict[str, Any]:
+    def disconnect(self, caller: Caller, name: str) -> dict[str, Any]:
+        self._refuse_reserved(name)
         if name in self._engine_call(self._engine.running):
             self._engine_call(self._engine.down, name)
         else:
             self._get(name)  # not running: only a known profile is a valid target
+            self._engine_call(self._engine.forget, name)  # a failed start's error, if any
         return {"status": self._status(name)}
 
-    def status(self, name: str | None = None) -> dict[str, Any]:
+    def status(self, caller: Caller, name: str | None = None,
+               after: str | None = None) -> dict[str, Any]:
+        """The named tunnel, or a page of every profile's and running tunnel's status (paged
+        like list_profiles)."""
         running = self._engine_call(self._engine.running)
         if name is not None:
             if name not in running:
                 self._get(name)
-            names = [name]
-        else:
-            names = sorted({p.name for p in self._profiles.list()} | set(running))
-        return {"tunnels": [self._status(n) for n in names]}
+            return {"tunnels": [self._status(name)], "next": None, "omitted": []}
+        names = sorted({p.name for p in self._profiles.list()} | set(running))
+        return _page("tunnels", [(n, functools.partial(self._status, n)) for n in names], after)
 
     # --- helpers --------------------------------------------------------------------------------
 
@@ -309,6 +403,66 @@ class Service:
 
     def _exists(self, name: str) -> bool:
         return self._profiles.exists(name)
+
+    def _reserved(self) -> frozenset[str]:
+        return frozenset({self._gateway.name}) if self._gateway is not None else frozenset()
+
+    def _refuse_reserved(self, name: str) -> None:
+        if name in self._reserved():
+            raise RequestError(
+                f"{name!r} is this helper's gateway tunnel, not a profile: it is started and "
+                "stopped with the helper (systemctl restart tunseal-helper); choose another "
+                "name for a profile",
+                code="denied",
+            )
+
+    def _admissible(self, caller: Caller, profile: Profile) -> Profile:
+        """``profile`` as the helper will store it for ``caller``: its name not reserved, a
+        privileged port only for root, and key refs named by the helper (keyrefs)."""
+        self._refuse_reserved(profile.name)
+        port = profile.listen_port
+        if 0 < port < PRIVILEGED_PORTS and not caller.is_root:
+            raise RequestError(
+                f"profile {profile.name!r}: interface.listen_port {port} is below "
+                f"{PRIVILEGED_PORTS}, and only root may make the helper bind such a port; "
+                f"choose {PRIVILEGED_PORTS}-65535, or ask an administrator to add the profile",
+                code="denied",
+            )
+        return keyrefs.normalised(profile)
+
+    def _claim(self, caller: Caller, name: str) -> None:
+        """Make ``caller`` the owner of the new profile ``name``, and make sure no key left
+        under its names (by a profile of that name whose removal failed half-way) carries
+        over to it. Those names are this profile's alone: no other profile has them, and a
+        gateway's cannot be spelled so (keyrefs)."""
+        for kind in keyrefs.KINDS:
+            self._key_call(self._keys.delete, keyrefs.profile_ref(name, kind))
+        with _classified("storage"):
+            self._profiles.set_owner(name, caller.uid)
+
+    def _require_owner(self, caller: Caller, name: str, action: str) -> None:
+        if caller.is_root:
+            return
+        owner = self._profiles.owner(name)
+        if owner == caller.uid:
+            return
+        who = _user(owner) if owner is not None else "root (it was stored before Tunseal " \
+            "recorded owners)"
+        only = _user(owner).split(" (")[0] if owner is not None else "root"
+        raise RequestError(
+            f"profile {name!r} belongs to {who}: only {only} or root may {action}; you may "
+            "connect and disconnect it",
+            code="denied",
+        )
+
+    def _own_refs(self, name: str) -> list[str]:
+        """The keyring items removing profile ``name`` deletes: its own names (keyrefs),
+        whether or not its [keys] still names them; never one the gateway uses (a gateway's
+        names cannot be spelled like a profile's, but what is in use is not deleted)."""
+        candidates = {keyrefs.profile_ref(name, kind) for kind in keyrefs.KINDS}
+        if self._gateway is not None:
+            candidates -= self._gateway.key_refs()
+        return sorted(candidates)
 
     def _refuse_existing(self, name: str) -> None:
         if self._exists(name):
@@ -366,6 +520,42 @@ def _missing_key(profile: Profile, key: str) -> RequestError:
         f"'tunseal {command} {profile.name}' or import it",
         code="not_found",
     )
+
+
+def _page(key: str, items: list[tuple[str, Callable[[], dict[str, object]]]],
+          after: str | None) -> dict[str, Any]:
+    """``{key: [...], "next": ..., "omitted": [...]}``: the entries of ``items`` (sorted by
+    name; each built only when reached) after ``after``, as many as fit in one reply."""
+    page: list[dict[str, Any]] = []
+    omitted: list[str] = []
+    used = 0
+    last = None
+    for name, build in items:
+        if after is not None and name <= after:
+            continue
+        entry = build()
+        size = len(json.dumps(entry, separators=(",", ":"))) + 1
+        if size > PAGE_BYTES:
+            omitted.append(name)
+        elif used + size > PAGE_BYTES:
+            return {key: page, "next": last, "omitted": omitted}
+        else:
+            page.append(entry)
+            used += size
+        last = name
+    return {key: page, "next": None, "omitted": omitted}
+
+
+def _require_root(caller: Caller, action: str) -> None:
+    if not caller.is_root:
+        raise RequestError(f"only root may {action}; ask an administrator", code="denied")
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _b64(raw: bytes) -> str:

@@ -159,10 +159,12 @@ def spec_from_profile(profile: Profile, secrets: ProfileSecrets) -> TunnelSpec:
 
 class Tunnel:
     def __init__(self, spec: TunnelSpec, *, records: Records,
-                 on_change: Callable[[Tunnel], None]):
+                 on_change: Callable[[Tunnel], None], ifname: str | None = None):
         self.spec = spec
         self.name = spec.name
-        self.ifname = netdev.ifname_for(spec.name)
+        self.ifname = ifname or netdev.ifname_for(spec.name)
+        self._owns_link = False
+        """This tunnel created its link (and its record): only then may stop() remove them."""
         self._records = records
         self._on_change = on_change
         self.lock = threading.RLock()
@@ -214,7 +216,13 @@ class Tunnel:
 
     def start(self) -> None:
         spec = self.spec
+        if netdev.link_exists(self.ifname):
+            # Another tunnel's, or someone else's: attaching to it (or failing to) must not
+            # end with this tunnel's stop() deleting it and its record.
+            raise TunnelError(f"tunnel {spec.name!r}: a link named {self.ifname} already "
+                              "exists; is another tunnel using it?")
         self._records.note_link(self.ifname, spec.name)
+        self._owns_link = True
         try:
             self._pin_endpoints()
             self.tun = open_tun(self.ifname)
@@ -402,7 +410,7 @@ class Tunnel:
             self.transport.close()
         if self.tun is not None:
             self.tun.close()  # the kernel removes the device and its routes with the last fd
-        if netdev.link_exists(self.ifname):
+        if self._owns_link and netdev.link_exists(self.ifname):
             netdev.delete_link(self.ifname)
         if self._nft_table:
             nat.disable(self._nft_table)
@@ -414,7 +422,8 @@ class Tunnel:
                 log.warning("tunnel %s: removing the endpoint route failed: %s", self.name, e,
                             extra={"tunnel": self.name})
         self._pins.clear()
-        self._records.forget(self.ifname)
+        if self._owns_link:
+            self._records.forget(self.ifname)
         if self.endpoint is not None:
             for peer in list(self.endpoint.peers):
                 self.endpoint.remove_peer(peer)

@@ -305,7 +305,7 @@ def test_duplicate_and_delete(qtbot: QtBot, gui: App, world: OfficeLab, office: 
     click_action(qtbot, gui, "Duplicate")
     qtbot.waitUntil(lambda: "office-copy" in gui.state.model.profiles, timeout=WAIT)
     copy = world.laptop.call("get_profile", name="office-copy")["profile"]
-    assert copy["keys"] == {"private_key": "office-copy.private"}  # not the original's item
+    assert copy["keys"] == {"private_key": "profile:office-copy:private"}  # its own item
     gui.window.select("office-copy")
     click_action(qtbot, gui, "Delete…")
     box = gui.window.question

@@ -264,7 +264,7 @@ def test_outsider_cannot_open_the_socket(world: World) -> None:
     assert answer["ok"] is False
     assert answer["code"] == "forbidden"
     assert answer["type"] == "HelperUnavailable"
-    assert "ask an administrator to add you to the 'tunseal' group" in answer["message"]
+    assert f"ask an administrator to add you to the {world.group!r} group" in answer["message"]
 
 
 def test_outsider_is_refused_by_peer_credentials(world: World) -> None:
@@ -341,8 +341,8 @@ def test_bad_messages_get_errors_and_other_clients_keep_their_events(
 
 
 def test_a_subscriber_that_never_reads_blocks_nobody(world: World, name: str) -> None:
-    """A subscriber that stops reading loses its oldest events (and the helper counts them);
-    everyone else keeps getting replies and every event."""
+    """A subscriber that stops reading is disconnected once its queue is full (the helper
+    counts what it missed); everyone else keeps getting replies and every event."""
     updates = 1500
     with world.helper.client() as actor:
         actor.call("import_profile", text=psk_profile(name))
@@ -418,8 +418,8 @@ def test_cli_profile_lifecycle(world: World, name: str, tmp_path: Path) -> None:
 
     imported = cli_json(world, "import", str(source))
     assert imported["stored_secrets"] == ["psk"]
-    assert imported["profile"]["keys"] == {"psk": f"{name}.psk"}
-    assert KeyStore().get(f"{name}.psk") == psk
+    assert imported["profile"]["keys"] == {"psk": f"profile:{name}:psk"}  # the helper's name
+    assert KeyStore().get(f"profile:{name}:psk") == psk
     cli_json(world, "import", str(source), expect=1)  # exists
     assert cli_json(world, "import", "--replace", str(source))["stored_secrets"] == ["psk"]
 
@@ -434,7 +434,7 @@ def test_cli_profile_lifecycle(world: World, name: str, tmp_path: Path) -> None:
     assert f'name = "{name}"' in cli(world, "show", name).stdout
 
     plain = cli(world, "export", name).stdout
-    assert "[secrets]" not in plain and f'psk = "{name}.psk"' in plain
+    assert "[secrets]" not in plain and f'psk = "profile:{name}:psk"' in plain
     assert not any(s in plain for s in spellings(psk))
     out = tmp_path / "out.tunseal"
     cli(world, "export", name, "--with-secrets", "-o", str(out))
@@ -447,7 +447,7 @@ def test_cli_profile_lifecycle(world: World, name: str, tmp_path: Path) -> None:
 
     removed = cli_json(world, "remove", name)
     assert removed == {}
-    assert KeyStore().get(f"{name}.psk") is None
+    assert KeyStore().get(f"profile:{name}:psk") is None
     cli_json(world, "show", name, expect=4)
 
 
@@ -494,7 +494,7 @@ def test_genkey_never_leaks_the_private_key(world: World, name: str) -> None:
         c.call("import_profile", text=psk_profile(name))
         public = cli(world, "genkey", name).stdout.strip()
         generated = cli_json(world, "genkey", name)  # a second key replaces the first
-        assert generated["profile"]["keys"]["private_key"] == f"{name}.private"
+        assert generated["profile"]["keys"]["private_key"] == f"profile:{name}:private"
         cli(world, "genpsk", name)
         cli_json(world, "export", name)
         with_secrets = cli(world, "export", name, "--with-secrets").stdout
@@ -504,7 +504,7 @@ def test_genkey_never_leaks_the_private_key(world: World, name: str) -> None:
             world.transcript.append(json.dumps({"event": event.event, "data": event.data}))
 
     keys = KeyStore()
-    private, psk = keys.get(f"{name}.private"), keys.get(f"{name}.psk")
+    private, psk = keys.get(f"profile:{name}:private"), keys.get(f"profile:{name}:psk")
     assert private is not None and psk is not None
     current = base64.b64encode(noise.public_key(private)).decode()
     assert generated["public_key"] == current != public

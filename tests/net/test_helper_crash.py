@@ -216,13 +216,13 @@ def test_no_key_material_in_logs_status_or_state(lab: netlab.Lab, mode: str) -> 
             return
         known = {k.split("#")[0]: v for k, v in pair.watch.keys.items()}
         assert {ref: key for ref, key in by_tool.items() if key is not None} == known
-        expected = {f"{e.name}.psk" for e in pair.ends} if spec.has_psk else set()
+        expected = {f"profile:{e.name}:psk" for e in pair.ends} if spec.has_psk else set()
         if spec.profile_mode == "ephemeral":
-            expected |= {f"{e.name}.private" for e in pair.ends}
+            expected |= {f"profile:{e.name}:private" for e in pair.ends}
         assert set(known) == expected
         # Both ends of a psk tunnel hold the same key under their own refs.
         if spec.has_psk:
-            assert len({known[f"{e.name}.psk"] for e in pair.ends}) == 1
+            assert len({known[f"profile:{e.name}:psk"] for e in pair.ends}) == 1
         pair.watch.check()
 
         # The search is not blind: an export the user asked secrets for is where they are.

@@ -205,7 +205,8 @@ class End:
         return dict(self.status(cli=cli)["drops"])
 
     def key_refs(self) -> list[str]:
-        return [f"{self.name}.private", f"{self.name}.psk"]
+        # The helper names a profile's keys itself (helper/keyrefs.py).
+        return [f"profile:{self.name}:private", f"profile:{self.name}:psk"]
 
 
 class TunnelPair:

@@ -42,7 +42,7 @@ def refused(raw: bytes) -> RequestError:
 VALID_ARGS: dict[str, dict[str, Any]] = {
     "ping": {},
     "subscribe": {},
-    "list_profiles": {},
+    "list_profiles": {"after": "office"},
     "get_profile": {"name": "office"},
     "add_profile": {"profile": {"format": 1, "tunnel": {"name": "office"}}},
     "update_profile": {"profile": {"format": 1}},
@@ -273,3 +273,31 @@ def test_fuzz_incoming(obj: Any) -> None:
         decode_incoming(line(obj))
     except IPCError as e:
         assert e.code in ERROR_CODES
+
+
+# --- finding 10: duplicate keys -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"v":1,"id":1,"op":"ping","op":"status"}\n',
+    b'{"v":1,"v":1,"id":1,"op":"ping"}\n',
+    b'{"v":1,"id":1,"op":"connect","args":{"name":"a","name":"b"}}\n',
+    b'{"v":1,"id":1,"op":"add_profile","args":{"profile":{"tunnel":{"name":"a","name":"b"}}}}\n',
+])
+def test_finding10_duplicate_json_keys_are_refused(raw: bytes) -> None:
+    """{"op":"ping","op":"status"} used to run status: the last key won, so what a client (or a
+    log, or a filter in between) read as one request was another to the helper."""
+    error = refused(raw)
+    assert error.code == "bad_json"
+    assert "duplicate key" in error.message
+
+
+def test_finding10_a_reply_with_duplicate_keys_is_refused_too() -> None:
+    with pytest.raises(RequestError) as info:
+        decode_incoming(b'{"v":1,"id":1,"ok":true,"ok":false,"result":{}}')
+    assert info.value.code == "bad_json"
+
+
+def test_list_profiles_after_must_be_a_name() -> None:
+    assert refused(line({"v": 1, "id": 1, "op": "list_profiles",
+                         "args": {"after": "../x"}})).code == "bad_args"

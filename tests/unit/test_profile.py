@@ -26,6 +26,7 @@ from core.profile import (
     ProfileSecrets,
     dump,
     dumps,
+    is_low_order,
     load,
     loads,
     profile_from_dict,
@@ -610,6 +611,7 @@ _hosts = st.tuples(
 ).map(lambda t: ".".join([*t[0], t[1]]))
 _refs = st.from_regex(r"[A-Za-z0-9._/-]{1,24}", fullmatch=True)
 _keys = st.binary(min_size=32, max_size=32)
+_public_keys = _keys.filter(lambda k: not is_low_order(k))
 
 
 @st.composite
@@ -652,9 +654,11 @@ def valid_profiles(draw: st.DrawFn) -> tuple[Profile, ProfileSecrets | None]:
     endpoint = draw(_endpoints())
     transport = draw(st.sampled_from(TRANSPORTS))
     listening = endpoint == "" and transport == "udp"
-    optional_key = st.one_of(st.just(""), _keys.map(lambda k: base64.b64encode(k).decode()))
+    optional_key = st.one_of(st.just(""),
+                             _public_keys.map(lambda k: base64.b64encode(k).decode()))
     public_key = draw(
-        _keys.map(lambda k: base64.b64encode(k).decode()) if mode == "ephemeral" else optional_key
+        _public_keys.map(lambda k: base64.b64encode(k).decode()) if mode == "ephemeral"
+        else optional_key
     )
     private_key_ref = draw(_refs if mode == "ephemeral" else st.one_of(st.just(""), _refs))
     psk_ref = draw(_refs if mode in ("psk", "rotating") else st.one_of(st.just(""), _refs))
@@ -813,3 +817,45 @@ def test_fuzz_loads_toml_documents(document: dict[str, Any]) -> None:
     except (TypeError, ValueError):  # None and NaN-keyed oddities TOML cannot express
         return
     _must_only_raise_profile_errors(lambda: loads(text))
+
+
+# --- finding 10: low-order public keys ------------------------------------------------------------
+
+_P = 2**255 - 19
+LOW_ORDER = [
+    bytes(32),
+    (1).to_bytes(32, "little"),
+    (_P - 1).to_bytes(32, "little"),
+    (_P).to_bytes(32, "little"),  # non-canonical 0
+    (_P + 1).to_bytes(32, "little"),  # non-canonical 1
+    bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+    bytes.fromhex("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"),
+    bytes(31) + b"\x80",  # 0 with the ignored top bit set
+]
+
+
+@pytest.mark.parametrize("key", LOW_ORDER, ids=lambda k: k.hex()[:8])
+def test_finding10_low_order_public_keys_are_refused(key: bytes) -> None:
+    """The all-zero key used to be accepted, and the tunnel then failed with an empty error:
+    every low-order point gives an all-zero shared secret, whatever this end's key."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import (
+        X25519PrivateKey,
+        X25519PublicKey,
+    )
+
+    assert is_low_order(key)
+    with pytest.raises(ValueError):  # what the key exchange itself would do with it
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(key))
+    text = base64.b64encode(key).decode()
+    with pytest.raises(ProfileInvalid) as info:
+        Profile("office", addresses=("10.0.0.2/32",), endpoint="192.0.2.1",
+                public_key=text).replace()
+    assert [p.field for p in info.value.problems] == ["peer.public_key"]
+    assert "low-order point" in info.value.problems[0].reason
+
+
+def test_ordinary_public_keys_are_not_low_order() -> None:
+    from core import noise
+
+    for _ in range(50):
+        assert not is_low_order(noise.public_key(noise.generate_private_key()))
