@@ -3,12 +3,18 @@
 # the keyring tests use a real Secret Service and never touch the user's own keyring.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# HOME is made before the D-Bus session starts: a daemon that D-Bus activates (a
+# gnome-keyring-daemon restarted after a crash) inherits the bus's environment, and with the
+# caller's HOME it looked for the keyring elsewhere, found no collection and failed every later
+# store on an unanswerable "create a collection" prompt (seen in a full run).
 if [ -z "${TUNSEAL_IN_TEST_SESSION:-}" ]; then
     export TUNSEAL_IN_TEST_SESSION=1
-    exec dbus-run-session -- bash "$0" "$@"
+    export HOME; HOME=$(mktemp -d /tmp/tunseal-test-home.XXXXXX)
+    status=0
+    dbus-run-session -- bash "$0" "$@" || status=$?
+    rm -rf "$HOME"
+    exit $status
 fi
-export HOME; HOME=$(mktemp -d /tmp/tunseal-test-home.XXXXXX)
-trap 'rm -rf "$HOME"' EXIT
 PASSWORD=tunseal-test
 eval "$(printf '%s' "$PASSWORD" | gnome-keyring-daemon --unlock --components=secrets)"
 export GNOME_KEYRING_CONTROL
@@ -41,7 +47,7 @@ keyring_watchdog() {
 for _ in $(seq 100); do [ -n "$(secrets_pid)" ] && break; sleep 0.1; done
 keyring_watchdog &
 watchdog=$!
-trap 'kill "$watchdog" 2>/dev/null; rm -rf "$HOME"' EXIT
+trap 'kill "$watchdog" 2>/dev/null' EXIT
 
 status=0
 .venv/bin/python -m pytest -n 2 --dist loadgroup -p no:cacheprovider "$@" || status=$?
