@@ -10,8 +10,23 @@ cd "$(dirname "$0")/.."
 if [ -z "${TUNSEAL_IN_TEST_SESSION:-}" ]; then
     export TUNSEAL_IN_TEST_SESSION=1
     export HOME; HOME=$(mktemp -d /tmp/tunseal-test-home.XXXXXX)
+    # The bus activates the Secret Service itself when nobody holds the name: make what it
+    # starts the same unlocked daemon over the same keyring, so a daemon that died comes back
+    # usable at the next keyring call (Debian's service file starts a locked one, which then
+    # asks for a password nobody can type).
+    bus="$HOME/.tunseal-bus"
+    mkdir -p "$bus/services"
+    printf '#!/bin/sh\nprintf %%s tunseal-test | exec gnome-keyring-daemon --foreground --unlock --components=secrets\n' \
+        > "$bus/keyring.sh"
+    chmod +x "$bus/keyring.sh"
+    printf '[D-BUS Service]\nName=org.freedesktop.secrets\nExec=%s\n' "$bus/keyring.sh" \
+        > "$bus/services/org.freedesktop.secrets.service"
+    printf '%s\n' '<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"' \
+        ' "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">' '<busconfig>' \
+        "  <servicedir>$bus/services</servicedir>" \
+        '  <include>/usr/share/dbus-1/session.conf</include>' '</busconfig>' > "$bus/session.conf"
     status=0
-    dbus-run-session -- bash "$0" "$@" || status=$?
+    dbus-run-session --config-file="$bus/session.conf" -- bash "$0" "$@" || status=$?
     rm -rf "$HOME"
     exit $status
 fi
