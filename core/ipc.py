@@ -65,10 +65,11 @@ ERROR_CODES: Final = (
     "engine",  # the tunnel engine failed
     "storage",  # the helper could not read or write its profile directory
     "forbidden",  # the connecting user is not root and not in the helper's group
+    "refused",  # the helper will not do it (e.g. lockdown 'always' with no usable profile)
     "internal",  # a bug in the helper; its log has the traceback
 )
 
-EVENTS: Final = ("status", "log", "profiles")
+EVENTS: Final = ("status", "log", "profiles", "lockdown")
 
 NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 """A profile name (the same rule as ``tunnel.name`` in docs/PROFILE.md). Checked here too, so
@@ -106,6 +107,7 @@ OPS: Final[Mapping[str, Mapping[str, _Arg]]] = {
     "peer_remove": {"name": _NAME},
     "peer_list": {},
     "peer_show": {"name": _NAME},
+    "lockdown": {"action": _Arg(str), "allow_lan": _Arg(bool, required=False)},
 }
 """Every operation and its arguments. Results are described in docs/IPC.md."""
 

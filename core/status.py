@@ -56,6 +56,11 @@ class TunnelStatus:
     error: str = ""
     since: float | None = None
     """Unix time the tunnel entered its current state."""
+    lockdown: str = ""
+    """"off", "connected" or "always" (docs/LOCKDOWN.md)."""
+    ipv6: str = ""
+    """"blocked": a full IPv4 tunnel without IPv6 keeps IPv6 from leaving; "tunnel": IPv6
+    goes through the tunnel (it routes ::/0); "": neither (a split tunnel)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

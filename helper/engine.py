@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from core.errors import TunsealError
 from core.profile import Profile, ProfileSecrets
 from core.status import TunnelStatus
-from helper import dns, netdev
+from helper import dns, lockdown, netdev, policyroute
+from helper.lockdown import Hold, Lockdown, PeerAddress
 from helper.netwatch import NetWatch
 from helper.records import Records
 from helper.timers import TimerThread
-from helper.tunnel import Tunnel, TunnelSpec, spec_from_profile
+from helper.tunnel import Tunnel, TunnelSpec, is_host_name, spec_from_profile
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,9 @@ class Engine:
     def __init__(self, *, on_event: EventSink, state_dir: Path):
         self._on_event = on_event
         self._records = Records(state_dir)
-        removed = self._records.cleanup_stale(netdev, dns)
+        self.lockdown = Lockdown(state_dir, on_change=self._lockdown_changed)
+        removed = self._records.cleanup_stale(netdev, dns, policy=policyroute,
+                                              firewall=self.lockdown)
         for what in removed:
             log.warning("removed a leftover from an earlier run: %s", what)
         self._tunnels: dict[str, Tunnel] = {}
@@ -57,20 +61,44 @@ class Engine:
                         and other.spec.transport == spec.transport == "udp"):
                     raise EngineError(f"tunnel {other.name!r} already listens on UDP port "
                                       f"{spec.listen_port}")
-            t = Tunnel(spec, records=self._records, on_change=self._changed)
+            for other in self._tunnels.values():
+                shared = set(spec.full_families) & set(other.spec.full_families)
+                if shared:
+                    raise EngineError(
+                        f"tunnel {other.name!r} already routes all IPv{min(shared)} traffic; "
+                        f"take it down before bringing up {spec.name!r}")
+            t = Tunnel(spec, records=self._records, on_change=self._changed,
+                       on_endpoints=self._endpoints_moved)
             self._tunnels[spec.name] = t
+        held_before = self.lockdown.holds(spec.name)
         try:
+            # The lockdown is in force before the tunnel changes anything (from `up`).
+            self._hold(t)
             t.start()
-        except TunsealError:
+        except (TunsealError, OSError) as e:
             with self._lock:
                 self._tunnels.pop(spec.name, None)
+            if not held_before:
+                self._release(spec.name)
             self._emit_status(TunnelStatus(name=spec.name, state="down"))
+            if isinstance(e, OSError):
+                raise EngineError(f"tunnel {spec.name!r} failed to start: {e}") from None
             raise
-        except OSError as e:
-            with self._lock:
-                self._tunnels.pop(spec.name, None)
-            raise EngineError(f"tunnel {spec.name!r} failed to start: {e}") from None
         return t
+
+    def _hold(self, t: Tunnel) -> None:
+        hold = hold_for(t.spec, t.ifname)
+        if hold is None:
+            return
+        self._records.note_nft_table(t.ifname, lockdown.TABLE)
+        self.lockdown.hold(t.name, hold)
+
+    def _release(self, name: str) -> None:
+        try:
+            self.lockdown.release(name)
+        except TunsealError as e:
+            log.error("ending the lockdown of %s failed: %s", name, e)
+            raise
 
     def tunnel(self, name: str) -> Tunnel:
         t = self._tunnels.get(name)
@@ -84,7 +112,36 @@ class Engine:
         if t is None:
             raise EngineError(f"tunnel {name!r} is not up")
         t.stop()
+        self._release(name)
         self._emit_status(TunnelStatus(name=name, state="down"))
+
+    def release_lockdown(self, name: str) -> None:
+        """The user took ``name`` down while it was not running (a failed persist restore,
+        say): its lockdown ends too."""
+        if name not in self._tunnels:
+            self._release(name)
+
+    def reconcile_lockdown(self, keep: Iterable[Profile] = ()) -> None:
+        """At start: the table left by an earlier run is rewritten for ``always`` and the
+        profiles about to come back up (``keep``), or removed. Their endpoints join when they
+        are up (a host name is not looked up here)."""
+        holds = []
+        for p in keep:
+            host = p.endpoint_host if p.endpoint else ""
+            endpoints = () if not host or is_host_name(host) else (
+                PeerAddress(host, p.endpoint_port, p.transport),)
+            hold = _hold(p.effective_lockdown, p.allow_lan, policyroute.full_families(
+                p.allowed_ips), netdev.ifname_for(p.name), endpoints)
+            if hold is not None:
+                holds.append((p.name, hold))
+        self.lockdown.reconcile(holds)
+
+    def set_lockdown(self, on: bool, *, allow_lan: bool = False) -> dict[str, Any]:
+        self.lockdown.set_always(on, allow_lan=allow_lan)
+        return self.lockdown.status()
+
+    def lockdown_status(self) -> dict[str, Any]:
+        return self.lockdown.status()
 
     def status(self, name: str) -> TunnelStatus:
         t = self._tunnels.get(name)
@@ -119,10 +176,40 @@ class Engine:
             self._emit_status(t.status())
 
     def _changed(self, t: Tunnel) -> None:
+        self.lockdown.set_up(t.name, t.state == "up")
         self._emit_status(t.status())
+
+    def _endpoints_moved(self, t: Tunnel) -> None:
+        try:
+            self.lockdown.update_endpoints(t.name, t.spec.peer_addresses())
+        except TunsealError as e:
+            log.error("tunnel %s: the lockdown could not follow the new endpoint: %s",
+                      t.name, e)
+
+    def _lockdown_changed(self, status: dict[str, Any]) -> None:
+        try:
+            self._on_event("lockdown", status)
+        except Exception:
+            log.exception("delivering a lockdown event failed")
 
     def _emit_status(self, st: TunnelStatus) -> None:
         try:
             self._on_event("status", st.to_dict())
         except Exception:
             log.exception("delivering a status event failed")
+
+
+def hold_for(spec: TunnelSpec, ifname: str) -> Hold | None:
+    return _hold(spec.lockdown, spec.allow_lan, spec.full_families, ifname,
+                 spec.peer_addresses())
+
+
+def _hold(mode: str, allow_lan: bool, full: tuple[int, ...], ifname: str,
+          endpoints: tuple[PeerAddress, ...]) -> Hold | None:
+    """What a tunnel asks of the lockdown table: a kill switch, or only the IPv6 block of an
+    IPv4 full tunnel (no IPv6 may leave beside it), or nothing."""
+    if mode in ("connected", "always"):
+        return Hold(ifname, endpoints, allow_lan=allow_lan, lockdown=mode)
+    if full == (4,):
+        return Hold(ifname, endpoints, families=frozenset({6}), allow_lan=True, lockdown="off")
+    return None
