@@ -228,3 +228,27 @@ def test_lockdown_always_blocks_with_no_tunnel_until_turned_off(lab: netlab.Lab)
         assert TABLE not in w.nft_ruleset()
         assert reached(try_reach(lab, w.laptop, OUTSIDE[0], 9400, label="free"))
         assert [h[2] for h in outside.heard() if h[0] == "udp"] == ["free"]
+
+
+def test_the_uninstallers_end_the_lockdown(lab: netlab.Lab, tmp_path: object) -> None:
+    """tunseal_remove_lockdown (installers/common/system-setup.sh, run by postrm and
+    uninstall.sh) removes a table left in force and the policy rules a crash left."""
+    from pathlib import Path
+
+    from helper.lockdown import Policy, ruleset
+    ns = lab.ns("host")
+    lab.nft(ns, ruleset(Policy(frozenset({4, 6}))))
+    for fam in ("-4", "-6"):
+        lab.run(ns, "ip", fam, "rule", "add", "priority", "32764", "table", "main",
+                "suppress_prefixlength", "0", "proto", "77")
+        lab.run(ns, "ip", fam, "rule", "add", "priority", "32765", "not", "fwmark", "0x7453",
+                "table", "29779", "proto", "77")
+    state = Path(str(tmp_path)) / "lockdown.json"
+    state.write_text('{"always": true}\n')
+    setup = netlab.REPO_ROOT / "installers" / "common" / "system-setup.sh"
+    lab.run(ns, "env", f"TUNSEAL_LOCKDOWN_STATE={state}", "sh", "-c",
+            f". {setup}; tunseal_remove_lockdown")
+    assert TABLE not in lab.run(ns, "nft", "list", "ruleset").stdout
+    rules = lab.run(ns, "ip", "-4", "rule").stdout + lab.run(ns, "ip", "-6", "rule").stdout
+    assert "proto 77" not in rules, rules
+    assert not state.exists()
