@@ -88,8 +88,6 @@ class Engine:
 
     def _hold(self, t: Tunnel) -> None:
         hold = hold_for(t.spec, t.ifname)
-        if hold is None:
-            return
         self._records.note_nft_table(t.ifname, lockdown.TABLE)
         self.lockdown.hold(t.name, hold)
 
@@ -132,7 +130,7 @@ class Engine:
                 PeerAddress(host, p.endpoint_port, p.transport),)
             hold = _hold(p.effective_lockdown, p.allow_lan, policyroute.full_families(
                 p.allowed_ips), netdev.ifname_for(p.name), endpoints)
-            if hold is not None:
+            if hold.families:
                 holds.append((p.name, hold))
         self.lockdown.reconcile(holds)
 
@@ -199,17 +197,17 @@ class Engine:
             log.exception("delivering a status event failed")
 
 
-def hold_for(spec: TunnelSpec, ifname: str) -> Hold | None:
+def hold_for(spec: TunnelSpec, ifname: str) -> Hold:
     return _hold(spec.lockdown, spec.allow_lan, spec.full_families, ifname,
                  spec.peer_addresses())
 
 
 def _hold(mode: str, allow_lan: bool, full: tuple[int, ...], ifname: str,
-          endpoints: tuple[PeerAddress, ...]) -> Hold | None:
+          endpoints: tuple[PeerAddress, ...]) -> Hold:
     """What a tunnel asks of the lockdown table: a kill switch, or only the IPv6 block of an
-    IPv4 full tunnel (no IPv6 may leave beside it), or nothing."""
+    IPv4 full tunnel (no IPv6 may leave beside it), or nothing but a way through whenever
+    lockdown 'always' is on."""
     if mode in ("connected", "always"):
         return Hold(ifname, endpoints, allow_lan=allow_lan, lockdown=mode)
-    if full == (4,):
-        return Hold(ifname, endpoints, families=frozenset({6}), allow_lan=True, lockdown="off")
-    return None
+    families = frozenset({6}) if full == (4,) else frozenset()
+    return Hold(ifname, endpoints, families=families, allow_lan=True, lockdown="off")

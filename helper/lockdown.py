@@ -226,8 +226,9 @@ class Hold:
     families: frozenset[int] = frozenset({4, 6})
     allow_lan: bool = False
     lockdown: str = "connected"
-    """"connected" or "always" (a kill switch), or "off": only the IPv6 block of an IPv4 full
-    tunnel."""
+    """"connected" or "always" (a kill switch), or "off": no kill switch, only what
+    ``families`` blocks (the IPv6 block of an IPv4 full tunnel, or nothing); such a hold still
+    lets its tunnel through whenever ``always`` is on."""
 
 
 @dataclass
@@ -298,7 +299,7 @@ class Lockdown:
                 # Off means off: the connected lockdowns end too (tunnels stay up); only the
                 # IPv6 block of IPv4 full tunnels, which is no kill switch, remains.
                 self._state.holds = {n: h for n, h in self._state.holds.items()
-                                     if h.lockdown == "off"}
+                                     if not _kill_switch(h)}
             self._save()
             self._sync()
 
@@ -326,10 +327,13 @@ class Lockdown:
         with self._lock:
             for name, hold in keep:
                 self._state.holds[name] = hold
-            if self._stale or present():
-                log.info("lockdown: reconciling the table left by an earlier run")
-            self._applied = None
+            left = self._stale or present()
             self._stale = False
+            if left:
+                log.info("lockdown: reconciling the table left by an earlier run")
+            elif self._policy() is None:
+                return  # nothing there, nothing wanted: no need to touch the firewall
+            self._applied = None
             self._sync(force=True)
 
     def status(self) -> dict[str, Any]:
@@ -348,7 +352,7 @@ class Lockdown:
         families: set[int] = set()
         for h in holds:
             families |= h.families
-        locking = [h for h in holds if h.lockdown != "off"]
+        locking = [h for h in holds if _kill_switch(h)]
         if s.always:
             families |= {4, 6}
         if not families:
@@ -381,16 +385,16 @@ class Lockdown:
 
     def _status(self) -> dict[str, Any]:
         policy = self._applied
-        locked = sorted(n for n, h in self._state.holds.items() if h.lockdown != "off")
+        locked = sorted(n for n, h in self._state.holds.items() if _kill_switch(h))
         active = _blocking(policy)
         return {
             "always": self._state.always,
             "allow_lan": policy.allow_lan if policy is not None else self._state.allow_lan,
             "active": active,
-            "blocked": active and not (set(locked) & self._up),
+            "blocked": active and not (set(self._state.holds) & self._up),
             "tunnels": locked,
             "ipv6_blocked": sorted(n for n, h in self._state.holds.items()
-                                   if h.lockdown == "off"),
+                                   if not _kill_switch(h) and 6 in h.families),
             "dns_servers": list(self._state.dns_servers),
         }
 
@@ -419,6 +423,10 @@ class Lockdown:
             write_atomic(str(self._path), data.encode() + b"\n", mode=0o600)
         except OSError as e:
             raise LockdownError(f"cannot save the lockdown state in {self._path}: {e}") from None
+
+
+def _kill_switch(hold: Hold) -> bool:
+    return hold.lockdown in ("connected", "always")
 
 
 def _blocking(policy: Policy | None) -> bool:
