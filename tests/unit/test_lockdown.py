@@ -144,7 +144,8 @@ def test_the_strictest_allow_lan_wins(tmp_path: Path) -> None:
 @pytest.mark.parametrize("policy", [
     Policy(BOTH),
     Policy(BOTH, ("ts-office",), (OFFICE,), allow_lan=True, dns_servers=("10.44.0.1", "fd44::1")),
-    Policy(frozenset({6}), ("ts-office", "ts-home"), (OFFICE, PeerAddress("2001:db8::1", 0, "raw"))),
+    Policy(frozenset({6}), ("ts-office", "ts-home"),
+           (OFFICE, PeerAddress("2001:db8::1", 0, "raw"))),
 ], ids=["always", "connected+lan+dns", "ipv6-only"])
 def test_nft_accepts_every_table(policy: Policy) -> None:
     done = subprocess.run(["unshare", "-n", "nft", "-c", "-f", "-"], input=ruleset(policy),
