@@ -5,6 +5,7 @@ real laptop helper of the office lab (its namespace is the one blocked, never th
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,7 +45,11 @@ def test_blocked_state_unblock_and_notices(qtbot: QtBot, gui: App, world: Office
     assert tray.unblock_action is not None
     qtbot.waitUntil(lambda: any(s.notice.kind is Kind.LOCKDOWN_ON
                                 for s in gui.notifier.shown), timeout=WAIT)
-    window.grab().save(str(tmp_path / "blocked.png"))
+    # $TUNSEAL_SCREENSHOTS (a directory) keeps the pictures: docs/screenshots/blocked*.png.
+    shots = Path(os.environ.get("TUNSEAL_SCREENSHOTS") or tmp_path)
+    assert window.grab().save(str(shots / "blocked.png"))
+    tray.menu.adjustSize()
+    assert tray.menu.grab().save(str(shots / "blocked-tray-menu.png"))
 
     # A tunnel up: still locked down, but no longer blocked.
     world.laptop.call("connect", name=office)

@@ -43,6 +43,8 @@ WIFI = ("192.168.50.2", "192.168.50.1")
 WIFI6 = ("2001:db8:50::2", "2001:db8:50::1")
 ETH = ("192.168.60.2", "192.168.60.1")
 OFFICE = ("198.18.2.2", "198.18.2.1")
+OFFICE2 = ("198.18.4.2", "198.18.4.1")
+"""A second address for the office (a test moves it there)."""
 OUTSIDE = ("198.18.3.2", "198.18.3.1")
 OUTSIDE6 = ("2001:db8:3::2", "2001:db8:3::1")
 
@@ -104,7 +106,7 @@ class LaptopPair(TunnelPair):
 
     def __init__(self, world: World, spec: Spec, workdir: Path, *,
                  client_routes: tuple[str, ...] = ("0.0.0.0/0",), lockdown: str = "",
-                 allow_lan: bool = False):
+                 allow_lan: bool = False, endpoint_name: str = ""):
         topo = netlab.Topology(
             client=world.laptop, router=world.router, server=world.office,
             client_if=world.wifi, router_client_if="", router_server_if="", server_if="",
@@ -114,7 +116,15 @@ class LaptopPair(TunnelPair):
         self.client_routes = client_routes
         self.lockdown = lockdown
         self.allow_lan = allow_lan
+        self.endpoint_name = endpoint_name
+        self.hosts: Hosts | None = None
         super().__init__(world.lab, topo, spec, workdir)
+
+    @property
+    def endpoint(self) -> str:
+        if self.endpoint_name:
+            return f"{self.endpoint_name}:{self.spec.port}"
+        return super().endpoint
 
     def profile(self, end: End, *, public_key: str = "") -> Profile:
         p = super().profile(end, public_key=public_key)
@@ -140,13 +150,38 @@ class LaptopPair(TunnelPair):
         return result
 
 
+class Hosts:
+    """The laptop's /etc/hosts: ``ip netns exec`` bind-mounts /etc/netns/<ns>/hosts over it
+    for what it starts (the helper), and the file is rewritten in place, so the helper sees every
+    change. Removed on :meth:`close`."""
+
+    def __init__(self, ns: str):
+        self.dir = Path("/etc/netns") / ns
+        self.path = self.dir / "hosts"
+
+    def write(self, entries: dict[str, str]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lines = ["127.0.0.1 localhost", "::1 localhost"]
+        lines += [f"{addr} {name}" for name, addr in entries.items()]
+        with open(self.path, "w") as f:  # in place: the bind mount keeps the inode
+            f.write("\n".join(lines) + "\n")
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def laptop_pair(lab: netlab.Lab, spec: Spec | None = None, *, up: bool = True,
-                **kw: Any) -> Iterator[LaptopPair]:
+                hosts: dict[str, str] | None = None, **kw: Any) -> Iterator[LaptopPair]:
+    """``hosts``: names the laptop's helper resolves through its own /etc/hosts
+    (:attr:`LaptopPair.hosts`)."""
     world = build_world(lab)
     workdir = Path(tempfile.mkdtemp(prefix="tunseal-laptop-"))
     pair = LaptopPair(world, spec or Spec(), workdir, **kw)
+    pair.hosts = Hosts(world.laptop)
     try:
+        if hosts:
+            pair.hosts.write(hosts)
         pair.start_helpers()
         pair.build()
         if up:
@@ -156,6 +191,7 @@ def laptop_pair(lab: netlab.Lab, spec: Spec | None = None, *, up: bool = True,
         pair.watch.check()
     finally:
         pair.cleanup()
+        pair.hosts.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -176,6 +212,8 @@ class LinkCapture:
 
     world: World
     workdir: Path
+    office: tuple[str, ...] = (OFFICE[0],)
+    """The endpoint addresses whose port-51900 traffic is the outer flow."""
     procs: list[tuple[str, subprocess.Popen[str], Path]] = field(default_factory=list)
     frames: list[Frame] = field(default_factory=list)
 
@@ -200,7 +238,8 @@ class LinkCapture:
                 proc.kill()
                 proc.communicate(timeout=5)
             data = path.read_bytes() if path.exists() else b""
-            self.frames += [Frame(iface, kind, what) for kind, what in classify_pcap(data)]
+            self.frames += [Frame(iface, kind, what)
+                            for kind, what in classify_pcap(data, self.office)]
 
     def counts(self) -> dict[str, int]:
         return dict(Counter(f.kind for f in self.frames))
@@ -223,7 +262,8 @@ _ND_TYPES = {133: "RS", 134: "RA", 135: "NS", 136: "NA", 130: "MLD query", 131: 
              132: "MLD done", 143: "MLDv2 report"}
 
 
-def classify_pcap(data: bytes) -> list[tuple[str, str]]:
+def classify_pcap(data: bytes,
+                  office: tuple[str, ...] = (OFFICE[0],)) -> list[tuple[str, str]]:
     """(kind, description) of every Ethernet frame of a classic pcap file."""
     if len(data) < 24:
         return []
@@ -234,11 +274,12 @@ def classify_pcap(data: bytes) -> list[tuple[str, str]]:
         caplen = struct.unpack_from(endian + "I", data, off + 8)[0]
         frame = data[off + 16:off + 16 + caplen]
         off += 16 + caplen
-        out.append(classify_frame(frame))
+        out.append(classify_frame(frame, office))
     return out
 
 
-def classify_frame(frame: bytes) -> tuple[str, str]:
+def classify_frame(frame: bytes,
+                   office: tuple[str, ...] = (OFFICE[0],)) -> tuple[str, str]:
     ethertype = struct.unpack_from("!H", frame, 12)[0]
     ip = frame[14:]
     if ethertype == 0x0806:
@@ -260,8 +301,8 @@ def classify_frame(frame: bytes) -> tuple[str, str]:
     if proto in (6, 17) and len(l4) >= 4:
         sport, dport = struct.unpack_from("!HH", l4)
     what = f"{src}:{sport} > {dst}:{dport} proto {proto}"
-    office = ipaddress.ip_address(OFFICE[0])
-    if proto == 17 and ((dst == office and dport == PORT) or (src == office and sport == PORT)):
+    ends = {ipaddress.ip_address(a) for a in office}
+    if proto == 17 and ((dst in ends and dport == PORT) or (src in ends and sport == PORT)):
         return "outer", what
     if proto == 58 and l4 and l4[0] in _ND_TYPES:
         return "nd", f"ICMPv6 {_ND_TYPES[l4[0]]} {src} > {dst}"

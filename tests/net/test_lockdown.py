@@ -6,6 +6,7 @@ link-level control (ARP, neighbour discovery, router solicitation, MLD, DHCP) is
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -13,6 +14,8 @@ import netlab
 import pytest
 from laptoplab import (
     ETH,
+    OFFICE,
+    OFFICE2,
     OUTSIDE,
     OUTSIDE6,
     WIFI,
@@ -163,10 +166,17 @@ def test_nothing_gets_around_the_lockdown_and_allow_lan_opens_the_lan_only(
         # removes it, and the rules.
         pair.client.cli("up", pair.client.name)
         pair.wait_state("up", ends=(pair.client,))
+        ifname = pair.client.status()["interface"]
         pair.client.helper.kill()
         assert TABLE in w.nft_ruleset()
         assert tunseal_rules(pair)
+        # The crash record names what the crashed helper left (helper/records.py).
+        record = json.loads((pair.client.helper.state_dir / "run" / f"{ifname}.json").read_text())
+        assert record["nft_table"] == TABLE
+        assert record["rules"] == [{"family": 4, "kind": "suppress"},
+                                   {"family": 4, "kind": "tunnel"}]
         pair.client.helper.start()
+        pair.client.helper.wait_for_log("removed the IPv4 tunnel policy rule")
         assert TABLE not in w.nft_ruleset()
         assert tunseal_rules(pair) == []
         listener = Listener(lab, w.outside, OUTSIDE[0], 9202)
@@ -252,3 +262,51 @@ def test_the_uninstallers_end_the_lockdown(lab: netlab.Lab, tmp_path: object) ->
     rules = lab.run(ns, "ip", "-4", "rule").stdout + lab.run(ns, "ip", "-6", "rule").stdout
     assert "proto 77" not in rules, rules
     assert not state.exists()
+
+
+def test_an_endpoint_host_name_is_looked_up_again_when_handshakes_keep_failing(
+    lab: netlab.Lab,
+) -> None:
+    """The office moves to another address and its name follows (the laptop's /etc/hosts): once
+    the old address stops answering, the laptop's helper looks the name up again, the lockdown
+    table lets the new address through, and the tunnel comes back. Nothing leaks meanwhile."""
+    with laptop_pair(lab, Spec(), endpoint_name="office.test",
+                     hosts={"office.test": OFFICE[0]}) as pair:
+        w = pair.world
+        assert pair.client.status()["endpoint"] == f"{OFFICE[0]}:51900"
+        lab.link(w.router, w.office, a_addr=f"{OFFICE2[1]}/24", b_addr=f"{OFFICE2[0]}/24")
+        lab.run(w.office, "ip", "route", "add", "192.168.0.0/16", "via", OFFICE2[1])
+        assert pair.hosts is not None
+        with LinkCapture(w, pair.workdir, office=(OFFICE[0], OFFICE2[0])) as cap:
+            pair.hosts.write({"office.test": OFFICE2[0]})
+            addrs = lab.run(w.office, "ip", "-o", "addr").stdout.splitlines()
+            old = next(line for line in addrs if f" {OFFICE[0]}/" in line).split()[1]
+            lab.run(w.office, "ip", "link", "set", old, "down")
+            wait_until("the endpoint followed the name", lambda: pair.client.status(
+                cli=False)["endpoint"] == f"{OFFICE2[0]}:51900", 60)
+            pair.wait_state("up", ends=(pair.client,), timeout=45)
+            echo = echo_server(lab, w.office, pair.server.inner4, 7500)
+            assert reached(try_reach(lab, w.laptop, pair.server.inner4, 7500))
+            echo.kill()
+            echo.communicate(timeout=10)
+        assert f"ip daddr {OFFICE2[0]} udp dport 51900 accept" in w.nft_ruleset()
+        assert OFFICE[0] not in w.nft_ruleset()
+        assert_no_leaks(cap)
+        assert "now resolves to" in pair.client.helper.log()
+
+
+def test_a_tunnel_that_routes_ipv6_carries_it(lab: netlab.Lab) -> None:
+    with laptop_pair(lab, Spec(inner6=True),
+                     client_routes=("0.0.0.0/0", "::/0")) as pair:
+        w = pair.world
+        st = pair.client.status()
+        assert st["ipv6"] == "tunnel" and st["lockdown"] == "connected"
+        assert len(tunseal_rules(pair)) == 4  # suppress + fwmark, both families
+        with LinkCapture(w, pair.workdir) as cap:
+            echo = echo_server(lab, w.office, pair.server.inner6, 7600)
+            assert reached(try_reach(lab, w.laptop, pair.server.inner6, 7600))
+            echo.kill()
+            echo.communicate(timeout=10)
+            # IPv6 to the outside goes into the tunnel (the office does not route it on).
+            assert not reached(try_reach(lab, w.laptop, OUTSIDE6[0], 7600))
+        assert_no_leaks(cap)
