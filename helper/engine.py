@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -198,8 +199,9 @@ class Engine:
 
 
 def hold_for(spec: TunnelSpec, ifname: str) -> Hold:
-    return _hold(spec.lockdown, spec.allow_lan, spec.full_families, ifname,
+    hold = _hold(spec.lockdown, spec.allow_lan, spec.full_families, ifname,
                  spec.peer_addresses())
+    return replace(hold, dns_servers=tuple(spec.dns))
 
 
 def _hold(mode: str, allow_lan: bool, full: tuple[int, ...], ifname: str,

@@ -229,6 +229,9 @@ class Hold:
     """"connected" or "always" (a kill switch), or "off": no kill switch, only what
     ``families`` blocks (the IPv6 block of an IPv4 full tunnel, or nothing); such a hold still
     lets its tunnel through whenever ``always`` is on."""
+    dns_servers: tuple[str, ...] = ()
+    """The tunnel's DNS servers (its profile's ``dns``): under lockdown, DNS may go to these
+    only."""
 
 
 @dataclass
@@ -364,7 +367,7 @@ class Lockdown:
             endpoints=tuple(sorted({e for h in holds for e in h.endpoints},
                                    key=lambda e: (e.address, e.port, e.transport))),
             allow_lan=all(lan) if lan else True,
-            dns_servers=s.dns_servers if (locking or s.always) else (),
+            dns_servers=_dns(s, locking) if (locking or s.always) else (),
         )
 
     def _sync(self, *, force: bool = False) -> None:
@@ -423,6 +426,15 @@ class Lockdown:
             write_atomic(str(self._path), data.encode() + b"\n", mode=0o600)
         except OSError as e:
             raise LockdownError(f"cannot save the lockdown state in {self._path}: {e}") from None
+
+
+def _dns(state: _State, locking: list[Hold]) -> tuple[str, ...]:
+    """The tunnels' own servers and those :meth:`Lockdown.set_dns_servers` added, in order."""
+    out: list[str] = []
+    for server in (*(s for h in locking for s in h.dns_servers), *state.dns_servers):
+        if server not in out:
+            out.append(server)
+    return tuple(out)
 
 
 def _kill_switch(hold: Hold) -> bool:

@@ -152,3 +152,19 @@ def test_nft_accepts_every_table(policy: Policy) -> None:
                           capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 0, done.stderr
     assert f"table inet {TABLE}" in ruleset(policy)
+
+
+def test_dns_servers_come_from_the_tunnels_under_lockdown_and_the_hook(tmp_path: Path) -> None:
+    applied = Applied()
+    lock = Lockdown(tmp_path, applier=applied)
+    lock.hold("office", Hold("ts-office", dns_servers=("10.44.0.1",)))
+    lock.hold("split", Hold("ts-split", families=frozenset(), lockdown="off",
+                            dns_servers=("10.9.0.1",)))
+    lock.set_dns_servers(["fd44::1", "10.44.0.1"])
+    policy = applied.policies[-1]
+    assert policy is not None and policy.dns_servers == ("10.44.0.1", "fd44::1")
+    rules = output_rules(ruleset(policy))
+    assert "ip daddr != 10.44.0.1 meta l4proto { tcp, udp } th dport { 53, 853 } counter drop" \
+        in rules
+    assert "ip6 daddr != fd44::1 meta l4proto { tcp, udp } th dport { 53, 853 } counter drop" \
+        in rules
