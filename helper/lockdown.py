@@ -189,7 +189,8 @@ def _nft(script: str, what: str) -> subprocess.CompletedProcess[str]:
                               timeout=NFT_TIMEOUT, check=False)
     except FileNotFoundError:
         raise LockdownError(f"cannot {what}: nftables ('nft') is not installed; install the "
-                            "nftables package") from None
+                            "nftables package (a full tunnel needs it to keep traffic from "
+                            "leaving beside the tunnel)") from None
     except subprocess.TimeoutExpired:
         raise LockdownError(f"cannot {what}: nft did not answer in {NFT_TIMEOUT:.0f} s") from None
 

@@ -70,9 +70,10 @@ def resolve_endpoint(profile: Profile) -> Address | None:
     return resolve(profile.name, profile.endpoint_host, profile.endpoint_port)
 
 
-def resolve(name: str, host: str, port: int) -> Address:
+def resolve(name: str, host: str, port: int, family: int = 0) -> Address:
+    """``host`` looked up (``family``: only addresses the transport's socket can reach)."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        infos = socket.getaddrinfo(host, port, family, type=socket.SOCK_DGRAM)
     except socket.gaierror as e:
         raise TunnelError(f"profile {name!r}: cannot resolve endpoint {host!r}: "
                           f"{e.strerror}") from None
@@ -430,7 +431,9 @@ class Tunnel:
         for ps in named:
             port = ps.endpoint[1] if ps.endpoint is not None else 0
             try:
-                addr = resolve(self.name, ps.endpoint_host, int(port))
+                # An IPv4 socket reaches IPv4 only; an IPv6 one both (v4-mapped).
+                family = 0 if self.spec.ipv6_outer else socket.AF_INET
+                addr = resolve(self.name, ps.endpoint_host, int(port), family)
             except TunnelError as e:
                 log.info("tunnel %s: %s", self.name, e, extra={"tunnel": self.name})
                 continue

@@ -73,3 +73,26 @@ def test_blocked_state_unblock_and_notices(qtbot: QtBot, gui: App, world: Office
     tray.unblock_action.trigger()
     qtbot.waitUntil(lambda: gui.state.model.tray_state() is TrayState.DISCONNECTED,
                     timeout=WAIT)
+
+
+def test_lockdown_notices_say_when_it_starts_and_ends() -> None:
+    from gui.notify import LockdownTracker
+    tracker = LockdownTracker()
+    assert tracker.observe({"active": True}) is None  # the snapshot is not news
+    off = tracker.observe({"active": False})
+    assert off is not None and off.kind is Kind.LOCKDOWN_OFF
+    assert tracker.observe({"active": False}) is None
+    on = tracker.observe({"active": True, "blocked": True})
+    assert on is not None and on.kind is Kind.LOCKDOWN_ON and "through the tunnel" in on.body
+
+
+def test_blocked_is_a_tray_state_of_its_own() -> None:
+    from gui.model import Availability, Model
+    model = Model()
+    model.availability = Availability(ok=True)
+    model.apply_status({"name": "office", "state": "connecting"}, 0.0)
+    assert model.tray_state() is TrayState.CONNECTING
+    model.lockdown = {"active": True, "blocked": True}
+    assert model.blocked and model.tray_state() is TrayState.BLOCKED
+    model.availability = Availability(ok=False, code="unavailable")
+    assert not model.blocked and model.tray_state() is TrayState.PROBLEM
