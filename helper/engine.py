@@ -89,7 +89,10 @@ class Engine:
 
     def _hold(self, t: Tunnel) -> None:
         hold = hold_for(t.spec, t.ifname)
-        self._records.note_nft_table(t.ifname, lockdown.TABLE)
+        if hold.families or self.lockdown.status()["always"]:
+            # Only then does the table change for it (the reconcile at start finds a table
+            # without any record too).
+            self._records.note_nft_table(t.ifname, lockdown.TABLE)
         self.lockdown.hold(t.name, hold)
 
     def _release(self, name: str) -> None:

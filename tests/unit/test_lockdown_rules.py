@@ -168,3 +168,16 @@ def test_dns_servers_come_from_the_tunnels_under_lockdown_and_the_hook(tmp_path:
         in rules
     assert "ip6 daddr != fd44::1 meta l4proto { tcp, udp } th dport { 53, 853 } counter drop" \
         in rules
+
+
+def test_a_profile_in_always_lockdown_keeps_blocking_after_its_down(tmp_path: Path) -> None:
+    applied = Applied()
+    lock = Lockdown(tmp_path, applier=applied)
+    lock.hold("office", Hold("ts-office", (OFFICE,), lockdown="always"))
+    lock.release("office")
+    policy = applied.policies[-1]
+    assert policy is not None and policy.families == BOTH and policy.tunnels == ()
+    assert lock.status()["always"] and lock.status()["blocked"]
+    assert json.loads((tmp_path / "lockdown.json").read_text())["always"] is True
+    lock.set_always(False)
+    assert applied.policies[-1] is None
