@@ -149,7 +149,7 @@ class Engine:
         t = self._tunnels.get(name)
         if t is None:
             return TunnelStatus(name=name, state="down")
-        return t.status()
+        return self._status_of(t)
 
     def running(self) -> list[str]:
         return sorted(self._tunnels)
@@ -175,11 +175,19 @@ class Engine:
     def _publish(self) -> None:
         for t in list(self._tunnels.values()):
             t.sample_rates()
-            self._emit_status(t.status())
+            self._emit_status(self._status_of(t))
 
     def _changed(self, t: Tunnel) -> None:
         self.lockdown.set_up(t.name, t.state == "up")
-        self._emit_status(t.status())
+        self._emit_status(self._status_of(t))
+
+    def _status_of(self, t: Tunnel) -> TunnelStatus:
+        """The tunnel's status, with the lockdown in force now (`lockdown off` ends a
+        connected one while the tunnel stays up)."""
+        st = t.status()
+        if st.lockdown != "off" and not self.lockdown.kill_switch(t.name):
+            st = replace(st, lockdown="off")
+        return st
 
     def _endpoints_moved(self, t: Tunnel) -> None:
         try:
@@ -212,7 +220,7 @@ def _hold(mode: str, allow_lan: bool, full: tuple[int, ...], ifname: str,
     """What a tunnel asks of the lockdown table: a kill switch, or only the IPv6 block of an
     IPv4 full tunnel (no IPv6 may leave beside it), or nothing but a way through whenever
     lockdown 'always' is on."""
-    if mode in ("connected", "always"):
-        return Hold(ifname, endpoints, allow_lan=allow_lan, lockdown=mode)
-    families = frozenset({6}) if full == (4,) else frozenset()
-    return Hold(ifname, endpoints, families=families, allow_lan=True, lockdown="off")
+    hold = Hold(ifname, endpoints, allow_lan=allow_lan, lockdown="connected",
+                ipv6_block=full == (4,))
+    return replace(hold, lockdown=mode) if mode == "always" else (
+        hold if mode == "connected" else hold.without_kill_switch())

@@ -233,6 +233,14 @@ class Hold:
     dns_servers: tuple[str, ...] = ()
     """The tunnel's DNS servers (its profile's ``dns``): under lockdown, DNS may go to these
     only."""
+    ipv6_block: bool = False
+    """An IPv4 full tunnel: IPv6 stays blocked beside it even when its kill switch ends."""
+
+    def without_kill_switch(self) -> Hold:
+        if not _kill_switch(self):
+            return self
+        return replace(self, lockdown="off", allow_lan=True,
+                       families=frozenset({6}) if self.ipv6_block else frozenset())
 
 
 @dataclass
@@ -273,6 +281,11 @@ class Lockdown:
     def holds(self, name: str) -> bool:
         return name in self._state.holds
 
+    def kill_switch(self, name: str) -> bool:
+        """Whether ``name`` holds a kill switch now (connected or always)."""
+        hold = self._state.holds.get(name)
+        return hold is not None and _kill_switch(hold)
+
     def update_endpoints(self, name: str, endpoints: tuple[PeerAddress, ...]) -> None:
         """A tunnel's endpoint moved (its host name resolved to a new address)."""
         with self._lock:
@@ -300,10 +313,11 @@ class Lockdown:
         with self._lock:
             self._state.always, self._state.allow_lan = on, allow_lan and on
             if not on:
-                # Off means off: the connected lockdowns end too (tunnels stay up); only the
-                # IPv6 block of IPv4 full tunnels, which is no kill switch, remains.
-                self._state.holds = {n: h for n, h in self._state.holds.items()
-                                     if not _kill_switch(h)}
+                # Off means off: the connected lockdowns end too (tunnels stay up, and still
+                # pass should `always` come back); the IPv6 block of IPv4 full tunnels, which
+                # is no kill switch, remains.
+                self._state.holds = {n: h.without_kill_switch()
+                                     for n, h in self._state.holds.items()}
             self._save()
             self._sync()
 

@@ -56,6 +56,9 @@ def test_blocked_state_unblock_and_notices(qtbot: QtBot, gui: App, world: Office
     qtbot.waitUntil(lambda: gui.state.model.tray_state() is TrayState.CONNECTED,
                     timeout=WAIT)
     assert not window.blocked_banner.isVisible()
+    window.select(office)
+    qtbot.waitUntil(lambda: window.status_panel.values["lockdown"].text() == "off",
+                    timeout=WAIT)  # a split tunnel: no kill switch of its own
     world.laptop.call("disconnect", name=office)
     qtbot.waitUntil(window.blocked_banner.isVisible, timeout=WAIT)
 

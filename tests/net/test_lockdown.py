@@ -50,12 +50,16 @@ def tunseal_rules(pair: LaptopPair) -> list[str]:
     return [line for line in pair.world.rules().splitlines() if "proto 77" in line]
 
 
-def assert_no_leaks(cap: LinkCapture) -> dict[str, int]:
+def assert_no_leaks(cap: LinkCapture, scenario: str = "", *,
+                    tunnel: bool = True) -> dict[str, int]:
+    """Every frame captured is the outer flow or link-level control; with ``tunnel``, there was
+    an outer flow to see."""
     counts = cap.counts()
+    print(f"capture {scenario}: {counts}")
     leaks = cap.leaks()
     assert not leaks, f"{len(leaks)} packets leaked: " + "; ".join(
         f"{f.iface}: {f.what}" for f in leaks[:20])
-    assert counts.get("outer", 0) > 0, counts
+    assert counts.get("outer", 0) > 0 or not tunnel, counts
     return counts
 
 
@@ -99,7 +103,7 @@ def test_full_tunnel_leaks_nothing_through_a_crash_a_reconnect_and_a_network_mov
             echo.kill()
             echo.communicate(timeout=10)
             assert outside.heard() == []
-        counts = assert_no_leaks(cap)
+        counts = assert_no_leaks(cap, "download, SIGKILL, restart, reconnect, Wi-Fi -> Ethernet")
         assert [t for t in answered if t < moved], "no probe got through before the move"
         # The first answer to a probe sent after the move (a probe waits 0.1 s for its echo).
         after = [t for t in answered if t > moved + 0.15]
@@ -107,7 +111,7 @@ def test_full_tunnel_leaks_nothing_through_a_crash_a_reconnect_and_a_network_mov
         recovery = after[0] - moved
         record_property("recovery_seconds", round(recovery, 2))
         record_property("capture", counts)
-        print(f"capture: {counts}; recovery after the Wi-Fi -> Ethernet move: {recovery:.2f} s")
+        print(f"recovery after the Wi-Fi -> Ethernet move: {recovery:.2f} s")
         assert laptop.status()["state"] == "up"
         # The outer flow now leaves through Ethernet, from its address.
         assert any(f.iface == pair.world.eth and f.kind == "outer" for f in cap.frames)
@@ -141,7 +145,7 @@ def test_nothing_gets_around_the_lockdown_and_allow_lan_opens_the_lan_only(
             assert reached(try_reach(lab, w.laptop, pair.server.inner4, 7200))
             echo.kill()
             echo.communicate(timeout=10)
-        assert_no_leaks(cap)
+        assert_no_leaks(cap, "SO_BINDTODEVICE, own route, IPv6 outside, LAN DNS, LAN host")
 
         pair.reconfigure(allow_lan=True)
         assert pair.lockdown_status()["allow_lan"] is True
@@ -154,6 +158,8 @@ def test_nothing_gets_around_the_lockdown_and_allow_lan_opens_the_lan_only(
         assert lan_frames, "the LAN host's traffic should have been seen"
         others = [f for f in cap.leaks() if f not in lan_frames]
         assert others == [], others
+        print(f"capture allow_lan: {cap.counts()} (LAN host frames: {len(lan_frames)}, "
+              f"others: {len(others)})")
         assert outside.heard() == [] and outside6.heard() == [] and resolver.heard() == []
         assert {h[0] for h in lan.heard()} == {"udp", "tcp"}
 
@@ -182,6 +188,17 @@ def test_nothing_gets_around_the_lockdown_and_allow_lan_opens_the_lan_only(
         listener = Listener(lab, w.outside, OUTSIDE[0], 9202)
         assert reached(try_reach(lab, w.laptop, OUTSIDE[0], 9202))
         assert listener.heard()
+
+        # `lockdown off` ends the kill switch of a running tunnel; its IPv6 block stays.
+        pair.client.cli("up", pair.client.name)
+        pair.wait_state("up", ends=(pair.client,))
+        assert "meta nfproto ipv4 counter drop" in w.nft_ruleset()
+        pair.client.cli("lockdown", "off")
+        ruleset = w.nft_ruleset()
+        assert "meta nfproto ipv4 counter drop" not in ruleset
+        assert "meta nfproto ipv6 counter drop" in ruleset
+        st = pair.client.status()
+        assert (st["state"], st["lockdown"], st["ipv6"]) == ("up", "off", "blocked")
 
 
 def test_an_ipv4_full_tunnel_blocks_ipv6_even_without_lockdown_and_a_leak_is_seen(
@@ -221,8 +238,12 @@ def test_lockdown_always_blocks_with_no_tunnel_until_turned_off(lab: netlab.Lab)
         st = pair.lockdown_status()
         assert st["always"] and st["active"] and st["blocked"], st
         assert "BLOCKED" in pair.client.cli("lockdown", "status").stdout
-        assert not reached(try_reach(lab, w.laptop, OUTSIDE[0], 9400, label="blocked"))
-        assert not reached(try_reach(lab, w.laptop, WIFI[1], 9400))
+        with LinkCapture(w, pair.workdir) as cap:
+            assert not reached(try_reach(lab, w.laptop, OUTSIDE[0], 9400, label="blocked"))
+            assert not reached(try_reach(lab, w.laptop, OUTSIDE6[0], 9400, label="blocked"))
+            assert not reached(try_reach(lab, w.laptop, WIFI[1], 9400))
+            assert not reached(try_reach(lab, w.laptop, WIFI[1], 53))
+        assert_no_leaks(cap, "always, no tunnel up", tunnel=False)
         # A tunnel up: no longer "blocked", and its own traffic flows.
         pair.up()
         wait_until("not blocked", lambda: not pair.lockdown_status()["blocked"], 10)
@@ -233,7 +254,9 @@ def test_lockdown_always_blocks_with_no_tunnel_until_turned_off(lab: netlab.Lab)
         pair.client.helper.start()
         assert TABLE in w.nft_ruleset()
         assert pair.lockdown_status()["blocked"]
-        assert not reached(try_reach(lab, w.laptop, OUTSIDE[0], 9400, label="blocked"))
+        with LinkCapture(w, pair.workdir) as cap:
+            assert not reached(try_reach(lab, w.laptop, OUTSIDE[0], 9400, label="blocked"))
+        assert_no_leaks(cap, "always, after a crash and a restart", tunnel=False)
         pair.client.cli("lockdown", "off")
         assert TABLE not in w.nft_ruleset()
         assert reached(try_reach(lab, w.laptop, OUTSIDE[0], 9400, label="free"))
@@ -291,7 +314,7 @@ def test_an_endpoint_host_name_is_looked_up_again_when_handshakes_keep_failing(
             echo.communicate(timeout=10)
         assert f"ip daddr {OFFICE2[0]} udp dport 51900 accept" in w.nft_ruleset()
         assert OFFICE[0] not in w.nft_ruleset()
-        assert_no_leaks(cap)
+        assert_no_leaks(cap, "endpoint moved, name looked up again")
         assert "now resolves to" in pair.client.helper.log()
 
 
@@ -309,4 +332,4 @@ def test_a_tunnel_that_routes_ipv6_carries_it(lab: netlab.Lab) -> None:
             echo.communicate(timeout=10)
             # IPv6 to the outside goes into the tunnel (the office does not route it on).
             assert not reached(try_reach(lab, w.laptop, OUTSIDE6[0], 7600))
-        assert_no_leaks(cap)
+        assert_no_leaks(cap, "IPv4+IPv6 full tunnel")

@@ -115,13 +115,15 @@ def test_holds_always_and_release(tmp_path: Path) -> None:
     policy = applied.policies[-1]
     assert policy is not None and policy.tunnels == () and policy.allow_lan
     assert again.status()["blocked"] is True
-    # off ends the connected holds as well; the IPv6-only block stays.
+    # off ends the connected holds as well; the IPv6-only blocks stay, also that of a
+    # connected IPv4 full tunnel.
     again.hold("a", Hold("ts-a"))
     again.hold("b", Hold("ts-b", families=frozenset({6}), allow_lan=True, lockdown="off"))
+    again.hold("c", Hold("ts-c", ipv6_block=True))
     again.set_always(False)
     policy = applied.policies[-1]
     assert policy is not None and policy.families == frozenset({6})
-    assert policy.tunnels == ("ts-b",)
+    assert again.status()["tunnels"] == [] and again.status()["ipv6_blocked"] == ["b", "c"]
 
 
 def test_an_unreadable_state_file_keeps_always_on(tmp_path: Path) -> None:
