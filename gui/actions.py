@@ -58,6 +58,12 @@ class Actions(QObject):
         else:
             self.disconnect_tunnel(name)
 
+    def unblock(self) -> None:
+        """Turn lockdown off (the "Blocked: no tunnel" state's action)."""
+        self.helper.call("lockdown", action="off", on_result=lambda _r: self.done.emit(
+            "Lockdown off: traffic may leave without the tunnel"),
+                         on_error=self._fail("Could not turn lockdown off"))
+
     # --- profiles --------------------------------------------------------------------------
 
     def import_file(self, path: str, *, replace: bool = False) -> None:

@@ -72,6 +72,7 @@ def build(socket: str | None = None, *, native_dialogs: bool = True,
     state.notice.connect(notifier.notify)
     app = App(helper, state, actions, window, tray, notifier)
     tray.toggleRequested.connect(actions.toggle)
+    tray.unblockRequested.connect(actions.unblock)
     tray.openRequested.connect(app.open_window)
     return app
 

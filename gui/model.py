@@ -48,6 +48,8 @@ class TrayState(enum.Enum):
     CONNECTING = "connecting"
     CONNECTED = "connected"
     PROBLEM = "problem"
+    BLOCKED = "blocked"
+    """Lockdown is on and no tunnel is up: nothing leaves the machine (docs/LOCKDOWN.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +180,13 @@ class Model:
         self.availability = Availability(ok=False, code="unavailable",
                                          message="not connected to the helper yet")
         self.last_used: str = ""
+        self.lockdown: dict[str, Any] = {}
+        """The helper's last lockdown status (the ``lockdown`` op's result and event)."""
+
+    @property
+    def blocked(self) -> bool:
+        """Lockdown is in force and no tunnel under it is up: "Blocked: no tunnel"."""
+        return self.availability.ok and bool(self.lockdown.get("blocked"))
 
     # --- profiles ------------------------------------------------------------------------
 
@@ -237,6 +246,8 @@ class Model:
     def tray_state(self) -> TrayState:
         if not self.availability.ok:
             return TrayState.PROBLEM
+        if self.blocked:
+            return TrayState.BLOCKED
         states = {s.state for s in self.statuses.values()}
         if states & {"error", "failed", "unreachable"}:
             return TrayState.PROBLEM
@@ -256,5 +267,6 @@ class Model:
     def forget_tunnels(self) -> None:
         """The helper went away: its tunnels' state is unknown until it answers again."""
         self.statuses.clear()
+        self.lockdown = {}
         for history in self.histories.values():
             history.clear()

@@ -17,7 +17,7 @@ from PySide6.QtCore import QObject, Signal
 from core.errors import IPCError
 from gui.helper_client import HelperClient
 from gui.model import Availability, LogEntry, Model, TrayState
-from gui.notify import Notice, TransitionTracker
+from gui.notify import LockdownTracker, Notice, TransitionTracker
 
 __all__ = ["LiveState"]
 
@@ -32,6 +32,7 @@ class LiveState(QObject):
     availabilityChanged = Signal()
     trayStateChanged = Signal()
     lastUsedChanged = Signal(str)
+    lockdownChanged = Signal()
     notice = Signal(object)
     """A :class:`gui.notify.Notice` about a tunnel's state change (before rate limiting)."""
 
@@ -41,6 +42,7 @@ class LiveState(QObject):
         self.helper = helper
         self.model = model or Model()
         self._tracker = TransitionTracker()
+        self._lockdown = LockdownTracker()
         self._tray_state = self.model.tray_state()
         helper.received.connect(self._on_event)
         helper.available.connect(self._on_available)
@@ -54,6 +56,8 @@ class LiveState(QObject):
         """Ask for a fresh snapshot of profiles and tunnels."""
         self.helper.list_profiles(on_result=self._on_profiles, on_error=self._log_error)
         self.helper.statuses(on_result=self._on_statuses, on_error=self._log_error)
+        self.helper.call("lockdown", action="status", on_result=self._on_lockdown,
+                         on_error=self._log_error)
 
     # --- from the helper -------------------------------------------------------------------
 
@@ -65,6 +69,8 @@ class LiveState(QObject):
         elif not ok and was.ok:
             self.model.forget_tunnels()
             self._tracker.reset()
+            self._lockdown.reset()
+            self.lockdownChanged.emit()
             for name in self.model.names():
                 self.statusChanged.emit(name)
         if was != self.model.availability:
@@ -74,6 +80,8 @@ class LiveState(QObject):
     def _on_event(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "status":
             self._apply_status(data)
+        elif kind == "lockdown":
+            self._on_lockdown(data)
         elif kind == "log":
             entry = LogEntry.from_event(data)
             self.model.logs.add(entry)
@@ -105,6 +113,14 @@ class LiveState(QObject):
             return
         found = self._tracker.observe(st.name, st.state, error=st.error)
         self.statusChanged.emit(st.name)
+        self._tray_changed()
+        if found is not None:
+            self._announce(found)
+
+    def _on_lockdown(self, data: dict[str, Any]) -> None:
+        self.model.lockdown = dict(data)
+        found = self._lockdown.observe(self.model.lockdown)
+        self.lockdownChanged.emit()
         self._tray_changed()
         if found is not None:
             self._announce(found)

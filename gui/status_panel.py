@@ -19,7 +19,10 @@ _ROWS = (
     ("rtt", "Round trip"), ("loss", "Loss"), ("mtu", "Tunnel MTU"),
     ("mode", "Security"), ("cipher", "Cipher"), ("interface", "Interface"),
     ("dns", "DNS"),
+    ("lockdown", "Lockdown"), ("ipv6", "IPv6"),
 )
+_LOCKDOWN = {"connected": "on while connected", "always": "always on", "off": "off"}
+_IPV6 = {"blocked": "blocked (this tunnel carries only IPv4)", "tunnel": "through the tunnel"}
 
 
 class StatusPanel(QWidget):
@@ -66,6 +69,8 @@ class StatusPanel(QWidget):
         v["cipher"].setText("none" if st.mode == "plain" else (st.cipher or "—"))
         v["interface"].setText(st.interface or "—")
         v["dns"].setText(st.dns.summary() if running and st.dns is not None else "—")
+        v["lockdown"].setText(_LOCKDOWN.get(st.lockdown, "—") if running else "—")
+        v["ipv6"].setText(_IPV6.get(st.ipv6, "—") if running else "—")
         self.graph.set_points(points, now)
 
     def show_mode(self, mode: str, cipher: str) -> None:

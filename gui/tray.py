@@ -23,6 +23,7 @@ _TRAY_WORDS = {
     TrayState.CONNECTING: "connecting…",
     TrayState.CONNECTED: "connected",
     TrayState.PROBLEM: "needs attention",
+    TrayState.BLOCKED: "Blocked: no tunnel",
 }
 
 
@@ -30,6 +31,7 @@ class Tray(QObject):
     openRequested = Signal()
     quitRequested = Signal()
     toggleRequested = Signal(str)
+    unblockRequested = Signal()
 
     def __init__(self, state: LiveState, parent: QObject | None = None):
         super().__init__(parent)
@@ -43,6 +45,7 @@ class Tray(QObject):
         state.statusChanged.connect(self._status_changed)
         state.trayStateChanged.connect(self.refresh_icon)
         state.availabilityChanged.connect(self.rebuild)
+        state.lockdownChanged.connect(self.rebuild)
         self.rebuild()
 
     @staticmethod
@@ -72,6 +75,8 @@ class Tray(QObject):
                       + (" (UNSAFE: plain)" if model.is_unsafe(n) else "")
                       for n in model.active()]
             tip = "Tunseal\n" + ("\n".join(active) if active else "Not connected")
+            if model.blocked:
+                tip = "Tunseal: Blocked: no tunnel (lockdown is on)"
         self.icon.setToolTip(tip)
         self.title_action.setText(f"Tunseal: {_TRAY_WORDS[tray_state]}")
 
@@ -82,6 +87,11 @@ class Tray(QObject):
         self.title_action = self.menu.addAction("Tunseal")
         self.title_action.setEnabled(False)
         self.menu.addSeparator()
+        self.unblock_action: QAction | None = None
+        if model.blocked:
+            self.unblock_action = self.menu.addAction("Unblock (turn lockdown off)",
+                                                      self.unblockRequested.emit)
+            self.menu.addSeparator()
         if model.availability.ok:
             for name in model.names():
                 action = self.menu.addAction(name)

@@ -93,17 +93,24 @@ class MainWindow(QMainWindow):
         self.pages = QStackedWidget()
         self.pages.addWidget(splitter)
         self.pages.addWidget(self.unavailable)
-        self.setCentralWidget(self.pages)
+        central = QWidget()
+        column = QVBoxLayout(central)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.addWidget(self._build_blocked_banner())
+        column.addWidget(self.pages, 1)
+        self.setCentralWidget(central)
         self.resize(980, 680)
 
         state.profilesChanged.connect(self.refresh_profiles)
         state.statusChanged.connect(self._on_status)
         state.logAdded.connect(self._on_log)
         state.availabilityChanged.connect(self.refresh_availability)
+        state.lockdownChanged.connect(self.refresh_blocked)
         actions.done.connect(lambda text: self.statusBar().showMessage(text, 8000))
         actions.failed.connect(self.show_error)
         self.refresh_availability()
         self.refresh_profiles()
+        self.refresh_blocked()
 
     # --- building --------------------------------------------------------------------------
 
@@ -167,6 +174,28 @@ class MainWindow(QMainWindow):
         layout.addWidget(self.header_unsafe)
         layout.addWidget(self.tabs, 1)
         return page
+
+    def _build_blocked_banner(self) -> QWidget:
+        """"Blocked: no tunnel": lockdown is on and nothing leaves; with the way out."""
+        self.blocked_banner = QWidget()
+        self.blocked_banner.setObjectName("blockedBanner")
+        self.blocked_banner.setStyleSheet(
+            "#blockedBanner { background: #6b4fa3; } #blockedBanner QLabel { color: white; }")
+        self.blocked_text = QLabel(
+            "<b>Blocked: no tunnel.</b> Lockdown is on: nothing leaves this computer until a "
+            "tunnel is up. Connect a profile, or unblock to let traffic out without one.")
+        self.blocked_text.setWordWrap(True)
+        self.unblock_button = QPushButton("Unblock")
+        self.unblock_button.setObjectName("unblockButton")
+        self.unblock_button.clicked.connect(self.ops.unblock)
+        row = QHBoxLayout(self.blocked_banner)
+        row.addWidget(self.blocked_text, 1)
+        row.addWidget(self.unblock_button)
+        self.blocked_banner.hide()
+        return self.blocked_banner
+
+    def refresh_blocked(self) -> None:
+        self.blocked_banner.setVisible(self.state.model.blocked)
 
     def _build_empty(self) -> QWidget:
         page = QWidget()

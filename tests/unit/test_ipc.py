@@ -60,6 +60,7 @@ VALID_ARGS: dict[str, dict[str, Any]] = {
     "peer_remove": {"name": "alice"},
     "peer_list": {},
     "peer_show": {"name": "alice"},
+    "lockdown": {"action": "on", "allow_lan": True},
 }
 
 
