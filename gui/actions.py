@@ -52,6 +52,33 @@ class Actions(QObject):
         self.helper.call("disconnect", name=name,
                          on_error=self._fail(f"Could not disconnect {name}"))
 
+    def disconnect_all(self, on_done: Callable[[], None]) -> None:
+        """Disconnect every running tunnel; ``on_done`` once the helper answered them all
+        (failures are reported as usual, and do not hold ``on_done`` back)."""
+        names = self.state.model.active()
+        if not names:
+            on_done()
+            return
+        left = set(names)
+
+        def answered(name: str) -> None:
+            left.discard(name)
+            if not left:
+                on_done()
+
+        for name in names:
+            self._disconnect_then(name, answered)
+
+    def _disconnect_then(self, name: str, then: Callable[[str], None]) -> None:
+        fail = self._fail(f"Could not disconnect {name}")
+
+        def failed(error: IPCError) -> None:
+            fail(error)
+            then(name)
+
+        self.helper.call("disconnect", name=name, on_result=lambda _r: then(name),
+                         on_error=failed)
+
     def toggle(self, name: str) -> None:
         if self.state.model.state(name) == "down":
             self.connect_tunnel(name)

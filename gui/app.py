@@ -10,8 +10,8 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import QApplication
@@ -21,6 +21,7 @@ from gui.helper_client import HelperClient
 from gui.icons import app_icon
 from gui.model import Model
 from gui.notifier import Notifier
+from gui.notify import Kind, Notice
 from gui.state import LiveState
 from gui.tray import Tray
 from gui.window import MainWindow
@@ -36,6 +37,8 @@ class App:
     window: MainWindow
     tray: Tray
     notifier: Notifier
+    quit_now: Callable[[], None] = field(default=QApplication.quit)
+    """Ends the program (main() passes the QApplication's quit; tests pass their own)."""
 
     def start(self) -> None:
         """Show the tray icon (where there is a tray) and the window, and reach the helper."""
@@ -48,6 +51,15 @@ class App:
         self.window.show()
         self.window.raise_()
         self.window.activateWindow()
+
+    def request_quit(self) -> None:
+        """Quit from the tray or the menu: the window says that tunnels stay up first."""
+        self.window.confirm_quit(self.quit_now)
+
+    def tell_hidden(self) -> None:
+        self.notifier.notify(Notice(Kind.HINT, "", "Tunseal is still running",
+                                    "Closing the window keeps Tunseal in the tray, with your "
+                                    "tunnels as they are. Use Quit in the tray menu to quit."))
 
     def close(self) -> None:
         """Stop talking to the helper and take the tray icon away (tunnels keep running: the
@@ -73,6 +85,8 @@ def build(socket: str | None = None, *, native_dialogs: bool = True,
     app = App(helper, state, actions, window, tray, notifier)
     tray.toggleRequested.connect(actions.toggle)
     tray.openRequested.connect(app.open_window)
+    tray.quitRequested.connect(app.request_quit)
+    window.hiddenToTray.connect(app.tell_hidden)
     return app
 
 
@@ -96,7 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     last = settings.value("lastProfile", "")
     app = build(args.socket, last_used=last if isinstance(last, str) else "")
     app.state.lastUsedChanged.connect(lambda name: settings.setValue("lastProfile", name))
-    app.tray.quitRequested.connect(qapp.quit)
+    app.quit_now = qapp.quit
+    app.window.tray_hint_given = bool(settings.value("trayHintShown", False, type=bool))
+    app.window.hiddenToTray.connect(lambda: settings.setValue("trayHintShown", True))
     qapp.setQuitOnLastWindowClosed(not app.tray.available())
     qapp.aboutToQuit.connect(app.close)
     signal.signal(signal.SIGINT, lambda *_: qapp.quit())

@@ -29,6 +29,8 @@ class Kind(enum.Enum):
     """Up again after a drop."""
     FAILED = "failed"
     """Never got up: the tunnel failed to start or the peer never answered."""
+    HINT = "hint"
+    """About the client itself (the window went to the tray), not about a tunnel."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QSize, Qt, QUrl
+from PySide6.QtCore import QSize, Qt, QUrl, Signal
 from PySide6.QtGui import QBrush, QCloseEvent, QColor, QDragEnterEvent, QDropEvent, QFont
 from PySide6.QtWidgets import (
     QFileDialog,
@@ -53,6 +53,9 @@ PROFILE_SUFFIX = ".tunseal"
 
 
 class MainWindow(QMainWindow):
+    hiddenToTray = Signal()
+    """The window was closed into the tray for the first time: tell the user where it went."""
+
     def __init__(self, state: LiveState, actions: Actions, *, native_dialogs: bool = True,
                  parent: QWidget | None = None):
         super().__init__(parent)
@@ -61,6 +64,8 @@ class MainWindow(QMainWindow):
         self.native_dialogs = native_dialogs
         self.hide_on_close = False
         """True while a tray icon can bring the window back: closing then only hides it."""
+        self.tray_hint_given = False
+        """Whether the user was told that a closed window keeps running in the tray."""
         self.selected: str | None = None
         self.editor: ProfileEditor | None = None
         self.import_dialog: QFileDialog | None = None
@@ -432,10 +437,42 @@ class MainWindow(QMainWindow):
         self.question = box
         box.open()
 
+    def confirm_quit(self, quit_now: Callable[[], None]) -> None:
+        """Quit, after saying that running tunnels stay up (the helper owns them) and offering
+        to disconnect them first."""
+        active = self.state.model.active()
+        if not active:
+            quit_now()
+            return
+        names = ", ".join(active)
+        box = QMessageBox(QMessageBox.Icon.Question, "Quit Tunseal?",
+                          f"Connected: {names}.\n\nTunnels stay connected after Tunseal quits: "
+                          "the Tunseal service keeps them running. Open Tunseal again to "
+                          "disconnect them later, or disconnect them now.",
+                          QMessageBox.StandardButton.Cancel, self)
+        box.setObjectName("quitQuestion")
+        keep = box.addButton("Quit, stay connected", QMessageBox.ButtonRole.AcceptRole)
+        drop = box.addButton("Disconnect all and quit", QMessageBox.ButtonRole.DestructiveRole)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+
+        def clicked(button: object) -> None:
+            if button is keep:
+                quit_now()
+            elif button is drop:
+                self.ops.disconnect_all(quit_now)
+
+        box.buttonClicked.connect(clicked)
+        box.finished.connect(box.deleteLater)
+        self.question = box
+        box.open()
+
     def closeEvent(self, event: QCloseEvent) -> None:
         if self.hide_on_close:
             event.ignore()
             self.hide()
+            if not self.tray_hint_given:
+                self.tray_hint_given = True
+                self.hiddenToTray.emit()
         else:
             event.accept()
 

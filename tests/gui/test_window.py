@@ -19,7 +19,6 @@ from PySide6.QtWidgets import (
     QDialogButtonBox,
     QMessageBox,
     QPushButton,
-    QSystemTrayIcon,
     QToolBar,
     QWidget,
 )
@@ -273,30 +272,6 @@ def test_logs_tab_filters_and_copies(qtbot: QtBot, gui: App, office: str) -> Non
     logs.level.setCurrentIndex(logs.level.findData("INFO"))
     click(qtbot, logs.copy_button)
     assert "tunnel office up on" in QGuiApplication.clipboard().text()
-
-
-def test_tray_menu(qtbot: QtBot, gui: App, office: str) -> None:
-    qtbot.waitUntil(lambda: office in gui.tray.tunnel_actions, timeout=WAIT)
-    action = gui.tray.tunnel_actions[office]
-    assert action.text().startswith("Connect office")
-    action.trigger()
-    qtbot.waitUntil(lambda: gui.state.model.state(office) == "up", timeout=WAIT)
-    assert gui.state.model.tray_state() is TrayState.CONNECTED
-    assert gui.tray.title_action.text() == "Tunseal: connected"
-    assert gui.tray.tunnel_actions[office].text().startswith("Disconnect office")
-    assert gui.tray.tunnel_actions[office].isChecked()
-
-    # A click on the icon toggles the last-used profile.
-    assert gui.state.model.last_used == office
-    gui.tray.icon.activated.emit(QSystemTrayIcon.ActivationReason.Trigger)
-    qtbot.waitUntil(lambda: gui.state.model.state(office) == "down", timeout=WAIT)
-    assert gui.tray.title_action.text() == "Tunseal: not connected"
-
-    gui.window.hide()
-    gui.tray.open_action.trigger()
-    assert gui.window.isVisible()
-    with qtbot.waitSignal(gui.tray.quitRequested, timeout=1000):
-        gui.tray.quit_action.trigger()
 
 
 def test_duplicate_and_delete(qtbot: QtBot, gui: App, world: OfficeLab, office: str) -> None:
