@@ -35,6 +35,10 @@ class Actions(QObject):
     """title, message."""
     done = Signal(str)
     """A short confirmation for the status bar."""
+    imported = Signal(str, str)
+    """(name, mode) of a profile just imported."""
+    keyMissing = Signal(str, str)
+    """(profile, 'private_key' or 'psk'): connecting failed for want of that key."""
 
     def __init__(self, state: LiveState, parent: QObject | None = None):
         super().__init__(parent)
@@ -45,8 +49,16 @@ class Actions(QObject):
 
     def connect_tunnel(self, name: str) -> None:
         self.state.set_last_used(name)
-        self.helper.call("connect", name=name,
-                         on_error=self._fail(f"Could not connect {name}"))
+        fail = self._fail(f"Could not connect {name}")
+
+        def failed(error: IPCError) -> None:
+            key = missing_key(error)
+            if key:
+                self.keyMissing.emit(name, key)
+            else:
+                fail(error)
+
+        self.helper.call("connect", name=name, on_error=failed)
 
     def disconnect_tunnel(self, name: str) -> None:
         self.helper.call("disconnect", name=name,
@@ -104,6 +116,7 @@ class Actions(QObject):
             stored = result.get("stored_secrets") or []
             keys = f"; keys stored in the keyring: {', '.join(stored)}" if stored else ""
             self.done.emit(f"Imported {profile.name}{keys}")
+            self.imported.emit(profile.name, profile.mode)
 
         self.helper.call("import_profile", text=dumps(profile, secrets), replace=replace,
                          on_result=imported, on_error=self._fail(title))
@@ -188,6 +201,16 @@ class Actions(QObject):
         self.helper.call("public_key", name=name,
                          on_result=lambda r: on_key(str(r["public_key"])), on_error=missing)
 
+    def ensure_key(self, name: str, on_new: Callable[[str], None]) -> None:
+        """Generate a key pair for ``name`` unless it has one; ``on_new(public key)`` only
+        when one was made (a profile imported with its key, or edited, keeps its key)."""
+
+        def have(key: str | None) -> None:
+            if key is None:
+                self.generate_key(name, on_new)
+
+        self.public_key(name, have)
+
     def generate_key(self, name: str, on_key: Callable[[str], None]) -> None:
         def generated(result: dict[str, Any]) -> None:
             self.done.emit(f"New key pair for {name}: give the peer the new public key")
@@ -221,6 +244,15 @@ class Actions(QObject):
             self.failed.emit(title, _request_message(error))
 
         return report
+
+
+def missing_key(error: IPCError) -> str:
+    """'private_key' or 'psk' when ``error`` says the profile lacks that key, else ''."""
+    if isinstance(error, RequestError) and error.code == "not_found":
+        for d in error.details:
+            if d.field in ("keys.private_key", "keys.psk"):
+                return d.field.removeprefix("keys.")
+    return ""
 
 
 def _request_message(error: IPCError) -> str:

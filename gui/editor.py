@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.constants import CIPHERS, MODES, TRANSPORTS
+from core.constants import CIPHERS, DEFAULT_CIPHER, MODES, TRANSPORTS
 from core.errors import ProfileInvalid
 from core.profile import Profile
 from gui.profile_form import FIELDS, Field, field_of, form_from_profile, parse_form
@@ -88,7 +88,9 @@ class ProfileEditor(QDialog):
         if profile is not None:
             self.set_values(form_from_profile(profile))
         else:
-            self.set_values({"tunnel.mode": "ephemeral", "tunnel.cipher": CIPHERS[0],
+            # The cipher a profile file without one gets: a new profile must match servers
+            # set up from such files (a mismatched cipher looks like a server that is down).
+            self.set_values({"tunnel.mode": "ephemeral", "tunnel.cipher": DEFAULT_CIPHER,
                              "peer.transport": TRANSPORTS[0], "tunnel.mtu": "1408"})
         mode = self.inputs["tunnel.mode"]
         assert isinstance(mode, QComboBox)

@@ -19,6 +19,7 @@ __all__ = [
     "human_bytes",
     "human_rate",
     "loss_text",
+    "no_answer_causes",
     "rtt_text",
     "short_rate",
     "state_text",
@@ -30,7 +31,7 @@ STATE_WORDS = {
     "connecting": "Connecting…",
     "handshaking": "Connecting… (handshake)",
     "up": "Connected",
-    "unreachable": "Peer not answering",
+    "unreachable": "No answer from the server",
     "error": "Failed",
 }
 """What each core.status state is called in the window and the tray."""
@@ -38,6 +39,25 @@ STATE_WORDS = {
 
 def state_text(state: str) -> str:
     return STATE_WORDS.get(state, state.capitalize() or "Unknown")
+
+
+def no_answer_causes(endpoint: str, transport: str, *, was_up: bool) -> list[str]:
+    """The likely reasons a server does not answer, most likely first, in words a user can
+    check or pass on. ``was_up``: the tunnel had a session (so keys and address were right)."""
+    host, _, port = endpoint.rpartition(":")
+    where = f"{host or endpoint}" + (f", {transport.upper()} port {port}" if port else "")
+    if was_up:
+        return [f"The network between here and the server ({where}) is down, or this "
+                "computer went offline.",
+                "The server stopped or restarted.",
+                "A firewall or Wi-Fi portal started blocking the traffic."]
+    return ["The server does not know this computer's public key yet: give it to your "
+            "administrator (Keys tab).",
+            f"The server address or port is wrong ({where}): check Server with Edit.",
+            "The security mode or cipher differs from the server's: ask your administrator "
+            "for the profile file rather than typing it in.",
+            f"A firewall blocks {transport.upper()} port {port or 'of the server'} on the way, or "
+            "the server is not running."]
 
 
 def human_rate(bytes_per_second: float) -> str:

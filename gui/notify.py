@@ -83,7 +83,8 @@ class TransitionTracker:
                           f"{why[:1].upper()}{why[1:]}; Tunseal keeps trying to reconnect.")
         if state in _PROBLEM and tunnel not in self._dropped:
             return Notice(Kind.FAILED, tunnel, f"{tunnel}: could not connect",
-                          error or "The other end does not answer.")
+                          error or "No answer from the server. Open Tunseal to see the "
+                          "likely causes.")
         return None
 
     def forget(self, tunnel: str) -> None:

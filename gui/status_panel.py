@@ -41,9 +41,18 @@ class StatusPanel(QWidget):
         grid.addLayout(forms[1], 0, 1)
         grid.setColumnStretch(0, 1)
         grid.setColumnStretch(1, 1)
+        self.problem = QLabel()
+        self.problem.setObjectName("status_problem")
+        self.problem.setWordWrap(True)
+        self.problem.setTextFormat(Qt.TextFormat.PlainText)
+        self.problem.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.problem.setFrameShape(QLabel.Shape.StyledPanel)
+        self.problem.setMargin(8)
+        self.problem.hide()
         self.graph = ThroughputGraph()
         layout = QVBoxLayout(self)
         layout.addLayout(grid)
+        layout.addWidget(self.problem)
         layout.addWidget(self.graph, 1)
 
     def show_status(self, st: TunnelStatus, points: list[tuple[float, float, float]],
@@ -64,7 +73,18 @@ class StatusPanel(QWidget):
         v["mode"].setText(st.mode or "—")
         v["cipher"].setText("none" if st.mode == "plain" else (st.cipher or "—"))
         v["interface"].setText(st.interface or "—")
+        self._show_problem(st)
         self.graph.set_points(points, now)
+
+    def _show_problem(self, st: TunnelStatus) -> None:
+        if st.state != "unreachable":
+            self.problem.hide()
+            return
+        causes = fmt.no_answer_causes(st.endpoint, st.transport or "udp",
+                                      was_up=st.last_handshake is not None)
+        self.problem.setText(f"No answer from the server {st.endpoint}. Likely causes:\n"
+                             + "\n".join(f"• {c}" for c in causes))
+        self.problem.show()
 
     def show_mode(self, mode: str, cipher: str) -> None:
         """A tunnel that is down shows its profile's security settings."""

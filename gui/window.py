@@ -41,6 +41,7 @@ from gui.icons import app_icon, state_icon
 from gui.keys_panel import KeysPanel
 from gui.logs_panel import LogsPanel
 from gui.model import LogEntry
+from gui.next_step import NextStepDialog
 from gui.state import LiveState
 from gui.status_panel import StatusPanel
 from gui.unavailable import UnavailablePage
@@ -72,6 +73,8 @@ class MainWindow(QMainWindow):
         self.export_dialog: QFileDialog | None = None
         self.question: QMessageBox | None = None
         """The confirmation or error box on screen, if any (tests drive it)."""
+        self.next_step: NextStepDialog | None = None
+        """The 'give this key to your administrator' dialog, while it is open."""
 
         self.setWindowTitle("Tunseal")
         self.setWindowIcon(app_icon())
@@ -107,6 +110,8 @@ class MainWindow(QMainWindow):
         state.availabilityChanged.connect(self.refresh_availability)
         actions.done.connect(lambda text: self.statusBar().showMessage(text, 8000))
         actions.failed.connect(self.show_error)
+        actions.keyMissing.connect(self.offer_key)
+        actions.imported.connect(self._on_imported)
         self.refresh_availability()
         self.refresh_profiles()
 
@@ -322,6 +327,9 @@ class MainWindow(QMainWindow):
         def saved() -> None:
             self.selected = profile.name
             editor.accept()
+            if profile.mode == "ephemeral":
+                self.ops.ensure_key(profile.name, lambda key: self.show_next_step(profile.name,
+                                                                                  key))
 
         self.ops.save(profile, original=editor.original, on_saved=saved,
                           on_invalid=editor.show_problems, on_error=editor.show_error)
@@ -368,6 +376,11 @@ class MainWindow(QMainWindow):
         self.import_dialog = dialog
         dialog.open()
 
+    def _on_imported(self, name: str, mode: str) -> None:
+        self._select_later(name)
+        if mode == "ephemeral":
+            self.ops.ensure_key(name, lambda key: self.show_next_step(name, key))
+
     def import_file(self, path: str) -> None:
         """Import one .tunseal file (from the dialog or a drop)."""
         if path:
@@ -412,6 +425,46 @@ class MainWindow(QMainWindow):
         event.acceptProposedAction()
         for path in paths:
             self.import_file(path)
+
+    # --- keys ------------------------------------------------------------------------------
+
+    def show_next_step(self, name: str, public_key: str) -> None:
+        """After a key pair was made: what the user does next, with the key to hand over."""
+        if self.next_step is not None:
+            self.next_step.close()
+        dialog = NextStepDialog(name, public_key, self)
+        dialog.connectRequested.connect(self.ops.connect_tunnel)
+        dialog.finished.connect(lambda _r: self._next_step_closed(dialog))
+        self.next_step = dialog
+        self.keys_panel.show_profile(self._selected_profile(), reload=True)
+        dialog.open()
+
+    def _next_step_closed(self, dialog: NextStepDialog) -> None:
+        if self.next_step is dialog:
+            self.next_step = None
+        dialog.deleteLater()
+
+    def offer_key(self, name: str, key: str) -> None:
+        """Connecting failed for want of a key: say so in words and offer to make it."""
+        if key == "private_key":
+            title = f"{name} has no key pair yet"
+            text = (f"{name} needs a key pair on this computer before it can connect. Generate "
+                    "one, then give its public key to your administrator.")
+            verb = "Generate key pair"
+
+            def make() -> None:
+                self.ops.generate_key(name, lambda k: self.show_next_step(name, k))
+        else:
+            title = f"{name} has no pre-shared key"
+            text = (f"{name} needs the pre-shared key its server uses, and this computer's "
+                    "keyring has none. Import the profile file your administrator gave you (it "
+                    "carries the key), or generate a new key and hand it to the server with "
+                    "Export with secret keys.")
+            verb = "Generate pre-shared key"
+
+            def make() -> None:
+                self.ops.generate_psk(name)
+        self._ask(title, text, verb, make, icon=QMessageBox.Icon.Warning)
 
     # --- messages --------------------------------------------------------------------------
 

@@ -361,10 +361,13 @@ def _missing_key(profile: Profile, key: str) -> RequestError:
     ref = profile.private_key_ref if key == "private_key" else profile.psk_ref
     command = "genkey" if key == "private_key" else "genpsk"
     where = f"the keyring has no item {ref!r}" if ref else f"keys.{key} is not set"
+    # details names the missing key, so a client can offer to generate it without parsing
+    # the message.
     return RequestError(
         f"profile {profile.name!r} has no {key.replace('_', ' ')}: {where}; create one with "
         f"'tunseal {command} {profile.name}' or import it",
         code="not_found",
+        details=(Problem(f"keys.{key}", where),),
     )
 
 
