@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from PySide6.QtCore import QPointF, QRectF, QSize, Qt
+from PySide6.QtCore import QPointF, QRectF, QSize, Qt, QTimer
 from PySide6.QtGui import QColor, QFontMetrics, QPainter, QPainterPath, QPaintEvent, QPalette, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
@@ -20,6 +20,8 @@ MIN_SPAN = 60.0
 """The graph shows at least the last minute; it widens to :data:`HISTORY_SECONDS` as history
 accumulates, so a tunnel that just came up does not draw in a sliver at the right edge."""
 _TIME_STEPS = (10.0, 15.0, 30.0, 60.0, 120.0)
+TICK_MS = 1000
+"""Milliseconds between moves of the time axis while no new status arrives."""
 
 
 def time_span(points: list[tuple[float, float, float]], now: float, longest: float) -> float:
@@ -44,6 +46,21 @@ class ThroughputGraph(QWidget):
         self._now = time.time()
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setAccessibleName("Throughput graph")
+        # Time goes on when no status arrives (a tunnel that is down sends none): the axis
+        # keeps moving, so the last traffic slides away instead of the graph freezing.
+        self._clock = QTimer(self)
+        self._clock.setInterval(TICK_MS)
+        self._clock.timeout.connect(self._tick)
+        self._clock.start()
+
+    def _tick(self) -> None:
+        if self.isVisible():
+            self._now = max(self._now, time.time())
+            self.update()
+
+    def now(self) -> float:
+        """The time at the graph's right edge."""
+        return self._now
 
     def sizeHint(self) -> QSize:
         return QSize(480, 200)

@@ -174,6 +174,10 @@ class Model:
         self.profiles: dict[str, Profile] = {}
         self.statuses: dict[str, TunnelStatus] = {}
         self.histories: dict[str, RateHistory] = {}
+        self.recovered: dict[str, float] = {}
+        """When each tunnel last came back up after losing its session (unix time)."""
+        self.interfaces: dict[str, str] = {}
+        """The link each tunnel last used, to name it while the tunnel is down."""
         self.logs = LogBook()
         self.availability = Availability(ok=False, code="unavailable",
                                          message="not connected to the helper yet")
@@ -206,6 +210,11 @@ class Model:
         st = TunnelStatus.from_dict(dict(data))
         previous = self.statuses.get(st.name)
         self.statuses[st.name] = st
+        if st.interface:
+            self.interfaces[st.name] = st.interface
+        if (st.state == "up" and previous is not None and previous.state not in ("up", "down")
+                and previous.last_handshake is not None):
+            self.recovered[st.name] = now
         history = self.histories.setdefault(st.name, RateHistory())
         if st.state == "down":
             if previous is not None and previous.state != "down":

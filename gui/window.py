@@ -283,9 +283,9 @@ class MainWindow(QMainWindow):
                                        and (profile is not None or st.state != "down"))
         unsafe = model.is_unsafe(name)
         self.header_unsafe.setVisible(unsafe)
-        self.status_panel.show_status(st, history.points() if history else [], now=time.time())
-        if st.state == "down" and profile is not None:
-            self.status_panel.show_mode(profile.mode, profile.cipher)
+        self.status_panel.show_status(st, history.points() if history else [], now=time.time(),
+                                      profile=profile, recovered=model.recovered.get(name),
+                                      interface=model.interfaces.get(name, ""))
 
     def _update_actions(self) -> None:
         has = self.selected is not None and self.selected in self.state.model.profiles
