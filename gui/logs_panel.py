@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from PySide6.QtGui import QFont, QGuiApplication, QTextCursor
+from PySide6.QtCore import Signal
+from PySide6.QtGui import QFont, QGuiApplication, QShowEvent, QTextCursor
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -24,6 +25,10 @@ LEVEL_CHOICES = (("Debug and up", "DEBUG"), ("Info and up", "INFO"),
 
 
 class LogsPanel(QWidget):
+    historyWanted = Signal(str)
+    """The panel shows a tunnel (it was opened, or another tunnel was selected while open):
+    fetch the helper's recent log about it."""
+
     def __init__(self, book: LogBook, parent: QWidget | None = None):
         super().__init__(parent)
         self.book = book
@@ -68,6 +73,13 @@ class LogsPanel(QWidget):
         if tunnel != self.tunnel:
             self.tunnel = tunnel
             self.rebuild()
+            if self.isVisible() and tunnel:
+                self.historyWanted.emit(tunnel)
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        if self.tunnel:
+            self.historyWanted.emit(self.tunnel)
 
     def _criteria(self) -> dict[str, object]:
         return {"tunnel": self.tunnel if self.tunnel is not None else "",

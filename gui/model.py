@@ -105,6 +105,18 @@ class LogBook:
     def add(self, entry: LogEntry) -> None:
         self._entries.append(entry)
 
+    def merge(self, entries: Iterable[LogEntry]) -> bool:
+        """Add entries fetched from the helper's recent log, skipping those already here (a
+        live event and its copy in the history are equal); True if any was new."""
+        have = set(self._entries)
+        new = [e for e in entries if e not in have]
+        if not new:
+            return False
+        limit = self._entries.maxlen
+        combined = sorted([*self._entries, *new], key=lambda e: e.time)
+        self._entries = collections.deque(combined, maxlen=limit)
+        return True
+
     def __len__(self) -> int:
         return len(self._entries)
 

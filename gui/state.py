@@ -29,6 +29,8 @@ class LiveState(QObject):
     statusChanged = Signal(str)
     """A tunnel's status (and rate history) changed; the argument is its name."""
     logAdded = Signal(object)
+    logsMerged = Signal()
+    """Entries from the helper's recent log were added (older ones among them)."""
     availabilityChanged = Signal()
     trayStateChanged = Signal()
     lastUsedChanged = Signal(str)
@@ -54,6 +56,25 @@ class LiveState(QObject):
         """Ask for a fresh snapshot of profiles and tunnels."""
         self.helper.call("list_profiles", on_result=self._on_profiles, on_error=self._log_error)
         self.helper.call("status", on_result=self._on_statuses, on_error=self._log_error)
+
+    def fetch_log(self, name: str | None) -> None:
+        """Bring in the helper's recent log about ``name`` (what happened before this window
+        subscribed)."""
+        args = {"name": name} if name else {}
+
+        def merge(result: dict[str, Any]) -> None:
+            entries = []
+            for data in result.get("entries", []):
+                try:
+                    entries.append(LogEntry.from_event(data))
+                except (TypeError, ValueError):
+                    continue  # a malformed entry from a newer helper
+            if self.model.logs.merge(entries):
+                self.logsMerged.emit()
+
+        self.helper.call("recent_log", on_result=merge,
+                         on_error=lambda e: log.info("no recent log from the helper: %s", e),
+                         **args)
 
     # --- from the helper -------------------------------------------------------------------
 

@@ -107,6 +107,8 @@ class MainWindow(QMainWindow):
         state.profilesChanged.connect(self.refresh_profiles)
         state.statusChanged.connect(self._on_status)
         state.logAdded.connect(self._on_log)
+        state.logsMerged.connect(self.logs_panel.rebuild)
+        self.logs_panel.historyWanted.connect(state.fetch_log)
         state.availabilityChanged.connect(self.refresh_availability)
         actions.done.connect(lambda text: self.statusBar().showMessage(text, 8000))
         actions.failed.connect(self.show_error)

@@ -73,6 +73,10 @@ class Caller:
     pid: int
 
 
+class RecentLogLike(Protocol):
+    def entries(self, tunnel: str | None = None) -> list[dict[str, Any]]: ...
+
+
 Notify = Callable[[str, dict[str, Any]], None]
 
 
@@ -88,12 +92,14 @@ class Service:
         engine: EngineLike,
         notify: Notify,
         gateway: GatewayLike | None = None,
+        recent_log: RecentLogLike | None = None,
     ):
         self._profiles = profiles
         self._keys = keys
         self._engine = engine
         self._notify = notify
         self._gateway = gateway
+        self._recent_log = recent_log
         self._lock = threading.RLock()
         self._handlers: dict[str, Callable[..., Any]] = {
             "ping": self.ping,
@@ -111,6 +117,7 @@ class Service:
             "connect": self.connect,
             "disconnect": self.disconnect,
             "status": self.status,
+            "recent_log": self.recent_log,
             "peer_add": self.peer_add,
             "peer_remove": self.peer_remove,
             "peer_list": self.peer_list,
@@ -118,7 +125,7 @@ class Service:
         }
         self._mutating = frozenset(self._handlers) - {
             "ping", "list_profiles", "get_profile", "export_profile", "public_key", "status",
-            "peer_list", "peer_show",
+            "peer_list", "peer_show", "recent_log",
         }
 
     def handle(self, request: Request, caller: Caller) -> Any:
@@ -295,6 +302,10 @@ class Service:
         else:
             names = sorted({p.name for p in self._profiles.list()} | set(running))
         return {"tunnels": [self._status(n) for n in names]}
+
+    def recent_log(self, name: str | None = None) -> dict[str, Any]:
+        entries = self._recent_log.entries(name) if self._recent_log is not None else []
+        return {"entries": entries}
 
     # --- helpers --------------------------------------------------------------------------------
 

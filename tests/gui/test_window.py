@@ -261,17 +261,18 @@ def test_logs_tab_filters_and_copies(qtbot: QtBot, gui: App, office: str) -> Non
     connect_by_click(qtbot, gui, office)
     logs = gui.window.logs_panel
     gui.window.tabs.setCurrentWidget(logs)
-    qtbot.waitUntil(lambda: "tunnel office up on" in logs.visible_text(), timeout=WAIT)
+    qtbot.waitUntil(lambda: "office: connected to office" in logs.visible_text(), timeout=WAIT)
     assert "connect office" not in logs.visible_text()  # the helper's own line: not by default
     logs.helper_too.setChecked(True)
     assert "connect office" in logs.visible_text()
-    logs.filter.setText("UP ON")
-    assert all("up on" in line for line in logs.visible_text().splitlines())
+    logs.filter.setText("CONNECTED TO")
+    lines = logs.visible_text().splitlines()
+    assert lines and all("connected to" in line for line in lines)
     logs.level.setCurrentIndex(logs.level.findData("ERROR"))
     assert logs.visible_text() == "" and logs.empty.isVisible()
     logs.level.setCurrentIndex(logs.level.findData("INFO"))
     click(qtbot, logs.copy_button)
-    assert "tunnel office up on" in QGuiApplication.clipboard().text()
+    assert "office: connected to office" in QGuiApplication.clipboard().text()
 
 
 def test_duplicate_and_delete(qtbot: QtBot, gui: App, world: OfficeLab, office: str) -> None:
