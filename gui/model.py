@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import collections
 import enum
+import grp
 import logging
+import os
+import stat
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -30,6 +33,7 @@ __all__ = [
     "TrayState",
     "duplicate_name",
     "guidance",
+    "socket_group",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,18 +64,44 @@ class Availability:
     message: str = ""
 
 
-def guidance(availability: Availability) -> tuple[str, str, str]:
+def socket_group(path: str) -> str | None:
+    """The group whose members may use the helper's socket at ``path`` (its group, when the
+    socket is group-writable), or None: no socket, or root only."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not st.st_mode & stat.S_IWGRP:
+        return None
+    try:
+        return grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        return str(st.st_gid)
+
+
+def guidance(availability: Availability, socket: str = "/run/tunseal/helper.sock",
+             group: str | None = None) -> tuple[str, str, str]:
     """(headline, what to do, the command that does it) for a helper that cannot be used, in
-    words for a person."""
+    words for a person, naming the socket in use and the group that may use it (None: the
+    socket admits root only, or there is none)."""
     if availability.code == "forbidden":
+        if group:
+            return ("You are not allowed to use the Tunseal helper.",
+                    f"Only members of the group '{group}' may use the helper (its socket is "
+                    f"{socket}), and your account is not one. Ask an administrator to add you "
+                    "with the command below, then log out, log in again and press Retry.",
+                    f"sudo usermod -aG {group} $USER")
         return ("You are not allowed to use the Tunseal helper.",
-                "Your account is not in the 'tunseal' group. Ask an administrator to add you "
-                "with the command below, then log out, log in again and press Retry.",
-                "sudo usermod -aG tunseal $USER")
+                f"The helper's socket {socket} admits only root: the helper found no group for "
+                "its users. An administrator creates the group 'tunseal', adds you and "
+                "restarts the helper with the command below; then log out, log in again and "
+                "press Retry.",
+                "sudo groupadd -f tunseal && sudo usermod -aG tunseal $USER && "
+                "sudo systemctl restart tunseal-helper")
     return ("The Tunseal helper is not running.",
-            "Tunseal needs its background service to set up tunnels. Start it with the "
-            "command below (add 'enable --now' instead of 'start' to start it at every boot), "
-            "then press Retry.",
+            f"Tunseal needs its background service to set up tunnels, and nothing answers on "
+            f"{socket}. Start it with the command below (add 'enable --now' instead of "
+            "'start' to start it at every boot), then press Retry.",
             "sudo systemctl start tunseal-helper")
 
 

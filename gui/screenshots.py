@@ -198,7 +198,7 @@ def _no_helper(out: Path, log: Callable[[str], None]) -> Path:
         app.window.show()
         app.helper.start()
         try:
-            wait_until(lambda: app.window.pages.currentWidget() is app.window.unavailable
+            wait_until(lambda: app.window.right.currentWidget() is app.window.unavailable
                        and app.state.model.availability.code == "unavailable"
                        and "not running" in app.state.model.availability.message, 10,
                        "the no-helper page")

@@ -17,7 +17,7 @@ from PySide6.QtCore import QObject, Signal
 from core.errors import IPCError
 from gui.helper_client import HelperClient
 from gui.model import Availability, LogEntry, Model, TrayState
-from gui.notify import Notice, TransitionTracker
+from gui.notify import Kind, Notice, TransitionTracker
 
 __all__ = ["LiveState"]
 
@@ -84,10 +84,17 @@ class LiveState(QObject):
         if ok and not was.ok:
             self.refresh()
         elif not ok and was.ok:
+            dropped = self.model.active()
             self.model.forget_tunnels()
             self._tracker.reset()
             for name in self.model.names():
                 self.statusChanged.emit(name)
+            # A helper that stops takes its tunnels down (and one that crashed loses them):
+            # traffic no longer goes through them, which the user must hear about.
+            for name in dropped:
+                self._announce(Notice(Kind.DROPPED, name, f"{name}: disconnected",
+                                      "The Tunseal service stopped, and the tunnel went down "
+                                      "with it. Start the service again to reconnect."))
         if was != self.model.availability:
             self.availabilityChanged.emit()
         self._tray_changed()

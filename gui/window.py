@@ -88,20 +88,21 @@ class MainWindow(QMainWindow):
         self.profile_list.itemDoubleClicked.connect(lambda _item: self.toggle_selected())
         self.detail = self._build_detail()
         self.empty = self._build_empty()
+        self.unavailable = UnavailablePage(self.state.helper.path)
+        self.unavailable.retry.connect(self.state.helper.retry)
+        # While the helper is away the list stays (greyed: its states are unknown) and the
+        # right side says what to do.
         self.right = QStackedWidget()
         self.right.addWidget(self.detail)
         self.right.addWidget(self.empty)
+        self.right.addWidget(self.unavailable)
         splitter = QSplitter()
         splitter.addWidget(self.profile_list)
         splitter.addWidget(self.right)
         splitter.setStretchFactor(1, 1)
         splitter.setSizes([220, 680])
-        self.unavailable = UnavailablePage()
-        self.unavailable.retry.connect(self.state.helper.retry)
-        self.pages = QStackedWidget()
-        self.pages.addWidget(splitter)
-        self.pages.addWidget(self.unavailable)
-        self.setCentralWidget(self.pages)
+        self.splitter = splitter
+        self.setCentralWidget(splitter)
         self.resize(980, 680)
 
         state.profilesChanged.connect(self.refresh_profiles)
@@ -199,8 +200,11 @@ class MainWindow(QMainWindow):
 
     def refresh_availability(self) -> None:
         availability = self.state.model.availability
-        self.pages.setCurrentIndex(0 if availability.ok else 1)
         self.unavailable.show_availability(availability)
+        self.profile_list.setEnabled(availability.ok)
+        self._show_right()
+        for i in range(self.profile_list.count()):
+            self._paint_item(self.profile_list.item(i))
         for action in (self.new_action, self.import_action, self.edit_action,
                        self.duplicate_action, self.delete_action):
             action.setEnabled(availability.ok)
@@ -222,7 +226,13 @@ class MainWindow(QMainWindow):
                 self.profile_list.setCurrentItem(item)
         self.profile_list.blockSignals(False)
         self._select(keep, reload=True)
-        self.right.setCurrentIndex(0 if names else 1)
+        self._show_right()
+
+    def _show_right(self) -> None:
+        if not self.state.model.availability.ok:
+            self.right.setCurrentWidget(self.unavailable)
+        else:
+            self.right.setCurrentWidget(self.detail if self.state.model.names() else self.empty)
 
     def _item(self, name: str) -> QListWidgetItem | None:
         for i in range(self.profile_list.count()):
@@ -236,6 +246,8 @@ class MainWindow(QMainWindow):
         model = self.state.model
         state = model.state(name)
         text = f"{name}\n{fmt.state_text(state)}"
+        if not model.availability.ok:
+            text = f"{name}\nunknown (no helper)"
         if model.is_unsafe(name):
             text += " · UNSAFE (plain)"
             item.setForeground(QBrush(QColor("#c62828")))

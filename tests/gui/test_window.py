@@ -27,7 +27,7 @@ from pytestqt.qtbot import QtBot
 from core import noise
 from core.constants import DEFAULT_CIPHER
 from gui.app import App
-from gui.model import TrayState
+from gui.model import Availability, TrayState, guidance, socket_group
 from gui.notify import Kind
 from gui.qr import qr_matrix
 
@@ -302,10 +302,13 @@ def test_without_a_helper_the_window_says_what_to_do(qtbot: QtBot, world: Office
         qtbot.addWidget(app.window)
         app.start()
         page = app.window.unavailable
-        qtbot.waitUntil(lambda: app.window.pages.currentWidget() is page
+        qtbot.waitUntil(lambda: app.window.right.currentWidget() is page
                         and page.command.text() != "", timeout=WAIT)
         assert page.headline.text() == "The Tunseal helper is not running."
         assert page.command.text() == "sudo systemctl start tunseal-helper"
+        assert str(world.laptop.socket) in page.advice.text()  # the socket really in use
+        click(qtbot, page.copy_button)
+        assert QGuiApplication.clipboard().text() == "sudo systemctl start tunseal-helper"
         assert "Traceback" not in page.detail.text()
         assert not app.window.import_action.isEnabled()
         assert app.state.model.tray_state() is TrayState.PROBLEM
@@ -313,7 +316,7 @@ def test_without_a_helper_the_window_says_what_to_do(qtbot: QtBot, world: Office
 
         world.laptop.start()
         click(qtbot, page.retry_button)
-        qtbot.waitUntil(lambda: app.window.pages.currentIndex() == 0
+        qtbot.waitUntil(lambda: app.window.right.currentWidget() is app.window.detail
                         and list_texts(app) == ["office\nDisconnected"], timeout=WAIT)
         app.close()
     finally:
@@ -323,11 +326,49 @@ def test_without_a_helper_the_window_says_what_to_do(qtbot: QtBot, world: Office
 def test_the_helper_going_away_is_shown_and_recovered(qtbot: QtBot, gui: App,
                                                      world: OfficeLab, office: str) -> None:
     qtbot.waitUntil(lambda: "office" in gui.state.model.profiles, timeout=WAIT)
+    connect_by_click(qtbot, gui, office)
     world.laptop.stop()
     try:
-        qtbot.waitUntil(lambda: gui.window.pages.currentWidget() is gui.window.unavailable,
-                        timeout=WAIT)
+        page = gui.window.unavailable
+        qtbot.waitUntil(lambda: gui.window.right.currentWidget() is page, timeout=WAIT)
+        # The list stays, greyed, its states unknown; the dropped tunnel is announced.
+        assert gui.window.profile_list.isVisible()
+        assert not gui.window.profile_list.isEnabled()
+        assert list_texts(gui) == ["office\nunknown (no helper)"]
+        dropped = [s.notice for s in gui.notifier.shown if s.notice.kind is Kind.DROPPED]
+        assert [n.tunnel for n in dropped] == [office]
+        assert "service stopped" in dropped[0].body
+
+        # Retries with details of different lengths do not move the Retry button.
+        y = page.retry_button.mapTo(gui.window, QPoint(0, 0)).y()
+        for message in ("short", "a much longer message " * 12, ""):
+            page.show_availability(Availability(False, "unavailable", message))
+            qtbot.wait(10)
+            assert page.retry_button.mapTo(gui.window, QPoint(0, 0)).y() == y
     finally:
         world.ensure_laptop_running()
     click(qtbot, gui.window.unavailable.retry_button)
-    qtbot.waitUntil(lambda: gui.window.pages.currentIndex() == 0, timeout=WAIT)
+    qtbot.waitUntil(lambda: gui.window.right.currentWidget() is gui.window.detail
+                    and gui.window.profile_list.isEnabled(), timeout=WAIT)
+
+
+def test_guidance_names_the_real_group_and_socket(tmp_path: Path) -> None:
+    import grp
+    import socket as so
+
+    path = tmp_path / "helper.sock"
+    server = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+    server.bind(str(path))
+    try:
+        group = grp.getgrgid(os.getgid()).gr_name
+        os.chmod(path, 0o600)
+        assert socket_group(str(path)) is None
+        _head, advice, command = guidance(Availability(False, "forbidden"), str(path), None)
+        assert "admits only root" in advice and str(path) in advice
+        os.chmod(path, 0o660)
+        assert socket_group(str(path)) == group
+        _head, advice, command = guidance(Availability(False, "forbidden"), str(path),
+                                          group)
+        assert f"'{group}'" in advice and command == f"sudo usermod -aG {group} $USER"
+    finally:
+        server.close()
