@@ -91,6 +91,10 @@ class Actions(QObject):
         self.helper.call("disconnect", name=name, on_result=lambda _r: then(name),
                          on_error=failed)
 
+    def reconnect(self, name: str) -> None:
+        """Disconnect and connect again (a changed profile takes effect)."""
+        self._disconnect_then(name, self.connect_tunnel)
+
     def toggle(self, name: str) -> None:
         if self.state.model.state(name) == "down":
             self.connect_tunnel(name)

@@ -79,7 +79,14 @@ class KeysPanel(QWidget):
         peer_layout.addLayout(peer_row)
         peer_layout.addWidget(self.peer_error)
 
+        self.mine_box, self.theirs_box = mine, theirs
+        self.plain_note = QLabel("This profile uses plain mode: no keys and no encryption, so "
+                                 "there is nothing to set here.")
+        self.plain_note.setObjectName("plainNote")
+        self.plain_note.setWordWrap(True)
+        self.plain_note.hide()
         layout = QVBoxLayout(self)
+        layout.addWidget(self.plain_note)
         layout.addWidget(mine)
         layout.addWidget(self.psk_box)
         layout.addWidget(theirs)
@@ -108,8 +115,12 @@ class KeysPanel(QWidget):
             self.peer_key.setText(profile.public_key)
         elif not self.peer_key.hasFocus():
             self.peer_key.setText(profile.public_key)
+        plain = profile.mode == "plain"
+        self.plain_note.setVisible(plain)
+        self.mine_box.setVisible(not plain)
+        self.theirs_box.setVisible(not plain)
         uses_psk = profile.mode in ("psk", "rotating") or bool(profile.psk_ref)
-        self.psk_box.setVisible(uses_psk)
+        self.psk_box.setVisible(uses_psk and not plain)
         ref = profile.psk_ref or f"{profile.name}.psk"
         self.psk_note.setText(
             f"Stored in the keyring as '{ref}'. It is never shown; to give it to the other "

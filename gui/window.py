@@ -331,7 +331,8 @@ class MainWindow(QMainWindow):
             self._open_editor(profile)
 
     def _open_editor(self, profile: Profile | None) -> None:
-        editor = ProfileEditor(profile, self)
+        connected = profile is not None and self.state.model.state(profile.name) != "down"
+        editor = ProfileEditor(profile, self, connected=connected)
         editor.submitted.connect(lambda p: self._save(editor, p))
         editor.finished.connect(lambda _result: self._editor_closed(editor))
         self.editor = editor
@@ -344,6 +345,12 @@ class MainWindow(QMainWindow):
             if profile.mode == "ephemeral":
                 self.ops.ensure_key(profile.name, lambda key: self.show_next_step(profile.name,
                                                                                   key))
+            name = profile.name
+            if editor.connected and editor.original == name:
+                self._ask(f"Reconnect {name}?",
+                          f"{name} is still connected with its old settings. Reconnect now to "
+                          "apply the changes? (Its traffic stops for a moment.)",
+                          "Reconnect now", lambda: self.ops.reconnect(name))
 
         self.ops.save(profile, original=editor.original, on_saved=saved,
                           on_invalid=editor.show_problems, on_error=editor.show_error)
@@ -365,10 +372,15 @@ class MainWindow(QMainWindow):
         name = self.selected
         if name is None:
             return
+        connected = (f" {name} is connected: deleting it disconnects it first, and its "
+                     "traffic stops going through the tunnel."
+                     if self.state.model.state(name) != "down" else "")
         self._ask(f"Delete {name}?",
                   f"Delete the profile {name} and its keys from this computer? This cannot be "
-                  "undone (export it first to keep a copy).", "Delete",
-                  lambda: self.ops.remove(name))
+                  f"undone (export it first to keep a copy).{connected}",
+                  "Disconnect and delete" if connected else "Delete",
+                  lambda: self.ops.remove(name),
+                  icon=QMessageBox.Icon.Warning if connected else QMessageBox.Icon.Question)
 
     # --- import and export -----------------------------------------------------------------
 
