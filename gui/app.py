@@ -87,6 +87,7 @@ def build(socket: str | None = None, *, native_dialogs: bool = True,
     tray.openRequested.connect(app.open_window)
     tray.quitRequested.connect(app.request_quit)
     window.hiddenToTray.connect(app.tell_hidden)
+    window.quitRequested.connect(app.request_quit)
     return app
 
 

@@ -208,8 +208,8 @@ class ProfileEditor(QDialog):
         words; problems about no field above the form."""
         self.buttons.setEnabled(True)
         by_field, general = self._sorted(problems)
-        for key, label in self.errors.items():
-            label.show_message("\n".join(by_field.get(key, [])))
+        for key in self.errors:
+            self._show_error(key, "\n".join(by_field.get(key, [])))
         self.general_error.show_message("\n".join(general))
         if any(f.advanced and f.key in by_field for f in FIELDS):
             self.advanced.setChecked(True)
@@ -241,7 +241,14 @@ class ProfileEditor(QDialog):
             problems = [(p.field or "", p.reason) for p in e.problems]
         by_field, _general = self._sorted(problems)
         for key in shown:
-            self.errors[key].show_message("\n".join(by_field.get(key, [])))
+            self._show_error(key, "\n".join(by_field.get(key, [])))
+
+    def _show_error(self, key: str, text: str) -> None:
+        """The problem under the field, and as the field's accessible description, so a
+        screen reader reads it with the field."""
+        self.errors[key].show_message(text)
+        field = next(f for f in FIELDS if f.key == key)
+        self.inputs[key].setAccessibleDescription(text or field.hint)
 
     def show_error(self, message: str) -> None:
         self.buttons.setEnabled(True)

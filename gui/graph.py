@@ -33,9 +33,16 @@ def time_span(points: list[tuple[float, float, float]], now: float, longest: flo
     return min(longest, max(MIN_SPAN, 60.0 * -(-age // 60.0)))
 
 
-def time_step(span: float) -> float:
-    """Seconds between vertical grid lines: about four to six of them."""
-    return next((s for s in _TIME_STEPS if span / s <= 6), _TIME_STEPS[-1])
+def time_step(span: float, width: float = 0.0, label_width: float = 0.0) -> float:
+    """Seconds between vertical grid lines: about four to six of them, fewer when the plot is
+    too narrow for their labels (``width`` and ``label_width`` in pixels; 0: no limit)."""
+    for s in _TIME_STEPS:
+        if span / s > 6:
+            continue
+        if label_width and width and width * s / span < label_width * 1.5:
+            continue  # the labels would touch
+        return s
+    return _TIME_STEPS[-1] if not width else max(_TIME_STEPS[-1], span)
 
 
 class ThroughputGraph(QWidget):
@@ -106,7 +113,7 @@ class ThroughputGraph(QWidget):
             return plot.bottom() - plot.height() * (value / top)
 
         span = time_span(self._points, self._now, self.seconds)
-        step = time_step(span)
+        step = time_step(span, plot.width(), metrics.horizontalAdvance("-4.5 min"))
 
         def x_of(t: float) -> float:
             return plot.right() - plot.width() * (self._now - t) / span

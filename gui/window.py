@@ -13,7 +13,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, QUrl, Signal
-from PySide6.QtGui import QBrush, QCloseEvent, QColor, QDragEnterEvent, QDropEvent, QFont
+from PySide6.QtGui import (
+    QAction,
+    QBrush,
+    QCloseEvent,
+    QDragEnterEvent,
+    QDropEvent,
+    QFont,
+    QKeySequence,
+    QPalette,
+)
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -36,6 +45,7 @@ from PySide6.QtWidgets import (
 from core.profile import Profile
 from gui import format as fmt
 from gui.actions import Actions
+from gui.colors import error_color
 from gui.editor import ProfileEditor
 from gui.icons import app_icon, state_icon
 from gui.keys_panel import KeysPanel
@@ -51,9 +61,12 @@ __all__ = ["MainWindow"]
 
 PROFILE_FILTER = "Tunseal profiles (*.tunseal);;All files (*)"
 PROFILE_SUFFIX = ".tunseal"
+LIST_MIN_WIDTH = 200
 
 
 class MainWindow(QMainWindow):
+    quitRequested = Signal()
+    """Quit Tunseal (File > Quit, Ctrl+Q): the app asks about connected tunnels first."""
     hiddenToTray = Signal()
     """The window was closed into the tray for the first time: tell the user where it went."""
 
@@ -83,9 +96,11 @@ class MainWindow(QMainWindow):
         self.profile_list = QListWidget()
         self.profile_list.setObjectName("profileList")
         self.profile_list.setIconSize(QSize(32, 32))
-        self.profile_list.setMinimumWidth(200)
+        self.profile_list.setMinimumWidth(LIST_MIN_WIDTH)
+        self.profile_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.profile_list.currentItemChanged.connect(self._on_selection)
         self.profile_list.itemDoubleClicked.connect(lambda _item: self.toggle_selected())
+        self.profile_list.setAccessibleName("Profiles")
         self.detail = self._build_detail()
         self.empty = self._build_empty()
         self.unavailable = UnavailablePage(self.state.helper.path)
@@ -100,9 +115,11 @@ class MainWindow(QMainWindow):
         splitter.addWidget(self.profile_list)
         splitter.addWidget(self.right)
         splitter.setStretchFactor(1, 1)
+        splitter.setChildrenCollapsible(False)  # a collapsed side is a clipped side
         splitter.setSizes([220, 680])
         self.splitter = splitter
         self.setCentralWidget(splitter)
+        self._build_menus()
         self.resize(980, 680)
 
         state.profilesChanged.connect(self.refresh_profiles)
@@ -142,6 +159,48 @@ class MainWindow(QMainWindow):
         self.export_button = export_button
         bar.addWidget(export_button)
         self.addToolBar(bar)
+        self.toolbar = bar
+        # Shortcuts on the toolbar's own actions, so the menu bar, the toolbar and the keys
+        # all do the same thing.
+        # Spelled out: the standard keys are empty on platforms without a theme (offscreen).
+        self.new_action.setShortcut(QKeySequence("Ctrl+N"))
+        self.import_action.setShortcut(QKeySequence("Ctrl+O"))
+        self.export_action.setShortcut(QKeySequence("Ctrl+E"))
+        self.edit_action.setShortcut(QKeySequence("Ctrl+I"))
+        self.delete_action.setShortcut(QKeySequence(Qt.Key.Key_Delete))
+        self.export_button.setAccessibleName("Export the selected profile")
+        for action in bar.actions():
+            button = bar.widgetForAction(action)
+            if button is not None:  # reachable by Tab like every other control
+                button.setFocusPolicy(Qt.FocusPolicy.TabFocus)
+
+    def _build_menus(self) -> None:
+        self.connect_action = QAction("Connect", self)
+        self.connect_action.setShortcuts([QKeySequence(Qt.Key.Key_Return),
+                                          QKeySequence(Qt.Key.Key_Enter)])
+        # Enter connects the profile selected in the list (elsewhere Enter is the focused
+        # widget's own: a button's click, a field's input).
+        self.connect_action.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
+        self.connect_action.triggered.connect(self.toggle_selected)
+        self.profile_list.addAction(self.connect_action)
+        self.quit_action = QAction("Quit Tunseal", self)
+        self.quit_action.setShortcut(QKeySequence("Ctrl+Q"))
+        self.quit_action.triggered.connect(self.quitRequested)
+        self.addAction(self.quit_action)
+        bar = self.menuBar()
+        file_menu = bar.addMenu("&File")
+        file_menu.addAction(self.new_action)
+        file_menu.addAction(self.import_action)
+        file_menu.addAction(self.export_action)
+        file_menu.addAction(self.export_secrets_action)
+        file_menu.addSeparator()
+        file_menu.addAction(self.quit_action)
+        profile_menu = bar.addMenu("&Profile")
+        profile_menu.addAction(self.connect_action)
+        profile_menu.addSeparator()
+        profile_menu.addAction(self.edit_action)
+        profile_menu.addAction(self.duplicate_action)
+        profile_menu.addAction(self.delete_action)
 
     def _build_detail(self) -> QWidget:
         self.header_icon = QLabel()
@@ -151,8 +210,10 @@ class MainWindow(QMainWindow):
         font.setPointSizeF(font.pointSizeF() * 1.5)
         font.setBold(True)
         self.header_name.setFont(font)
+        self.header_name.setAccessibleName("Profile")
         self.header_state = QLabel()
         self.header_state.setObjectName("headerState")
+        self.header_state.setAccessibleName("Connection")
         self.connect_button = QPushButton("Connect")
         self.connect_button.setObjectName("connectButton")
         self.connect_button.setMinimumWidth(120)
@@ -225,6 +286,7 @@ class MainWindow(QMainWindow):
             if name == keep:
                 self.profile_list.setCurrentItem(item)
         self.profile_list.blockSignals(False)
+        self._fit_list()
         self._select(keep, reload=True)
         self._show_right()
 
@@ -233,6 +295,15 @@ class MainWindow(QMainWindow):
             self.right.setCurrentWidget(self.unavailable)
         else:
             self.right.setCurrentWidget(self.detail if self.state.model.names() else self.empty)
+
+    def _fit_list(self) -> None:
+        """The list is as wide as its widest line (no sideways scrolling, nothing cut)."""
+        lst = self.profile_list
+        fm = lst.fontMetrics()
+        widest = max((fm.horizontalAdvance(line) for i in range(lst.count())
+                      for line in lst.item(i).text().splitlines()), default=0)
+        frame = lst.frameWidth() * 2 + lst.verticalScrollBar().sizeHint().width()
+        lst.setMinimumWidth(max(LIST_MIN_WIDTH, widest + lst.iconSize().width() + 24 + frame))
 
     def _item(self, name: str) -> QListWidgetItem | None:
         for i in range(self.profile_list.count()):
@@ -249,8 +320,9 @@ class MainWindow(QMainWindow):
         if not model.availability.ok:
             text = f"{name}\nunknown (no helper)"
         if model.is_unsafe(name):
-            text += " · UNSAFE (plain)"
-            item.setForeground(QBrush(QColor("#c62828")))
+            text += "\nUNSAFE (plain)"  # a line of its own: the list stays narrow
+            item.setForeground(QBrush(error_color(self.profile_list.palette(),
+                                                  QPalette.ColorRole.Base)))
         item.setText(text)
         item.setIcon(state_icon(state))
         item.setToolTip(f"{name}: {fmt.state_text(state)}")
@@ -295,6 +367,8 @@ class MainWindow(QMainWindow):
         self.connect_button.setText("Connect" if st.state == "down" else "Disconnect")
         self.connect_button.setEnabled(model.availability.ok
                                        and (profile is not None or st.state != "down"))
+        self.connect_action.setText(f"{self.connect_button.text()} {name}")
+        self.connect_action.setEnabled(self.connect_button.isEnabled())
         unsafe = model.is_unsafe(name)
         self.header_unsafe.setVisible(unsafe)
         self.status_panel.show_status(st, history.points() if history else [], now=time.time(),
@@ -505,14 +579,14 @@ class MainWindow(QMainWindow):
                 then()
 
         box.buttonClicked.connect(clicked)
-        box.finished.connect(box.deleteLater)
+        box.finished.connect(lambda _r, b=box: self._forget_question(b))
         self.question = box
         box.open()
 
     def show_error(self, title: str, message: str) -> None:
         box = QMessageBox(QMessageBox.Icon.Warning, title, message,
                           QMessageBox.StandardButton.Close, self)
-        box.finished.connect(box.deleteLater)
+        box.finished.connect(lambda _r, b=box: self._forget_question(b))
         self.question = box
         box.open()
 
@@ -541,9 +615,14 @@ class MainWindow(QMainWindow):
                 self.ops.disconnect_all(quit_now)
 
         box.buttonClicked.connect(clicked)
-        box.finished.connect(box.deleteLater)
+        box.finished.connect(lambda _r, b=box: self._forget_question(b))
         self.question = box
         box.open()
+
+    def _forget_question(self, box: QMessageBox) -> None:
+        if self.question is box:
+            self.question = None
+        box.deleteLater()
 
     def closeEvent(self, event: QCloseEvent) -> None:
         if self.hide_on_close:

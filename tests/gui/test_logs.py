@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import WAIT
+from pytestqt.exceptions import TimeoutError
 from officelab import PORT, OfficeLab
 from pytestqt.qtbot import QtBot
 
@@ -31,8 +32,12 @@ def test_logs_opened_after_connecting_have_the_connect_messages(qtbot: QtBot,
         logs = app.window.logs_panel
         assert "connected" not in logs.visible_text()  # nothing live yet
         app.window.tabs.setCurrentWidget(logs)
-        qtbot.waitUntil(lambda: "office: connected to office" in logs.visible_text(),
-                        timeout=WAIT)
+        try:
+            qtbot.waitUntil(lambda: "office: connected to office" in logs.visible_text(),
+                            timeout=WAIT)
+        except TimeoutError:  # say what was shown and what the helper has
+            raise AssertionError(f"shown: {logs.visible_text()!r}\nthe helper's: "
+                                 f"{world.laptop.call('recent_log', name=office)}") from None
         lines = logs.visible_text().splitlines()
         connecting = next(i for i, line in enumerate(lines)
                           if f"office: connecting to 198.18.9.1:{PORT}" in line)

@@ -120,6 +120,10 @@ def test_graph_span_grows_with_history() -> None:
     assert time_span([(0.0, 0, 0)], 100.0, 300.0) == 120.0
     assert time_span([(0.0, 0, 0)], 1000.0, 300.0) == 300.0
     assert time_step(60.0) == 10.0 and time_step(300.0) == 60.0
+    # Narrow: fewer lines, so the labels (60 px) keep apart.
+    assert time_step(300.0, 600, 60) == 60.0
+    assert time_step(300.0, 300, 60) == 120.0
+    assert time_step(300.0, 100, 60) == 300.0
 
 
 def test_form_round_trip_and_problems_by_field() -> None:

@@ -183,7 +183,7 @@ def test_plain_mode_is_marked_unsafe(qtbot: QtBot, gui: App, world: OfficeLab,
     gui.window.select(office)
     assert gui.window.header_unsafe.isVisible()
     assert "no encryption" in gui.window.header_unsafe.text()
-    assert list_texts(gui) == ["office\nDisconnected · UNSAFE (plain)"]
+    assert list_texts(gui) == ["office\nDisconnected\nUNSAFE (plain)"]
     assert "unsafe" in gui.tray.tunnel_actions[office].text()
 
 
