@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 from conftest import WAIT
-from pytestqt.exceptions import TimeoutError
 from officelab import PORT, OfficeLab
+from pytestqt.exceptions import TimeoutError
 from pytestqt.qtbot import QtBot
 
 from gui.app import build
