@@ -26,6 +26,8 @@ __all__ = ["Actions"]
 
 log = logging.getLogger(__name__)
 
+SECRET_WORDS = {"private_key": "private key", "psk": "pre-shared key"}
+
 Problems = list[tuple[str, str]]
 """(field, message) pairs of an invalid profile; field '' when it is about no single field."""
 
@@ -37,6 +39,10 @@ class Actions(QObject):
     """A short confirmation for the status bar."""
     imported = Signal(str, str)
     """(name, mode) of a profile just imported."""
+    importClash = Signal(str, str)
+    """(path, name): importing the file failed because a profile of that name exists."""
+    secretsImported = Signal(str, str)
+    """(name, path): the imported file carried secret keys, now in the keyring."""
     keyMissing = Signal(str, str)
     """(profile, 'private_key' or 'psk'): connecting failed for want of that key."""
 
@@ -103,9 +109,10 @@ class Actions(QObject):
 
     # --- profiles --------------------------------------------------------------------------
 
-    def import_file(self, path: str, *, replace: bool = False) -> None:
+    def import_file(self, path: str, *, replace: bool = False, as_copy: bool = False) -> None:
         """Import a .tunseal file: read and check it here, then hand it (with any [secrets])
-        to the helper."""
+        to the helper. ``as_copy``: under a free name (the file's is taken), with keyring
+        items of its own."""
         title = f"Could not import {os.path.basename(path)}"
         try:
             profile, secrets = load(path)
@@ -115,15 +122,29 @@ class Actions(QObject):
         except ProfileError as e:
             self.failed.emit(title, str(e))
             return
+        if as_copy:
+            profile = _renamed(profile, duplicate_name(profile.name,
+                                                       self.state.model.profiles))
 
         def imported(result: dict[str, Any]) -> None:
-            stored = result.get("stored_secrets") or []
-            keys = f"; keys stored in the keyring: {', '.join(stored)}" if stored else ""
+            stored = [SECRET_WORDS.get(s, s) for s in result.get("stored_secrets") or []]
+            keys = (f"; its {' and '.join(stored)} {'is' if len(stored) == 1 else 'are'} now "
+                    "in your keyring" if stored else "")
             self.done.emit(f"Imported {profile.name}{keys}")
             self.imported.emit(profile.name, profile.mode)
+            if stored:
+                self.secretsImported.emit(profile.name, path)
+
+        fail = self._fail(title)
+
+        def refused(error: IPCError) -> None:
+            if error.code == "exists" and not replace:
+                self.importClash.emit(path, profile.name)
+            else:
+                fail(error)
 
         self.helper.call("import_profile", text=dumps(profile, secrets), replace=replace,
-                         on_result=imported, on_error=self._fail(title))
+                         on_result=imported, on_error=refused)
 
     def export(self, name: str, path: str, *, with_secrets: bool) -> None:
         title = f"Could not export {name}"
@@ -169,13 +190,7 @@ class Actions(QObject):
         if source is None:
             return
         new = duplicate_name(name, self.state.model.profiles)
-        # The copy must not share the original's keyring items: removing one would keep them,
-        # but a new key for one would silently change the other.
-        copy = source.replace(
-            name=new,
-            private_key_ref=f"{new}.private" if source.private_key_ref else "",
-            psk_ref=f"{new}.psk" if source.psk_ref else "",
-        )
+        copy = _renamed(source, new)
 
         def added(_result: Any) -> None:
             self.done.emit(f"Duplicated {name} as {new} (without its keys: generate or "
@@ -248,6 +263,16 @@ class Actions(QObject):
             self.failed.emit(title, _request_message(error))
 
         return report
+
+
+def _renamed(profile: Profile, name: str) -> Profile:
+    """``profile`` as ``name``. The copy must not share the original's keyring items:
+    removing one would keep them, but a new key for one would silently change the other."""
+    return profile.replace(
+        name=name,
+        private_key_ref=f"{name}.private" if profile.private_key_ref else "",
+        psk_ref=f"{name}.psk" if profile.psk_ref else "",
+    )
 
 
 def missing_key(error: IPCError) -> str:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from PySide6.QtCore import QSettings
+from PySide6.QtCore import QByteArray, QSettings
 from PySide6.QtWidgets import QApplication
 
 from gui.actions import Actions
@@ -37,6 +37,8 @@ class App:
     window: MainWindow
     tray: Tray
     notifier: Notifier
+    settings: QSettings | None = None
+    """Where the window's geometry is kept between runs (None: not kept)."""
     quit_now: Callable[[], None] = field(default=QApplication.quit)
     """Ends the program (main() passes the QApplication's quit; tests pass their own)."""
 
@@ -65,6 +67,8 @@ class App:
         """Stop talking to the helper and take the tray icon away (tunnels keep running: the
         helper owns them)."""
         self.notifier.flush_timer.stop()
+        if self.settings is not None:
+            self.settings.setValue("geometry", self.window.saveGeometry())
         self.tray.hide()
         self.helper.close()
         self.window.hide_on_close = False
@@ -72,7 +76,7 @@ class App:
 
 
 def build(socket: str | None = None, *, native_dialogs: bool = True,
-          last_used: str = "") -> App:
+          last_used: str = "", settings: QSettings | None = None) -> App:
     helper = HelperClient(socket)
     model = Model()
     model.last_used = last_used
@@ -82,7 +86,10 @@ def build(socket: str | None = None, *, native_dialogs: bool = True,
     tray = Tray(state)
     notifier = Notifier(tray=tray.icon)
     state.notice.connect(notifier.notify)
-    app = App(helper, state, actions, window, tray, notifier)
+    app = App(helper, state, actions, window, tray, notifier, settings=settings)
+    geometry = settings.value("geometry") if settings is not None else None
+    if isinstance(geometry, QByteArray):
+        window.restoreGeometry(geometry)  # size and place of the last run
     tray.toggleRequested.connect(actions.toggle)
     tray.openRequested.connect(app.open_window)
     tray.quitRequested.connect(app.request_quit)
@@ -109,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     qapp.setWindowIcon(app_icon())
     settings = QSettings()
     last = settings.value("lastProfile", "")
-    app = build(args.socket, last_used=last if isinstance(last, str) else "")
+    app = build(args.socket, last_used=last if isinstance(last, str) else "",
+                settings=settings)
     app.state.lastUsedChanged.connect(lambda name: settings.setValue("lastProfile", name))
     app.quit_now = qapp.quit
     app.window.tray_hint_given = bool(settings.value("trayHintShown", False, type=bool))

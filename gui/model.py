@@ -297,13 +297,6 @@ class Model:
             return TrayState.CONNECTING
         return TrayState.DISCONNECTED
 
-    def toggle_target(self) -> str:
-        """The profile a click on the tray icon toggles: the last one used if it still exists,
-        else the only profile there is, else '' (nothing to toggle: open the window)."""
-        if self.last_used in self.profiles:
-            return self.last_used
-        return next(iter(self.profiles)) if len(self.profiles) == 1 else ""
-
     def forget_tunnels(self) -> None:
         """The helper went away: its tunnels' state is unknown until it answers again."""
         self.statuses.clear()

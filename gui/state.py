@@ -54,8 +54,9 @@ class LiveState(QObject):
 
     def refresh(self) -> None:
         """Ask for a fresh snapshot of profiles and tunnels."""
-        self.helper.call("list_profiles", on_result=self._on_profiles, on_error=self._log_error)
+        # Statuses first: the window's first selection is then a connected tunnel, if any.
         self.helper.call("status", on_result=self._on_statuses, on_error=self._log_error)
+        self.helper.call("list_profiles", on_result=self._on_profiles, on_error=self._log_error)
 
     def fetch_log(self, name: str | None) -> None:
         """Bring in the helper's recent log about ``name`` (what happened before this window

@@ -132,6 +132,8 @@ class MainWindow(QMainWindow):
         actions.failed.connect(self.show_error)
         actions.keyMissing.connect(self.offer_key)
         actions.imported.connect(self._on_imported)
+        actions.importClash.connect(self._offer_replace)
+        actions.secretsImported.connect(self._offer_delete_file)
         self.refresh_availability()
         self.refresh_profiles()
 
@@ -269,13 +271,12 @@ class MainWindow(QMainWindow):
         for action in (self.new_action, self.import_action, self.edit_action,
                        self.duplicate_action, self.delete_action):
             action.setEnabled(availability.ok)
-        self.export_button.setEnabled(availability.ok)
         if availability.ok:
             self._update_actions()
 
     def refresh_profiles(self) -> None:
         names = self.state.model.names()
-        keep = self.selected if self.selected in names else (names[0] if names else None)
+        keep = self.selected if self.selected in names else self._first_choice(names)
         self.profile_list.blockSignals(True)
         self.profile_list.clear()
         for name in names:
@@ -289,6 +290,15 @@ class MainWindow(QMainWindow):
         self._fit_list()
         self._select(keep, reload=True)
         self._show_right()
+
+    def _first_choice(self, names: list[str]) -> str | None:
+        """With nothing selected yet: a connected profile, else the last one used, else the
+        first."""
+        model = self.state.model
+        active = [n for n in model.active() if n in names]
+        if active:
+            return active[0]
+        return model.last_used if model.last_used in names else (names[0] if names else None)
 
     def _show_right(self) -> None:
         if not self.state.model.availability.ok:
@@ -381,6 +391,7 @@ class MainWindow(QMainWindow):
         for action in (self.edit_action, self.duplicate_action, self.delete_action,
                        self.export_action, self.export_secrets_action):
             action.setEnabled(ok and has)
+        self.export_button.setEnabled(ok and has)  # nothing to export otherwise
 
     def _on_log(self, entry: LogEntry) -> None:
         self.logs_panel.add(entry)
@@ -480,6 +491,43 @@ class MainWindow(QMainWindow):
         self._select_later(name)
         if mode == "ephemeral":
             self.ops.ensure_key(name, lambda key: self.show_next_step(name, key))
+
+    def _offer_replace(self, path: str, name: str) -> None:
+        box = QMessageBox(QMessageBox.Icon.Question, f"{name} already exists",
+                          f"There already is a profile named {name}. Replace it with the one "
+                          f"in {os.path.basename(path)}, or import that one as a copy beside it?",
+                          QMessageBox.StandardButton.Cancel, self)
+        box.setObjectName("importClash")
+        replace = box.addButton("Replace", QMessageBox.ButtonRole.DestructiveRole)
+        copy = box.addButton("Import as a copy", QMessageBox.ButtonRole.AcceptRole)
+        box.setDefaultButton(copy)
+
+        def clicked(button: object) -> None:
+            if button is replace:
+                self.ops.import_file(path, replace=True)
+            elif button is copy:
+                self.ops.import_file(path, as_copy=True)
+
+        box.buttonClicked.connect(clicked)
+        box.finished.connect(lambda _r, b=box: self._forget_question(b))
+        self.question = box
+        box.open()
+
+    def _offer_delete_file(self, name: str, path: str) -> None:
+        """The file that brought a profile's secret keys is a copy of them anyone can use."""
+        def delete() -> None:
+            try:
+                os.remove(path)
+            except OSError as e:
+                self.show_error("Could not delete the file", f"{path}: {e.strerror}")
+                return
+            self.statusBar().showMessage(f"Deleted {path}", 8000)
+
+        self._ask("Delete the file with the secret keys?",
+                  f"{os.path.basename(path)} holds the secret keys of {name}, which are now in "
+                  "your keyring. Anyone who gets the file can use this network as you: delete "
+                  "it unless you need it elsewhere.", "Delete the file", delete,
+                  icon=QMessageBox.Icon.Warning)
 
     def import_file(self, path: str) -> None:
         """Import one .tunseal file (from the dialog or a drop)."""

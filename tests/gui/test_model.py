@@ -67,16 +67,6 @@ def test_rate_history_keeps_the_window() -> None:
     assert h.points() == [(5.0, 1.0, 1.0)]
 
 
-def test_toggle_target() -> None:
-    m = Model()
-    m.set_profiles([PROFILE])
-    assert m.toggle_target() == "office"  # the only one
-    m.set_profiles([PROFILE, {**PROFILE, "tunnel": {"name": "lab", "mode": "psk"}}])
-    assert m.toggle_target() == ""
-    m.last_used = "lab"
-    assert m.toggle_target() == "lab"
-
-
 def test_log_filters() -> None:
     book = LogBook(limit=3)
     for entry in [LogEntry(1, "DEBUG", "office", "keepalive"),
