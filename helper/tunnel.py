@@ -503,16 +503,22 @@ class Tunnel:
             if self._last_state:
                 log.debug("tunnel %s: %s -> %s", self.name, self._last_state, state,
                           extra={"tunnel": self.name})
-                words = self._change_in_words(self._last_state, state)
-                if words:
-                    log.log(logging.WARNING if state == "unreachable" else logging.INFO,
-                            "%s: %s", self.name, words, extra={"tunnel": self.name})
+            # The first state seen may already be "up" (the receive thread can complete a
+            # quick handshake before start() looks): that is news too.
+            words = self._change_in_words(self._last_state, state)
+            if words:
+                log.log(logging.WARNING if state == "unreachable" else logging.INFO,
+                        "%s: %s", self.name, words, extra={"tunnel": self.name})
             self._last_state = state
             self.since = time.time()
             self._on_change(self)
 
     def _change_in_words(self, old: str, new: str) -> str:
-        """A state change as the log line a person reads ('' for the ones only DEBUG tells)."""
+        """A state change as the log line a person reads ('' for the ones only DEBUG tells);
+        ``old`` is '' for the first state seen."""
+        if not old and len(self.spec.peers) != 1:
+            return ""  # a gateway is "up" as it starts: the start line said it waits
+        old = old or "connecting"
         peer = self.peer
         where = format_address(peer.endpoint) if peer is not None else ""
         if new == "up":
