@@ -106,6 +106,7 @@ OPS: Final[Mapping[str, Mapping[str, _Arg]]] = {
     "connect": {"name": _NAME},
     "disconnect": {"name": _NAME},
     "status": {"name": _Arg(str, required=False), "after": _Arg(str, required=False)},
+    "recent_log": {"name": _Arg(str, required=False)},
     "peer_add": {"name": _NAME, "allowed_ips": _Arg(list, required=False)},
     "peer_remove": {"name": _NAME},
     "peer_list": {},

@@ -34,6 +34,8 @@ class Kind(enum.Enum):
     """Never got up: the tunnel failed to start or the peer never answered."""
     LOCKDOWN_ON = "lockdown_on"
     LOCKDOWN_OFF = "lockdown_off"
+    HINT = "hint"
+    """About the client itself (the window went to the tray), not about a tunnel."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +93,8 @@ class TransitionTracker:
                           f"{why[:1].upper()}{why[1:]}; Tunseal keeps trying to reconnect.")
         if state in _PROBLEM and tunnel not in self._dropped:
             return Notice(Kind.FAILED, tunnel, f"{tunnel}: could not connect",
-                          error or "The other end does not answer.")
+                          error or "No answer from the server. Open Tunseal to see the "
+                          "likely causes.")
         return None
 
     def forget(self, tunnel: str) -> None:

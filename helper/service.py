@@ -101,6 +101,10 @@ HELPER = Caller(uid=0, pid=os.getpid())
 """The helper acting on its own (bringing persisting tunnels back at start)."""
 
 
+class RecentLogLike(Protocol):
+    def entries(self, tunnel: str | None = None) -> list[dict[str, Any]]: ...
+
+
 Notify = Callable[[str, dict[str, Any]], None]
 
 
@@ -122,12 +126,14 @@ class Service:
         engine: EngineLike,
         notify: Notify,
         gateway: GatewayLike | None = None,
+        recent_log: RecentLogLike | None = None,
     ):
         self._profiles = profiles
         self._keys = keys
         self._engine = engine
         self._notify = notify
         self._gateway = gateway
+        self._recent_log = recent_log
         self._lock = threading.RLock()
         self._handlers: dict[str, Callable[..., Any]] = {
             "ping": self.ping,
@@ -145,6 +151,7 @@ class Service:
             "connect": self.connect,
             "disconnect": self.disconnect,
             "status": self.status,
+            "recent_log": self.recent_log,
             "peer_add": self.peer_add,
             "peer_remove": self.peer_remove,
             "peer_list": self.peer_list,
@@ -153,7 +160,7 @@ class Service:
         }
         self._mutating = frozenset(self._handlers) - {
             "ping", "list_profiles", "get_profile", "export_profile", "public_key", "status",
-            "peer_list", "peer_show",
+            "peer_list", "peer_show", "recent_log",
         }
 
     def handle(self, request: Request, caller: Caller) -> Any:
@@ -434,6 +441,10 @@ class Service:
         names = sorted({p.name for p in self._profiles.list()} | set(running))
         return _page("tunnels", [(n, functools.partial(self._status, n)) for n in names], after)
 
+    def recent_log(self, name: str | None = None) -> dict[str, Any]:
+        entries = self._recent_log.entries(name) if self._recent_log is not None else []
+        return {"entries": entries}
+
     # --- helpers --------------------------------------------------------------------------------
 
     def _status(self, name: str) -> dict[str, Any]:
@@ -559,10 +570,13 @@ def _missing_key(profile: Profile, key: str) -> RequestError:
     ref = profile.private_key_ref if key == "private_key" else profile.psk_ref
     command = "genkey" if key == "private_key" else "genpsk"
     where = f"the keyring has no item {ref!r}" if ref else f"keys.{key} is not set"
+    # details names the missing key, so a client can offer to generate it without parsing
+    # the message.
     return RequestError(
         f"profile {profile.name!r} has no {key.replace('_', ' ')}: {where}; create one with "
         f"'tunseal {command} {profile.name}' or import it",
         code="not_found",
+        details=(Problem(f"keys.{key}", where),),
     )
 
 

@@ -296,11 +296,21 @@ class Tunnel:
             if spec.masquerade or spec.forward:
                 self._nft_table = nat.enable(self.ifname, list(spec.masquerade))
             self._start_loops()
-            log.info("tunnel %s up on %s (%s, %s, %s, %d peer(s)%s)", spec.name, self.ifname,
-                     spec.mode, spec.cipher if spec.mode != "plain" else "no encryption",
-                     spec.transport, len(spec.peers),
-                     f", offloads: tun={self.tun.vnet_hdr} gso={self.transport.gso} "
-                     f"gro={self.transport.gro}", extra={"tunnel": spec.name})
+            # INFO is for people ("connecting to ..."); the set-up's details are DEBUG. Not
+            # "up": nothing is connected before a handshake completes (see notify()).
+            log.debug("tunnel %s started on %s (%s, %s, %s, %d peer(s)%s)", spec.name,
+                      self.ifname, spec.mode,
+                      spec.cipher if spec.mode != "plain" else "no encryption",
+                      spec.transport, len(spec.peers),
+                      f", offloads: tun={self.tun.vnet_hdr} gso={self.transport.gso} "
+                      f"gro={self.transport.gro}", extra={"tunnel": spec.name})
+            targets = [format_address(p.endpoint) for p in spec.peers if p.endpoint]
+            if targets:
+                log.info("%s: connecting to %s", spec.name, ", ".join(targets),
+                         extra={"tunnel": spec.name})
+            else:
+                log.info("%s: waiting for the other end to connect (%s port %d)", spec.name,
+                         spec.transport.upper(), self.listen_port, extra={"tunnel": spec.name})
             for peer in self.peers:
                 if isinstance(peer, Peer) and peer.initiates:
                     with self.lock:
@@ -468,7 +478,7 @@ class Tunnel:
         if self.endpoint is not None:
             for peer in list(self.endpoint.peers):
                 self.endpoint.remove_peer(peer)
-        log.info("tunnel %s down", self.name, extra={"tunnel": self.name})
+        log.info("%s: disconnected", self.name, extra={"tunnel": self.name})
 
     # --- timers ------------------------------------------------------------------------------
 
@@ -636,7 +646,8 @@ class Tunnel:
         for peer, pkt in out:
             dp.send_to(peer, [pkt])
         if out:
-            log.info("tunnel %s: %s, re-handshaking", self.name, why, extra={"tunnel": self.name})
+            log.info("%s: the network changed (%s): reconnecting (re-handshaking)", self.name,
+                     why, extra={"tunnel": self.name})
         if why != "the endpoint moved":
             self.reresolve(why)
 
@@ -680,11 +691,37 @@ class Tunnel:
         state = self.state
         if state != self._last_state:
             if self._last_state:
-                log.info("tunnel %s: %s -> %s", self.name, self._last_state, state,
-                         extra={"tunnel": self.name})
+                log.debug("tunnel %s: %s -> %s", self.name, self._last_state, state,
+                          extra={"tunnel": self.name})
+            # The first state seen may already be "up" (the receive thread can complete a
+            # quick handshake before start() looks): that is news too.
+            words = self._change_in_words(self._last_state, state)
+            if words:
+                log.log(logging.WARNING if state == "unreachable" else logging.INFO,
+                        "%s: %s", self.name, words, extra={"tunnel": self.name})
             self._last_state = state
             self.since = time.time()
             self._on_change(self)
+
+    def _change_in_words(self, old: str, new: str) -> str:
+        """A state change as the log line a person reads ('' for the ones only DEBUG tells);
+        ``old`` is '' for the first state seen."""
+        if not old and len(self.spec.peers) != 1:
+            return ""  # a gateway is "up" as it starts: the start line said it waits
+        old = old or "connecting"
+        peer = self.peer
+        where = format_address(peer.endpoint) if peer is not None else ""
+        if new == "up":
+            if old == "unreachable":
+                return f"connected again: {self.name} answers"
+            return f"connected to {self.name}" + (f" ({where})" if where else "")
+        if new == "unreachable":
+            lost = "lost the connection: " if old == "up" else ""
+            return f"{lost}{self.name} does not answer" + (f" at {where}" if where else "") + \
+                "; still trying"
+        if old == "up":
+            return "reconnecting"
+        return ""
 
     # --- status ------------------------------------------------------------------------------
 
