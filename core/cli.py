@@ -95,6 +95,33 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_lockdown(client: Client, args: argparse.Namespace) -> int:
+    call_args: dict[str, Any] = {"action": args.action}
+    if args.allow_lan:
+        call_args["allow_lan"] = True
+    result = client.call("lockdown", **call_args)
+    return _emit(args, result, lambda: format_lockdown(result))
+
+
+def format_lockdown(st: dict[str, Any]) -> str:
+    """The lockdown state as a person reads it (docs/LOCKDOWN.md)."""
+    tunnels = ", ".join(st.get("tunnels") or [])
+    if st.get("blocked"):
+        head = "lockdown: BLOCKED: no tunnel is up, nothing leaves this machine"
+    elif st.get("active"):
+        head = f"lockdown: on: nothing leaves this machine but through {tunnels or 'the tunnel'}"
+    else:
+        head = "lockdown: off"
+    lines = [head]
+    if st.get("always"):
+        lines.append("  always     on (also with no tunnel up; 'tunseal lockdown off' ends it)")
+    if st.get("active"):
+        lines.append(f"  LAN        {'allowed' if st.get('allow_lan') else 'blocked'}")
+    if st.get("ipv6_blocked"):
+        lines.append(f"  IPv6       blocked beside {', '.join(st['ipv6_blocked'])}")
+    return "\n".join(lines)
+
+
 def cmd_list(client: Client, args: argparse.Namespace) -> int:
     profiles = list_all_profiles(client)
     states = {t["name"]: t["state"] for t in all_statuses(client)}
@@ -264,6 +291,8 @@ def format_status(st: TunnelStatus, now: float) -> str:
         ("rate", f"{human_bytes(st.rx_rate)}/s in, {human_bytes(st.tx_rate)}/s out"),
         ("RTT", _rtt(st)),
         ("DNS", st.dns.summary() if st.dns is not None else ""),
+        ("lockdown", _lockdown(st)),
+        ("IPv6", _ipv6(st)),
     ]
     lines += [f"  {label:<10} {value}" for label, value in rows if value]
     return "\n".join(lines)
@@ -309,6 +338,20 @@ def _rtt(st: TunnelStatus) -> str:
         return "not measured yet"
     loss = f" (loss {st.loss * 100:.0f} %)" if st.loss is not None else ""
     return f"{st.rtt_ms:.1f} ms{loss}"
+
+
+def _lockdown(st: TunnelStatus) -> str:
+    return {"connected": "on while connected: nothing leaves but through the tunnel",
+            "always": "always: nothing leaves but through the tunnel, even when it is down",
+            }.get(st.lockdown, "")
+
+
+def _ipv6(st: TunnelStatus) -> str:
+    if st.ipv6 == "blocked":
+        return "blocked: this tunnel routes all IPv4 but no IPv6, so no IPv6 leaves beside it"
+    if st.ipv6 == "tunnel":
+        return "through the tunnel"
+    return ""
 
 
 def _status(d: dict[str, Any]) -> TunnelStatus:
@@ -432,6 +475,12 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--count", type=_positive_int, help="with --watch: stop after N redraws")
     status.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     command("list", cmd_list, "list profiles and their state")
+    lock = command("lockdown", cmd_lockdown,
+                   "the kill switch: 'on' blocks everything but the tunnel, even with no "
+                   "tunnel up, until 'off'")
+    lock.add_argument("action", choices=("on", "off", "status"))
+    lock.add_argument("--allow-lan", action="store_true",
+                      help="with on: let the local network (RFC 1918, link-local, ULA) through")
     imp = command("import", cmd_import, "import a .tunseal file (its [secrets] go to the keyring)",
                   "file")
     imp.add_argument("--replace", action="store_true", help="replace a profile of the same name")

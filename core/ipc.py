@@ -68,10 +68,11 @@ ERROR_CODES: Final = (
     "denied",  # allowed to use the helper, but not to do this (another user's profile, a port
     # below 1024 without root, a gateway change without root); the message says who may
     "busy",  # a per-user limit is reached (control connections); the message names it
+    "refused",  # the helper will not do it (e.g. lockdown 'always' with no usable profile)
     "internal",  # a bug in the helper; its log has the traceback
 )
 
-EVENTS: Final = ("status", "log", "profiles")
+EVENTS: Final = ("status", "log", "profiles", "lockdown")
 
 NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 """A profile name (the same rule as ``tunnel.name`` in docs/PROFILE.md). Checked here too, so
@@ -105,10 +106,12 @@ OPS: Final[Mapping[str, Mapping[str, _Arg]]] = {
     "connect": {"name": _NAME},
     "disconnect": {"name": _NAME},
     "status": {"name": _Arg(str, required=False), "after": _Arg(str, required=False)},
+    "recent_log": {"name": _Arg(str, required=False)},
     "peer_add": {"name": _NAME, "allowed_ips": _Arg(list, required=False)},
     "peer_remove": {"name": _NAME},
     "peer_list": {},
     "peer_show": {"name": _NAME},
+    "lockdown": {"action": _Arg(str), "allow_lan": _Arg(bool, required=False)},
 }
 """Every operation and its arguments. Results are described in docs/IPC.md."""
 

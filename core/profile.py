@@ -112,6 +112,10 @@ class Profile:
     mtu: int = DEFAULT_MTU
     device_id: int = 0
     persist: bool = False
+    lockdown: str = ""
+    """"off", "connected" or "always"; "" (not written) means the default: see
+    :attr:`effective_lockdown`."""
+    allow_lan: bool = False
     rekey_seconds: int = int(ROTATING_REKEY_AFTER_TIME)
     rekey_messages: int = ROTATING_REKEY_AFTER_MESSAGES
     addresses: tuple[str, ...]
@@ -137,6 +141,27 @@ class Profile:
         """The endpoint's port: DEFAULT_PORT when the endpoint names none, 0 when there is no
         endpoint at all (a listening end)."""
         return _split_endpoint(self)[1]
+
+    @property
+    def effective_lockdown(self) -> str:
+        """The lockdown in force for this profile: as written, else ``connected`` for a full
+        tunnel (one that routes 0.0.0.0/0 or ::/0) and ``off`` for a split tunnel."""
+        if self.lockdown:
+            return self.lockdown
+        return "connected" if self.full_families else "off"
+
+    @property
+    def full_families(self) -> tuple[int, ...]:
+        """The address families (4, 6) this profile routes everything of."""
+        out = []
+        for text in self.allowed_ips:
+            try:
+                net = ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                continue
+            if net.prefixlen == 0 and net.version not in out:
+                out.append(net.version)
+        return tuple(sorted(out))
 
     @property
     def is_unsafe(self) -> bool:
@@ -183,6 +208,8 @@ _LAYOUT: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
             ("mtu", "mtu"),
             ("device_id", "device_id"),
             ("persist", "persist"),
+            ("lockdown", "lockdown"),
+            ("allow_lan", "allow_lan"),
             ("rekey_seconds", "rekey_seconds"),
             ("rekey_messages", "rekey_messages"),
         ),
@@ -567,6 +594,8 @@ def _check_profile(p: Profile, skip: frozenset[str]) -> list[ProfileError]:
     mtu = c.check("mtu", _int_range(MTU_MIN, MTU_MAX), p.mtu)
     c.check("device_id", _int_range(0, DEVICE_ID_MAX), p.device_id)
     c.check("persist", _boolean, p.persist)
+    c.check("lockdown", _lockdown, p.lockdown)
+    c.check("allow_lan", _boolean, p.allow_lan)
     c.check("rekey_seconds", _int_range(REKEY_SECONDS_MIN, REKEY_SECONDS_MAX), p.rekey_seconds)
     rekey_messages = _int_range(REKEY_MESSAGES_MIN, REKEY_MESSAGES_MAX, "1000-2**60")
     c.check("rekey_messages", rekey_messages, p.rekey_messages)
@@ -637,6 +666,16 @@ def _choice(choices: tuple[str, ...], what: str) -> Callable[[object], str]:
         return s
 
     return check
+
+
+LOCKDOWNS = ("off", "connected", "always")
+
+
+def _lockdown(value: object) -> str:
+    s = _string(value)
+    if s and s not in LOCKDOWNS:
+        raise _Invalid(f"{_show(s)} is not a lockdown; choose one of {', '.join(LOCKDOWNS)}")
+    return s
 
 
 def _int_range(lo: int, hi: int, shown: str | None = None) -> Callable[[object], int]:

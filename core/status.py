@@ -92,6 +92,11 @@ class TunnelStatus:
     """Unix time the tunnel entered its current state."""
     dns: DnsStatus | None = None
     """The tunnel's DNS while it is up and has DNS settings."""
+    lockdown: str = ""
+    """"off", "connected" or "always" (docs/LOCKDOWN.md)."""
+    ipv6: str = ""
+    """"blocked": a full IPv4 tunnel without IPv6 keeps IPv6 from leaving; "tunnel": IPv6
+    goes through the tunnel (it routes ::/0); "": neither (a split tunnel)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

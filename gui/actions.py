@@ -26,6 +26,8 @@ __all__ = ["Actions"]
 
 log = logging.getLogger(__name__)
 
+SECRET_WORDS = {"private_key": "private key", "psk": "pre-shared key"}
+
 Problems = list[tuple[str, str]]
 """(field, message) pairs of an invalid profile; field '' when it is about no single field."""
 
@@ -35,6 +37,14 @@ class Actions(QObject):
     """title, message."""
     done = Signal(str)
     """A short confirmation for the status bar."""
+    imported = Signal(str, str)
+    """(name, mode) of a profile just imported."""
+    importClash = Signal(str, str)
+    """(path, name): importing the file failed because a profile of that name exists."""
+    secretsImported = Signal(str, str)
+    """(name, path): the imported file carried secret keys, now in the keyring."""
+    keyMissing = Signal(str, str)
+    """(profile, 'private_key' or 'psk'): connecting failed for want of that key."""
 
     def __init__(self, state: LiveState, parent: QObject | None = None):
         super().__init__(parent)
@@ -45,12 +55,51 @@ class Actions(QObject):
 
     def connect_tunnel(self, name: str) -> None:
         self.state.set_last_used(name)
-        self.helper.call("connect", name=name,
-                         on_error=self._fail(f"Could not connect {name}"))
+        fail = self._fail(f"Could not connect {name}")
+
+        def failed(error: IPCError) -> None:
+            key = missing_key(error)
+            if key:
+                self.keyMissing.emit(name, key)
+            else:
+                fail(error)
+
+        self.helper.call("connect", name=name, on_error=failed)
 
     def disconnect_tunnel(self, name: str) -> None:
         self.helper.call("disconnect", name=name,
                          on_error=self._fail(f"Could not disconnect {name}"))
+
+    def disconnect_all(self, on_done: Callable[[], None]) -> None:
+        """Disconnect every running tunnel; ``on_done`` once the helper answered them all
+        (failures are reported as usual, and do not hold ``on_done`` back)."""
+        names = self.state.model.active()
+        if not names:
+            on_done()
+            return
+        left = set(names)
+
+        def answered(name: str) -> None:
+            left.discard(name)
+            if not left:
+                on_done()
+
+        for name in names:
+            self._disconnect_then(name, answered)
+
+    def _disconnect_then(self, name: str, then: Callable[[str], None]) -> None:
+        fail = self._fail(f"Could not disconnect {name}")
+
+        def failed(error: IPCError) -> None:
+            fail(error)
+            then(name)
+
+        self.helper.call("disconnect", name=name, on_result=lambda _r: then(name),
+                         on_error=failed)
+
+    def reconnect(self, name: str) -> None:
+        """Disconnect and connect again (a changed profile takes effect)."""
+        self._disconnect_then(name, self.connect_tunnel)
 
     def toggle(self, name: str) -> None:
         if self.state.model.state(name) == "down":
@@ -58,11 +107,18 @@ class Actions(QObject):
         else:
             self.disconnect_tunnel(name)
 
+    def unblock(self) -> None:
+        """Turn lockdown off (the "Blocked: no tunnel" state's action)."""
+        self.helper.call("lockdown", action="off", on_result=lambda _r: self.done.emit(
+            "Lockdown off: traffic may leave without the tunnel"),
+                         on_error=self._fail("Could not turn lockdown off"))
+
     # --- profiles --------------------------------------------------------------------------
 
-    def import_file(self, path: str, *, replace: bool = False) -> None:
+    def import_file(self, path: str, *, replace: bool = False, as_copy: bool = False) -> None:
         """Import a .tunseal file: read and check it here, then hand it (with any [secrets])
-        to the helper."""
+        to the helper. ``as_copy``: under a free name (the file's is taken), with keyring
+        items of its own."""
         title = f"Could not import {os.path.basename(path)}"
         try:
             profile, secrets = load(path)
@@ -72,14 +128,29 @@ class Actions(QObject):
         except ProfileError as e:
             self.failed.emit(title, str(e))
             return
+        if as_copy:
+            profile = _renamed(profile, duplicate_name(profile.name,
+                                                       self.state.model.profiles))
 
         def imported(result: dict[str, Any]) -> None:
-            stored = result.get("stored_secrets") or []
-            keys = f"; keys stored in the keyring: {', '.join(stored)}" if stored else ""
+            stored = [SECRET_WORDS.get(s, s) for s in result.get("stored_secrets") or []]
+            keys = (f"; its {' and '.join(stored)} {'is' if len(stored) == 1 else 'are'} now "
+                    "in your keyring" if stored else "")
             self.done.emit(f"Imported {profile.name}{keys}")
+            self.imported.emit(profile.name, profile.mode)
+            if stored:
+                self.secretsImported.emit(profile.name, path)
+
+        fail = self._fail(title)
+
+        def refused(error: IPCError) -> None:
+            if error.code == "exists" and not replace:
+                self.importClash.emit(path, profile.name)
+            else:
+                fail(error)
 
         self.helper.call("import_profile", text=dumps(profile, secrets), replace=replace,
-                         on_result=imported, on_error=self._fail(title))
+                         on_result=imported, on_error=refused)
 
     def export(self, name: str, path: str, *, with_secrets: bool) -> None:
         title = f"Could not export {name}"
@@ -125,13 +196,7 @@ class Actions(QObject):
         if source is None:
             return
         new = duplicate_name(name, self.state.model.profiles)
-        # The copy must not share the original's keyring items: removing one would keep them,
-        # but a new key for one would silently change the other.
-        copy = source.replace(
-            name=new,
-            private_key_ref=f"{new}.private" if source.private_key_ref else "",
-            psk_ref=f"{new}.psk" if source.psk_ref else "",
-        )
+        copy = _renamed(source, new)
 
         def added(_result: Any) -> None:
             self.done.emit(f"Duplicated {name} as {new} (without its keys: generate or "
@@ -160,6 +225,16 @@ class Actions(QObject):
 
         self.helper.call("public_key", name=name,
                          on_result=lambda r: on_key(str(r["public_key"])), on_error=missing)
+
+    def ensure_key(self, name: str, on_new: Callable[[str], None]) -> None:
+        """Generate a key pair for ``name`` unless it has one; ``on_new(public key)`` only
+        when one was made (a profile imported with its key, or edited, keeps its key)."""
+
+        def have(key: str | None) -> None:
+            if key is None:
+                self.generate_key(name, on_new)
+
+        self.public_key(name, have)
 
     def generate_key(self, name: str, on_key: Callable[[str], None]) -> None:
         def generated(result: dict[str, Any]) -> None:
@@ -194,6 +269,25 @@ class Actions(QObject):
             self.failed.emit(title, _request_message(error))
 
         return report
+
+
+def _renamed(profile: Profile, name: str) -> Profile:
+    """``profile`` as ``name``. The copy must not share the original's keyring items:
+    removing one would keep them, but a new key for one would silently change the other."""
+    return profile.replace(
+        name=name,
+        private_key_ref=f"{name}.private" if profile.private_key_ref else "",
+        psk_ref=f"{name}.psk" if profile.psk_ref else "",
+    )
+
+
+def missing_key(error: IPCError) -> str:
+    """'private_key' or 'psk' when ``error`` says the profile lacks that key, else ''."""
+    if isinstance(error, RequestError) and error.code == "not_found":
+        for d in error.details:
+            if d.field in ("keys.private_key", "keys.psk"):
+                return d.field.removeprefix("keys.")
+    return ""
 
 
 def _request_message(error: IPCError) -> str:

@@ -10,10 +10,10 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
-from PySide6.QtCore import QSettings
+from PySide6.QtCore import QByteArray, QSettings
 from PySide6.QtWidgets import QApplication
 
 from gui.actions import Actions
@@ -21,6 +21,7 @@ from gui.helper_client import HelperClient
 from gui.icons import app_icon
 from gui.model import Model
 from gui.notifier import Notifier
+from gui.notify import Kind, Notice
 from gui.state import LiveState
 from gui.tray import Tray
 from gui.window import MainWindow
@@ -36,6 +37,10 @@ class App:
     window: MainWindow
     tray: Tray
     notifier: Notifier
+    settings: QSettings | None = None
+    """Where the window's geometry is kept between runs (None: not kept)."""
+    quit_now: Callable[[], None] = field(default=QApplication.quit)
+    """Ends the program (main() passes the QApplication's quit; tests pass their own)."""
 
     def start(self) -> None:
         """Show the tray icon (where there is a tray) and the window, and reach the helper."""
@@ -49,10 +54,21 @@ class App:
         self.window.raise_()
         self.window.activateWindow()
 
+    def request_quit(self) -> None:
+        """Quit from the tray or the menu: the window says that tunnels stay up first."""
+        self.window.confirm_quit(self.quit_now)
+
+    def tell_hidden(self) -> None:
+        self.notifier.notify(Notice(Kind.HINT, "", "Tunseal is still running",
+                                    "Closing the window keeps Tunseal in the tray, with your "
+                                    "tunnels as they are. Use Quit in the tray menu to quit."))
+
     def close(self) -> None:
         """Stop talking to the helper and take the tray icon away (tunnels keep running: the
         helper owns them)."""
         self.notifier.flush_timer.stop()
+        if self.settings is not None:
+            self.settings.setValue("geometry", self.window.saveGeometry())
         self.tray.hide()
         self.helper.close()
         self.window.hide_on_close = False
@@ -60,7 +76,7 @@ class App:
 
 
 def build(socket: str | None = None, *, native_dialogs: bool = True,
-          last_used: str = "") -> App:
+          last_used: str = "", settings: QSettings | None = None) -> App:
     helper = HelperClient(socket)
     model = Model()
     model.last_used = last_used
@@ -70,9 +86,16 @@ def build(socket: str | None = None, *, native_dialogs: bool = True,
     tray = Tray(state)
     notifier = Notifier(tray=tray.icon)
     state.notice.connect(notifier.notify)
-    app = App(helper, state, actions, window, tray, notifier)
+    app = App(helper, state, actions, window, tray, notifier, settings=settings)
+    geometry = settings.value("geometry") if settings is not None else None
+    if isinstance(geometry, QByteArray):
+        window.restoreGeometry(geometry)  # size and place of the last run
     tray.toggleRequested.connect(actions.toggle)
+    tray.unblockRequested.connect(actions.unblock)
     tray.openRequested.connect(app.open_window)
+    tray.quitRequested.connect(app.request_quit)
+    window.hiddenToTray.connect(app.tell_hidden)
+    window.quitRequested.connect(app.request_quit)
     return app
 
 
@@ -94,9 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     qapp.setWindowIcon(app_icon())
     settings = QSettings()
     last = settings.value("lastProfile", "")
-    app = build(args.socket, last_used=last if isinstance(last, str) else "")
+    app = build(args.socket, last_used=last if isinstance(last, str) else "",
+                settings=settings)
     app.state.lastUsedChanged.connect(lambda name: settings.setValue("lastProfile", name))
-    app.tray.quitRequested.connect(qapp.quit)
+    app.quit_now = qapp.quit
+    app.window.tray_hint_given = bool(settings.value("trayHintShown", False, type=bool))
+    app.window.hiddenToTray.connect(lambda: settings.setValue("trayHintShown", True))
     qapp.setQuitOnLastWindowClosed(not app.tray.available())
     qapp.aboutToQuit.connect(app.close)
     signal.signal(signal.SIGINT, lambda *_: qapp.quit())

@@ -11,16 +11,17 @@ from PySide6.QtWidgets import (
     QDialogButtonBox,
     QFormLayout,
     QGroupBox,
+    QLabel,
     QLineEdit,
     QScrollArea,
     QVBoxLayout,
     QWidget,
 )
 
-from core.constants import CIPHERS, MODES, TRANSPORTS
+from core.constants import CIPHERS, DEFAULT_CIPHER, MODES, TRANSPORTS
 from core.errors import ProfileInvalid
 from core.profile import Profile
-from gui.profile_form import FIELDS, Field, field_of, form_from_profile, parse_form
+from gui.profile_form import FIELDS, KEY_FIELDS, Field, for_form, form_from_profile, parse_form
 from gui.widgets import ErrorLabel, UnsafeLabel
 
 __all__ = ["ProfileEditor"]
@@ -43,15 +44,25 @@ class ProfileEditor(QDialog):
 
     submitted = Signal(object)
 
-    def __init__(self, profile: Profile | None = None, parent: QWidget | None = None):
+    def __init__(self, profile: Profile | None = None, parent: QWidget | None = None, *,
+                 connected: bool = False):
         super().__init__(parent)
         self.original = profile.name if profile is not None else None
+        self.connected = connected
+        """Editing a profile whose tunnel runs: changes apply when it reconnects."""
         self.setWindowTitle(f"Edit {profile.name}" if profile else "New profile")
         self.inputs: dict[str, QLineEdit | QComboBox | QCheckBox] = {}
         self.errors: dict[str, ErrorLabel] = {}
         self.general_error = ErrorLabel()
         self.general_error.setObjectName("generalError")
         self.unsafe = UnsafeLabel()
+        self.rows: dict[str, tuple[QFormLayout, QWidget]] = {}
+        self.reconnect_note = QLabel(
+            f"{self.original} is connected. Changes apply when it reconnects: Save offers to "
+            "reconnect it.")
+        self.reconnect_note.setObjectName("reconnectNote")
+        self.reconnect_note.setWordWrap(True)
+        self.reconnect_note.setVisible(connected)
 
         basic = QFormLayout()
         self.advanced = QCheckBox("Show advanced settings")
@@ -62,10 +73,16 @@ class ProfileEditor(QDialog):
         self.advanced.toggled.connect(inner.setVisible)
         inner.setVisible(False)
         for f in FIELDS:
-            (advanced_form if f.advanced else basic).addRow(f.label + ":", self._row(f))
+            form = advanced_form if f.advanced else basic
+            cell = self._row(f)
+            label = QLabel(f.label + ":")
+            label.setBuddy(self.inputs[f.key])
+            form.addRow(label, cell)
+            self.rows[f.key] = (form, cell)
 
         body = QWidget()
         layout = QVBoxLayout(body)
+        layout.addWidget(self.reconnect_note)
         layout.addWidget(self.general_error)
         layout.addLayout(basic)
         layout.addWidget(self.advanced)
@@ -88,12 +105,22 @@ class ProfileEditor(QDialog):
         if profile is not None:
             self.set_values(form_from_profile(profile))
         else:
-            self.set_values({"tunnel.mode": "ephemeral", "tunnel.cipher": CIPHERS[0],
+            # The cipher a profile file without one gets: a new profile must match servers
+            # set up from such files (a mismatched cipher looks like a server that is down).
+            self.set_values({"tunnel.mode": "ephemeral", "tunnel.cipher": DEFAULT_CIPHER,
                              "peer.transport": TRANSPORTS[0], "tunnel.mtu": "1408"})
         mode = self.inputs["tunnel.mode"]
         assert isinstance(mode, QComboBox)
         mode.currentTextChanged.connect(self._mode_changed)
         self._mode_changed(mode.currentText())
+        for widget in self.inputs.values():
+            if isinstance(widget, QLineEdit):
+                widget.textChanged.connect(self._recheck)
+            elif isinstance(widget, QComboBox):
+                widget.currentIndexChanged.connect(self._recheck)
+            else:
+                widget.toggled.connect(self._recheck)
+        self.inputs["tunnel.name"].setFocus()
 
     def _row(self, f: Field) -> QWidget:
         widget: QLineEdit | QComboBox | QCheckBox
@@ -111,9 +138,13 @@ class ProfileEditor(QDialog):
             widget = QLineEdit()
             widget.setPlaceholderText(f.hint)
         widget.setObjectName(f.key)
+        widget.setAccessibleName(f.label)
+        if f.hint:
+            widget.setAccessibleDescription(f.hint)
         self.inputs[f.key] = widget
         error = ErrorLabel()
         error.setObjectName(f"error:{f.key}")
+        error.setAccessibleName(f"Problem with {f.label}")
         self.errors[f.key] = error
         cell = QWidget()
         column = QVBoxLayout(cell)
@@ -153,7 +184,12 @@ class ProfileEditor(QDialog):
     def _mode_changed(self, _text: str) -> None:
         mode = self.inputs["tunnel.mode"]
         assert isinstance(mode, QComboBox)
-        self.unsafe.setVisible(mode.currentData() == "plain")
+        plain = mode.currentData() == "plain"
+        self.unsafe.setVisible(plain)
+        # Plain mode has no keys and no cipher: fields it ignores would only mislead.
+        for key in (*KEY_FIELDS, "tunnel.cipher"):
+            form, cell = self.rows[key]
+            form.setRowVisible(cell, not plain)
 
     # --- validation ------------------------------------------------------------------------
 
@@ -168,25 +204,51 @@ class ProfileEditor(QDialog):
         self.submitted.emit(profile)
 
     def show_problems(self, problems: Problems) -> None:
-        """Each problem under its field (several for one field: one per line); problems about
-        no field above the form."""
+        """Each problem under its field (several for one field: one per line), in the user's
+        words; problems about no field above the form."""
         self.buttons.setEnabled(True)
-        by_field: dict[str, list[str]] = {}
-        general: list[str] = []
-        for field, message in problems:
-            key = field_of(field)
-            if key is None:
-                general.append(f"{field}: {message}" if field else message)
-            else:
-                by_field.setdefault(key, []).append(_sentence(message))
-        for key, label in self.errors.items():
-            label.show_message("\n".join(by_field.get(key, [])))
+        by_field, general = self._sorted(problems)
+        for key in self.errors:
+            self._show_error(key, "\n".join(by_field.get(key, [])))
         self.general_error.show_message("\n".join(general))
         if any(f.advanced and f.key in by_field for f in FIELDS):
             self.advanced.setChecked(True)
         first = next((f.key for f in FIELDS if f.key in by_field), None)
         if first is not None:
             self.inputs[first].setFocus()
+
+    @staticmethod
+    def _sorted(problems: Problems) -> tuple[dict[str, list[str]], list[str]]:
+        by_field: dict[str, list[str]] = {}
+        general: list[str] = []
+        for key, message in for_form(problems):
+            if key is None:
+                general.append(message)
+            else:
+                by_field.setdefault(key, []).append(message)
+        return by_field, general
+
+    def _recheck(self) -> None:
+        """As the user corrects a field, its error goes (or changes); fields without an error
+        shown get none while the user is still typing."""
+        shown = [k for k, label in self.errors.items() if not label.isHidden()]
+        if not shown:
+            return
+        try:
+            parse_form(self.values())
+            problems: Problems = []
+        except ProfileInvalid as e:
+            problems = [(p.field or "", p.reason) for p in e.problems]
+        by_field, _general = self._sorted(problems)
+        for key in shown:
+            self._show_error(key, "\n".join(by_field.get(key, [])))
+
+    def _show_error(self, key: str, text: str) -> None:
+        """The problem under the field, and as the field's accessible description, so a
+        screen reader reads it with the field."""
+        self.errors[key].show_message(text)
+        field = next(f for f in FIELDS if f.key == key)
+        self.inputs[key].setAccessibleDescription(text or field.hint)
 
     def show_error(self, message: str) -> None:
         self.buttons.setEnabled(True)
@@ -196,8 +258,3 @@ class ProfileEditor(QDialog):
         """The problem shown under a field ('' when none)."""
         label = self.errors[key]
         return "" if label.isHidden() else label.text()
-
-
-def _sentence(message: str) -> str:
-    text = message.strip()
-    return text[:1].upper() + text[1:] if text else text

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from PySide6.QtCore import QPointF, QRectF, QSize, Qt
+from PySide6.QtCore import QPointF, QRectF, QSize, Qt, QTimer
 from PySide6.QtGui import QColor, QFontMetrics, QPainter, QPainterPath, QPaintEvent, QPalette, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
@@ -20,6 +20,8 @@ MIN_SPAN = 60.0
 """The graph shows at least the last minute; it widens to :data:`HISTORY_SECONDS` as history
 accumulates, so a tunnel that just came up does not draw in a sliver at the right edge."""
 _TIME_STEPS = (10.0, 15.0, 30.0, 60.0, 120.0)
+TICK_MS = 1000
+"""Milliseconds between moves of the time axis while no new status arrives."""
 
 
 def time_span(points: list[tuple[float, float, float]], now: float, longest: float) -> float:
@@ -31,9 +33,16 @@ def time_span(points: list[tuple[float, float, float]], now: float, longest: flo
     return min(longest, max(MIN_SPAN, 60.0 * -(-age // 60.0)))
 
 
-def time_step(span: float) -> float:
-    """Seconds between vertical grid lines: about four to six of them."""
-    return next((s for s in _TIME_STEPS if span / s <= 6), _TIME_STEPS[-1])
+def time_step(span: float, width: float = 0.0, label_width: float = 0.0) -> float:
+    """Seconds between vertical grid lines: about four to six of them, fewer when the plot is
+    too narrow for their labels (``width`` and ``label_width`` in pixels; 0: no limit)."""
+    for s in _TIME_STEPS:
+        if span / s > 6:
+            continue
+        if label_width and width and width * s / span < label_width * 1.5:
+            continue  # the labels would touch
+        return s
+    return _TIME_STEPS[-1] if not width else max(_TIME_STEPS[-1], span)
 
 
 class ThroughputGraph(QWidget):
@@ -44,6 +53,21 @@ class ThroughputGraph(QWidget):
         self._now = time.time()
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setAccessibleName("Throughput graph")
+        # Time goes on when no status arrives (a tunnel that is down sends none): the axis
+        # keeps moving, so the last traffic slides away instead of the graph freezing.
+        self._clock = QTimer(self)
+        self._clock.setInterval(TICK_MS)
+        self._clock.timeout.connect(self._tick)
+        self._clock.start()
+
+    def _tick(self) -> None:
+        if self.isVisible():
+            self._now = max(self._now, time.time())
+            self.update()
+
+    def now(self) -> float:
+        """The time at the graph's right edge."""
+        return self._now
 
     def sizeHint(self) -> QSize:
         return QSize(480, 200)
@@ -89,7 +113,7 @@ class ThroughputGraph(QWidget):
             return plot.bottom() - plot.height() * (value / top)
 
         span = time_span(self._points, self._now, self.seconds)
-        step = time_step(span)
+        step = time_step(span, plot.width(), metrics.horizontalAdvance("-4.5 min"))
 
         def x_of(t: float) -> float:
             return plot.right() - plot.width() * (self._now - t) / span

@@ -25,6 +25,9 @@ from gui.widgets import ErrorLabel
 
 __all__ = ["KeysPanel"]
 
+KEY_SAMPLE = "K71SvANxksBJtmD3AuY3rWefLYthgHD7vAbWL9Oc6nQ="
+"""A typical public key, to size the field that shows one (with a tenth to spare)."""
+
 
 class KeysPanel(QWidget):
     def __init__(self, actions: Actions, parent: QWidget | None = None):
@@ -36,12 +39,18 @@ class KeysPanel(QWidget):
         self.public_key.setObjectName("publicKey")
         self.public_key.setReadOnly(True)
         self.public_key.setPlaceholderText("no key pair yet")
+        self.public_key.setAccessibleName("This computer's public key")
+        # A public key is 44 characters: the whole of it shows, at any window size.
+        self.public_key.setMinimumWidth(self.public_key.fontMetrics().horizontalAdvance(
+            KEY_SAMPLE) * 11 // 10 + 16)
         self.copy_button = QPushButton("Copy")
         self.copy_button.clicked.connect(self.copy_public_key)
+        self.copy_button.setAccessibleName("Copy this computer's public key")
         self.generate_button = QPushButton("Generate new key pair")
         self.generate_button.clicked.connect(self._ask_generate)
         self.qr = QrView()
         self.key_note = QLabel()
+        self.key_note.setAccessibleName("About this computer's key")
         self.key_note.setWordWrap(True)
         mine = QGroupBox("This computer's public key (give it to the server's administrator)")
         row = QHBoxLayout()
@@ -57,6 +66,7 @@ class KeysPanel(QWidget):
         box.addWidget(self.qr)
 
         self.psk_note = QLabel()
+        self.psk_note.setAccessibleName("About the pre-shared key")
         self.psk_note.setWordWrap(True)
         self.psk_button = QPushButton("Generate new pre-shared key")
         self.psk_button.clicked.connect(self._generate_psk)
@@ -68,9 +78,11 @@ class KeysPanel(QWidget):
         self.peer_key = QLineEdit()
         self.peer_key.setObjectName("peerKey")
         self.peer_key.setPlaceholderText("paste the server's public key (44 characters)")
+        self.peer_key.setAccessibleName("The server's public key")
         self.set_peer_button = QPushButton("Use this key")
         self.set_peer_button.clicked.connect(self._set_peer_key)
         self.peer_error = ErrorLabel()
+        self.peer_error.setAccessibleName("Problem with the server's public key")
         theirs = QGroupBox("The server's public key")
         peer_row = QHBoxLayout()
         peer_row.addWidget(self.peer_key, 1)
@@ -79,7 +91,14 @@ class KeysPanel(QWidget):
         peer_layout.addLayout(peer_row)
         peer_layout.addWidget(self.peer_error)
 
+        self.mine_box, self.theirs_box = mine, theirs
+        self.plain_note = QLabel("This profile uses plain mode: no keys and no encryption, so "
+                                 "there is nothing to set here.")
+        self.plain_note.setObjectName("plainNote")
+        self.plain_note.setWordWrap(True)
+        self.plain_note.hide()
         layout = QVBoxLayout(self)
+        layout.addWidget(self.plain_note)
         layout.addWidget(mine)
         layout.addWidget(self.psk_box)
         layout.addWidget(theirs)
@@ -108,8 +127,12 @@ class KeysPanel(QWidget):
             self.peer_key.setText(profile.public_key)
         elif not self.peer_key.hasFocus():
             self.peer_key.setText(profile.public_key)
+        plain = profile.mode == "plain"
+        self.plain_note.setVisible(plain)
+        self.mine_box.setVisible(not plain)
+        self.theirs_box.setVisible(not plain)
         uses_psk = profile.mode in ("psk", "rotating") or bool(profile.psk_ref)
-        self.psk_box.setVisible(uses_psk)
+        self.psk_box.setVisible(uses_psk and not plain)
         ref = profile.psk_ref or f"{profile.name}.psk"
         self.psk_note.setText(
             f"Stored in the keyring as '{ref}'. It is never shown; to give it to the other "

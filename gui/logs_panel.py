@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from PySide6.QtGui import QFont, QGuiApplication, QTextCursor
+from PySide6.QtCore import Signal
+from PySide6.QtGui import QFont, QGuiApplication, QShowEvent, QTextCursor
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -24,6 +25,10 @@ LEVEL_CHOICES = (("Debug and up", "DEBUG"), ("Info and up", "INFO"),
 
 
 class LogsPanel(QWidget):
+    historyWanted = Signal(str)
+    """The panel shows a tunnel (it was opened, or another tunnel was selected while open):
+    fetch the helper's recent log about it."""
+
     def __init__(self, book: LogBook, parent: QWidget | None = None):
         super().__init__(parent)
         self.book = book
@@ -32,8 +37,10 @@ class LogsPanel(QWidget):
         self.filter.setObjectName("logFilter")
         self.filter.setPlaceholderText("Filter: type a word")
         self.filter.setClearButtonEnabled(True)
+        self.filter.setAccessibleName("Filter the log messages")
         self.level = QComboBox()
         self.level.setObjectName("logLevel")
+        self.level.setAccessibleName("Lowest level shown")
         for label, level in LEVEL_CHOICES:
             self.level.addItem(label, level)
         self.level.setCurrentIndex(1)
@@ -42,9 +49,11 @@ class LogsPanel(QWidget):
                                    "single tunnel")
         self.copy_button = QPushButton("Copy")
         self.copy_button.setToolTip("Copy the lines shown to the clipboard")
+        self.copy_button.setAccessibleName("Copy the log lines shown")
         self.copy_button.clicked.connect(self.copy)
         self.view = QPlainTextEdit()
         self.view.setObjectName("logView")
+        self.view.setAccessibleName("Log messages")
         self.view.setReadOnly(True)
         self.view.setMaximumBlockCount(5000)
         self.view.setFont(QFont("monospace"))
@@ -68,6 +77,13 @@ class LogsPanel(QWidget):
         if tunnel != self.tunnel:
             self.tunnel = tunnel
             self.rebuild()
+            if self.isVisible() and tunnel:
+                self.historyWanted.emit(tunnel)
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        if self.tunnel:
+            self.historyWanted.emit(self.tunnel)
 
     def _criteria(self) -> dict[str, object]:
         return {"tunnel": self.tunnel if self.tunnel is not None else "",

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import collections
 import enum
+import grp
 import logging
+import os
+import stat
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -30,6 +33,7 @@ __all__ = [
     "TrayState",
     "duplicate_name",
     "guidance",
+    "socket_group",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,8 @@ class TrayState(enum.Enum):
     CONNECTING = "connecting"
     CONNECTED = "connected"
     PROBLEM = "problem"
+    BLOCKED = "blocked"
+    """Lockdown is on and no tunnel is up: nothing leaves the machine (docs/LOCKDOWN.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,18 +66,44 @@ class Availability:
     message: str = ""
 
 
-def guidance(availability: Availability) -> tuple[str, str, str]:
+def socket_group(path: str) -> str | None:
+    """The group whose members may use the helper's socket at ``path`` (its group, when the
+    socket is group-writable), or None: no socket, or root only."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not st.st_mode & stat.S_IWGRP:
+        return None
+    try:
+        return grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        return str(st.st_gid)
+
+
+def guidance(availability: Availability, socket: str = "/run/tunseal/helper.sock",
+             group: str | None = None) -> tuple[str, str, str]:
     """(headline, what to do, the command that does it) for a helper that cannot be used, in
-    words for a person."""
+    words for a person, naming the socket in use and the group that may use it (None: the
+    socket admits root only, or there is none)."""
     if availability.code == "forbidden":
+        if group:
+            return ("You are not allowed to use the Tunseal helper.",
+                    f"Only members of the group '{group}' may use the helper (its socket is "
+                    f"{socket}), and your account is not one. Ask an administrator to add you "
+                    "with the command below, then log out, log in again and press Retry.",
+                    f"sudo usermod -aG {group} $USER")
         return ("You are not allowed to use the Tunseal helper.",
-                "Your account is not in the 'tunseal' group. Ask an administrator to add you "
-                "with the command below, then log out, log in again and press Retry.",
-                "sudo usermod -aG tunseal $USER")
+                f"The helper's socket {socket} admits only root: the helper found no group for "
+                "its users. An administrator creates the group 'tunseal', adds you and "
+                "restarts the helper with the command below; then log out, log in again and "
+                "press Retry.",
+                "sudo groupadd -f tunseal && sudo usermod -aG tunseal $USER && "
+                "sudo systemctl restart tunseal-helper")
     return ("The Tunseal helper is not running.",
-            "Tunseal needs its background service to set up tunnels. Start it with the "
-            "command below (add 'enable --now' instead of 'start' to start it at every boot), "
-            "then press Retry.",
+            f"Tunseal needs its background service to set up tunnels, and nothing answers on "
+            f"{socket}. Start it with the command below (add 'enable --now' instead of "
+            "'start' to start it at every boot), then press Retry.",
             "sudo systemctl start tunseal-helper")
 
 
@@ -104,6 +136,18 @@ class LogBook:
 
     def add(self, entry: LogEntry) -> None:
         self._entries.append(entry)
+
+    def merge(self, entries: Iterable[LogEntry]) -> bool:
+        """Add entries fetched from the helper's recent log, skipping those already here (a
+        live event and its copy in the history are equal); True if any was new."""
+        have = set(self._entries)
+        new = [e for e in entries if e not in have]
+        if not new:
+            return False
+        limit = self._entries.maxlen
+        combined = sorted([*self._entries, *new], key=lambda e: e.time)
+        self._entries = collections.deque(combined, maxlen=limit)
+        return True
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -174,10 +218,21 @@ class Model:
         self.profiles: dict[str, Profile] = {}
         self.statuses: dict[str, TunnelStatus] = {}
         self.histories: dict[str, RateHistory] = {}
+        self.recovered: dict[str, float] = {}
+        """When each tunnel last came back up after losing its session (unix time)."""
+        self.interfaces: dict[str, str] = {}
+        """The link each tunnel last used, to name it while the tunnel is down."""
         self.logs = LogBook()
         self.availability = Availability(ok=False, code="unavailable",
                                          message="not connected to the helper yet")
         self.last_used: str = ""
+        self.lockdown: dict[str, Any] = {}
+        """The helper's last lockdown status (the ``lockdown`` op's result and event)."""
+
+    @property
+    def blocked(self) -> bool:
+        """Lockdown is in force and no tunnel under it is up: "Blocked: no tunnel"."""
+        return self.availability.ok and bool(self.lockdown.get("blocked"))
 
     # --- profiles ------------------------------------------------------------------------
 
@@ -206,6 +261,11 @@ class Model:
         st = TunnelStatus.from_dict(dict(data))
         previous = self.statuses.get(st.name)
         self.statuses[st.name] = st
+        if st.interface:
+            self.interfaces[st.name] = st.interface
+        if (st.state == "up" and previous is not None and previous.state not in ("up", "down")
+                and previous.last_handshake is not None):
+            self.recovered[st.name] = now
         history = self.histories.setdefault(st.name, RateHistory())
         if st.state == "down":
             if previous is not None and previous.state != "down":
@@ -237,6 +297,8 @@ class Model:
     def tray_state(self) -> TrayState:
         if not self.availability.ok:
             return TrayState.PROBLEM
+        if self.blocked:
+            return TrayState.BLOCKED
         states = {s.state for s in self.statuses.values()}
         if states & {"error", "failed", "unreachable"}:
             return TrayState.PROBLEM
@@ -246,15 +308,9 @@ class Model:
             return TrayState.CONNECTING
         return TrayState.DISCONNECTED
 
-    def toggle_target(self) -> str:
-        """The profile a click on the tray icon toggles: the last one used if it still exists,
-        else the only profile there is, else '' (nothing to toggle: open the window)."""
-        if self.last_used in self.profiles:
-            return self.last_used
-        return next(iter(self.profiles)) if len(self.profiles) == 1 else ""
-
     def forget_tunnels(self) -> None:
         """The helper went away: its tunnels' state is unknown until it answers again."""
         self.statuses.clear()
+        self.lockdown = {}
         for history in self.histories.values():
             history.clear()

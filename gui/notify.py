@@ -14,7 +14,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-__all__ = ["Kind", "Notice", "RateLimiter", "TransitionTracker"]
+__all__ = ["LOCKDOWN", "Kind", "LockdownTracker", "Notice", "RateLimiter", "TransitionTracker"]
+
+LOCKDOWN = "lockdown"
+"""The ``tunnel`` of lockdown notices (they are about the machine, not one tunnel)."""
 
 _TRYING = frozenset({"connecting", "handshaking"})
 _PROBLEM = frozenset({"unreachable", "error", "failed"})
@@ -29,6 +32,10 @@ class Kind(enum.Enum):
     """Up again after a drop."""
     FAILED = "failed"
     """Never got up: the tunnel failed to start or the peer never answered."""
+    LOCKDOWN_ON = "lockdown_on"
+    LOCKDOWN_OFF = "lockdown_off"
+    HINT = "hint"
+    """About the client itself (the window went to the tray), not about a tunnel."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +93,8 @@ class TransitionTracker:
                           f"{why[:1].upper()}{why[1:]}; Tunseal keeps trying to reconnect.")
         if state in _PROBLEM and tunnel not in self._dropped:
             return Notice(Kind.FAILED, tunnel, f"{tunnel}: could not connect",
-                          error or "The other end does not answer.")
+                          error or "No answer from the server. Open Tunseal to see the "
+                          "likely causes.")
         return None
 
     def forget(self, tunnel: str) -> None:
@@ -97,6 +105,27 @@ class TransitionTracker:
         """Forget everything (the helper went away: its next snapshot is not news)."""
         self._last.clear()
         self._dropped.clear()
+
+
+class LockdownTracker:
+    """Says when the lockdown starts and ends. The first status seen is not news."""
+
+    def __init__(self) -> None:
+        self._active: bool | None = None
+
+    def observe(self, status: dict[str, object]) -> Notice | None:
+        active = bool(status.get("active"))
+        old, self._active = self._active, active
+        if old is None or old == active:
+            return None
+        if active:
+            return Notice(Kind.LOCKDOWN_ON, LOCKDOWN, "Lockdown on",
+                          "Nothing leaves this computer except through the tunnel.")
+        return Notice(Kind.LOCKDOWN_OFF, LOCKDOWN, "Lockdown off",
+                      "Traffic may leave this computer without the tunnel again.")
+
+    def reset(self) -> None:
+        self._active = None
 
 
 class RateLimiter:

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import ProfileError, ProfileInvalid
+from core.ipc import NAME_PATTERN
 from core.profile import Profile, profile_from_dict
 
-__all__ = ["FIELDS", "Field", "field_of", "form_from_profile", "parse_form"]
+__all__ = ["FIELDS", "Field", "field_of", "for_form", "form_from_profile", "parse_form",
+           "user_words"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,9 @@ FIELDS: tuple[Field, ...] = (
     Field("keys.psk", "Pre-shared key (keyring item)", advanced=True),
 )
 FIELD_KEYS = frozenset(f.key for f in FIELDS)
+_BY_KEY = {f.key: f for f in FIELDS}
+KEY_FIELDS = ("peer.public_key", "keys.private_key", "keys.psk")
+"""What plain mode does not use (it has no keys), so the editor hides them there."""
 
 _INDEX = re.compile(r"\[[0-9]+\]$")
 
@@ -64,6 +69,47 @@ def field_of(problem_field: str | None) -> str | None:
         return None
     base = _INDEX.sub("", problem_field)
     return base if base in FIELD_KEYS else None
+
+
+_FILE_HINT = re.compile(r";?\s*\[[a-z]+\] needs [^;]*")
+_KEY_MENTION = re.compile(r"\b(?:" + "|".join(re.escape(k) for k in sorted(FIELD_KEYS, key=len,
+                                                                          reverse=True))
+                          + r")\b")
+
+
+def user_words(key: str, message: str) -> str:
+    """A core.profile problem in the editor's words: the file format's table and key names
+    become the labels the user sees ("missing; [interface] needs addresses = [...]" ->
+    "Required, e.g. 10.77.0.2/24")."""
+    field = _BY_KEY.get(key)
+    text = message.strip()
+    if text.startswith("missing"):
+        hint = field.hint if field is not None else ""
+        return f"Required, {hint}" if hint.startswith("e.g.") else "Required"
+    if key == "peer.public_key" and "is not a public key" in text:
+        return ("This is not a public key: paste the 44 characters (ending in '=') your "
+                "administrator gave you")
+    text = _FILE_HINT.sub("", text)
+    text = _KEY_MENTION.sub(lambda m: f"'{_BY_KEY[m.group(0)].label}'", text)
+    return text[:1].upper() + text[1:]
+
+
+def for_form(problems: list[tuple[str, str]]) -> list[tuple[str | None, str]]:
+    """(form field or None for above the form, message in the user's words) for each problem
+    core.profile or the helper reported."""
+    out: list[tuple[str | None, str]] = []
+    for problem_field, message in problems:
+        key = field_of(problem_field)
+        if key == "interface.listen_port" and "no peer.endpoint" in message:
+            # An empty Server, not an Advanced setting: say so where the user left it blank.
+            out.append(("peer.endpoint", "Required: the server's address, e.g. vpn.example.com "
+                        "(or, for a computer others connect to, a Listen port under Advanced)"))
+            continue
+        if key is None:
+            out.append((None, f"{problem_field}: {message}" if problem_field else message))
+        else:
+            out.append((key, user_words(key, message)))
+    return out
 
 
 def form_from_profile(profile: Profile) -> dict[str, Any]:
@@ -86,8 +132,8 @@ def _default_key_refs(tables: dict[str, dict[str, Any]]) -> None:
     ('<name>.private', '<name>.psk'), so nobody has to invent a keyring item name."""
     name = tables.get("tunnel", {}).get("name")
     mode = tables.get("tunnel", {}).get("mode", "ephemeral")
-    if not isinstance(name, str) or not name:
-        return
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        return  # the name's own problem is reported; a keyring item named after it is not
     keys = tables.setdefault("keys", {})
     if mode == "ephemeral":
         keys.setdefault("private_key", f"{name}.private")

@@ -12,6 +12,10 @@ something to show, and grabs offscreen:
 - ``keys.png`` and ``logs.png``: the other two tabs;
 - ``editor-error.png``: the profile editor showing a field's error;
 - ``tray-menu.png``: the tray menu;
+- ``first-connection-key.png`` and ``first-connection-no-answer.png``: a new profile's next
+  step (the new public key to hand over) and what the window says while the server does not
+  know the key yet (a temporary copy of the profile, removed afterwards);
+- ``main-dark.png``: the connected window in a dark theme;
 - ``no-helper.png``: the window when no helper answers (a socket path where none runs).
 
 A tunnel that was down is disconnected again at the end; one that was up is reconnected at the
@@ -30,8 +34,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from PySide6.QtWidgets import QApplication, QWidget
+
 from core.errors import IPCError
 from core.ipcclient import Client, socket_path
+from gui.app import App
 
 __all__ = ["main", "render", "wait_until"]
 
@@ -85,9 +92,8 @@ def render(out: Path, *, socket: str | None = None, profile: str | None = None,
            log: Callable[[str], None] = print) -> list[Path]:
     """Take every screenshot into ``out``; returns the files written."""
     from PySide6.QtCore import QPoint
-    from PySide6.QtWidgets import QApplication, QWidget
 
-    from gui.app import App, build
+    from gui.app import build
 
     qapp = QApplication.instance() or QApplication(["tunseal-screenshots"])
     assert isinstance(qapp, QApplication)
@@ -129,6 +135,8 @@ def render(out: Path, *, socket: str | None = None, profile: str | None = None,
         else:  # reconnect, so the Logs tab has the tunnel's messages of this session
             app.actions.disconnect_tunnel(name)
             wait_until(lambda: model.state(name) == "down", 15, f"{name} to disconnect")
+        _first_connection(app, name, save)
+        app.window.select(name)
         app.actions.connect_tunnel(name)
         wait_until(lambda: model.state(name) == "up", 30, f"{name} to connect")
         target = ping or ping_target(model.profiles[name].allowed_ips)
@@ -172,6 +180,8 @@ def render(out: Path, *, socket: str | None = None, profile: str | None = None,
         save(menu, "tray-menu.png")
         menu.hide()
 
+        _dark(qapp, window, save)
+
         written.append(_no_helper(out, log))
     finally:
         for p in pings:
@@ -188,6 +198,71 @@ def render(out: Path, *, socket: str | None = None, profile: str | None = None,
     return written
 
 
+def _first_connection(app: App, name: str, save: Callable[[QWidget, str], None]) -> None:
+    """A new user's first steps, for real: a copy of ``name`` with a new key pair (the server
+    does not know it) shows the next step, then connects and gets no answer."""
+    from core.profile import profile_to_dict
+    from gui.model import duplicate_name
+
+    model, window = app.state.model, app.window
+    source = model.profiles[name]
+    new = "new-" + name[:28]
+    if new in model.profiles:
+        new = duplicate_name(new, model.profiles)
+    copy = source.replace(name=new, private_key_ref=f"{new}.private", psk_ref="")
+    with Client(app.helper.path, timeout=10) as client:
+        client.call("add_profile", profile=profile_to_dict(copy))
+    try:
+        wait_until(lambda: new in model.profiles, 10, f"the profile {new}")
+        window.select(new)
+        app.actions.ensure_key(new, lambda key: window.show_next_step(new, key))
+        wait_until(lambda: window.next_step is not None and window.next_step.isVisible(), 10,
+                   "the next step after a new key")
+        dialog = window.next_step
+        assert dialog is not None
+        pump(0.3)
+        save(dialog, "first-connection-key.png")
+        dialog.reject()
+        app.actions.connect_tunnel(new)
+        wait_until(lambda: model.state(new) == "unreachable", 40, f"{new} to get no answer")
+        window.tabs.setCurrentIndex(0)
+        pump(1.2)
+        save(window, "first-connection-no-answer.png")
+    finally:
+        with Client(app.helper.path, timeout=10) as client:
+            client.call("remove_profile", name=new)  # disconnects it, deletes its key
+
+
+def _dark(qapp: QApplication, window: QWidget, save: Callable[[QWidget, str], None]) -> None:
+    """The connected window in a dark theme (Fusion with a dark palette, as a desktop's dark
+    mode gives Qt)."""
+    from PySide6.QtGui import QColor, QPalette
+
+    light, style = qapp.palette(), qapp.style().name()
+    dark = QPalette()
+    for role, color in ((QPalette.ColorRole.Window, "#202124"),
+                        (QPalette.ColorRole.WindowText, "#e8eaed"),
+                        (QPalette.ColorRole.Base, "#17181a"),
+                        (QPalette.ColorRole.AlternateBase, "#2a2b2e"),
+                        (QPalette.ColorRole.Text, "#e8eaed"),
+                        (QPalette.ColorRole.Button, "#303134"),
+                        (QPalette.ColorRole.ButtonText, "#e8eaed"),
+                        (QPalette.ColorRole.Highlight, "#8ab4f8"),
+                        (QPalette.ColorRole.HighlightedText, "#202124"),
+                        (QPalette.ColorRole.Mid, "#5f6368"),
+                        (QPalette.ColorRole.PlaceholderText, "#9aa0a6")):
+        dark.setColor(role, QColor(color))
+    qapp.setStyle("Fusion")
+    qapp.setPalette(dark)
+    try:
+        pump(0.5)
+        save(window, "main-dark.png")
+    finally:
+        qapp.setStyle(style)
+        qapp.setPalette(light)
+        pump(0.2)
+
+
 def _no_helper(out: Path, log: Callable[[str], None]) -> Path:
     """The window pointed at a socket where no helper runs: the real 'not running' path."""
     from gui.app import build
@@ -198,7 +273,7 @@ def _no_helper(out: Path, log: Callable[[str], None]) -> Path:
         app.window.show()
         app.helper.start()
         try:
-            wait_until(lambda: app.window.pages.currentWidget() is app.window.unavailable
+            wait_until(lambda: app.window.right.currentWidget() is app.window.unavailable
                        and app.state.model.availability.code == "unavailable"
                        and "not running" in app.state.model.availability.message, 10,
                        "the no-helper page")

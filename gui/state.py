@@ -17,7 +17,7 @@ from PySide6.QtCore import QObject, Signal
 from core.errors import IPCError
 from gui.helper_client import HelperClient
 from gui.model import Availability, LogEntry, Model, TrayState
-from gui.notify import Notice, TransitionTracker
+from gui.notify import Kind, LockdownTracker, Notice, TransitionTracker
 
 __all__ = ["LiveState"]
 
@@ -29,9 +29,12 @@ class LiveState(QObject):
     statusChanged = Signal(str)
     """A tunnel's status (and rate history) changed; the argument is its name."""
     logAdded = Signal(object)
+    logsMerged = Signal()
+    """Entries from the helper's recent log were added (older ones among them)."""
     availabilityChanged = Signal()
     trayStateChanged = Signal()
     lastUsedChanged = Signal(str)
+    lockdownChanged = Signal()
     notice = Signal(object)
     """A :class:`gui.notify.Notice` about a tunnel's state change (before rate limiting)."""
 
@@ -41,6 +44,7 @@ class LiveState(QObject):
         self.helper = helper
         self.model = model or Model()
         self._tracker = TransitionTracker()
+        self._lockdown = LockdownTracker()
         self._tray_state = self.model.tray_state()
         helper.received.connect(self._on_event)
         helper.available.connect(self._on_available)
@@ -52,8 +56,30 @@ class LiveState(QObject):
 
     def refresh(self) -> None:
         """Ask for a fresh snapshot of profiles and tunnels."""
-        self.helper.list_profiles(on_result=self._on_profiles, on_error=self._log_error)
+        # Statuses first: the window's first selection is then a connected tunnel, if any.
         self.helper.statuses(on_result=self._on_statuses, on_error=self._log_error)
+        self.helper.list_profiles(on_result=self._on_profiles, on_error=self._log_error)
+        self.helper.call("lockdown", action="status", on_result=self._on_lockdown,
+                         on_error=self._log_error)
+
+    def fetch_log(self, name: str | None) -> None:
+        """Bring in the helper's recent log about ``name`` (what happened before this window
+        subscribed)."""
+        args = {"name": name} if name else {}
+
+        def merge(result: dict[str, Any]) -> None:
+            entries = []
+            for data in result.get("entries", []):
+                try:
+                    entries.append(LogEntry.from_event(data))
+                except (TypeError, ValueError):
+                    continue  # a malformed entry from a newer helper
+            if self.model.logs.merge(entries):
+                self.logsMerged.emit()
+
+        self.helper.call("recent_log", on_result=merge,
+                         on_error=lambda e: log.info("no recent log from the helper: %s", e),
+                         **args)
 
     # --- from the helper -------------------------------------------------------------------
 
@@ -63,10 +89,19 @@ class LiveState(QObject):
         if ok and not was.ok:
             self.refresh()
         elif not ok and was.ok:
+            dropped = self.model.active()
             self.model.forget_tunnels()
             self._tracker.reset()
+            self._lockdown.reset()
+            self.lockdownChanged.emit()
             for name in self.model.names():
                 self.statusChanged.emit(name)
+            # A helper that stops takes its tunnels down (and one that crashed loses them):
+            # traffic no longer goes through them, which the user must hear about.
+            for name in dropped:
+                self._announce(Notice(Kind.DROPPED, name, f"{name}: disconnected",
+                                      "The Tunseal service stopped, and the tunnel went down "
+                                      "with it. Start the service again to reconnect."))
         if was != self.model.availability:
             self.availabilityChanged.emit()
         self._tray_changed()
@@ -74,6 +109,8 @@ class LiveState(QObject):
     def _on_event(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "status":
             self._apply_status(data)
+        elif kind == "lockdown":
+            self._on_lockdown(data)
         elif kind == "log":
             entry = LogEntry.from_event(data)
             self.model.logs.add(entry)
@@ -105,6 +142,14 @@ class LiveState(QObject):
             return
         found = self._tracker.observe(st.name, st.state, error=st.error)
         self.statusChanged.emit(st.name)
+        self._tray_changed()
+        if found is not None:
+            self._announce(found)
+
+    def _on_lockdown(self, data: dict[str, Any]) -> None:
+        self.model.lockdown = dict(data)
+        found = self._lockdown.observe(self.model.lockdown)
+        self.lockdownChanged.emit()
         self._tray_changed()
         if found is not None:
             self._announce(found)

@@ -1,5 +1,8 @@
-"""The tray icon: its picture is the overall state, a click toggles the last-used profile, and
-its menu connects profiles, opens the window and quits.
+"""The tray icon: its picture is the overall state, a click opens the window, and its menu
+connects and disconnects profiles by name, opens the window and quits.
+
+A click never changes a tunnel: a stray click on a panel must not drop the VPN (nm-applet,
+Tailscale and the WireGuard app behave the same way). Only the named menu items do.
 
 The menu is built whether or not the desktop has a tray (the window's own code paths and the
 tests use it); the icon is shown only where a tray exists.
@@ -23,6 +26,7 @@ _TRAY_WORDS = {
     TrayState.CONNECTING: "connecting…",
     TrayState.CONNECTED: "connected",
     TrayState.PROBLEM: "needs attention",
+    TrayState.BLOCKED: "Blocked: no tunnel",
 }
 
 
@@ -30,6 +34,7 @@ class Tray(QObject):
     openRequested = Signal()
     quitRequested = Signal()
     toggleRequested = Signal(str)
+    unblockRequested = Signal()
 
     def __init__(self, state: LiveState, parent: QObject | None = None):
         super().__init__(parent)
@@ -43,6 +48,7 @@ class Tray(QObject):
         state.statusChanged.connect(self._status_changed)
         state.trayStateChanged.connect(self.refresh_icon)
         state.availabilityChanged.connect(self.rebuild)
+        state.lockdownChanged.connect(self.rebuild)
         self.rebuild()
 
     @staticmethod
@@ -72,6 +78,8 @@ class Tray(QObject):
                       + (" (UNSAFE: plain)" if model.is_unsafe(n) else "")
                       for n in model.active()]
             tip = "Tunseal\n" + ("\n".join(active) if active else "Not connected")
+            if model.blocked:
+                tip = "Tunseal: Blocked: no tunnel (lockdown is on)"
         self.icon.setToolTip(tip)
         self.title_action.setText(f"Tunseal: {_TRAY_WORDS[tray_state]}")
 
@@ -82,10 +90,14 @@ class Tray(QObject):
         self.title_action = self.menu.addAction("Tunseal")
         self.title_action.setEnabled(False)
         self.menu.addSeparator()
+        self.unblock_action: QAction | None = None
+        if model.blocked:
+            self.unblock_action = self.menu.addAction("Unblock (turn lockdown off)",
+                                                      self.unblockRequested.emit)
+            self.menu.addSeparator()
         if model.availability.ok:
             for name in model.names():
                 action = self.menu.addAction(name)
-                action.setCheckable(True)
                 action.triggered.connect(lambda _checked=False, n=name:
                                          self.toggleRequested.emit(n))
                 self.tunnel_actions[name] = action
@@ -97,6 +109,7 @@ class Tray(QObject):
         self.menu.addSeparator()
         self.open_action = self.menu.addAction("Open Tunseal", self.openRequested.emit)
         self.quit_action = self.menu.addAction("Quit", self.quitRequested.emit)
+        self._label_quit()
         self.refresh_icon()
 
     def _label(self, name: str) -> None:
@@ -108,21 +121,26 @@ class Tray(QObject):
         verb = "Connect" if state == "down" else "Disconnect"
         unsafe = "  ⚠ unsafe (plain)" if model.is_unsafe(name) else ""
         action.setText(f"{verb} {name}  ({fmt.state_text(state)}){unsafe}")
-        action.setChecked(state != "down")
         action.setIcon(state_icon(state))
+
+    def _label_quit(self) -> None:
+        # Quitting the client leaves the helper's tunnels up: say so before anyone relies on
+        # Quit to disconnect.
+        stays = bool(self.state.model.active())
+        self.quit_action.setText("Quit Tunseal (tunnels stay connected)…" if stays
+                                 else "Quit Tunseal")
 
     def _status_changed(self, name: str) -> None:
         if name in self.tunnel_actions:
             self._label(name)
+            self._label_quit()
         elif name in self.state.model.names():
             self.rebuild()
         self.refresh_icon()
 
     def _activated(self, reason: QSystemTrayIcon.ActivationReason) -> None:
-        if reason != QSystemTrayIcon.ActivationReason.Trigger:
-            return
-        target = self.state.model.toggle_target()
-        if target and self.state.model.availability.ok:
-            self.toggleRequested.emit(target)
-        else:
+        # Trigger (a left click) and DoubleClick open the window; Context (a right click)
+        # opens the menu, which Qt does by itself.
+        if reason in (QSystemTrayIcon.ActivationReason.Trigger,
+                      QSystemTrayIcon.ActivationReason.DoubleClick):
             self.openRequested.emit()

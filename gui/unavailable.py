@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QFont
-from PySide6.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtGui import QFont, QGuiApplication
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from gui.icons import state_icon
-from gui.model import Availability, TrayState, guidance
+from gui.model import Availability, TrayState, guidance, socket_group
 
 __all__ = ["UnavailablePage"]
 
 TEXT_WIDTH = 560
+DETAIL_LINES = 3
+"""Lines kept for the details whatever their length: the retries' messages differ, and the
+Retry button below them must not jump each time."""
 
 
 class UnavailablePage(QWidget):
     retry = Signal()
 
-    def __init__(self, parent: QWidget | None = None):
+    def __init__(self, socket: str = "/run/tunseal/helper.sock",
+                 parent: QWidget | None = None):
         super().__init__(parent)
+        self.socket = socket
         self.icon = QLabel()
         self.icon.setPixmap(state_icon(TrayState.PROBLEM).pixmap(72, 72))
         self.icon.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -43,6 +48,12 @@ class UnavailablePage(QWidget):
         self.command.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.command.setStyleSheet("QLabel { background: palette(base); border: 1px solid "
                                    "palette(mid); border-radius: 4px; padding: 6px 10px; }")
+        self.command.setAccessibleName("Command to run")
+        self.copy_button = QPushButton("Copy")
+        self.copy_button.setObjectName("copyCommand")
+        self.copy_button.setAccessibleName("Copy the command")
+        self.copy_button.clicked.connect(
+            lambda: QGuiApplication.clipboard().setText(self.command.text()))
         self.detail = QLabel()
         self.detail.setObjectName("unavailableDetail")
         self.detail.setWordWrap(True)
@@ -52,6 +63,8 @@ class UnavailablePage(QWidget):
         small = QFont(self.detail.font())
         small.setPointSizeF(small.pointSizeF() * 0.9)
         self.detail.setFont(small)
+        self.detail.setAlignment(Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop)
+        self.detail.setFixedHeight(self.detail.fontMetrics().lineSpacing() * DETAIL_LINES + 4)
         self.retry_button = QPushButton("Retry")
         self.retry_button.setObjectName("retryButton")
         self.retry_button.setDefault(True)
@@ -71,7 +84,12 @@ class UnavailablePage(QWidget):
         column_layout = QVBoxLayout(column)
         column_layout.setContentsMargins(0, 0, 0, 0)
         column_layout.addWidget(self.advice)
-        column_layout.addWidget(self.command, 0, Qt.AlignmentFlag.AlignHCenter)
+        command_row = QHBoxLayout()
+        command_row.addStretch(1)
+        command_row.addWidget(self.command)
+        command_row.addWidget(self.copy_button)
+        command_row.addStretch(1)
+        column_layout.addLayout(command_row)
         column_layout.addWidget(self.detail)
         layout.addWidget(column, 0, Qt.AlignmentFlag.AlignHCenter)
         layout.addSpacing(8)
@@ -81,11 +99,15 @@ class UnavailablePage(QWidget):
         layout.setContentsMargins(48, 24, 48, 24)
 
     def show_availability(self, availability: Availability) -> None:
-        headline, advice, command = guidance(availability)
+        headline, advice, command = guidance(availability, self.socket,
+                                             socket_group(self.socket))
         self.headline.setText(headline)
         self.advice.setText(advice)
         self.command.setText(command)
-        self.detail.setText(f"Details: {availability.message}" if availability.message else "")
+        detail = f"Details: {availability.message}" if availability.message else ""
+        self.detail.setText(self.detail.fontMetrics().elidedText(
+            detail, Qt.TextElideMode.ElideRight, TEXT_WIDTH * DETAIL_LINES - 40))
+        self.detail.setToolTip(detail)
         # The column's height follows the wrapped text (its layout knows height-for-width,
         # the centring parent layout does not ask).
         column_layout = self._column.layout()

@@ -12,8 +12,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QSize, Qt, QUrl
-from PySide6.QtGui import QBrush, QCloseEvent, QColor, QDragEnterEvent, QDropEvent, QFont
+from PySide6.QtCore import QSize, Qt, QUrl, Signal
+from PySide6.QtGui import (
+    QAction,
+    QBrush,
+    QCloseEvent,
+    QDragEnterEvent,
+    QDropEvent,
+    QFont,
+    QKeySequence,
+    QPalette,
+)
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -36,11 +45,13 @@ from PySide6.QtWidgets import (
 from core.profile import Profile
 from gui import format as fmt
 from gui.actions import Actions
+from gui.colors import error_color
 from gui.editor import ProfileEditor
 from gui.icons import app_icon, state_icon
 from gui.keys_panel import KeysPanel
 from gui.logs_panel import LogsPanel
 from gui.model import LogEntry
+from gui.next_step import NextStepDialog
 from gui.state import LiveState
 from gui.status_panel import StatusPanel
 from gui.unavailable import UnavailablePage
@@ -50,9 +61,15 @@ __all__ = ["MainWindow"]
 
 PROFILE_FILTER = "Tunseal profiles (*.tunseal);;All files (*)"
 PROFILE_SUFFIX = ".tunseal"
+LIST_MIN_WIDTH = 200
 
 
 class MainWindow(QMainWindow):
+    quitRequested = Signal()
+    """Quit Tunseal (File > Quit, Ctrl+Q): the app asks about connected tunnels first."""
+    hiddenToTray = Signal()
+    """The window was closed into the tray for the first time: tell the user where it went."""
+
     def __init__(self, state: LiveState, actions: Actions, *, native_dialogs: bool = True,
                  parent: QWidget | None = None):
         super().__init__(parent)
@@ -61,12 +78,16 @@ class MainWindow(QMainWindow):
         self.native_dialogs = native_dialogs
         self.hide_on_close = False
         """True while a tray icon can bring the window back: closing then only hides it."""
+        self.tray_hint_given = False
+        """Whether the user was told that a closed window keeps running in the tray."""
         self.selected: str | None = None
         self.editor: ProfileEditor | None = None
         self.import_dialog: QFileDialog | None = None
         self.export_dialog: QFileDialog | None = None
         self.question: QMessageBox | None = None
         """The confirmation or error box on screen, if any (tests drive it)."""
+        self.next_step: NextStepDialog | None = None
+        """The 'give this key to your administrator' dialog, while it is open."""
 
         self.setWindowTitle("Tunseal")
         self.setWindowIcon(app_icon())
@@ -75,35 +96,53 @@ class MainWindow(QMainWindow):
         self.profile_list = QListWidget()
         self.profile_list.setObjectName("profileList")
         self.profile_list.setIconSize(QSize(32, 32))
-        self.profile_list.setMinimumWidth(200)
+        self.profile_list.setMinimumWidth(LIST_MIN_WIDTH)
+        self.profile_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.profile_list.currentItemChanged.connect(self._on_selection)
         self.profile_list.itemDoubleClicked.connect(lambda _item: self.toggle_selected())
+        self.profile_list.setAccessibleName("Profiles")
         self.detail = self._build_detail()
         self.empty = self._build_empty()
+        self.unavailable = UnavailablePage(self.state.helper.path)
+        self.unavailable.retry.connect(self.state.helper.retry)
+        # While the helper is away the list stays (greyed: its states are unknown) and the
+        # right side says what to do.
         self.right = QStackedWidget()
         self.right.addWidget(self.detail)
         self.right.addWidget(self.empty)
+        self.right.addWidget(self.unavailable)
         splitter = QSplitter()
         splitter.addWidget(self.profile_list)
         splitter.addWidget(self.right)
         splitter.setStretchFactor(1, 1)
+        splitter.setChildrenCollapsible(False)  # a collapsed side is a clipped side
         splitter.setSizes([220, 680])
-        self.unavailable = UnavailablePage()
-        self.unavailable.retry.connect(self.state.helper.retry)
-        self.pages = QStackedWidget()
-        self.pages.addWidget(splitter)
-        self.pages.addWidget(self.unavailable)
-        self.setCentralWidget(self.pages)
+        self.splitter = splitter
+        central = QWidget()
+        column = QVBoxLayout(central)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.addWidget(self._build_blocked_banner())
+        column.addWidget(splitter, 1)
+        self.setCentralWidget(central)
+        self._build_menus()
         self.resize(980, 680)
 
         state.profilesChanged.connect(self.refresh_profiles)
         state.statusChanged.connect(self._on_status)
         state.logAdded.connect(self._on_log)
+        state.logsMerged.connect(self.logs_panel.rebuild)
+        self.logs_panel.historyWanted.connect(state.fetch_log)
         state.availabilityChanged.connect(self.refresh_availability)
+        state.lockdownChanged.connect(self.refresh_blocked)
         actions.done.connect(lambda text: self.statusBar().showMessage(text, 8000))
         actions.failed.connect(self.show_error)
+        actions.keyMissing.connect(self.offer_key)
+        actions.imported.connect(self._on_imported)
+        actions.importClash.connect(self._offer_replace)
+        actions.secretsImported.connect(self._offer_delete_file)
         self.refresh_availability()
         self.refresh_profiles()
+        self.refresh_blocked()
 
     # --- building --------------------------------------------------------------------------
 
@@ -129,6 +168,48 @@ class MainWindow(QMainWindow):
         self.export_button = export_button
         bar.addWidget(export_button)
         self.addToolBar(bar)
+        self.toolbar = bar
+        # Shortcuts on the toolbar's own actions, so the menu bar, the toolbar and the keys
+        # all do the same thing.
+        # Spelled out: the standard keys are empty on platforms without a theme (offscreen).
+        self.new_action.setShortcut(QKeySequence("Ctrl+N"))
+        self.import_action.setShortcut(QKeySequence("Ctrl+O"))
+        self.export_action.setShortcut(QKeySequence("Ctrl+E"))
+        self.edit_action.setShortcut(QKeySequence("Ctrl+I"))
+        self.delete_action.setShortcut(QKeySequence(Qt.Key.Key_Delete))
+        self.export_button.setAccessibleName("Export the selected profile")
+        for action in bar.actions():
+            button = bar.widgetForAction(action)
+            if button is not None:  # reachable by Tab like every other control
+                button.setFocusPolicy(Qt.FocusPolicy.TabFocus)
+
+    def _build_menus(self) -> None:
+        self.connect_action = QAction("Connect", self)
+        self.connect_action.setShortcuts([QKeySequence(Qt.Key.Key_Return),
+                                          QKeySequence(Qt.Key.Key_Enter)])
+        # Enter connects the profile selected in the list (elsewhere Enter is the focused
+        # widget's own: a button's click, a field's input).
+        self.connect_action.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
+        self.connect_action.triggered.connect(self.toggle_selected)
+        self.profile_list.addAction(self.connect_action)
+        self.quit_action = QAction("Quit Tunseal", self)
+        self.quit_action.setShortcut(QKeySequence("Ctrl+Q"))
+        self.quit_action.triggered.connect(self.quitRequested)
+        self.addAction(self.quit_action)
+        bar = self.menuBar()
+        file_menu = bar.addMenu("&File")
+        file_menu.addAction(self.new_action)
+        file_menu.addAction(self.import_action)
+        file_menu.addAction(self.export_action)
+        file_menu.addAction(self.export_secrets_action)
+        file_menu.addSeparator()
+        file_menu.addAction(self.quit_action)
+        profile_menu = bar.addMenu("&Profile")
+        profile_menu.addAction(self.connect_action)
+        profile_menu.addSeparator()
+        profile_menu.addAction(self.edit_action)
+        profile_menu.addAction(self.duplicate_action)
+        profile_menu.addAction(self.delete_action)
 
     def _build_detail(self) -> QWidget:
         self.header_icon = QLabel()
@@ -138,8 +219,10 @@ class MainWindow(QMainWindow):
         font.setPointSizeF(font.pointSizeF() * 1.5)
         font.setBold(True)
         self.header_name.setFont(font)
+        self.header_name.setAccessibleName("Profile")
         self.header_state = QLabel()
         self.header_state.setObjectName("headerState")
+        self.header_state.setAccessibleName("Connection")
         self.connect_button = QPushButton("Connect")
         self.connect_button.setObjectName("connectButton")
         self.connect_button.setMinimumWidth(120)
@@ -168,6 +251,28 @@ class MainWindow(QMainWindow):
         layout.addWidget(self.tabs, 1)
         return page
 
+    def _build_blocked_banner(self) -> QWidget:
+        """"Blocked: no tunnel": lockdown is on and nothing leaves; with the way out."""
+        self.blocked_banner = QWidget()
+        self.blocked_banner.setObjectName("blockedBanner")
+        self.blocked_banner.setStyleSheet(
+            "#blockedBanner { background: #6b4fa3; } #blockedBanner QLabel { color: white; }")
+        self.blocked_text = QLabel(
+            "<b>Blocked: no tunnel.</b> Lockdown is on: nothing leaves this computer until a "
+            "tunnel is up. Connect a profile, or unblock to let traffic out without one.")
+        self.blocked_text.setWordWrap(True)
+        self.unblock_button = QPushButton("Unblock")
+        self.unblock_button.setObjectName("unblockButton")
+        self.unblock_button.clicked.connect(self.ops.unblock)
+        row = QHBoxLayout(self.blocked_banner)
+        row.addWidget(self.blocked_text, 1)
+        row.addWidget(self.unblock_button)
+        self.blocked_banner.hide()
+        return self.blocked_banner
+
+    def refresh_blocked(self) -> None:
+        self.blocked_banner.setVisible(self.state.model.blocked)
+
     def _build_empty(self) -> QWidget:
         page = QWidget()
         text = QLabel("No profiles yet.\n\nImport the .tunseal file your administrator gave you "
@@ -187,18 +292,20 @@ class MainWindow(QMainWindow):
 
     def refresh_availability(self) -> None:
         availability = self.state.model.availability
-        self.pages.setCurrentIndex(0 if availability.ok else 1)
         self.unavailable.show_availability(availability)
+        self.profile_list.setEnabled(availability.ok)
+        self._show_right()
+        for i in range(self.profile_list.count()):
+            self._paint_item(self.profile_list.item(i))
         for action in (self.new_action, self.import_action, self.edit_action,
                        self.duplicate_action, self.delete_action):
             action.setEnabled(availability.ok)
-        self.export_button.setEnabled(availability.ok)
         if availability.ok:
             self._update_actions()
 
     def refresh_profiles(self) -> None:
         names = self.state.model.names()
-        keep = self.selected if self.selected in names else (names[0] if names else None)
+        keep = self.selected if self.selected in names else self._first_choice(names)
         self.profile_list.blockSignals(True)
         self.profile_list.clear()
         for name in names:
@@ -209,8 +316,33 @@ class MainWindow(QMainWindow):
             if name == keep:
                 self.profile_list.setCurrentItem(item)
         self.profile_list.blockSignals(False)
+        self._fit_list()
         self._select(keep, reload=True)
-        self.right.setCurrentIndex(0 if names else 1)
+        self._show_right()
+
+    def _first_choice(self, names: list[str]) -> str | None:
+        """With nothing selected yet: a connected profile, else the last one used, else the
+        first."""
+        model = self.state.model
+        active = [n for n in model.active() if n in names]
+        if active:
+            return active[0]
+        return model.last_used if model.last_used in names else (names[0] if names else None)
+
+    def _show_right(self) -> None:
+        if not self.state.model.availability.ok:
+            self.right.setCurrentWidget(self.unavailable)
+        else:
+            self.right.setCurrentWidget(self.detail if self.state.model.names() else self.empty)
+
+    def _fit_list(self) -> None:
+        """The list is as wide as its widest line (no sideways scrolling, nothing cut)."""
+        lst = self.profile_list
+        fm = lst.fontMetrics()
+        widest = max((fm.horizontalAdvance(line) for i in range(lst.count())
+                      for line in lst.item(i).text().splitlines()), default=0)
+        frame = lst.frameWidth() * 2 + lst.verticalScrollBar().sizeHint().width()
+        lst.setMinimumWidth(max(LIST_MIN_WIDTH, widest + lst.iconSize().width() + 24 + frame))
 
     def _item(self, name: str) -> QListWidgetItem | None:
         for i in range(self.profile_list.count()):
@@ -224,9 +356,12 @@ class MainWindow(QMainWindow):
         model = self.state.model
         state = model.state(name)
         text = f"{name}\n{fmt.state_text(state)}"
+        if not model.availability.ok:
+            text = f"{name}\nunknown (no helper)"
         if model.is_unsafe(name):
-            text += " · UNSAFE (plain)"
-            item.setForeground(QBrush(QColor("#c62828")))
+            text += "\nUNSAFE (plain)"  # a line of its own: the list stays narrow
+            item.setForeground(QBrush(error_color(self.profile_list.palette(),
+                                                  QPalette.ColorRole.Base)))
         item.setText(text)
         item.setIcon(state_icon(state))
         item.setToolTip(f"{name}: {fmt.state_text(state)}")
@@ -271,11 +406,13 @@ class MainWindow(QMainWindow):
         self.connect_button.setText("Connect" if st.state == "down" else "Disconnect")
         self.connect_button.setEnabled(model.availability.ok
                                        and (profile is not None or st.state != "down"))
+        self.connect_action.setText(f"{self.connect_button.text()} {name}")
+        self.connect_action.setEnabled(self.connect_button.isEnabled())
         unsafe = model.is_unsafe(name)
         self.header_unsafe.setVisible(unsafe)
-        self.status_panel.show_status(st, history.points() if history else [], now=time.time())
-        if st.state == "down" and profile is not None:
-            self.status_panel.show_mode(profile.mode, profile.cipher)
+        self.status_panel.show_status(st, history.points() if history else [], now=time.time(),
+                                      profile=profile, recovered=model.recovered.get(name),
+                                      interface=model.interfaces.get(name, ""))
 
     def _update_actions(self) -> None:
         has = self.selected is not None and self.selected in self.state.model.profiles
@@ -283,6 +420,7 @@ class MainWindow(QMainWindow):
         for action in (self.edit_action, self.duplicate_action, self.delete_action,
                        self.export_action, self.export_secrets_action):
             action.setEnabled(ok and has)
+        self.export_button.setEnabled(ok and has)  # nothing to export otherwise
 
     def _on_log(self, entry: LogEntry) -> None:
         self.logs_panel.add(entry)
@@ -307,7 +445,8 @@ class MainWindow(QMainWindow):
             self._open_editor(profile)
 
     def _open_editor(self, profile: Profile | None) -> None:
-        editor = ProfileEditor(profile, self)
+        connected = profile is not None and self.state.model.state(profile.name) != "down"
+        editor = ProfileEditor(profile, self, connected=connected)
         editor.submitted.connect(lambda p: self._save(editor, p))
         editor.finished.connect(lambda _result: self._editor_closed(editor))
         self.editor = editor
@@ -317,6 +456,15 @@ class MainWindow(QMainWindow):
         def saved() -> None:
             self.selected = profile.name
             editor.accept()
+            if profile.mode == "ephemeral":
+                self.ops.ensure_key(profile.name, lambda key: self.show_next_step(profile.name,
+                                                                                  key))
+            name = profile.name
+            if editor.connected and editor.original == name:
+                self._ask(f"Reconnect {name}?",
+                          f"{name} is still connected with its old settings. Reconnect now to "
+                          "apply the changes? (Its traffic stops for a moment.)",
+                          "Reconnect now", lambda: self.ops.reconnect(name))
 
         self.ops.save(profile, original=editor.original, on_saved=saved,
                           on_invalid=editor.show_problems, on_error=editor.show_error)
@@ -338,10 +486,15 @@ class MainWindow(QMainWindow):
         name = self.selected
         if name is None:
             return
+        connected = (f" {name} is connected: deleting it disconnects it first, and its "
+                     "traffic stops going through the tunnel."
+                     if self.state.model.state(name) != "down" else "")
         self._ask(f"Delete {name}?",
                   f"Delete the profile {name} and its keys from this computer? This cannot be "
-                  "undone (export it first to keep a copy).", "Delete",
-                  lambda: self.ops.remove(name))
+                  f"undone (export it first to keep a copy).{connected}",
+                  "Disconnect and delete" if connected else "Delete",
+                  lambda: self.ops.remove(name),
+                  icon=QMessageBox.Icon.Warning if connected else QMessageBox.Icon.Question)
 
     # --- import and export -----------------------------------------------------------------
 
@@ -362,6 +515,48 @@ class MainWindow(QMainWindow):
         dialog.finished.connect(dialog.deleteLater)
         self.import_dialog = dialog
         dialog.open()
+
+    def _on_imported(self, name: str, mode: str) -> None:
+        self._select_later(name)
+        if mode == "ephemeral":
+            self.ops.ensure_key(name, lambda key: self.show_next_step(name, key))
+
+    def _offer_replace(self, path: str, name: str) -> None:
+        box = QMessageBox(QMessageBox.Icon.Question, f"{name} already exists",
+                          f"There already is a profile named {name}. Replace it with the one "
+                          f"in {os.path.basename(path)}, or import that one as a copy beside it?",
+                          QMessageBox.StandardButton.Cancel, self)
+        box.setObjectName("importClash")
+        replace = box.addButton("Replace", QMessageBox.ButtonRole.DestructiveRole)
+        copy = box.addButton("Import as a copy", QMessageBox.ButtonRole.AcceptRole)
+        box.setDefaultButton(copy)
+
+        def clicked(button: object) -> None:
+            if button is replace:
+                self.ops.import_file(path, replace=True)
+            elif button is copy:
+                self.ops.import_file(path, as_copy=True)
+
+        box.buttonClicked.connect(clicked)
+        box.finished.connect(lambda _r, b=box: self._forget_question(b))
+        self.question = box
+        box.open()
+
+    def _offer_delete_file(self, name: str, path: str) -> None:
+        """The file that brought a profile's secret keys is a copy of them anyone can use."""
+        def delete() -> None:
+            try:
+                os.remove(path)
+            except OSError as e:
+                self.show_error("Could not delete the file", f"{path}: {e.strerror}")
+                return
+            self.statusBar().showMessage(f"Deleted {path}", 8000)
+
+        self._ask("Delete the file with the secret keys?",
+                  f"{os.path.basename(path)} holds the secret keys of {name}, which are now in "
+                  "your keyring. Anyone who gets the file can use this network as you: delete "
+                  "it unless you need it elsewhere.", "Delete the file", delete,
+                  icon=QMessageBox.Icon.Warning)
 
     def import_file(self, path: str) -> None:
         """Import one .tunseal file (from the dialog or a drop)."""
@@ -408,6 +603,46 @@ class MainWindow(QMainWindow):
         for path in paths:
             self.import_file(path)
 
+    # --- keys ------------------------------------------------------------------------------
+
+    def show_next_step(self, name: str, public_key: str) -> None:
+        """After a key pair was made: what the user does next, with the key to hand over."""
+        if self.next_step is not None:
+            self.next_step.close()
+        dialog = NextStepDialog(name, public_key, self)
+        dialog.connectRequested.connect(self.ops.connect_tunnel)
+        dialog.finished.connect(lambda _r: self._next_step_closed(dialog))
+        self.next_step = dialog
+        self.keys_panel.show_profile(self._selected_profile(), reload=True)
+        dialog.open()
+
+    def _next_step_closed(self, dialog: NextStepDialog) -> None:
+        if self.next_step is dialog:
+            self.next_step = None
+        dialog.deleteLater()
+
+    def offer_key(self, name: str, key: str) -> None:
+        """Connecting failed for want of a key: say so in words and offer to make it."""
+        if key == "private_key":
+            title = f"{name} has no key pair yet"
+            text = (f"{name} needs a key pair on this computer before it can connect. Generate "
+                    "one, then give its public key to your administrator.")
+            verb = "Generate key pair"
+
+            def make() -> None:
+                self.ops.generate_key(name, lambda k: self.show_next_step(name, k))
+        else:
+            title = f"{name} has no pre-shared key"
+            text = (f"{name} needs the pre-shared key its server uses, and this computer's "
+                    "keyring has none. Import the profile file your administrator gave you (it "
+                    "carries the key), or generate a new key and hand it to the server with "
+                    "Export with secret keys.")
+            verb = "Generate pre-shared key"
+
+            def make() -> None:
+                self.ops.generate_psk(name)
+        self._ask(title, text, verb, make, icon=QMessageBox.Icon.Warning)
+
     # --- messages --------------------------------------------------------------------------
 
     def _ask(self, title: str, text: str, verb: str, then: Callable[[], None], *,
@@ -421,21 +656,58 @@ class MainWindow(QMainWindow):
                 then()
 
         box.buttonClicked.connect(clicked)
-        box.finished.connect(box.deleteLater)
+        box.finished.connect(lambda _r, b=box: self._forget_question(b))
         self.question = box
         box.open()
 
     def show_error(self, title: str, message: str) -> None:
         box = QMessageBox(QMessageBox.Icon.Warning, title, message,
                           QMessageBox.StandardButton.Close, self)
-        box.finished.connect(box.deleteLater)
+        box.finished.connect(lambda _r, b=box: self._forget_question(b))
         self.question = box
         box.open()
+
+    def confirm_quit(self, quit_now: Callable[[], None]) -> None:
+        """Quit, after saying that running tunnels stay up (the helper owns them) and offering
+        to disconnect them first."""
+        active = self.state.model.active()
+        if not active:
+            quit_now()
+            return
+        names = ", ".join(active)
+        box = QMessageBox(QMessageBox.Icon.Question, "Quit Tunseal?",
+                          f"Connected: {names}.\n\nTunnels stay connected after Tunseal quits: "
+                          "the Tunseal service keeps them running. Open Tunseal again to "
+                          "disconnect them later, or disconnect them now.",
+                          QMessageBox.StandardButton.Cancel, self)
+        box.setObjectName("quitQuestion")
+        keep = box.addButton("Quit, stay connected", QMessageBox.ButtonRole.AcceptRole)
+        drop = box.addButton("Disconnect all and quit", QMessageBox.ButtonRole.DestructiveRole)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+
+        def clicked(button: object) -> None:
+            if button is keep:
+                quit_now()
+            elif button is drop:
+                self.ops.disconnect_all(quit_now)
+
+        box.buttonClicked.connect(clicked)
+        box.finished.connect(lambda _r, b=box: self._forget_question(b))
+        self.question = box
+        box.open()
+
+    def _forget_question(self, box: QMessageBox) -> None:
+        if self.question is box:
+            self.question = None
+        box.deleteLater()
 
     def closeEvent(self, event: QCloseEvent) -> None:
         if self.hide_on_close:
             event.ignore()
             self.hide()
+            if not self.tray_hint_given:
+                self.tray_hint_given = True
+                self.hiddenToTray.emit()
         else:
             event.accept()
 

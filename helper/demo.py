@@ -248,6 +248,9 @@ def _build(demo: Demo) -> None:
     _start_web_server(demo)
     step(f"office helper (inside {demo.netns}, socket {demo.office_socket})")
     _start_helper(demo, "office")
+    step(f"fallback routes: {demo.tunnel_net} and {demo.lan_net} are unreachable here "
+         "whenever the tunnel is not up (never out through this machine's default route)")
+    _add_fallback_routes(demo)
     step(f"this machine's helper (socket {demo.socket}, group {demo.group})")
     if not demo.socket.parent.exists():
         _note(demo, "created-rundir")
@@ -328,6 +331,25 @@ def _refuse_route_conflicts(demo: Demo) -> None:
                 f"this machine already routes {dst} (dev {r.get('dev', '?')}), which overlaps "
                 f"the demo's {clash}: run the demo under another prefix, which picks other "
                 f"addresses: sudo {PREFIX_ENV}=tsdemo make demo")
+
+
+FALLBACK_METRIC = 4242
+"""The metric of the demo's unreachable routes: above the tunnel's own routes (metric 0), which
+win while the tunnel is up; once its TUN link is gone (a `down`, a crash of the helper) these
+remain, and the office's addresses fail here instead of following the default route out."""
+
+
+def _add_fallback_routes(demo: Demo) -> None:
+    for net in (demo.tunnel_net, demo.lan_net):
+        _ip("route", "replace", "unreachable", str(net), "metric", str(FALLBACK_METRIC))
+
+
+def _remove_fallback_routes(demo: Demo, problems: list[str]) -> None:
+    for net in (demo.tunnel_net, demo.lan_net):
+        done = _ip("route", "del", "unreachable", str(net), "metric", str(FALLBACK_METRIC),
+                   check=False)
+        if done.returncode != 0 and "No such process" not in done.stderr:
+            problems.append(f"fallback route {net}: {done.stderr.strip()}")
 
 
 def _write_password(path: Path) -> None:
@@ -590,6 +612,7 @@ def _teardown(demo: Demo, *, quiet: bool) -> list[str]:
         _stop(demo, name)
     _kill_marked(demo, problems)
     kept = _undo_crash_records(demo, problems, tell)
+    _remove_fallback_routes(demo, problems)
     for ns in (demo.lan_netns, demo.netns):
         if _netns_exists(ns):
             tell(f"deleting namespace {ns} (and its links)")

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from core.errors import TunsealError
 from core.profile import Profile, ProfileSecrets
 from core.status import TunnelStatus
-from helper import dns, netdev
+from helper import dns, lockdown, netdev, policyroute
+from helper.lockdown import Hold, Lockdown, PeerAddress
 from helper.netwatch import NetWatch
 from helper.records import Records
 from helper.timers import TimerThread
-from helper.tunnel import Tunnel, TunnelSpec, spec_from_profile
+from helper.tunnel import Tunnel, TunnelSpec, is_host_name, spec_from_profile
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,9 @@ class Engine:
     def __init__(self, *, on_event: EventSink, state_dir: Path):
         self._on_event = on_event
         self._records = Records(state_dir)
-        removed = self._records.cleanup_stale(netdev, dns)
+        self.lockdown = Lockdown(state_dir, on_change=self._lockdown_changed)
+        removed = self._records.cleanup_stale(netdev, dns, policy=policyroute,
+                                              firewall=self.lockdown)
         for what in removed:
             log.warning("removed a leftover from an earlier run: %s", what)
         self._tunnels: dict[str, Tunnel] = {}
@@ -69,19 +74,31 @@ class Engine:
                             and other.spec.transport == spec.transport == "udp"):
                         raise EngineError(f"tunnel {other.name!r} already listens on UDP port "
                                           f"{spec.listen_port}")
+                for other in self._tunnels.values():
+                    shared = set(spec.full_families) & set(other.spec.full_families)
+                    if shared:
+                        raise EngineError(
+                            f"tunnel {other.name!r} already routes all IPv{min(shared)} "
+                            f"traffic; take it down before bringing up {spec.name!r}")
                 taken = {other.ifname for other in self._tunnels.values()}
                 taken.update(netdev.list_links(netdev.IFNAME_PREFIX))
                 ifname = netdev.unique_ifname(spec.name, taken)
-                t = Tunnel(spec, records=self._records, on_change=self._changed, ifname=ifname)
+                t = Tunnel(spec, records=self._records, on_change=self._changed, ifname=ifname,
+                           on_endpoints=self._endpoints_moved)
                 self._tunnels[spec.name] = t
                 self._errors.pop(spec.name, None)
         except Exception as e:
             raise self._failed(spec.name, e) from None
+        held_before = self.lockdown.holds(spec.name)
         try:
+            # The lockdown is in force before the tunnel changes anything (from `up`).
+            self._hold(t)
             t.start()
         except Exception as e:
             with self._lock:
                 self._tunnels.pop(spec.name, None)
+            if not held_before:
+                self._release(spec.name)
             raise self._failed(spec.name, e) from None
         return t
 
@@ -99,6 +116,21 @@ class Engine:
         self._emit_status(TunnelStatus(name=name, state="error", error=message))
         return error
 
+    def _hold(self, t: Tunnel) -> None:
+        hold = hold_for(t.spec, t.ifname)
+        if hold.families or self.lockdown.status()["always"]:
+            # Only then does the table change for it (the reconcile at start finds a table
+            # without any record too).
+            self._records.note_nft_table(t.ifname, lockdown.TABLE)
+        self.lockdown.hold(t.name, hold)
+
+    def _release(self, name: str) -> None:
+        try:
+            self.lockdown.release(name)
+        except TunsealError as e:
+            log.error("ending the lockdown of %s failed: %s", name, e)
+            raise
+
     def tunnel(self, name: str) -> Tunnel:
         t = self._tunnels.get(name)
         if t is None:
@@ -111,7 +143,36 @@ class Engine:
         if t is None:
             raise EngineError(f"tunnel {name!r} is not up")
         t.stop()
+        self._release(name)
         self._emit_status(TunnelStatus(name=name, state="down"))
+
+    def release_lockdown(self, name: str) -> None:
+        """The user took ``name`` down while it was not running (a failed persist restore,
+        say): its lockdown ends too."""
+        if name not in self._tunnels:
+            self._release(name)
+
+    def reconcile_lockdown(self, keep: Iterable[Profile] = ()) -> None:
+        """At start: the table left by an earlier run is rewritten for ``always`` and the
+        profiles about to come back up (``keep``), or removed. Their endpoints join when they
+        are up (a host name is not looked up here)."""
+        holds = []
+        for p in keep:
+            host = p.endpoint_host if p.endpoint else ""
+            endpoints = () if not host or is_host_name(host) else (
+                PeerAddress(host, p.endpoint_port, p.transport),)
+            hold = _hold(p.effective_lockdown, p.allow_lan, policyroute.full_families(
+                p.allowed_ips), netdev.ifname_for(p.name), endpoints)
+            if hold.families:
+                holds.append((p.name, hold))
+        self.lockdown.reconcile(holds)
+
+    def set_lockdown(self, on: bool, *, allow_lan: bool = False) -> dict[str, Any]:
+        self.lockdown.set_always(on, allow_lan=allow_lan)
+        return self.lockdown.status()
+
+    def lockdown_status(self) -> dict[str, Any]:
+        return self.lockdown.status()
 
     def status(self, name: str) -> TunnelStatus:
         t = self._tunnels.get(name)
@@ -120,7 +181,7 @@ class Engine:
             if error is not None:
                 return TunnelStatus(name=name, state="error", error=error)
             return TunnelStatus(name=name, state="down")
-        return t.status()
+        return self._status_of(t)
 
     def forget(self, name: str) -> None:
         """Clear the failure status() shows for a tunnel that is not running."""
@@ -151,13 +212,52 @@ class Engine:
     def _publish(self) -> None:
         for t in list(self._tunnels.values()):
             t.sample_rates()
-            self._emit_status(t.status())
+            self._emit_status(self._status_of(t))
 
     def _changed(self, t: Tunnel) -> None:
-        self._emit_status(t.status())
+        self.lockdown.set_up(t.name, t.state == "up")
+        self._emit_status(self._status_of(t))
+
+    def _status_of(self, t: Tunnel) -> TunnelStatus:
+        """The tunnel's status, with the lockdown in force now (`lockdown off` ends a
+        connected one while the tunnel stays up)."""
+        st = t.status()
+        if st.lockdown != "off" and not self.lockdown.kill_switch(t.name):
+            st = replace(st, lockdown="off")
+        return st
+
+    def _endpoints_moved(self, t: Tunnel) -> None:
+        try:
+            self.lockdown.update_endpoints(t.name, t.spec.peer_addresses())
+        except TunsealError as e:
+            log.error("tunnel %s: the lockdown could not follow the new endpoint: %s",
+                      t.name, e)
+
+    def _lockdown_changed(self, status: dict[str, Any]) -> None:
+        try:
+            self._on_event("lockdown", status)
+        except Exception:
+            log.exception("delivering a lockdown event failed")
 
     def _emit_status(self, st: TunnelStatus) -> None:
         try:
             self._on_event("status", st.to_dict())
         except Exception:
             log.exception("delivering a status event failed")
+
+
+def hold_for(spec: TunnelSpec, ifname: str) -> Hold:
+    hold = _hold(spec.lockdown, spec.allow_lan, spec.full_families, ifname,
+                 spec.peer_addresses())
+    return replace(hold, dns_servers=tuple(spec.dns))
+
+
+def _hold(mode: str, allow_lan: bool, full: tuple[int, ...], ifname: str,
+          endpoints: tuple[PeerAddress, ...]) -> Hold:
+    """What a tunnel asks of the lockdown table: a kill switch, or only the IPv6 block of an
+    IPv4 full tunnel (no IPv6 may leave beside it), or nothing but a way through whenever
+    lockdown 'always' is on."""
+    hold = Hold(ifname, endpoints, allow_lan=allow_lan, lockdown="connected",
+                ipv6_block=full == (4,))
+    return replace(hold, lockdown=mode) if mode == "always" else (
+        hold if mode == "connected" else hold.without_kill_switch())

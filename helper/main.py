@@ -23,6 +23,7 @@ from helper.engine import Engine
 from helper.gateway import GatewayService
 from helper.keystore import KeyringUnavailable, KeyStore
 from helper.profilestore import ProfileStore
+from helper.recentlog import RecentLog
 from helper.service import Service
 
 log = logging.getLogger("helper")
@@ -94,8 +95,10 @@ async def _run(args: argparse.Namespace, keys: KeyStore, level: int) -> int:
             await asyncio.to_thread(engine.shutdown)
             print(f"tunseal-helper: gateway {args.gateway}: {e}", file=sys.stderr)
             return 1
+    recent = RecentLog(level)  # for recent_log: clients that open after the fact
+    logging.getLogger().addHandler(recent)
     service = Service(profiles=profiles, keys=keys, engine=engine, notify=forward,
-                      gateway=gateway)
+                      gateway=gateway, recent_log=recent)
     # Before anyone can connect: profiles stored with caller-chosen key names get the
     # helper's own (helper/keyrefs.py).
     await asyncio.to_thread(service.migrate_key_refs)
@@ -116,6 +119,7 @@ async def _run(args: argparse.Namespace, keys: KeyStore, level: int) -> int:
     finally:
         await server.close()
         logging.getLogger().removeHandler(handler)
+        logging.getLogger().removeHandler(recent)
         await asyncio.to_thread(engine.shutdown)
     log.info("stopped")
     return 0

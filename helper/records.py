@@ -6,6 +6,8 @@ SIGKILL at any point leaves either no change or a record of it::
 
     records.note_link(ifname, profile.name)       # then the engine creates the link
     records.note_host_route(ifname, pin)          # then netdev.add_host_route(pin)
+    records.note_rule(ifname, rule)               # then policyroute.add_rule(rule)
+    records.note_nft_table(ifname, table)         # then the lockdown table is written
     dns.apply(ifname, servers, search, records=records)   # notes the backup itself, first
     ...
     records.forget(ifname)                        # after a clean teardown
@@ -54,6 +56,20 @@ class NetDevLike(Protocol):
     def remove_host_route(self, route: Any) -> bool: ...
 
 
+class PolicyLike(Protocol):
+    """What cleanup needs from :mod:`helper.policyroute` (the module satisfies this)."""
+
+    def remove_rule(self, rule: Any) -> bool: ...
+
+
+class FirewallLike(Protocol):
+    """What cleanup needs from the lockdown (:class:`helper.lockdown.Lockdown`): it is told
+    of the crashed helper's table, and decides at its reconcile what stays (a lockdown must
+    not lapse while the helper starts)."""
+
+    def note_stale(self, table: str) -> bool: ...
+
+
 class DnsLike(Protocol):
     """What cleanup needs from :mod:`helper.dns` (the module itself satisfies this)."""
 
@@ -71,6 +87,10 @@ class Record:
     """Set by :meth:`Records.note_link`: cleanup deletes the link only then."""
     dns: dict[str, Any] | None = None
     host_routes: tuple[dict[str, Any], ...] = field(default=())
+    rules: tuple[dict[str, Any], ...] = field(default=())
+    """Policy rules of a full tunnel (helper/policyroute.py)."""
+    nft_table: str | None = None
+    """The lockdown table this link's tunnel held (helper/lockdown.py)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -82,6 +102,8 @@ class Record:
             "owns_link": self.owns_link,
             "dns": self.dns,
             "host_routes": list(self.host_routes),
+            "rules": list(self.rules),
+            "nft_table": self.nft_table,
         }
 
     @classmethod
@@ -96,6 +118,8 @@ class Record:
             owns_link=bool(d.get("owns_link")),
             dns=d.get("dns"),
             host_routes=tuple(d.get("host_routes") or ()),
+            rules=tuple(d.get("rules") or ()),
+            nft_table=d.get("nft_table"),
         )
 
     def owner_alive(self) -> bool:
@@ -122,6 +146,18 @@ class Records:
                 return r
             return replace(r, host_routes=(*r.host_routes, dict(route)))
         self._update(ifname, add)
+
+    def note_rule(self, ifname: str, rule: Mapping[str, Any]) -> None:
+        """Record (before adding it) a policy rule of a full tunnel."""
+        def add(r: Record) -> Record:
+            if dict(rule) in r.rules:
+                return r
+            return replace(r, rules=(*r.rules, dict(rule)))
+        self._update(ifname, add)
+
+    def note_nft_table(self, ifname: str, table: str) -> None:
+        """Record (before writing it) that this link's tunnel holds the lockdown table."""
+        self._update(ifname, lambda r: replace(r, nft_table=table))
 
     def forget(self, ifname: str) -> None:
         """Drop the record (after a clean teardown). Missing records are fine."""
@@ -151,13 +187,15 @@ class Records:
         """Records whose owner process is gone."""
         return [r for r in self.all() if not r.owner_alive()]
 
-    def cleanup_stale(self, netdev: NetDevLike, dns: DnsLike) -> list[str]:
+    def cleanup_stale(self, netdev: NetDevLike, dns: DnsLike, *,
+                      policy: PolicyLike | None = None,
+                      firewall: FirewallLike | None = None) -> list[str]:
         """Undo every stale record; returns one line per thing undone, for the log. A record is
         dropped only when everything in it was undone, so a failure is retried next time."""
         done: list[str] = []
         for rec in self.stale():
             failed = False
-            for what, step in _undo_steps(rec, netdev, dns):
+            for what, step in _undo_steps(rec, netdev, dns, policy, firewall):
                 try:
                     if step():
                         done.append(what)
@@ -218,7 +256,8 @@ class Records:
 
 
 def _undo_steps(
-    rec: Record, netdev: NetDevLike, dns: DnsLike
+    rec: Record, netdev: NetDevLike, dns: DnsLike, policy: PolicyLike | None = None,
+    firewall: FirewallLike | None = None,
 ) -> list[tuple[str, Callable[[], bool]]]:
     """How to undo ``rec``, in order: (description, action saying whether it changed anything)."""
     steps: list[tuple[str, Callable[[], bool]]] = []
@@ -232,6 +271,14 @@ def _undo_steps(
         gw = f" via {route.get('gateway')}" if route.get("gateway") else ""
         what = f"removed route {route.get('dst')}{gw} dev {route.get('oif')}"
         steps.append((what, functools.partial(netdev.remove_host_route, route)))
+    if policy is not None:
+        for rule in rec.rules:
+            what = f"removed the IPv{rule.get('family')} {rule.get('kind')} policy rule"
+            steps.append((what, functools.partial(policy.remove_rule, rule)))
+    table = rec.nft_table
+    if table is not None and firewall is not None:
+        what = f"handed lockdown table {table} of {rec.ifname} to the reconcile"
+        steps.append((what, functools.partial(firewall.note_stale, table)))
     if rec.owns_link:
         def delete() -> bool:
             return netdev.link_exists(rec.ifname) and netdev.delete_link(rec.ifname)

@@ -69,6 +69,10 @@ class EngineLike(Protocol):
     def status(self, name: str) -> TunnelStatus: ...
     def running(self) -> list[str]: ...
     def forget(self, name: str) -> None: ...
+    def release_lockdown(self, name: str) -> None: ...
+    def reconcile_lockdown(self, keep: list[Profile]) -> None: ...
+    def set_lockdown(self, on: bool, *, allow_lan: bool = False) -> dict[str, Any]: ...
+    def lockdown_status(self) -> dict[str, Any]: ...
 
 
 class GatewayLike(Protocol):
@@ -97,6 +101,10 @@ HELPER = Caller(uid=0, pid=os.getpid())
 """The helper acting on its own (bringing persisting tunnels back at start)."""
 
 
+class RecentLogLike(Protocol):
+    def entries(self, tunnel: str | None = None) -> list[dict[str, Any]]: ...
+
+
 Notify = Callable[[str, dict[str, Any]], None]
 
 
@@ -118,12 +126,14 @@ class Service:
         engine: EngineLike,
         notify: Notify,
         gateway: GatewayLike | None = None,
+        recent_log: RecentLogLike | None = None,
     ):
         self._profiles = profiles
         self._keys = keys
         self._engine = engine
         self._notify = notify
         self._gateway = gateway
+        self._recent_log = recent_log
         self._lock = threading.RLock()
         self._handlers: dict[str, Callable[..., Any]] = {
             "ping": self.ping,
@@ -141,14 +151,16 @@ class Service:
             "connect": self.connect,
             "disconnect": self.disconnect,
             "status": self.status,
+            "recent_log": self.recent_log,
             "peer_add": self.peer_add,
             "peer_remove": self.peer_remove,
             "peer_list": self.peer_list,
             "peer_show": self.peer_show,
+            "lockdown": self.lockdown,
         }
         self._mutating = frozenset(self._handlers) - {
             "ping", "list_profiles", "get_profile", "export_profile", "public_key", "status",
-            "peer_list", "peer_show",
+            "peer_list", "peer_show", "recent_log",
         }
 
     def handle(self, request: Request, caller: Caller) -> Any:
@@ -200,10 +212,16 @@ class Service:
         return self._gw().peer_show(name)
 
     def restore(self) -> None:
-        """Bring up every profile marked ``persist`` (the helper is starting)."""
-        for profile in self._profiles.list():
-            if not profile.persist:
-                continue
+        """Bring up every profile marked ``persist`` (the helper is starting). First the
+        lockdown left by an earlier run is reconciled: kept for ``always`` and for the persisting
+        profiles in lockdown (so it never lapses while they come back), removed otherwise."""
+        persisting = [p for p in self._profiles.list() if p.persist]
+        try:
+            with self._lock:
+                self._engine.reconcile_lockdown(persisting)
+        except TunsealError as e:
+            log.error("could not reconcile the lockdown: %s", e)
+        for profile in persisting:
             try:
                 with self._lock:
                     self.connect(HELPER, profile.name)
@@ -376,7 +394,40 @@ class Service:
         else:
             self._get(name)  # not running: only a known profile is a valid target
             self._engine_call(self._engine.forget, name)  # a failed start's error, if any
+            # Its lockdown may outlive it (a persist profile that failed to come back).
+            self._engine_call(self._engine.release_lockdown, name)
         return {"status": self._status(name)}
+
+    def lockdown(self, caller: Caller, action: str, allow_lan: bool = False) -> dict[str, Any]:
+        """``tunseal lockdown on|off|status`` (docs/LOCKDOWN.md)."""
+        if action == "status":
+            return self._engine_call(self._engine.lockdown_status)
+        if action == "off":
+            return self._engine_call(self._engine.set_lockdown, False)
+        if action != "on":
+            raise RequestError(f"lockdown: {action!r} is not an action; use on, off or status",
+                               code="bad_args")
+        if not self._usable_profiles():
+            raise RequestError(
+                "refusing to turn lockdown 'always' on: no profile here can bring a tunnel up "
+                "(none has an endpoint and its keys), so this machine would have no way out; "
+                "import or finish a profile first ('tunseal import FILE')", code="refused")
+        return self._engine_call(lambda: self._engine.set_lockdown(True, allow_lan=allow_lan))
+
+    def _usable_profiles(self) -> list[str]:
+        """Profiles that could bring a tunnel up: an endpoint, and every key they need."""
+        out = []
+        for profile in self._profiles.list():
+            if not profile.endpoint:
+                continue
+            secrets = self._load_secrets(profile)
+            if profile.mode == "ephemeral" and (secrets.private_key is None
+                                               or not profile.public_key):
+                continue
+            if profile.mode in ("psk", "rotating") and secrets.psk is None:
+                continue
+            out.append(profile.name)
+        return out
 
     def status(self, caller: Caller, name: str | None = None,
                after: str | None = None) -> dict[str, Any]:
@@ -389,6 +440,10 @@ class Service:
             return {"tunnels": [self._status(name)], "next": None, "omitted": []}
         names = sorted({p.name for p in self._profiles.list()} | set(running))
         return _page("tunnels", [(n, functools.partial(self._status, n)) for n in names], after)
+
+    def recent_log(self, name: str | None = None) -> dict[str, Any]:
+        entries = self._recent_log.entries(name) if self._recent_log is not None else []
+        return {"entries": entries}
 
     # --- helpers --------------------------------------------------------------------------------
 
@@ -515,10 +570,13 @@ def _missing_key(profile: Profile, key: str) -> RequestError:
     ref = profile.private_key_ref if key == "private_key" else profile.psk_ref
     command = "genkey" if key == "private_key" else "genpsk"
     where = f"the keyring has no item {ref!r}" if ref else f"keys.{key} is not set"
+    # details names the missing key, so a client can offer to generate it without parsing
+    # the message.
     return RequestError(
         f"profile {profile.name!r} has no {key.replace('_', ' ')}: {where}; create one with "
         f"'tunseal {command} {profile.name}' or import it",
         code="not_found",
+        details=(Problem(f"keys.{key}", where),),
     )
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from core.constants import RAW_IP_PROTOCOL
 from core.errors import TunsealError
+from helper.policyroute import FWMARK
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,7 @@ class UdpTransport(Transport):
                  bind: str = ""):
         self.family = family
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        mark_socket(self.sock)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
         if family == socket.AF_INET6:
@@ -259,6 +261,7 @@ class RawTransport(Transport):
             self.sock = socket.socket(family, socket.SOCK_RAW, RAW_IP_PROTOCOL)
         except PermissionError:
             raise TransportError("raw IP transport needs root (CAP_NET_RAW)") from None
+        mark_socket(self.sock)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
 
@@ -337,6 +340,15 @@ class DualRawTransport(Transport):
     @property
     def local_port(self) -> int:
         return 0
+
+
+def mark_socket(sock: socket.socket) -> None:
+    """Give the helper's own outer packets FWMARK: the full tunnel's policy rule lets them use
+    the main table, and the lockdown table lets them (and only them) reach the endpoint."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, FWMARK)
+    except OSError as e:  # without CAP_NET_ADMIN: no full tunnel or lockdown can work anyway
+        log.warning("cannot mark the transport socket (SO_MARK): %s", e)
 
 
 def _note_send_error(e: OSError) -> None:

@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from core import gateway as gwconf
 from core import probe
@@ -26,16 +26,21 @@ from core.probe import ACTIVE_WINDOW, UNREACHABLE_AFTER, PathState
 from core.profile import Profile, ProfileSecrets
 from core.responder import ANY_DEVICE
 from core.status import PeerStatus, TunnelStatus
-from helper import dns, icmp, nat, netdev
+from helper import dns, icmp, nat, netdev, policyroute
 from helper.allowedips import AllowedIPs
 from helper.datapath import DataPath
 from helper.handshakestate import HandshakeStore
+from helper.lockdown import PeerAddress
 from helper.records import Records
 from helper.supervisor import Supervised
 from helper.transport import Address, PathError, Transport, open_transport
 from helper.tun import Tun, open_tun
 
 log = logging.getLogger(__name__)
+
+RERESOLVE_AFTER = 10.0
+"""Seconds of failing handshakes after which an endpoint's host name is looked up again (and at
+most this often)."""
 
 
 class TunnelError(TunsealError):
@@ -65,14 +70,26 @@ def outer_overhead(v4: bool, transport: str, mode: str) -> int:
 def resolve_endpoint(profile: Profile) -> Address | None:
     if not profile.endpoint:
         return None
-    host, port = profile.endpoint_host, profile.endpoint_port
+    return resolve(profile.name, profile.endpoint_host, profile.endpoint_port)
+
+
+def resolve(name: str, host: str, port: int, family: int = 0) -> Address:
+    """``host`` looked up (``family``: only addresses the transport's socket can reach)."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        infos = socket.getaddrinfo(host, port, family, type=socket.SOCK_DGRAM)
     except socket.gaierror as e:
-        raise TunnelError(f"profile {profile.name!r}: cannot resolve endpoint {host!r}: "
+        raise TunnelError(f"profile {name!r}: cannot resolve endpoint {host!r}: "
                           f"{e.strerror}") from None
     _fam, _, _, _, sa = infos[0]
     return (str(sa[0]), int(sa[1]))
+
+
+def is_host_name(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return bool(host)
+    return False
 
 
 def identity_for(profile: Profile, secrets: ProfileSecrets) -> Identity:
@@ -105,6 +122,9 @@ class PeerSpec:
     allowed_ips: tuple[str, ...] = ()
     endpoint: Address | None = None
     keepalive: float = 0.0
+    endpoint_host: str = ""
+    """The endpoint's host name as the profile gives it, when it is a name: looked up again
+    when handshakes keep failing or the network changes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +153,22 @@ class TunnelSpec:
     """Gateway: interfaces out of which traffic from peers is masqueraded (nftables)."""
     forward: bool = False
     """Gateway: route between peers and the LAN (IP forwarding on while up)."""
+    lockdown: str = "off"
+    """The effective lockdown: "off", "connected" or "always" (helper/lockdown.py)."""
+    allow_lan: bool = False
+
+    @property
+    def full_families(self) -> tuple[int, ...]:
+        return policyroute.full_families(self.routes)
+
+    @property
+    def blocks_ipv6(self) -> bool:
+        """An IPv4 full tunnel that carries no IPv6: IPv6 must not leave beside it."""
+        return self.full_families == (4,)
+
+    def peer_addresses(self) -> tuple[PeerAddress, ...]:
+        return tuple(PeerAddress(p.endpoint[0], int(p.endpoint[1]), self.transport)
+                     for p in self.peers if p.endpoint is not None)
 
     def __repr__(self) -> str:
         return f"TunnelSpec({self.name!r}, {self.mode}, {len(self.peers)} peers)"
@@ -141,8 +177,10 @@ class TunnelSpec:
 def spec_from_profile(profile: Profile, secrets: ProfileSecrets) -> TunnelSpec:
     ident = identity_for(profile, secrets)
     remote = resolve_endpoint(profile)
+    host = profile.endpoint_host if profile.endpoint else ""
     peer = PeerSpec(profile.name, ident, ANY_DEVICE, profile.allowed_ips, remote,
-                    float(profile.keepalive))
+                    float(profile.keepalive),
+                    endpoint_host=host if is_host_name(host) else "")
     return TunnelSpec(
         name=profile.name, mode=profile.mode, cipher=profile.cipher,
         transport=profile.transport, device_id=profile.device_id,
@@ -154,12 +192,14 @@ def spec_from_profile(profile: Profile, secrets: ProfileSecrets) -> TunnelSpec:
         dns=profile.dns, dns_search=profile.dns_search,
         rekey_seconds=float(profile.rekey_seconds), rekey_messages=profile.rekey_messages,
         keepalive=float(profile.keepalive),
+        lockdown=profile.effective_lockdown, allow_lan=profile.allow_lan,
     )
 
 
 class Tunnel:
     def __init__(self, spec: TunnelSpec, *, records: Records,
-                 on_change: Callable[[Tunnel], None], ifname: str | None = None):
+                 on_change: Callable[[Tunnel], None], ifname: str | None = None,
+                 on_endpoints: Callable[[Tunnel], None] | None = None):
         self.spec = spec
         self.name = spec.name
         self.ifname = ifname or netdev.ifname_for(spec.name)
@@ -175,7 +215,10 @@ class Tunnel:
         self._handshakes: HandshakeStore | None = None
         self.routes: AllowedIPs[AnyPeer] = AllowedIPs()
         self._nft_table = ""
-        self._pins: list[netdev.HostRoute] = []
+        self._rules: list[policyroute.Rule] = []
+        self._on_endpoints = on_endpoints
+        self._resolving = threading.Lock()
+        self._resolved_at = time.monotonic()
         self._configured = False
         self._added_allowed: dict[str, tuple[str, ...]] = {}
         self._threads: list[Supervised] = []
@@ -224,10 +267,11 @@ class Tunnel:
         self._records.note_link(self.ifname, spec.name)
         self._owns_link = True
         try:
-            self._pin_endpoints()
             self.tun = open_tun(self.ifname)
+            main_routes, full = policyroute.split_routes(spec.routes)
             netdev.configure(self.ifname, addresses=list(spec.addresses), mtu=spec.mtu,
-                             routes=list(spec.routes))
+                             routes=main_routes)
+            self._route_everything(full)
             listening = all(p.endpoint is None for p in spec.peers)
             self.transport = open_transport(spec.transport, port=spec.listen_port,
                                             ipv6=spec.ipv6_outer, listening=listening)
@@ -252,11 +296,21 @@ class Tunnel:
             if spec.masquerade or spec.forward:
                 self._nft_table = nat.enable(self.ifname, list(spec.masquerade))
             self._start_loops()
-            log.info("tunnel %s up on %s (%s, %s, %s, %d peer(s)%s)", spec.name, self.ifname,
-                     spec.mode, spec.cipher if spec.mode != "plain" else "no encryption",
-                     spec.transport, len(spec.peers),
-                     f", offloads: tun={self.tun.vnet_hdr} gso={self.transport.gso} "
-                     f"gro={self.transport.gro}", extra={"tunnel": spec.name})
+            # INFO is for people ("connecting to ..."); the set-up's details are DEBUG. Not
+            # "up": nothing is connected before a handshake completes (see notify()).
+            log.debug("tunnel %s started on %s (%s, %s, %s, %d peer(s)%s)", spec.name,
+                      self.ifname, spec.mode,
+                      spec.cipher if spec.mode != "plain" else "no encryption",
+                      spec.transport, len(spec.peers),
+                      f", offloads: tun={self.tun.vnet_hdr} gso={self.transport.gso} "
+                      f"gro={self.transport.gro}", extra={"tunnel": spec.name})
+            targets = [format_address(p.endpoint) for p in spec.peers if p.endpoint]
+            if targets:
+                log.info("%s: connecting to %s", spec.name, ", ".join(targets),
+                         extra={"tunnel": spec.name})
+            else:
+                log.info("%s: waiting for the other end to connect (%s port %d)", spec.name,
+                         spec.transport.upper(), self.listen_port, extra={"tunnel": spec.name})
             for peer in self.peers:
                 if isinstance(peer, Peer) and peer.initiates:
                     with self.lock:
@@ -287,20 +341,17 @@ class Tunnel:
             log.warning("tunnel %s: saving the handshake memory failed: %s", self.name,
                         e.strerror, extra={"tunnel": self.name})
 
-    def _pin_endpoints(self) -> None:
-        """A tunnel that routes everything (0.0.0.0/0) would also capture its own outer
-        packets to the peer; a host route for each endpoint, via the path the kernel uses for
-        it now, keeps them outside. Recorded before it is added, like everything else."""
-        if not any(net.endswith("/0") for net in self.spec.routes):
-            return
-        for ps in self.spec.peers:
-            if ps.endpoint is None:
-                continue
-            pin = netdev.endpoint_pin(ps.endpoint[0])
-            if pin is not None:
-                self._records.note_host_route(self.ifname, pin)
-                netdev.add_host_route(pin)
-                self._pins.append(pin)
+    def _route_everything(self, families: tuple[int, ...]) -> None:
+        """A full tunnel's default route goes to a table of its own, and policy rules send
+        everything there but the helper's own (marked) outer packets, which follow the main
+        table: the current physical route, however often it changes (helper/policyroute.py).
+        Each rule is recorded before it is added."""
+        for fam in families:
+            policyroute.add_default_route(self.ifname, fam)
+        for rule in policyroute.rules_for(families):
+            self._records.note_rule(self.ifname, rule)
+            self._rules.append(rule)
+            policyroute.add_rule(rule)
 
     def check_peer(self, name: str, allowed_ips: tuple[str, ...]) -> None:
         """ProfileError when a gateway may not route ``allowed_ips`` to peer ``name``: a default
@@ -399,6 +450,13 @@ class Tunnel:
             t.join(timeout=2.0)
         self._threads.clear()
         self._flush_handshakes()
+        for rule in reversed(self._rules):
+            try:
+                policyroute.remove_rule(rule)
+            except TunsealError as e:
+                log.warning("tunnel %s: removing a policy rule failed: %s", self.name, e,
+                            extra={"tunnel": self.name})
+        self._rules.clear()
         if self._dns is not None:
             try:
                 self._dns.close()
@@ -415,19 +473,12 @@ class Tunnel:
         if self._nft_table:
             nat.disable(self._nft_table)
             self._nft_table = ""
-        for pin in self._pins:
-            try:
-                netdev.remove_host_route(pin)
-            except TunsealError as e:
-                log.warning("tunnel %s: removing the endpoint route failed: %s", self.name, e,
-                            extra={"tunnel": self.name})
-        self._pins.clear()
         if self._owns_link:
             self._records.forget(self.ifname)
         if self.endpoint is not None:
             for peer in list(self.endpoint.peers):
                 self.endpoint.remove_peer(peer)
-        log.info("tunnel %s down", self.name, extra={"tunnel": self.name})
+        log.info("%s: disconnected", self.name, extra={"tunnel": self.name})
 
     # --- timers ------------------------------------------------------------------------------
 
@@ -444,7 +495,60 @@ class Tunnel:
         for peer, pkt in out:
             dp.send_to(peer, [pkt])
         self._flush_handshakes()
+        if (self.state in ("unreachable", "handshaking", "connecting")
+                and now - self._resolved_at > RERESOLVE_AFTER):
+            self.reresolve("handshakes keep failing")
         self.notify()
+
+    def reresolve(self, why: str) -> None:
+        """Look the endpoints' host names up again, in a thread of its own (a lookup can take
+        seconds); a peer whose name now gives another address is sent there, and the lockdown
+        table follows (``on_endpoints``)."""
+        named = [ps for ps in self.spec.peers if ps.endpoint_host]
+        if not named or not self._resolving.acquire(blocking=False):
+            return
+        self._resolved_at = time.monotonic()
+
+        def run() -> None:
+            try:
+                self._reresolve(named, why)
+            finally:
+                self._resolving.release()
+
+        threading.Thread(target=run, name=f"{self.name}-resolve", daemon=True).start()
+
+    def _reresolve(self, named: list[PeerSpec], why: str) -> None:
+        moved = False
+        for ps in named:
+            port = ps.endpoint[1] if ps.endpoint is not None else 0
+            try:
+                # An IPv4 socket reaches IPv4 only; an IPv6 one both (v4-mapped).
+                family = 0 if self.spec.ipv6_outer else socket.AF_INET
+                addr = resolve(self.name, ps.endpoint_host, int(port), family)
+            except TunnelError as e:
+                log.info("tunnel %s: %s", self.name, e, extra={"tunnel": self.name})
+                continue
+            with self.lock:
+                for peer in self.peers:
+                    if peer.name == ps.name and peer.endpoint != addr:
+                        log.info("tunnel %s: %s now resolves to %s (%s)", self.name,
+                                 ps.endpoint_host, addr[0], why, extra={"tunnel": self.name})
+                        peer.endpoint = addr
+                        moved = True
+        if not moved:
+            return
+        self.spec = replace(self.spec, peers=tuple(
+            replace(ps, endpoint=self._endpoint_of(ps.name) or ps.endpoint)
+            for ps in self.spec.peers))
+        if self._on_endpoints is not None:
+            self._on_endpoints(self)
+        self.path_changed("the endpoint moved")
+
+    def _endpoint_of(self, name: str) -> Address | None:
+        for peer in self.peers:
+            if peer.name == name and isinstance(peer.endpoint, tuple):
+                return peer.endpoint
+        return None
 
     def _probes(self, peer: AnyPeer, now: float) -> list[bytes]:
         """Liveness/RTT probes while the tunnel is active, and MTU probes after a drop."""
@@ -542,7 +646,10 @@ class Tunnel:
         for peer, pkt in out:
             dp.send_to(peer, [pkt])
         if out:
-            log.info("tunnel %s: %s, re-handshaking", self.name, why, extra={"tunnel": self.name})
+            log.info("%s: the network changed (%s): reconnecting (re-handshaking)", self.name,
+                     why, extra={"tunnel": self.name})
+        if why != "the endpoint moved":
+            self.reresolve(why)
 
     def _peer_at(self, addr: Address | None) -> AnyPeer | None:
         peers = self.peers
@@ -584,11 +691,37 @@ class Tunnel:
         state = self.state
         if state != self._last_state:
             if self._last_state:
-                log.info("tunnel %s: %s -> %s", self.name, self._last_state, state,
-                         extra={"tunnel": self.name})
+                log.debug("tunnel %s: %s -> %s", self.name, self._last_state, state,
+                          extra={"tunnel": self.name})
+            # The first state seen may already be "up" (the receive thread can complete a
+            # quick handshake before start() looks): that is news too.
+            words = self._change_in_words(self._last_state, state)
+            if words:
+                log.log(logging.WARNING if state == "unreachable" else logging.INFO,
+                        "%s: %s", self.name, words, extra={"tunnel": self.name})
             self._last_state = state
             self.since = time.time()
             self._on_change(self)
+
+    def _change_in_words(self, old: str, new: str) -> str:
+        """A state change as the log line a person reads ('' for the ones only DEBUG tells);
+        ``old`` is '' for the first state seen."""
+        if not old and len(self.spec.peers) != 1:
+            return ""  # a gateway is "up" as it starts: the start line said it waits
+        old = old or "connecting"
+        peer = self.peer
+        where = format_address(peer.endpoint) if peer is not None else ""
+        if new == "up":
+            if old == "unreachable":
+                return f"connected again: {self.name} answers"
+            return f"connected to {self.name}" + (f" ({where})" if where else "")
+        if new == "unreachable":
+            lost = "lost the connection: " if old == "up" else ""
+            return f"{lost}{self.name} does not answer" + (f" at {where}" if where else "") + \
+                "; still trying"
+        if old == "up":
+            return "reconnecting"
+        return ""
 
     # --- status ------------------------------------------------------------------------------
 
@@ -671,6 +804,8 @@ class Tunnel:
             drops=dict(self.endpoint.drops) if self.endpoint else {},
             peers=peers, since=self.since, error=self.failure,
             dns=self._dns.status() if self._dns is not None else None,
+            lockdown=spec.lockdown,
+            ipv6="blocked" if spec.blocks_ipv6 else "tunnel" if 6 in spec.full_families else "",
         )
 
     @property

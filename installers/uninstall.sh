@@ -35,6 +35,8 @@ fi
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
     systemctl disable --now tunseal-helper.service >/dev/null 2>&1 || true
 fi
+say "ending the lockdown (kill switch), if any"
+tunseal_remove_lockdown
 say "removing the service, launchers, menu entry and $PREFIX"
 if [ -f "$PREFIX/installed-files" ]; then
     while IFS= read -r f; do

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -99,7 +100,23 @@ def leftovers(d: demo_mod.Demo) -> list[str]:
     with contextlib.suppress(KeyError):
         grp.getgrnam(d.group)
         found.append(f"group {d.group}")
+    found += [f"route {r}" for r in demo_routes(d)]
     return found
+
+
+def demo_routes(d: demo_mod.Demo) -> list[str]:
+    """This machine's routes into the demo's tunnel and office networks (any type)."""
+    routes = json.loads(subprocess.run(["ip", "-j", "route", "show", "table", "all"],
+                                       capture_output=True, text=True, check=True).stdout)
+    nets = {str(d.tunnel_net), str(d.lan_net)}
+    return [f"{r.get('type', 'unicast')} {r['dst']} dev {r.get('dev', '-')}" for r in routes
+            if r.get("dst") in nets]
+
+
+def route_get(host: str) -> subprocess.CompletedProcess[str]:
+    """The kernel's decision for a packet to ``host`` (nothing is sent)."""
+    return subprocess.run(["ip", "-j", "route", "get", host], capture_output=True, text=True,
+                          timeout=10, check=False)
 
 
 def test_up_fetches_the_office_page_through_the_tunnel_and_down_removes_everything(
@@ -151,6 +168,22 @@ def test_down_cleans_up_after_helpers_were_killed(demo: demo_mod.Demo) -> None:
     for name in ("here-helper", "office-helper", "web"):
         record = json.loads((demo.state_dir / "pids" / f"{name}.pid").read_text())
         os.kill(record.get("helper_pid", record["pid"]), signal.SIGKILL)
+
+    # The demo never leaks: with its helper killed (the TUN link gone with it), the office's
+    # addresses are unreachable here instead of following this machine's default route.
+    # (Asked of the kernel with `ip route get`: no packet is sent to find out.)
+    tun = ifname_for(demo.profile)
+    deadline = time.monotonic() + 10
+    while subprocess.run(["ip", "link", "show", tun], capture_output=True,
+                         check=False).returncode == 0:
+        assert time.monotonic() < deadline, f"{tun} outlived its helper"
+        time.sleep(0.1)
+    assert sorted(demo_routes(demo)) == sorted(
+        f"unreachable {net} dev -" for net in (demo.tunnel_net, demo.lan_net))
+    for host in (demo.web_host, demo.gateway, demo.host(demo.tunnel_net, 1)):
+        decision = route_get(host)
+        assert decision.returncode != 0 and decision.stdout == "", (host, decision.stdout)
+        assert "no route to host" in decision.stderr.lower(), (host, decision.stderr)
 
     # `up` notices the broken demo, cleans it and builds a new one.
     rebuilt = run_demo(demo, "up")

@@ -54,3 +54,26 @@ tunseal_remove_group() {
         groupdel tunseal
     fi
 }
+
+# Ends the kill switch (docs/LOCKDOWN.md): the nftables table a stopped helper leaves in force
+# on purpose when lockdown 'always' is on, and its saved state (a reinstall must not come back
+# blocking); also the full tunnels' policy rules (proto 77) a crashed helper may have left.
+# Bounded loops: each rule is deleted at most a few times, whatever ip answers.
+tunseal_remove_lockdown() {
+    if command -v nft >/dev/null 2>&1; then
+        nft delete table inet tunseal_lockdown 2>/dev/null || true
+    fi
+    rm -f "${TUNSEAL_LOCKDOWN_STATE:-/var/lib/tunseal/lockdown.json}"
+    if command -v ip >/dev/null 2>&1; then
+        for fam in -4 -6; do
+            for _ in 1 2 3 4; do
+                ip "$fam" rule del priority 32765 not fwmark 0x7453 table 29779 2>/dev/null \
+                    || break
+            done
+            for _ in 1 2 3 4; do
+                ip "$fam" rule del priority 32764 table main suppress_prefixlength 0 \
+                    2>/dev/null || break
+            done
+        done
+    fi
+}

@@ -67,16 +67,6 @@ def test_rate_history_keeps_the_window() -> None:
     assert h.points() == [(5.0, 1.0, 1.0)]
 
 
-def test_toggle_target() -> None:
-    m = Model()
-    m.set_profiles([PROFILE])
-    assert m.toggle_target() == "office"  # the only one
-    m.set_profiles([PROFILE, {**PROFILE, "tunnel": {"name": "lab", "mode": "psk"}}])
-    assert m.toggle_target() == ""
-    m.last_used = "lab"
-    assert m.toggle_target() == "lab"
-
-
 def test_log_filters() -> None:
     book = LogBook(limit=3)
     for entry in [LogEntry(1, "DEBUG", "office", "keepalive"),
@@ -120,6 +110,10 @@ def test_graph_span_grows_with_history() -> None:
     assert time_span([(0.0, 0, 0)], 100.0, 300.0) == 120.0
     assert time_span([(0.0, 0, 0)], 1000.0, 300.0) == 300.0
     assert time_step(60.0) == 10.0 and time_step(300.0) == 60.0
+    # Narrow: fewer lines, so the labels (60 px) keep apart.
+    assert time_step(300.0, 600, 60) == 60.0
+    assert time_step(300.0, 300, 60) == 120.0
+    assert time_step(300.0, 100, 60) == 300.0
 
 
 def test_form_round_trip_and_problems_by_field() -> None:

@@ -3,6 +3,7 @@ the main window's graph is not empty."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -17,11 +18,16 @@ pytestmark = [pytest.mark.gui, pytest.mark.netns, pytest.mark.keyring,
 
 
 def test_screenshots(qtbot: QtBot, world: OfficeLab, office: str, tmp_path: Path) -> None:
+    # TUNSEAL_SCREENSHOTS_OUT=docs/screenshots keeps the pictures (how they are refreshed).
+    tmp_path = Path(os.environ.get("TUNSEAL_SCREENSHOTS_OUT") or tmp_path)
     written = render(tmp_path, socket=str(world.laptop.socket), netns=world.laptop_ns,
                      seconds=6, log=lambda _line: None)
     names = sorted(p.name for p in written)
-    assert names == ["editor-error.png", "keys.png", "logs.png", "main-connected.png",
-                     "no-helper.png", "tray-menu.png"]
+    assert names == ["editor-error.png", "first-connection-key.png",
+                     "first-connection-no-answer.png", "keys.png", "logs.png",
+                     "main-connected.png", "main-dark.png", "no-helper.png", "tray-menu.png"]
+    dark = QImage(str(tmp_path / "main-dark.png"))
+    assert dark.pixelColor(dark.width() // 2, 5).lightness() < 80  # a dark window
     main = QImage(str(tmp_path / "main-connected.png"))
     assert main.width() >= 900
     # The received-traffic area is filled in a light tint of RX_COLOR: find it in the plot.
@@ -29,6 +35,8 @@ def test_screenshots(qtbot: QtBot, world: OfficeLab, office: str, tmp_path: Path
                if _tinted(main.pixelColor(x, y)))
     assert tint > 100, "the graph shows no received traffic"
     assert world.laptop.call("status", name=office)["tunnels"][0]["state"] == "down"
+    names = [p["tunnel"]["name"] for p in world.laptop.call("list_profiles")["profiles"]]
+    assert names == [office]  # the first-connection copy is gone
 
 
 def _tinted(c: QColor) -> bool:

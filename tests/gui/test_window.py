@@ -19,7 +19,6 @@ from PySide6.QtWidgets import (
     QDialogButtonBox,
     QMessageBox,
     QPushButton,
-    QSystemTrayIcon,
     QToolBar,
     QWidget,
 )
@@ -28,7 +27,7 @@ from pytestqt.qtbot import QtBot
 from core import noise
 from core.constants import DEFAULT_CIPHER
 from gui.app import App
-from gui.model import TrayState
+from gui.model import Availability, TrayState, guidance, socket_group
 from gui.notify import Kind
 from gui.qr import qr_matrix
 
@@ -184,7 +183,7 @@ def test_plain_mode_is_marked_unsafe(qtbot: QtBot, gui: App, world: OfficeLab,
     gui.window.select(office)
     assert gui.window.header_unsafe.isVisible()
     assert "no encryption" in gui.window.header_unsafe.text()
-    assert list_texts(gui) == ["office\nDisconnected · UNSAFE (plain)"]
+    assert list_texts(gui) == ["office\nDisconnected\nUNSAFE (plain)"]
     assert "unsafe" in gui.tray.tunnel_actions[office].text()
 
 
@@ -262,41 +261,18 @@ def test_logs_tab_filters_and_copies(qtbot: QtBot, gui: App, office: str) -> Non
     connect_by_click(qtbot, gui, office)
     logs = gui.window.logs_panel
     gui.window.tabs.setCurrentWidget(logs)
-    qtbot.waitUntil(lambda: "tunnel office up on" in logs.visible_text(), timeout=WAIT)
+    qtbot.waitUntil(lambda: "office: connected to office" in logs.visible_text(), timeout=WAIT)
     assert "connect office" not in logs.visible_text()  # the helper's own line: not by default
     logs.helper_too.setChecked(True)
     assert "connect office" in logs.visible_text()
-    logs.filter.setText("UP ON")
-    assert all("up on" in line for line in logs.visible_text().splitlines())
+    logs.filter.setText("CONNECTED TO")
+    lines = logs.visible_text().splitlines()
+    assert lines and all("connected to" in line for line in lines)
     logs.level.setCurrentIndex(logs.level.findData("ERROR"))
     assert logs.visible_text() == "" and logs.empty.isVisible()
     logs.level.setCurrentIndex(logs.level.findData("INFO"))
     click(qtbot, logs.copy_button)
-    assert "tunnel office up on" in QGuiApplication.clipboard().text()
-
-
-def test_tray_menu(qtbot: QtBot, gui: App, office: str) -> None:
-    qtbot.waitUntil(lambda: office in gui.tray.tunnel_actions, timeout=WAIT)
-    action = gui.tray.tunnel_actions[office]
-    assert action.text().startswith("Connect office")
-    action.trigger()
-    qtbot.waitUntil(lambda: gui.state.model.state(office) == "up", timeout=WAIT)
-    assert gui.state.model.tray_state() is TrayState.CONNECTED
-    assert gui.tray.title_action.text() == "Tunseal: connected"
-    assert gui.tray.tunnel_actions[office].text().startswith("Disconnect office")
-    assert gui.tray.tunnel_actions[office].isChecked()
-
-    # A click on the icon toggles the last-used profile.
-    assert gui.state.model.last_used == office
-    gui.tray.icon.activated.emit(QSystemTrayIcon.ActivationReason.Trigger)
-    qtbot.waitUntil(lambda: gui.state.model.state(office) == "down", timeout=WAIT)
-    assert gui.tray.title_action.text() == "Tunseal: not connected"
-
-    gui.window.hide()
-    gui.tray.open_action.trigger()
-    assert gui.window.isVisible()
-    with qtbot.waitSignal(gui.tray.quitRequested, timeout=1000):
-        gui.tray.quit_action.trigger()
+    assert "office: connected to office" in QGuiApplication.clipboard().text()
 
 
 def test_duplicate_and_delete(qtbot: QtBot, gui: App, world: OfficeLab, office: str) -> None:
@@ -326,10 +302,13 @@ def test_without_a_helper_the_window_says_what_to_do(qtbot: QtBot, world: Office
         qtbot.addWidget(app.window)
         app.start()
         page = app.window.unavailable
-        qtbot.waitUntil(lambda: app.window.pages.currentWidget() is page
+        qtbot.waitUntil(lambda: app.window.right.currentWidget() is page
                         and page.command.text() != "", timeout=WAIT)
         assert page.headline.text() == "The Tunseal helper is not running."
         assert page.command.text() == "sudo systemctl start tunseal-helper"
+        assert str(world.laptop.socket) in page.advice.text()  # the socket really in use
+        click(qtbot, page.copy_button)
+        assert QGuiApplication.clipboard().text() == "sudo systemctl start tunseal-helper"
         assert "Traceback" not in page.detail.text()
         assert not app.window.import_action.isEnabled()
         assert app.state.model.tray_state() is TrayState.PROBLEM
@@ -337,7 +316,7 @@ def test_without_a_helper_the_window_says_what_to_do(qtbot: QtBot, world: Office
 
         world.laptop.start()
         click(qtbot, page.retry_button)
-        qtbot.waitUntil(lambda: app.window.pages.currentIndex() == 0
+        qtbot.waitUntil(lambda: app.window.right.currentWidget() is app.window.detail
                         and list_texts(app) == ["office\nDisconnected"], timeout=WAIT)
         app.close()
     finally:
@@ -347,11 +326,49 @@ def test_without_a_helper_the_window_says_what_to_do(qtbot: QtBot, world: Office
 def test_the_helper_going_away_is_shown_and_recovered(qtbot: QtBot, gui: App,
                                                      world: OfficeLab, office: str) -> None:
     qtbot.waitUntil(lambda: "office" in gui.state.model.profiles, timeout=WAIT)
+    connect_by_click(qtbot, gui, office)
     world.laptop.stop()
     try:
-        qtbot.waitUntil(lambda: gui.window.pages.currentWidget() is gui.window.unavailable,
-                        timeout=WAIT)
+        page = gui.window.unavailable
+        qtbot.waitUntil(lambda: gui.window.right.currentWidget() is page, timeout=WAIT)
+        # The list stays, greyed, its states unknown; the dropped tunnel is announced.
+        assert gui.window.profile_list.isVisible()
+        assert not gui.window.profile_list.isEnabled()
+        assert list_texts(gui) == ["office\nunknown (no helper)"]
+        dropped = [s.notice for s in gui.notifier.shown if s.notice.kind is Kind.DROPPED]
+        assert [n.tunnel for n in dropped] == [office]
+        assert "service stopped" in dropped[0].body
+
+        # Retries with details of different lengths do not move the Retry button.
+        y = page.retry_button.mapTo(gui.window, QPoint(0, 0)).y()
+        for message in ("short", "a much longer message " * 12, ""):
+            page.show_availability(Availability(False, "unavailable", message))
+            qtbot.wait(10)
+            assert page.retry_button.mapTo(gui.window, QPoint(0, 0)).y() == y
     finally:
         world.ensure_laptop_running()
     click(qtbot, gui.window.unavailable.retry_button)
-    qtbot.waitUntil(lambda: gui.window.pages.currentIndex() == 0, timeout=WAIT)
+    qtbot.waitUntil(lambda: gui.window.right.currentWidget() is gui.window.detail
+                    and gui.window.profile_list.isEnabled(), timeout=WAIT)
+
+
+def test_guidance_names_the_real_group_and_socket(tmp_path: Path) -> None:
+    import grp
+    import socket as so
+
+    path = tmp_path / "helper.sock"
+    server = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+    server.bind(str(path))
+    try:
+        group = grp.getgrgid(os.getgid()).gr_name
+        os.chmod(path, 0o600)
+        assert socket_group(str(path)) is None
+        _head, advice, command = guidance(Availability(False, "forbidden"), str(path), None)
+        assert "admits only root" in advice and str(path) in advice
+        os.chmod(path, 0o660)
+        assert socket_group(str(path)) == group
+        _head, advice, command = guidance(Availability(False, "forbidden"), str(path),
+                                          group)
+        assert f"'{group}'" in advice and command == f"sudo usermod -aG {group} $USER"
+    finally:
+        server.close()

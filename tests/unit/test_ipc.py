@@ -56,10 +56,12 @@ VALID_ARGS: dict[str, dict[str, Any]] = {
     "connect": {"name": "office"},
     "disconnect": {"name": "office"},
     "status": {},
+    "recent_log": {"name": "office"},
     "peer_add": {"name": "alice", "allowed_ips": ["10.213.0.7/32"]},
     "peer_remove": {"name": "alice"},
     "peer_list": {},
     "peer_show": {"name": "alice"},
+    "lockdown": {"action": "on", "allow_lan": True},
 }
 
 

@@ -591,7 +591,8 @@ def test_documented_examples_load() -> None:
     for block in profiles:
         profile, _ = loads(block)
         assert loads(dumps(profile)) == (profile, None)
-    assert loads(profiles[0])[0] == OFFICE.replace(allowed_ips=("10.77.0.0/24", "fd77::/64"))
+    assert loads(profiles[0])[0] == OFFICE.replace(allowed_ips=("10.77.0.0/24", "fd77::/64"),
+                                                   lockdown="off")
 
 
 # --- properties ---------------------------------------------------------------------------------
