@@ -21,6 +21,7 @@ from core.errors import IPCError, TunsealError
 from helper.control import ControlServer
 from helper.engine import Engine
 from helper.gateway import GatewayService
+from helper.keystore import SERVICE as KEYRING_SERVICE
 from helper.keystore import KeyringUnavailable, KeyStore
 from helper.profilestore import ProfileStore
 from helper.recentlog import RecentLog
@@ -47,6 +48,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "if it does not exist, only root may")
     parser.add_argument("--gateway", metavar="CONFIG", type=Path,
                         help="also run the office gateway described by CONFIG (docs/GATEWAY.md)")
+    parser.add_argument("--keyring-service", default=KEYRING_SERVICE, metavar="NAME",
+                        help="the Secret Service 'service' attribute of this helper's key items "
+                        "(default %(default)s); helpers sharing one Secret Service (tests, "
+                        "several helpers for one user) need one each, as key item names are "
+                        "the helper's own (profile:NAME:private)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"],
                         help="(default %(default)s)")
@@ -63,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     args.state_dir.chmod(0o700)
     try:
-        keys = KeyStore()
+        keys = KeyStore(args.keyring_service)
     except KeyringUnavailable as e:
         print(f"tunseal-helper: no Secret Service available: {e}", file=sys.stderr)
         return 1

@@ -441,7 +441,7 @@ class Service:
         names = sorted({p.name for p in self._profiles.list()} | set(running))
         return _page("tunnels", [(n, functools.partial(self._status, n)) for n in names], after)
 
-    def recent_log(self, name: str | None = None) -> dict[str, Any]:
+    def recent_log(self, caller: Caller, name: str | None = None) -> dict[str, Any]:
         entries = self._recent_log.entries(name) if self._recent_log is not None else []
         return {"entries": entries}
 

@@ -63,6 +63,9 @@ class Helper:
                 self.ns, sys.executable, "-m", "helper.main", "--socket", str(self.socket),
                 "--state-dir", str(self.workdir / "state"), "--group", NO_GROUP,
                 "--log-level", self.log_level,
+                # Parallel workers' helpers share one Secret Service and name their key items
+                # after the profile ("office"): each helper keeps its items apart.
+                "--keyring-service", f"tunseal-{self.workdir.parent.name}-{self.workdir.name}",
                 stdout=log, stderr=subprocess.STDOUT, cwd=netlab.REPO_ROOT,
                 env=netlab.python_env())
         deadline = time.monotonic() + START_TIMEOUT

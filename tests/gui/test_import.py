@@ -40,7 +40,7 @@ def test_a_name_clash_offers_replace_or_a_copy(qtbot: QtBot, gui: App, world: Of
     press(question(qtbot, gui, "already exists"), "Import as a copy")
     qtbot.waitUntil(lambda: gui.window.selected == "office-copy", timeout=WAIT)
     copy = world.laptop.call("get_profile", name="office-copy")["profile"]
-    assert copy["keys"] == {"private_key": "office-copy.private"}
+    assert copy["keys"] == {"private_key": "profile:office-copy:private"}
     assert world.laptop.call("public_key", name="office-copy") == world.laptop.call(
         "public_key", name=office)
     assert "private key is now in your keyring" in gui.window.statusBar().currentMessage()
@@ -61,6 +61,8 @@ def test_a_name_clash_offers_replace_or_a_copy(qtbot: QtBot, gui: App, world: Of
 
 def test_export_needs_a_profile(qtbot: QtBot, gui: App, world: OfficeLab, no_profiles: None,
                                 tmp_path: Path) -> None:
+    # The window learns of the removals (no_profiles) from the helper's events: wait for it.
+    qtbot.waitUntil(lambda: not gui.state.model.profiles, timeout=WAIT)
     assert not gui.window.export_button.isEnabled()
     world.laptop.call("import_profile", text=world.profile_text("lab"))
     qtbot.waitUntil(lambda: gui.window.selected == "lab", timeout=WAIT)
