@@ -81,6 +81,8 @@ class Target:
     mode: str = ""
     cipher: str = ""
     transport: str = "udp"
+    binary: str = ""
+    """The program to run, for wireguard-go (empty: the one on PATH)."""
 
 
 TARGETS = (
@@ -98,6 +100,9 @@ TARGETS = (
     Target("tunseal-ephemeral-raw", "tunseal", "ephemeral", "aes-256-gcm", "raw"),
 )
 REFERENCES = {"raw": "raw-veth", "openvpn": "openvpn", "wg": "wireguard-go"}
+CURRENT_WG = "wireguard-go-current"
+"""The target of ``--wireguard-go PATH``: a current release built from source. The ``x wg-go``
+ratios refer to it when it is measured, since Debian's 2022 build lacks the offloads."""
 
 
 @dataclass(slots=True)
@@ -332,12 +337,12 @@ def _wg_ifname(side: str) -> str:
 
 @contextlib.contextmanager
 def wireguard_go_end(b: Bench, ns: str, side: str, private: Path, peer_public: str,
-                     local: str, remote: str, endpoint: str) -> Iterator[int]:
+                     local: str, remote: str, endpoint: str, binary: str) -> Iterator[int]:
     ifname = _wg_ifname(side)
     logfile = b.private_dir(f"wg-{side}") / "wireguard-go.log"
     env = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1", LOG_LEVEL="error")
     with open(logfile, "ab") as out:
-        proc = b.lab.popen(ns, "wireguard-go", "-f", ifname, lifetime=b.lifetime,
+        proc = b.lab.popen(ns, binary, "-f", ifname, lifetime=b.lifetime,
                            stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + START_TIMEOUT
@@ -360,7 +365,8 @@ def wireguard_go_end(b: Bench, ns: str, side: str, private: Path, peer_public: s
 
 
 @contextlib.contextmanager
-def wireguard_go(b: Bench) -> Iterator[Link]:
+def wireguard_go(b: Bench, t: Target) -> Iterator[Link]:
+    binary = t.binary or "wireguard-go"
     keys = {}
     for side in ("client", "server"):
         private = b.private_dir(f"wg-key-{side}") / "private.key"
@@ -370,10 +376,10 @@ def wireguard_go(b: Bench) -> Iterator[Link]:
         keys[side] = (private, run(["wg", "pubkey"], input=text).stdout.strip())
     topo = b.topo
     with wireguard_go_end(b, topo.server, "server", keys["server"][0], keys["client"][1],
-                          INNER_SERVER, INNER_CLIENT, "") as server_pid, \
+                          INNER_SERVER, INNER_CLIENT, "", binary) as server_pid, \
             wireguard_go_end(b, topo.client, "client", keys["client"][0], keys["server"][1],
                              INNER_CLIENT, INNER_SERVER,
-                             f"{topo.server_addr}:{WG_PORT}") as client_pid:
+                             f"{topo.server_addr}:{WG_PORT}", binary) as client_pid:
         yield Link(INNER_SERVER, _wg_ifname("client"),
                    pids={"client": client_pid, "server": server_pid},
                    details={"cipher": "chacha20-poly1305"})
@@ -454,7 +460,7 @@ def start(b: Bench, t: Target) -> contextlib.AbstractContextManager[Link]:
     if t.kind == "tunseal":
         return tunseal(b, t)
     if t.kind == "wireguard-go":
-        return wireguard_go(b)
+        return wireguard_go(b, t)
     if t.kind == "openvpn":
         return openvpn(b)
     raise ValueError(f"unknown target kind {t.kind!r}")
@@ -595,9 +601,12 @@ def summarize(results: list[dict[str, Any]], targets: list[Target],
             }
         rows.append(row)
     by_name = {row["name"]: row for row in rows}
+    refs = dict(REFERENCES)
+    if CURRENT_WG in by_name:
+        refs["wg"] = CURRENT_WG
     for row in rows:
         for n, tcp in row["tcp"].items():
-            for key, ref_name in REFERENCES.items():
+            for key, ref_name in refs.items():
                 ref = by_name.get(ref_name, {}).get("tcp", {}).get(n, {}).get("gbps")
                 usable = ref and tcp["gbps"] is not None
                 tcp[f"ratio_{key}"] = round(tcp["gbps"] / ref, 4) if usable else None
@@ -681,7 +690,9 @@ def environment(args: argparse.Namespace, streams: tuple[int, ...]) -> dict[str,
         "kernel": platform.release(), "cpu": cpu, "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "versions": {tool: _first_line([tool, "--version"])
-                     for tool in ("iperf3", "wireguard-go", "openvpn")},
+                     for tool in ("iperf3", "wireguard-go", "openvpn")}
+        | ({CURRENT_WG: _first_line([args.wireguard_go, "--version"])}
+           if args.wireguard_go else {}),
         "router": args.router, "mtu": args.mtu, "seconds": args.seconds,
         "streams": list(streams), "rounds": args.rounds,
         "load_start": list(os.getloadavg()),
@@ -707,6 +718,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="put a forwarding router namespace between the two ends")
     ap.add_argument("--mtu", type=int, default=1500, help="veth MTU (default %(default)s)")
     ap.add_argument("--json", metavar="FILE", help="also write every result as JSON to FILE")
+    ap.add_argument("--wireguard-go", metavar="PATH", dest="wireguard_go",
+                    help=f"also measure this wireguard-go build as {CURRENT_WG!r} (e.g. the "
+                    "current release built from source); the 'x wg-go' ratios then refer to it")
     ap.add_argument("--list", action="store_true", help="list the targets and exit")
     ap.add_argument("-v", "--verbose", action="store_true", help="log what is being done")
     args = ap.parse_args(argv)
@@ -722,14 +736,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"--streams {args.streams!r}: expected numbers like 1,4")
     if not all(1 <= n <= 32 for n in args.streams):
         ap.error("--streams: each value must be 1-32")
-    args.targets = list(TARGETS)
+    targets = list(TARGETS)
+    if args.wireguard_go:
+        path = shutil.which(args.wireguard_go)
+        if path is None:
+            ap.error(f"--wireguard-go {args.wireguard_go!r}: no such program")
+        at = next(i for i, t in enumerate(targets) if t.kind == "wireguard-go") + 1
+        targets.insert(at, Target(CURRENT_WG, "wireguard-go", cipher="chacha20-poly1305",
+                                  binary=os.path.abspath(path)))
+    args.targets = targets
     if args.only:
         patterns = [p.strip() for p in args.only.split(",") if p.strip()]
         for p in patterns:
-            if not any(fnmatch.fnmatchcase(t.name, p) for t in TARGETS):
+            if not any(fnmatch.fnmatchcase(t.name, p) for t in targets):
                 ap.error(f"--only: no target matches {p!r}; targets: "
-                         f"{', '.join(t.name for t in TARGETS)}")
-        args.targets = [t for t in TARGETS if any(fnmatch.fnmatchcase(t.name, p)
+                         f"{', '.join(t.name for t in targets)}")
+        args.targets = [t for t in targets if any(fnmatch.fnmatchcase(t.name, p)
                                                   for p in patterns)]
     return args
 
@@ -785,7 +807,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if args.list:
-        print("\n".join(t.name for t in TARGETS))
+        print("\n".join(t.name for t in args.targets))
         return 0
     if os.geteuid() != 0:
         print("bench.throughput: needs root (network namespaces, TUN devices)", file=sys.stderr)
