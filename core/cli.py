@@ -207,7 +207,9 @@ def cmd_peer_add(client: Client, args: argparse.Namespace) -> int:
               "the peer once, then delete it)")
     else:
         print("# client profile (holds the peer's keys; import it on the peer with "
-              "'tunseal import FILE'):")
+              "'tunseal import FILE'):" if "[secrets]" in result["profile"] else
+              "# client profile (no keys: the peer has its own; import it there with "
+              "'tunseal import --replace FILE'):")
         print(result["profile"], end="")
     if args.qr:
         listing = client.call("peer_list")

@@ -414,4 +414,6 @@ def client_profile(gw: Gateway, peer: GatewayPeer, *, gateway_public: str,
         private_key_ref=f"{gw.name}-{peer.name}.private" if client_private or own_key else "",
         psk_ref=f"{gw.name}-{peer.name}.psk" if psk else "",
     )
-    return profile_format.dumps(profile, ProfileSecrets(private_key=client_private, psk=psk))
+    secrets = ProfileSecrets(private_key=client_private, psk=psk) \
+        if client_private is not None or psk is not None else None
+    return profile_format.dumps(profile, secrets)

@@ -289,7 +289,8 @@ def test_peer_add_with_own_public_key(lab: netlab.Lab) -> None:
 def _skeleton(o: Office) -> Path:
     path = o.workdir / "skeleton.tunseal"
     path.write_text(f'format = 1\n[tunnel]\nname = "{o.name}"\n[interface]\n'
-                    'addresses = ["10.77.0.250/32"]\n')
+                    'addresses = ["10.77.0.250/32"]\n[peer]\n'
+                    f'endpoint = "{gatewaylab.GW_OUTER}:{gatewaylab.PORT}"\n')
     return path
 
 
