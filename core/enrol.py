@@ -348,8 +348,10 @@ class EnrolGate:
         self._registrar = registrar
         self.guard = guard or FloodGuard(rate=5.0)
 
-    def handle(self, packet: bytes, source: bytes) -> Outcome:
-        """Raises Refused (a counted drop, nothing sent) or returns what to send back."""
+    def handle(self, packet: bytes, source: bytes, *, ephemeral: bytes | None = None
+               ) -> Outcome:
+        """Raises Refused (a counted drop, nothing sent) or returns what to send back.
+        ``ephemeral``: the reply's ephemeral private key (worked examples only)."""
         try:
             p = parse_handshake(packet, PacketType.ENROL)
             index = int.from_bytes(p.require(Option.SENDER_INDEX), "big")
@@ -365,7 +367,7 @@ class EnrolGate:
         if not self.guard.admit(source):
             raise Refused("enrolment rate limit for this source exceeded", "enrol_rate")
         hs = noise.HandshakeState(PATTERN, False, cipher=NOISE_CIPHER, prologue=PROLOGUE,
-                                  s=self._static)
+                                  s=self._static, e=ephemeral)
         try:
             plain = hs.read_message(p.payload)
         except (HandshakeError, CryptoError) as e:

@@ -134,10 +134,14 @@ def decode(text: str) -> Invitation:
                               "(ask the gateway's admin for 'tunseal peer invite NAME')")
     payload = compact[len(PREFIX):]
     try:
-        raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+        raw = base64.b64decode(payload + "=" * (-len(payload) % 4), altchars=b"-_",
+                               validate=True)
     except ValueError:
+        raw = b""
+    if base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=") != payload:
+        # Characters an invitation never has, or spare bits set in the last one.
         raise InvitationError("the invitation is damaged: it holds characters an invitation "
-                              "never has; copy it again, whole") from None
+                              "never has; copy it again, whole")
     if len(raw) < _FIXED.size + 3 + CHECK_LEN:
         raise InvitationError("the invitation is cut short; copy it again, whole")
     body, check = raw[:-CHECK_LEN], raw[-CHECK_LEN:]
