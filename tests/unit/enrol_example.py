@@ -7,8 +7,8 @@ tests/unit/test_enrol.py checks that the document holds exactly that.
 from __future__ import annotations
 
 from core import invitation, noise
-from core.handshake import tai64n
 from core.enrol import Accepted, Attempt, Code, EnrolGate, Enrolment, Verdict
+from core.handshake import tai64n
 
 GATEWAY_STATIC = bytes([0x11]) * 32
 LAPTOP_STATIC = bytes([0x22]) * 32

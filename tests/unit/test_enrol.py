@@ -358,7 +358,8 @@ def test_worked_example_decodes_by_the_document() -> None:
     assert packet[0] == 0x17 and packet[1] == 14 and packet[8:10] == b"\xa0\x00"
     assert len(packet) == 236 and int.from_bytes(packet[2:4], "big") == 180
     p = wire.parse(packet)
-    assert p.type == PacketType.ENROL and p.require(Option.SENDER_INDEX) == bytes.fromhex("600dcafe")
+    assert p.type == PacketType.ENROL
+    assert p.require(Option.SENDER_INDEX) == bytes.fromhex("600dcafe")
     gw_public = noise.public_key(enrol_example.GATEWAY_STATIC)
     zeroed = bytearray(p.header)
     o1 = wire.option_offset(zeroed, Option.MAC1)
