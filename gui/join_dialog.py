@@ -176,7 +176,7 @@ class JoinDialog(QDialog):
 
     def _joined(self, result: dict[str, object]) -> None:
         profile = result.get("profile")
-        name = str(profile["tunnel"]["name"]) if isinstance(profile, dict) else ""  # type: ignore[index]
+        name = str(profile["tunnel"]["name"]) if isinstance(profile, dict) else ""
         self.joined.emit(name)
         self.accept()
 
