@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from PySide6.QtCore import Signal
-from PySide6.QtGui import QFont
+from PySide6.QtGui import QFont, QTextOption
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
@@ -43,7 +43,7 @@ def preview_rows(inv: Invitation, now: float) -> list[tuple[str, str]]:
     elif left < 3600:
         expiry = f"{when} (in {int(left // 60)} min)"
     else:
-        expiry = f"{when} (in {int(left // 3600)} h)"
+        expiry = f"{when} (in {int(left // 3600)} h {int(left % 3600 // 60)} min)"
     return [("Gateway", inv.gateway), ("Connects to", inv.endpoint),
             ("Your address", inv.address), ("Good until", expiry)]
 
@@ -70,6 +70,7 @@ class JoinDialog(QDialog):
         self.text.setAccessibleName("Invitation")
         self.text.setPlaceholderText("tunseal1:…")
         self.text.setFont(QFont("monospace"))
+        self.text.setWordWrapMode(QTextOption.WrapMode.WrapAnywhere)  # it has no words
         self.text.setFixedHeight(self.text.fontMetrics().lineSpacing() * 4 + 12)
         self.text.textChanged.connect(self._read)
         self.open_button = QPushButton("Open file…")
