@@ -69,6 +69,7 @@ ERROR_CODES: Final = (
     # below 1024 without root, a gateway change without root); the message says who may
     "busy",  # a per-user limit is reached (control connections); the message names it
     "refused",  # the helper will not do it (e.g. lockdown 'always' with no usable profile)
+    "unreachable",  # join: no answer from the invitation's gateway
     "internal",  # a bug in the helper; its log has the traceback
 )
 
