@@ -364,6 +364,10 @@ class EnrolGate:
             verify_mac1(p, self._mac1)
         except HandshakeError as e:
             raise Refused(str(e), "enrol_mac") from None
+        if self.guard.under_load():  # no cookie round trip for ENROL: nothing while flooded
+            self.guard.note()
+            raise Refused("enrolments arrive faster than the gateway takes them",
+                          "enrol_rate")
         if not self.guard.admit(source):
             raise Refused("enrolment rate limit for this source exceeded", "enrol_rate")
         hs = noise.HandshakeState(PATTERN, False, cipher=NOISE_CIPHER, prologue=PROLOGUE,

@@ -24,7 +24,7 @@ from core import noise, wire
 from core.constants import Option, PacketType
 from core.endpoint import Endpoint
 from core.enrol import REFUSALS, Accepted, Attempt, Code, EnrolGate, Enrolment, Verdict
-from core.handshake import _build, blake2s, mac
+from core.handshake import FloodGuard, _build, blake2s, mac
 from core.invitation import Invitation, InvitationError
 from core.responder import Refused
 from helper.enrolment import GatewayRegistrar, InvitationStore
@@ -377,3 +377,17 @@ def test_worked_example_decodes_by_the_document() -> None:
     signed = (b"Tunseal v1 enrol request" + gw_public + hs.remote_static + p.payload[:32]
               + timestamp + inv_id)
     assert inv_format.verify(inv_format.verify_key(enrol_example.SECRET), signature, signed)
+
+
+def test_nothing_is_decrypted_while_flooded(rig: Rig) -> None:
+    """Above the load threshold (all sources together) every ENROL is dropped before the DH."""
+    inv = rig.issue()
+    gate = EnrolGate(GW, _NeverCalled(), guard=FloodGuard(load_threshold=3))
+    packets = [Attempt(inv, noise.generate_private_key(), local_index=i + 1, now=NOW).packet
+               for i in range(3)]
+    for i, packet in enumerate(packets):  # three sources, a bucket each: all to the DH
+        with pytest.raises(AssertionError, match="reached the registrar"):
+            gate.handle(packet, f"src{i}|1".encode())
+    with pytest.raises(Refused) as refused:
+        gate.handle(packets[0], b"src9|1")
+    assert refused.value.reason == "enrol_rate"
