@@ -152,6 +152,10 @@ class GatewayService:
         """Add a peer: generate its keys (or take the public key the peer made itself), route
         its addresses, and return a client profile."""
         with self._lock:
+            if self.invitations.open_for(name):
+                raise RequestError(f"an invitation for {name!r} is open; withdraw it first "
+                                   f"with 'tunseal peer revoke {name}', or let it be used",
+                                   code="exists")
             return self._add(name, allowed_ips, public_key)
 
     def _add(self, name: str, allowed_ips: list[str] | tuple[str, ...] | None,
