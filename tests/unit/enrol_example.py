@@ -1,7 +1,7 @@
 """The worked example of docs/PROTOCOL.md section 17.5, from fixed inputs.
 
 ``python tests/unit/enrol_example.py`` prints the section's generated part;
-tests/unit/test_enrol.py checks that the document holds exactly that.
+tests/unit/test_enrol_protocol.py checks that the document holds exactly that.
 """
 
 from __future__ import annotations
