@@ -286,7 +286,11 @@ def cmd_peer_list(client: Client, args: argparse.Namespace) -> int:
             lines.append(f"  {p['name']:<20} {p.get('state', 'down'):<12} "
                          f"{', '.join(p['allowed_ips']):<24} {p.get('endpoint', '')}")
         if not result["peers"]:
-            lines.append("  (no peers yet: 'tunseal peer add NAME')")
+            lines.append("  (no peers yet: 'tunseal peer invite NAME' or 'tunseal peer add NAME')")
+        for i in result.get("invitations") or []:
+            until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(i["expires"]))
+            lines.append(f"  {i['name']:<20} {'invited':<12} {', '.join(i['allowed_ips']):<24} "
+                         f"until {until} (invitation {i['id']})")
         return "\n".join(lines)
 
     return _emit(args, result, human)

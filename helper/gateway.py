@@ -336,7 +336,8 @@ class GatewayService:
 
     def peer_list(self) -> dict[str, Any]:
         return {"gateway": self.config.name, "public_key": self.public_key,
-                "peers": [self._describe(p) for p in self.config.peers]}
+                "peers": [self._describe(p) for p in self.config.peers],
+                "invitations": [i for i in self.invitation_list() if i["state"] == "open"]}
 
     def peer_show(self, name: str) -> dict[str, Any]:
         peer = self.config.peer(name)

@@ -119,6 +119,9 @@ def check_invite_output(o: Office) -> str:
     # An open invitation holds its name and address: a second one gets the next address.
     other = invitation_format.decode(invite(o, "spare"))
     assert other.address == "10.77.0.3/32"
+    listed = o.gw_cli_json("peer", "list")["invitations"]
+    assert [(i["name"], i["state"]) for i in listed] == [("alice", "open"), ("spare", "open")]
+    assert "invited" in o.gw_cli("peer", "list").stdout
     assert o.gw_cli_json("peer", "revoke", "spare")["withdrawn"] == [other.id_text]
     return text
 
