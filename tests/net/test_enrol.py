@@ -102,7 +102,7 @@ def test_invite_join_refusals_and_revoke(lab: netlab.Lab) -> None:
         check_gateway_never_saw_the_private_key(o, a, text)
         check_reused_invitation_is_refused(o, b, text)
         check_expired_invitation_is_refused(o, b)
-        check_altered_invitation_is_refused(o, b)
+        check_altered_invitation_is_refused(o, a, b)
         check_revoke_cuts_the_live_session(o, a)
         check_restart_does_not_revive(o, b, text)
 
@@ -204,8 +204,11 @@ def check_expired_invitation_is_refused(o: Office, b: Laptop) -> None:
     o.gw_cli_json("peer", "revoke", "bob")
 
 
-def check_altered_invitation_is_refused(o: Office, b: Laptop) -> None:
+def check_altered_invitation_is_refused(o: Office, a: Laptop, b: Laptop) -> None:
     text = invite(o, "carol")
+    # A profile name that is taken is refused on the laptop, before the invitation is used.
+    taken = a.cli("join", text, expect=1)
+    assert "already exists" in taken.stderr, taken.stderr
     inv = invitation_format.decode(text)
     # A new secret with a correct checksum: what a deliberate alteration looks like.
     forged = invitation_format.encode(
