@@ -191,6 +191,8 @@ def cmd_peer_add(client: Client, args: argparse.Namespace) -> int:
     call_args: dict[str, Any] = {"name": args.name}
     if args.allowed_ips:
         call_args["allowed_ips"] = list(args.allowed_ips)
+    if args.public_key:
+        call_args["public_key"] = args.public_key
     result = client.call("peer_add", **call_args)
     if args.output:
         _write_private(args.output, result["profile"], secret=True)
@@ -205,13 +207,74 @@ def cmd_peer_add(client: Client, args: argparse.Namespace) -> int:
               "the peer once, then delete it)")
     else:
         print("# client profile (holds the peer's keys; import it on the peer with "
-              "'tunseal import FILE'):")
+              "'tunseal import FILE'):" if "[secrets]" in result["profile"] else
+              "# client profile (no keys: the peer has its own; import it there with "
+              "'tunseal import --replace FILE'):")
         print(result["profile"], end="")
     if args.qr:
         listing = client.call("peer_list")
         print(f"gateway public key: {listing['public_key']}")
         print(terminal_qr(listing["public_key"]))
     return EXIT_OK
+
+
+def cmd_peer_invite(client: Client, args: argparse.Namespace) -> int:
+    call_args: dict[str, Any] = {"name": args.name, "expires": args.expires}
+    if args.allowed_ips:
+        call_args["allowed_ips"] = list(args.allowed_ips)
+    result = client.call("peer_invite", **call_args)
+    if args.output:
+        _write_private(args.output, result["invitation"] + "\n", secret=True)
+    if args.json:
+        return _emit(args, result, lambda: "")
+    expires = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(result["expires"]))
+    print(f"invitation for {result['name']} ({', '.join(result['allowed_ips'])}) to "
+          f"{result['endpoint']}, good once, until {expires}:")
+    print(result["invitation"])
+    if not args.no_qr:
+        print(terminal_qr(result["invitation"]))
+    print("On the laptop: tunseal join INVITATION (or File > Join an office... in the app). "
+          "Anyone holding it can join once: send it over a channel you trust.")
+    if args.output:
+        print(f"also written to {args.output} (0600)")
+    return EXIT_OK
+
+
+def cmd_peer_revoke(client: Client, args: argparse.Namespace) -> int:
+    result = client.call("peer_revoke", name=args.name)
+
+    def human() -> str:
+        parts = []
+        if result["peer_removed"]:
+            parts.append(f"removed peer {args.name} and ended its sessions")
+        if result["withdrawn"]:
+            parts.append(f"withdrew invitation(s) {', '.join(result['withdrawn'])}")
+        return "; ".join(parts)
+
+    return _emit(args, result, human)
+
+
+def cmd_join(client: Client, args: argparse.Namespace) -> int:
+    text = args.invitation
+    if text == "-":
+        text = sys.stdin.read(8192)
+    elif not text.lower().startswith("tunseal1:"):
+        text = _read_profile_file(text)  # a file holding the invitation
+    call_args: dict[str, Any] = {"invitation": text}
+    if args.name:
+        call_args["name"] = args.name
+    result = client.call("join", **call_args)
+
+    def human() -> str:
+        joined = result["joined"]
+        name = result["profile"]["tunnel"]["name"]
+        return (f"joined gateway {joined['gateway']} at {joined['endpoint']} as "
+                f"{result['peer_name']}: profile {name!r}, address "
+                f"{', '.join(result['profile']['interface']['addresses'])}; the key pair was "
+                f"made here and the private key never left this machine.\n"
+                f"connect with: tunseal up {name}")
+
+    return _emit(args, result, human)
 
 
 def cmd_peer_list(client: Client, args: argparse.Namespace) -> int:
@@ -223,7 +286,11 @@ def cmd_peer_list(client: Client, args: argparse.Namespace) -> int:
             lines.append(f"  {p['name']:<20} {p.get('state', 'down'):<12} "
                          f"{', '.join(p['allowed_ips']):<24} {p.get('endpoint', '')}")
         if not result["peers"]:
-            lines.append("  (no peers yet: 'tunseal peer add NAME')")
+            lines.append("  (no peers yet: 'tunseal peer invite NAME' or 'tunseal peer add NAME')")
+        for i in result.get("invitations") or []:
+            until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(i["expires"]))
+            lines.append(f"  {i['name']:<20} {'invited':<12} {', '.join(i['allowed_ips']):<24} "
+                         f"until {until} (invitation {i['id']})")
         return "\n".join(lines)
 
     return _emit(args, result, human)
@@ -494,6 +561,11 @@ def _parser() -> argparse.ArgumentParser:
     command("pubkey", cmd_pubkey, "print this end's public key", "name")
     command("genpsk", cmd_genpsk, "generate a new pre-shared key", "name")
     command("setpeerkey", cmd_setpeerkey, "set the peer's public key", "name", "key")
+    join = command("join", cmd_join, "join an office gateway with an invitation: makes the "
+                   "key pair here, enrols, and saves the profile")
+    join.add_argument("invitation", help="the invitation text (tunseal1:...), a file holding "
+                      "it, or - to read it from standard input")
+    join.add_argument("--name", help="the profile's name (default: the gateway's)")
     peer = sub.add_parser("peer", help="manage the peers of a gateway helper",
                           description="Manage the peers of a helper started with --gateway.")
     psub = peer.add_subparsers(metavar="ACTION", required=True)
@@ -505,7 +577,26 @@ def _parser() -> argparse.ArgumentParser:
                      help="write the client profile (with its keys, 0600) to FILE")
     add.add_argument("--qr", action="store_true",
                      help="also show the gateway's public key as a QR code in the terminal")
+    add.add_argument("--public-key", metavar="KEY",
+                     help="the peer's own public key (it made its key pair itself, e.g. with "
+                     "'tunseal genkey'): the gateway then creates no private key, and the "
+                     "profile carries none")
     add.set_defaults(command=cmd_peer_add)
+    inv = psub.add_parser("invite", help="print a one-time invitation for a new peer (the "
+                          "peer makes its own keys when it joins)")
+    inv.add_argument("name")
+    inv.add_argument("--allowed-ip", action="append", metavar="CIDR", dest="allowed_ips",
+                     help="inner address(es) routed to this peer (default: the next free one)")
+    inv.add_argument("--expires", default="24h", metavar="DURATION",
+                     help="how long it stays good: 90s, 30m, 24h (default), 7d")
+    inv.add_argument("-o", "--output", metavar="FILE",
+                     help="also write the invitation to FILE (0600)")
+    inv.add_argument("--no-qr", action="store_true", help="do not draw the QR code")
+    inv.set_defaults(command=cmd_peer_invite)
+    rev = psub.add_parser("revoke", help="remove a peer and end its sessions at once; "
+                          "withdraw its open invitation")
+    rev.add_argument("name")
+    rev.set_defaults(command=cmd_peer_revoke)
     for action, fn, text in (("list", cmd_peer_list, "list the gateway's peers"),
                              ("show", cmd_peer_show, "show one peer"),
                              ("remove", cmd_peer_remove, "remove a peer and its keys")):

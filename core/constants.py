@@ -31,6 +31,10 @@ class PacketType(IntEnum):
     COOKIE = 4
     KEEPALIVE = 5
     CONTROL = 6
+    ENROL = 7
+    """A laptop enrolling with a gateway by an invitation (core/enrol.py, PROTOCOL.md 17)."""
+    ENROL_REPLY = 8
+    """The gateway's answer to an ENROL: accepted (with the laptop's settings) or refused."""
 
 
 class Flag(IntFlag):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from core import handshake, session, wire
 from core.constants import FIXED_HEADER_LEN, Option, PacketType
@@ -20,6 +20,9 @@ from core.handshake import Identity, Suite
 from core.peer import IndexTable, Peer, PeerStats, RekeyPolicy
 from core.probe import PathState
 from core.responder import ANY_DEVICE, Refused, Responder
+
+if TYPE_CHECKING:
+    from core.enrol import EnrolGate
 
 
 class HandshakeMemory(Protocol):
@@ -100,6 +103,9 @@ class Endpoint:
         self.suite: Suite | None = None
         self.responder: Responder | None = None
         self._plain_by_device: dict[int, PlainPeer] = {}
+        self.enrolment: EnrolGate | None = None
+        """A gateway that takes enrolments (core/enrol.py) sets this; otherwise ENROL packets
+        are dropped like any packet of no use here."""
         self.memory = memory
         self.origin = memory.origin if memory is not None else handshake.new_origin()
         """This end's origin ID: its initiations carry it, its responder refuses it."""
@@ -207,6 +213,8 @@ class Endpoint:
                 return self._receive_resp(pkt)
             if ptype == PacketType.COOKIE:
                 return self._receive_cookie(pkt)
+            if ptype in (PacketType.ENROL, PacketType.ENROL_REPLY):
+                return self._receive_enrol(pkt, ptype, source)
             return self._drop("bad_header", f"unknown packet type {ptype}")
         except Refused as e:
             return self._drop(e.reason, str(e))
@@ -286,6 +294,14 @@ class Endpoint:
         # A cookie reply is not authenticated by the peer's keys (anyone who saw our
         # initiation could forge one): it must not move the peer's endpoint, so no peer here.
         return Inbound()
+
+    def _receive_enrol(self, pkt: bytes, ptype: int, source: bytes) -> Inbound:
+        if self.enrolment is None or ptype != PacketType.ENROL:
+            return self._drop("bad_header", "enrolment packet at an end that takes none")
+        outcome = self.enrolment.handle(pkt, source)  # Refused: a counted drop
+        if outcome.refused is not None:
+            self.count("enrol_refused")
+        return Inbound(replies=[outcome.reply] if outcome.reply is not None else [])
 
     def _peer_for_option_index(self, pkt: bytes) -> Peer:
         parsed = wire.parse(pkt)

@@ -395,9 +395,12 @@ def remove_peer(gw: Gateway, name: str) -> Gateway:
 
 
 def client_profile(gw: Gateway, peer: GatewayPeer, *, gateway_public: str,
-                   client_private: bytes | None, psk: bytes | None) -> str:
+                   client_private: bytes | None, psk: bytes | None,
+                   own_key: bool = False) -> str:
     """A ready-to-import .tunseal profile for ``peer``, secrets included (the admin asked for
-    it with `tunseal peer add`; the file is meant to travel to the peer's machine once)."""
+    it with `tunseal peer add`; the file is meant to travel to the peer's machine once).
+    ``own_key``: the peer made its own key pair (`peer add --public-key`): the profile names a
+    private key the peer's keyring already holds."""
     address = peer.allowed_ips[0] if peer.allowed_ips else next_address(gw)
     routes = (str(gw.network), *gw.lan)
     endpoint = gw.public_endpoint or f"0.0.0.0:{gw.listen_port}"
@@ -408,7 +411,9 @@ def client_profile(gw: Gateway, peer: GatewayPeer, *, gateway_public: str,
         dns=gw.dns, keepalive=peer.keepalive or 25,
         # Refs unlike the gateway's own ("<gw>.private", "<gw>.<peer>.psk"), so importing a
         # client profile on the gateway's host can never overwrite the gateway's keys.
-        private_key_ref=f"{gw.name}-{peer.name}.private" if client_private else "",
+        private_key_ref=f"{gw.name}-{peer.name}.private" if client_private or own_key else "",
         psk_ref=f"{gw.name}-{peer.name}.psk" if psk else "",
     )
-    return profile_format.dumps(profile, ProfileSecrets(private_key=client_private, psk=psk))
+    secrets = ProfileSecrets(private_key=client_private, psk=psk) \
+        if client_private is not None or psk is not None else None
+    return profile_format.dumps(profile, secrets)

@@ -69,6 +69,7 @@ ERROR_CODES: Final = (
     # below 1024 without root, a gateway change without root); the message says who may
     "busy",  # a per-user limit is reached (control connections); the message names it
     "refused",  # the helper will not do it (e.g. lockdown 'always' with no usable profile)
+    "unreachable",  # join: no answer from the invitation's gateway
     "internal",  # a bug in the helper; its log has the traceback
 )
 
@@ -107,7 +108,12 @@ OPS: Final[Mapping[str, Mapping[str, _Arg]]] = {
     "disconnect": {"name": _NAME},
     "status": {"name": _Arg(str, required=False), "after": _Arg(str, required=False)},
     "recent_log": {"name": _Arg(str, required=False)},
-    "peer_add": {"name": _NAME, "allowed_ips": _Arg(list, required=False)},
+    "peer_add": {"name": _NAME, "allowed_ips": _Arg(list, required=False),
+                 "public_key": _Arg(str, required=False)},
+    "peer_invite": {"name": _NAME, "allowed_ips": _Arg(list, required=False),
+                    "expires": _Arg(str, required=False)},
+    "peer_revoke": {"name": _NAME},
+    "join": {"invitation": _Arg(str), "name": _Arg(str, required=False)},
     "peer_remove": {"name": _NAME},
     "peer_list": {},
     "peer_show": {"name": _NAME},

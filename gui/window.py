@@ -48,6 +48,7 @@ from gui.actions import Actions
 from gui.colors import error_color
 from gui.editor import ProfileEditor
 from gui.icons import app_icon, state_icon
+from gui.join_dialog import JoinDialog
 from gui.keys_panel import KeysPanel
 from gui.logs_panel import LogsPanel
 from gui.model import LogEntry
@@ -86,6 +87,8 @@ class MainWindow(QMainWindow):
         self.export_dialog: QFileDialog | None = None
         self.question: QMessageBox | None = None
         """The confirmation or error box on screen, if any (tests drive it)."""
+        self.join_dialog: JoinDialog | None = None
+        """File > Join an office…, while it is open."""
         self.next_step: NextStepDialog | None = None
         """The 'give this key to your administrator' dialog, while it is open."""
 
@@ -200,6 +203,7 @@ class MainWindow(QMainWindow):
         file_menu = bar.addMenu("&File")
         file_menu.addAction(self.new_action)
         file_menu.addAction(self.import_action)
+        self.join_action = file_menu.addAction("Join an office…", self.open_join_dialog)
         file_menu.addAction(self.export_action)
         file_menu.addAction(self.export_secrets_action)
         file_menu.addSeparator()
@@ -508,6 +512,19 @@ class MainWindow(QMainWindow):
         if not self.native_dialogs:
             dialog.setOption(QFileDialog.Option.DontUseNativeDialog, True)
         return dialog
+
+    def open_join_dialog(self) -> None:
+        """File > Join an office… (gui/join_dialog.py)."""
+        dialog = JoinDialog(self.ops.helper, native_dialogs=self.native_dialogs, parent=self)
+        dialog.joined.connect(self._on_joined)
+        dialog.finished.connect(dialog.deleteLater)
+        self.join_dialog = dialog
+        dialog.open()
+
+    def _on_joined(self, name: str) -> None:
+        self.statusBar().showMessage(f"Joined: profile {name} is ready to connect; its private "
+                                     "key was made here and stays in your keyring")
+        self._select_later(name)
 
     def open_import_dialog(self) -> None:
         dialog = self._file_dialog("Import a Tunseal profile", save=False)

@@ -33,7 +33,7 @@ from core.profile import (
     profile_to_dict,
 )
 from core.status import TunnelStatus
-from helper import keyrefs
+from helper import enrolment, keyrefs
 from helper.profilestore import ProfileNotFound
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,12 @@ class GatewayLike(Protocol):
     @property
     def name(self) -> str: ...
     def key_refs(self) -> set[str]: ...
-    def peer_add(self, name: str, allowed_ips: list[str] | None) -> dict[str, Any]: ...
+    def peer_add(self, name: str, allowed_ips: list[str] | None,
+                 public_key: str | None = None) -> dict[str, Any]: ...
     def peer_remove(self, name: str) -> dict[str, Any]: ...
+    def peer_invite(self, name: str, allowed_ips: list[str] | None,
+                    expires: str | None) -> dict[str, Any]: ...
+    def peer_revoke(self, name: str) -> dict[str, Any]: ...
     def peer_list(self) -> dict[str, Any]: ...
     def peer_show(self, name: str) -> dict[str, Any]: ...
 
@@ -156,11 +160,15 @@ class Service:
             "peer_remove": self.peer_remove,
             "peer_list": self.peer_list,
             "peer_show": self.peer_show,
+            "peer_invite": self.peer_invite,
+            "peer_revoke": self.peer_revoke,
+            "join": self.join,
             "lockdown": self.lockdown,
         }
         self._mutating = frozenset(self._handlers) - {
             "ping", "list_profiles", "get_profile", "export_profile", "public_key", "status",
             "peer_list", "peer_show", "recent_log",
+            "join",  # takes the lock itself, after the network exchange (helper/enrolment.py)
         }
 
     def handle(self, request: Request, caller: Caller) -> Any:
@@ -189,12 +197,12 @@ class Service:
                                "'tunseal-helper --gateway CONFIG'", code="not_found")
         return self._gateway
 
-    def peer_add(self, caller: Caller, name: str,
-                 allowed_ips: list[str] | None = None) -> dict[str, Any]:
+    def peer_add(self, caller: Caller, name: str, allowed_ips: list[str] | None = None,
+                 public_key: str | None = None) -> dict[str, Any]:
         gw = self._gw()
         _require_root(caller, f"add a peer to gateway {gw.name!r} (it creates the peer's keys "
                       "and returns them)")
-        result = gw.peer_add(name, allowed_ips)
+        result = gw.peer_add(name, allowed_ips, public_key)
         self._notify("profiles", {"change": "peer_added", "name": name})
         return result
 
@@ -204,6 +212,39 @@ class Service:
         result = gw.peer_remove(name)
         self._notify("profiles", {"change": "peer_removed", "name": name})
         return result
+
+    def peer_invite(self, caller: Caller, name: str, allowed_ips: list[str] | None = None,
+                    expires: str | None = None) -> dict[str, Any]:
+        gw = self._gw()
+        _require_root(caller, f"invite a peer to gateway {gw.name!r}")
+        return gw.peer_invite(name, allowed_ips, expires)
+
+    def peer_revoke(self, caller: Caller, name: str) -> dict[str, Any]:
+        gw = self._gw()
+        _require_root(caller, f"revoke a peer of gateway {gw.name!r}")
+        result = gw.peer_revoke(name)
+        self._notify("profiles", {"change": "peer_removed", "name": name})
+        return result
+
+    def join(self, caller: Caller, invitation: str, name: str | None = None) -> dict[str, Any]:
+        """``tunseal join``: enrol with a gateway by an invitation, then store the profile
+        with the key pair made here (helper/enrolment.py)."""
+        return enrolment.join(self, caller, invitation, name)
+
+    def store_joined(self, caller: Caller, profile: Profile, private_key: bytes
+                     ) -> dict[str, Any]:
+        """Store a profile made by ``join`` and its private key, as ``caller``'s."""
+        with self._lock:
+            new = self._admissible(caller, profile)
+            self._refuse_existing(new.name)
+            self._claim(caller, new.name)
+            self._key_call(self._keys.put, new.private_key_ref, private_key)
+            return self._put(new, "added")
+
+    def check_new_name(self, name: str) -> None:
+        """Refuse a profile name that is taken or reserved, before anything is done for it."""
+        self._refuse_reserved(name)
+        self._refuse_existing(name)
 
     def peer_list(self, caller: Caller) -> dict[str, Any]:
         return self._gw().peer_list()

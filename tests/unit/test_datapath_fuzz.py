@@ -21,7 +21,11 @@ from hypothesis import strategies as st
 from offload_checks import check_frame
 from rxrig import RxRig, addr_of
 
+from core import noise
 from core.constants import Flag
+from core.enrol import Attempt, Code, EnrolGate, Enrolment, Verdict
+from core.handshake import FloodGuard
+from core.invitation import Invitation
 from helper import offload
 
 CSUM = int(Flag.CSUM_PARTIAL)
@@ -74,7 +78,7 @@ def draw_batch(draw: st.DrawFn, rig: RxRig) -> list[bytes]:
             if len(datagram) != len(batch[0] if batch else datagram):
                 continue  # a batch's datagrams are equal-sized: keep this one for the end
         batch.append(datagram)
-    if draw(st.booleans()) and batch:
+    if draw(st.booleans()) and batch and batch[0]:  # a datagram cut to nothing cannot be cut
         last = draw(st.integers(1, len(batch[0])))
         batch[-1] = batch[-1][:last]
     return batch
@@ -118,3 +122,58 @@ def test_rx_survives_and_counts_raw_datagrams(rig: RxRig, datagrams: list[bytes]
             assert out.delivered + out.dropped <= 1, out
         else:
             assert out.delivered == 0 and out.dropped == 1, out
+
+
+class _Refuse:
+    """A gateway that knows no invitation: every ENROL that gets this far is answered UNKNOWN."""
+
+    def decide(self, e: Enrolment) -> Verdict:
+        return Verdict(Code.UNKNOWN)
+
+
+ENROL_GATE_KEY = bytes([0x42]) * 32
+
+
+def _genuine_enrol(index: int) -> bytes:
+    inv = Invitation(noise.public_key(ENROL_GATE_KEY), bytes(8), bytes(16), 2_000_000_000,
+                     "127.0.0.1", 51900, "gw", "10.9.0.2/32")
+    return Attempt(inv, noise.generate_private_key(), local_index=index, now=1e9).packet
+
+
+@FUZZ
+@given(data=st.data())
+def test_rx_counts_hostile_enrolment_messages(rig: RxRig, data: st.DataObject) -> None:
+    """ENROL/ENROL_REPLY (TYPE 7/8) at a gateway that takes enrolments: damaged, cut, padded
+    past the fixed size, or random: each one a counted drop; a genuine one is answered (its
+    refusal counted as enrol_refused), never delivered."""
+    if rig.mode != "ephemeral":
+        pytest.skip("enrolment is for ephemeral-mode gateways")
+    endpoint = rig.datapath.endpoint
+    endpoint.enrolment = EnrolGate(ENROL_GATE_KEY, _Refuse(),
+                                   guard=FloodGuard(rate=1e6, load_threshold=1 << 30))
+    try:
+        genuine = _genuine_enrol(data.draw(st.integers(1, 0xFFFFFFFF)))
+        how = data.draw(st.sampled_from(["genuine", "damaged", "padded", "random", "reply"]))
+        if how == "damaged":
+            datagram = damaged(data.draw, genuine)
+        elif how == "padded":
+            datagram = genuine + data.draw(st.binary(min_size=1, max_size=1200))
+        elif how == "random":
+            datagram = bytes([data.draw(st.sampled_from([0x17, 0x18]))]) + data.draw(
+                st.binary(max_size=400))
+        elif how == "reply":
+            datagram = bytes([0x18]) + genuine[1:]
+        else:
+            datagram = genuine
+        before = dict(endpoint.drops)
+        out = rig.run([datagram])
+        assert "internal_error" not in out.drops
+        assert out.delivered == 0 and out.dropped == 1, (how, out)
+        grew = {k for k, v in endpoint.drops.items() if v != before.get(k, 0)}
+        if how == "genuine":
+            assert grew == {"enrol_refused"}, grew
+        elif how != "damaged":  # a flipped bit may turn it into another type's drop
+            assert grew <= {"bad_header", "enrol_malformed", "enrol_mac", "enrol_failed",
+                            "enrol_refused"}, (how, grew)
+    finally:
+        endpoint.enrolment = None

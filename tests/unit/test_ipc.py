@@ -61,6 +61,9 @@ VALID_ARGS: dict[str, dict[str, Any]] = {
     "peer_remove": {"name": "alice"},
     "peer_list": {},
     "peer_show": {"name": "alice"},
+    "peer_invite": {"name": "bob", "allowed_ips": ["10.213.0.8/32"], "expires": "24h"},
+    "peer_revoke": {"name": "bob"},
+    "join": {"invitation": "tunseal1:AAAA", "name": "office"},
     "lockdown": {"action": "on", "allow_lan": True},
 }
 

@@ -372,7 +372,7 @@ def test_flag_option_and_type_tables_match_core() -> None:
             continue
         assert Option[name] == value
         assert (critical == "yes") == bool(value & constants.OPTION_CRITICAL)
-    types = dict(re.findall(r"^\| ([1-6])    \| ([A-Z_]+) +\|", DOC, re.M))
+    types = dict(re.findall(r"^\| ([1-8])    \| ([A-Z_]+) +\|", DOC, re.M))
     assert {int(k): v for k, v in types.items()} == {t.value: t.name for t in PacketType}
 
 

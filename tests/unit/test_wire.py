@@ -62,6 +62,10 @@ CANONICAL_OPTIONS: dict[PacketType, list[tuple[int, bytes]]] = {
     PacketType.CONTROL: [(Option.CONTROL_KIND, b"\x01"),
                          (Option.RECEIVER_INDEX, b"\x01\x02\x03\x04"),
                          (Option.COUNTER, b"\xff" * 8)],
+    PacketType.ENROL: [(Option.SENDER_INDEX, b"\xc1\xc2\xc3\xc4"),
+                       (Option.MAC1, bytes(range(64, 80))), (Option.MAC2, bytes(16))],
+    PacketType.ENROL_REPLY: [(Option.RECEIVER_INDEX, b"\xc1\xc2\xc3\xc4"),
+                             (Option.MAC1, bytes(range(80, 96))), (Option.MAC2, bytes(16))],
 }
 """The option set each packet type carries in the protocol (deterministic data)."""
 
@@ -307,7 +311,7 @@ def test_other_versions_rejected(version: int) -> None:
         wire.parse(raw_header(version=version))
 
 
-@pytest.mark.parametrize("ptype", [0, *range(7, 16)])
+@pytest.mark.parametrize("ptype", [0, *range(9, 16)])
 def test_unknown_packet_types_rejected(ptype: int) -> None:
     with pytest.raises(WireError, match="packet type"):
         wire.parse(raw_header(ptype))
