@@ -17,6 +17,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -157,3 +158,196 @@ class NetWatch:
                     pending = None
         finally:
             sock.close()
+
+
+# --- beyond netlink: the files DHCP clients write, and NetworkManager ---------------------------
+
+_IN_MODIFY, _IN_CLOSE_WRITE, _IN_MOVED_TO, _IN_CREATE = 0x2, 0x8, 0x80, 0x100
+_IN_DELETE_SELF, _IN_MOVE_SELF, _IN_IGNORED = 0x400, 0x800, 0x8000
+_IN_NONBLOCK, _IN_CLOEXEC = 0o4000, 0o2000000
+_INOTIFY_EVENT = struct.Struct("=iIII")
+"""wd, mask, cookie, length of the name that follows."""
+
+
+class FileWatch:
+    """Calls ``on_change(why)`` once per burst of writes to the files that say which network
+    this is (resolv.conf, DHCP leases; helper/netident.py reads them): a DHCP client writes its
+    lease and the domain after the address and route netlink reports, so a decision made at
+    the netlink event alone could see the old domain. inotify, not polling. ``files`` are
+    watched themselves (a bind-mounted file is written in place) and by name in their
+    directories (replaced by rename); every file in ``dirs`` counts."""
+
+    def __init__(self, on_change: Callable[[str], None], *, files: tuple[str, ...] = (),
+                 dirs: tuple[str, ...] = ()):
+        self._on_change = on_change
+        self._files = files
+        self._dirs = dirs
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tunseal-filewatch", daemon=True)
+        self._fd = -1
+        self._watches: dict[int, tuple[str, str]] = {}
+        """wd -> (path watched, the file name that matters in it, "" for any)."""
+
+    def start(self) -> None:
+        import ctypes
+        import os
+
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        fd = self._libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        if fd < 0:
+            log.warning("cannot watch %s (inotify: %s)", ", ".join(self._files),
+                        os.strerror(ctypes.get_errno()))
+            return
+        self._fd = fd
+        self._add_all()
+        self._thread.start()
+
+    def stop(self) -> None:
+        import os
+
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _add(self, path: str, mask: int, name: str) -> None:
+        wd = self._libc.inotify_add_watch(self._fd, path.encode(), mask)
+        if wd >= 0:
+            self._watches[wd] = (path, name)
+
+    def _add_all(self) -> None:
+        import os
+
+        for f in self._files:
+            self._add(f, _IN_CLOSE_WRITE | _IN_MODIFY | _IN_DELETE_SELF | _IN_MOVE_SELF, "")
+            for target in {f, os.path.realpath(f)}:
+                self._add(os.path.dirname(target), _IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_CREATE,
+                          os.path.basename(target))
+        for d in self._dirs:
+            self._add(d, _IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_CREATE, "")
+
+    def _run(self) -> None:
+        import os
+
+        pending: str | None = None
+        deadline = 0.0
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._fd], [], [], 0.25)
+            now = time.monotonic()
+            if ready:
+                try:
+                    data = os.read(self._fd, 65536)
+                except BlockingIOError:
+                    data = b""
+                readd = False
+                off = 0
+                while off + _INOTIFY_EVENT.size <= len(data):
+                    wd, mask, _cookie, length = _INOTIFY_EVENT.unpack_from(data, off)
+                    raw = data[off + _INOTIFY_EVENT.size:off + _INOTIFY_EVENT.size + length]
+                    off += _INOTIFY_EVENT.size + length
+                    name = raw.rstrip(b"\0").decode(errors="replace")
+                    path, wanted = self._watches.get(wd, ("", ""))
+                    if mask & (_IN_IGNORED | _IN_DELETE_SELF | _IN_MOVE_SELF):
+                        readd = True
+                    if not path or (wanted and name and name != wanted):
+                        continue
+                    pending = pending or f"{os.path.join(path, name) if name else path} changed"
+                    deadline = now + SETTLE
+                if readd:  # the file was replaced: watch the new one
+                    for wd in list(self._watches):
+                        self._libc.inotify_rm_watch(self._fd, wd)
+                    self._watches.clear()
+                    self._add_all()
+            if pending is not None and now >= deadline:
+                try:
+                    self._on_change(pending)
+                except Exception:
+                    log.exception("handling a change of %s failed", pending)
+                pending = None
+
+
+class NmWatch:
+    """Calls ``on_change(why)`` when NetworkManager's primary connection or its state changes,
+    or NetworkManager (re)starts: its ``PropertiesChanged`` and the bus's ``NameOwnerChanged``
+    signals. Without a system bus, :meth:`start` returns False and nothing runs."""
+
+    def __init__(self, on_change: Callable[[str], None]):
+        self._on_change = on_change
+        self._conn: object = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    def start(self) -> bool:
+        try:
+            from jeepney import MatchRule
+            from jeepney.bus_messages import message_bus
+            from jeepney.io.blocking import open_dbus_connection
+        except ImportError:
+            return False
+        try:
+            conn = open_dbus_connection(bus="SYSTEM", auth_timeout=3.0)
+        except (OSError, ConnectionError, TimeoutError, ValueError, KeyError):
+            return False
+        owner = MatchRule(type="signal", sender="org.freedesktop.DBus",
+                          interface="org.freedesktop.DBus", member="NameOwnerChanged",
+                          path="/org/freedesktop/DBus")
+        owner.add_arg_condition(0, "org.freedesktop.NetworkManager")
+        changed = {"type": "signal", "path": "/org/freedesktop/NetworkManager",
+                   "interface": "org.freedesktop.DBus.Properties", "member": "PropertiesChanged"}
+        import collections
+
+        queue: collections.deque[object] = collections.deque()
+        try:
+            for on_bus, local in ((owner, owner),
+                                  (MatchRule(sender="org.freedesktop.NetworkManager", **changed),
+                                   MatchRule(**changed))):
+                conn.filter(local, queue=queue)
+                conn.send_and_get_reply(message_bus.AddMatch(on_bus), timeout=3.0)
+        except (OSError, ConnectionError, TimeoutError) as e:
+            log.info("cannot watch NetworkManager's signals: %s", e)
+            conn.close()
+            return False
+        self._conn = conn
+        self._thread = threading.Thread(target=self._run, args=(conn, queue),
+                                        name="tunseal-nmwatch", daemon=True)
+        self._thread.start()
+        return True
+
+    def stop(self) -> None:
+        self._stopping.set()
+        conn = self._conn
+        if conn is not None:
+            with _suppress_os():
+                conn.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
+        if self._thread is not None:
+            self._thread.join(timeout=3.0)
+
+    def _run(self, conn: Any, queue: Any) -> None:
+        try:
+            while not self._stopping.is_set():
+                msg = conn.recv_until_filtered(queue)
+                body = msg.body
+                if msg.header.fields.get(3) == "NameOwnerChanged":  # HeaderFields.member
+                    why = "NetworkManager started" if body[2] else "NetworkManager stopped"
+                else:
+                    props = body[1] if len(body) > 1 and isinstance(body[1], dict) else {}
+                    if not ({"PrimaryConnection", "State", "Connectivity"} & set(props)):
+                        continue
+                    why = "NetworkManager: " + ", ".join(sorted(props)) + " changed"
+                try:
+                    self._on_change(why)
+                except Exception:
+                    log.exception("handling %s failed", why)
+        except (OSError, ConnectionError, TimeoutError, EOFError) as e:
+            if not self._stopping.is_set():
+                log.warning("lost NetworkManager's signals (%s)", e)
+        finally:
+            conn.close()
+
+
+def _suppress_os() -> Any:
+    import contextlib
+
+    return contextlib.suppress(OSError)
