@@ -62,6 +62,10 @@ VALID_ARGS: dict[str, dict[str, Any]] = {
     "peer_list": {},
     "peer_show": {"name": "alice"},
     "lockdown": {"action": "on", "allow_lan": True},
+    "network": {},
+    "trust": {"name": "office", "entry": "gateway:52:54:00:12:34:56@office.example"},
+    "untrust": {"name": "office", "current": True},
+    "session_started": {},
 }
 
 
