@@ -314,7 +314,7 @@ class Autoconnect:
             return
         profiles = self._profiles.list()
         settings = [Setting.of(p, self._profiles.owner(p.name)) for p in profiles]
-        if not any(s.autoconnect != "never" for s in settings) and not wake.everyone:
+        if not any(s.autoconnect != "never" for s in settings):
             self.policy.seen = {s.name: s for s in settings}
             return
         network = self.current_network()
