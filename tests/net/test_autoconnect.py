@@ -162,6 +162,26 @@ def test_the_tunnel_follows_the_laptop_between_untrusted_and_trusted_networks(
         for _ in range(2):
             lap.wait("up", lap.to_cafe(), "office -> café")
             lap.wait("down", lap.to_office(), "café -> office")
+
+        # The office's router starts handing out another domain (no link, address or route
+        # changes: only resolv.conf is rewritten): not the trusted network any more.
+        t0 = time.monotonic()
+        lap.domain("evil.example")
+        lap.wait("up", t0, "same gateway, another domain")
+        decided = [line for line in lap.pair.client.helper.log().splitlines()
+                   if "helper.autoconnect: network: " in line]
+        assert "domain evil.example" in decided[-1] and "resolv.conf changed" in decided[-1], \
+            decided  # noticed through inotify: no netlink event came
+        t0 = time.monotonic()
+        lap.domain(OFFICE)
+        lap.wait("down", t0, "the office's domain again")
+        # Untrusting the office brings the tunnel up there.
+        t0 = time.monotonic()
+        done = lap.pair.client.cli("untrust", name, "--current").stdout
+        assert f"no longer trusts gateway:{net['gateway_mac']}@{OFFICE}" in done, done
+        lap.wait("up", t0, "untrust the office while there")
+        assert lap.network()["profiles"][0]["trusted"] is False
+        lap.pair.client.cli("untrust", name, "--current", expect=4)  # nothing left to remove
         log = lap.pair.client.helper.log()
         assert f"on untrusted network gateway {WIFI[1]} ({cafe_mac}) on {lap.world.wifi}, " \
                f"domain {CAFE}: connecting {name}" in log
@@ -169,6 +189,8 @@ def test_the_tunnel_follows_the_laptop_between_untrusted_and_trusted_networks(
         assert f"disconnecting {name}" in log
         record_property("times", lap.times)
         print(f"times: {lap.times}")
+        print("\n".join(line for line in log.splitlines() if "helper.autoconnect" in line
+                        or "re-handshaking" in line))
 
 
 def test_a_user_down_is_respected_and_the_tunnel_survives_suspend_and_resume(
