@@ -253,3 +253,47 @@ def test_arp_reply_parsing() -> None:
     assert netident._arp_reply_mac(reply[:30], target) == ""
     request = reply[:20] + b"\x00\x01" + reply[22:]
     assert netident._arp_reply_mac(request, target) == ""
+
+
+# --- the CLI's side (no helper needed to check what it would send) ------------------------------
+
+
+def _args(*argv: str) -> object:
+    from core.cli import _parser
+
+    return _parser().parse_args(["trust", *argv])
+
+
+def test_trust_arguments_name_exactly_one_network() -> None:
+    from core.cli_network import _trust_args
+    from core.errors import IPCError
+
+    assert _trust_args(_args("office", "--current")) == {"current": True}
+    uuid = "1c6a3f5e-7d2b-4c8e-9f01-23456789abcd"
+    assert _trust_args(_args("office", uuid)) == {"entry": f"nm:{uuid}"}
+    assert _trust_args(_args("office", "--gateway-mac", MAC_OFFICE, "--domain", OFFICE.domain)) \
+        == {"entry": f"gateway:{MAC_OFFICE}@office.example"}
+    assert _trust_args(_args("office", "--gateway-mac", MAC_OFFICE)) == {
+        "entry": f"gateway:{MAC_OFFICE}"}
+    for bad in (("office",), ("office", uuid, "--current"), ("office", "--domain", "x.example"),
+                ("office", "--current", "--gateway-mac", MAC_OFFICE)):
+        with pytest.raises(IPCError) as e:
+            _trust_args(_args(*bad))
+        assert e.value.code == "usage"
+
+
+def test_network_is_shown_for_people() -> None:
+    from core.cli_network import format_network
+
+    text = format_network({"network": CAFE.to_dict(), "profiles": [
+        {"name": "office", "autoconnect": "untrusted", "trusted": False, "running": True,
+         "suspended": False},
+        {"name": "lab", "autoconnect": "never", "trusted": True, "running": False,
+         "suspended": True}]})
+    assert text.splitlines()[0] == f"network: gateway 192.168.50.1 ({MAC_CAFE}) on wlan0, " \
+        "domain cafe.example"
+    assert f"entry      gateway:{MAC_CAFE}@cafe.example" in text
+    assert "office           not trusted  autoconnect untrusted, up" in text
+    assert "suspended" in text.splitlines()[-1]
+    assert format_network({"network": OFFLINE.to_dict(), "profiles": []}).startswith(
+        "network: none")
