@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import WAIT
 from officelab import OFFICE_ADDR, OfficeLab
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QPoint, Qt
 from PySide6.QtWidgets import QComboBox, QDialogButtonBox, QLineEdit
 from pytestqt.qtbot import QtBot
 
@@ -21,8 +21,6 @@ from gui.editor import ProfileEditor
 
 pytestmark = [pytest.mark.gui, pytest.mark.netns, pytest.mark.keyring,
               pytest.mark.xdist_group("gui")]
-
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
 @pytest.fixture
@@ -41,9 +39,12 @@ def on_a_network(world: OfficeLab, office: str) -> Iterator[str]:
 
 
 def test_trust_this_network_from_the_tray_and_the_list_in_the_editor(
-    qtbot: QtBot, gui: App, world: OfficeLab, on_a_network: str
+    qtbot: QtBot, gui: App, world: OfficeLab, on_a_network: str, tmp_path: Path
 ) -> None:
     office = on_a_network
+    # $TUNSEAL_SCREENSHOTS (a directory) keeps the pictures: docs/screenshots/tray-trust.png,
+    # editor-autoconnect.png.
+    shots = Path(os.environ.get("TUNSEAL_SCREENSHOTS") or tmp_path)
     qtbot.waitUntil(lambda: office in gui.state.model.profiles, timeout=WAIT)
     assert gui.tray.trust_actions == {}  # autoconnect is off: nothing to trust for
     profile = world.laptop.call("get_profile", name=office)["profile"]
@@ -54,6 +55,10 @@ def test_trust_this_network_from_the_tray_and_the_list_in_the_editor(
     qtbot.waitUntil(lambda: office in gui.tray.trust_actions, timeout=WAIT)
     action = gui.tray.trust_actions[office]
     assert action.text() == "Trust this network"
+    gui.tray.menu.popup(QPoint(40, 40))
+    qtbot.wait(300)
+    assert gui.tray.menu.grab().save(str(shots / "tray-trust.png"))
+    gui.tray.menu.hide()
 
     action.trigger()
     qtbot.waitUntil(lambda: gui.state.model.profiles[office].trusted_networks != (),
@@ -74,9 +79,7 @@ def test_trust_this_network_from_the_tray_and_the_list_in_the_editor(
     assert choice.currentData() == "untrusted"
     assert choice.currentText() == "on every network I do not trust"
     assert trusted.text() == entry
-    if os.environ.get("TUNSEAL_SCREENSHOTS"):
-        editor.advanced.setChecked(False)
-        editor.grab().save(str(SHOTS / "editor-autoconnect.png"))
+    assert editor.grab().save(str(shots / "editor-autoconnect.png"))
 
     trusted.setText(f"{entry}, Office Wi-Fi")
     save = editor.buttons.button(QDialogButtonBox.StandardButton.Save)
