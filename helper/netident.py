@@ -1,7 +1,8 @@
 """Which network the machine is on now (core/trusted.py says what an identity is).
 
 Where NetworkManager owns its name on the system bus, its primary connection is the network:
-the connection's UUID and name, read over D-Bus. Elsewhere (systemd-networkd, ifupdown, a
+the connection's UUID and name, read over D-Bus (with the gateway's identity beside it, so
+entries of both kinds match). Elsewhere (systemd-networkd, ifupdown, a
 hand-made setup) the network is its default gateway's MAC address plus its DHCP domain, read
 from what the kernel and the DHCP clients leave readable to root without asking any daemon:
 
@@ -19,6 +20,7 @@ from what the kernel and the DHCP clients leave readable to root without asking 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -70,10 +72,19 @@ SYSTEM = Sources()
 
 def current(sources: Sources = SYSTEM, *, exclude_domains: Iterable[str] = ()) -> NetworkIdentity:
     """The network now; offline (``online`` False) when there is no default route."""
-    if sources.use_nm:
-        nm = nm_primary()
-        if nm is not None:
-            return nm
+    nm = nm_primary() if sources.use_nm else None
+    if nm is not None and not nm.online:
+        return nm  # NetworkManager says: no network
+    by_gateway = _by_gateway(sources, exclude_domains)
+    if nm is None:
+        return by_gateway
+    # NetworkManager names the network; the gateway's identity too, so entries written on a
+    # machine without NetworkManager (gateway:MAC@DOMAIN) still match here.
+    return dataclasses.replace(by_gateway, nm_uuid=nm.nm_uuid, nm_name=nm.nm_name,
+                               source=by_gateway.source or nm.source)
+
+
+def _by_gateway(sources: Sources, exclude_domains: Iterable[str]) -> NetworkIdentity:
     gateway = default_gateway(sources)
     if gateway is None:
         return NetworkIdentity()
