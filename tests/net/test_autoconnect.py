@@ -251,3 +251,24 @@ def test_a_user_down_is_respected_and_the_tunnel_survives_suspend_and_resume(
         assert lap.state() == "up"
         assert office.status()["peers"][0]["endpoint"].startswith("192.168.50.3")
         print(f"times: {lap.times}")
+
+
+def test_login_profiles_come_up_when_the_session_starts(
+    lab: netlab.Lab, monkeypatch: pytest.MonkeyPatch, record_property: Any
+) -> None:
+    """``autoconnect = "login"``: nothing happens on its own, on any network; the session's
+    start (the GUI sends it when it first reaches the helper; here the CLI does, as an
+    autostart entry would) brings it up."""
+    with laptop(lab, monkeypatch) as lap:
+        client = lap.pair.client
+        autoconnect(lap, autoconnect="login")
+        lap.stays("down", 2.0)
+        lap.to_office()
+        lap.stays("down", 2.0)
+        t0 = time.monotonic()
+        client.cli("session-started")
+        took = lap.wait("up", t0, "session started")
+        record_property("login_seconds", round(took, 2))
+        # Moving on never takes a login profile down.
+        lap.to_cafe()
+        lap.stays("up", 3.0)
