@@ -13,6 +13,7 @@ loosely (10 s) and printed exactly.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import shutil
 import tempfile
@@ -244,9 +245,13 @@ def test_a_user_down_is_respected_and_the_tunnel_survives_suspend_and_resume(
         after = [t - resumed for t in answered if t > resumed]
         assert after, f"the tunnel did not come back after the resume ({err})"
         back = after[0]
+        gaps = [b - a for a, b in itertools.pairwise(after)]
+        longest = max(gaps, default=0.0)
         print(f"suspend/resume: tunnel carrying traffic {back:.2f} s after the link came back "
-              f"(new address 192.168.50.3)")
+              f"(new address 192.168.50.3); {len(after)} echoes after it, the longest gap "
+              f"between two {longest:.2f} s")
         record_property("resume_seconds", round(back, 2))
+        record_property("resume_longest_gap", round(longest, 2))
         assert back < WITHIN
         assert lap.state() == "up"
         assert office.status()["peers"][0]["endpoint"].startswith("192.168.50.3")
