@@ -174,7 +174,8 @@ class Autoconnect:
         with self._cond:
             self._stopping = True
             self._cond.notify()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():  # (not started when the helper failed to start)
+            self._thread.join(timeout=10)
         self._files.stop()
         self._nm.stop()
 
