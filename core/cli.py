@@ -604,6 +604,9 @@ def _parser() -> argparse.ArgumentParser:
         if action != "list":
             p.add_argument("name")
         p.set_defaults(command=fn)
+    from core import cli_network  # autoconnect's commands: network, trust, untrust
+
+    cli_network.register(sub)
     return parser
 
 

@@ -118,6 +118,13 @@ OPS: Final[Mapping[str, Mapping[str, _Arg]]] = {
     "peer_list": {},
     "peer_show": {"name": _NAME},
     "lockdown": {"action": _Arg(str), "allow_lan": _Arg(bool, required=False)},
+    # autoconnect (helper/autoconnect.py, docs/PROFILE.md "Connecting by itself")
+    "network": {},
+    "trust": {"name": _NAME, "entry": _Arg(str, required=False),
+              "current": _Arg(bool, required=False)},
+    "untrust": {"name": _NAME, "entry": _Arg(str, required=False),
+                "current": _Arg(bool, required=False)},
+    "session_started": {},
 }
 """Every operation and its arguments. Results are described in docs/IPC.md."""
 

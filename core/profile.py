@@ -48,6 +48,7 @@ from core.constants import (
     TRANSPORTS,
 )
 from core.errors import ProfileError, ProfileInvalid
+from core.trusted import TrustedNetwork, parse_entry
 
 __all__ = [
     "FORMAT_VERSION",
@@ -112,6 +113,11 @@ class Profile:
     mtu: int = DEFAULT_MTU
     device_id: int = 0
     persist: bool = False
+    autoconnect: str = "never"
+    """"never", "login" or "untrusted": when the helper brings the tunnel up by itself
+    (helper/autoconnect.py)."""
+    trusted_networks: tuple[str, ...] = ()
+    """Networks where ``untrusted`` autoconnect keeps the tunnel down (core/trusted.py)."""
     lockdown: str = ""
     """"off", "connected" or "always"; "" (not written) means the default: see
     :attr:`effective_lockdown`."""
@@ -208,6 +214,8 @@ _LAYOUT: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
             ("mtu", "mtu"),
             ("device_id", "device_id"),
             ("persist", "persist"),
+            ("autoconnect", "autoconnect"),
+            ("trusted_networks", "trusted_networks"),
             ("lockdown", "lockdown"),
             ("allow_lan", "allow_lan"),
             ("rekey_seconds", "rekey_seconds"),
@@ -241,7 +249,7 @@ _SECTION_KEYS["secrets"] = _SECRET_KEYS
 _SECTIONS = tuple(_SECTION_KEYS)
 _FIELD = {attr: f"{section}.{key}" for section, keys in _LAYOUT for key, attr in keys}
 _REQUIRED = ("name", "addresses")
-_TUPLE_ATTRS = ("addresses", "dns", "dns_search", "allowed_ips")
+_TUPLE_ATTRS = ("addresses", "dns", "dns_search", "allowed_ips", "trusted_networks")
 _ALWAYS_WRITTEN = frozenset({"name", "mode", "cipher", "mtu", "addresses", "transport"})
 _DEFAULTS: dict[str, object] = {
     f.name: f.default for f in dataclasses.fields(Profile) if f.default is not dataclasses.MISSING
@@ -594,6 +602,8 @@ def _check_profile(p: Profile, skip: frozenset[str]) -> list[ProfileError]:
     mtu = c.check("mtu", _int_range(MTU_MIN, MTU_MAX), p.mtu)
     c.check("device_id", _int_range(0, DEVICE_ID_MAX), p.device_id)
     c.check("persist", _boolean, p.persist)
+    c.check("autoconnect", _autoconnect, p.autoconnect)
+    c.check_list("trusted_networks", _trusted_network, p.trusted_networks, lambda n: n)
     c.check("lockdown", _lockdown, p.lockdown)
     c.check("allow_lan", _boolean, p.allow_lan)
     c.check("rekey_seconds", _int_range(REKEY_SECONDS_MIN, REKEY_SECONDS_MAX), p.rekey_seconds)
@@ -669,6 +679,22 @@ def _choice(choices: tuple[str, ...], what: str) -> Callable[[object], str]:
 
 
 LOCKDOWNS = ("off", "connected", "always")
+AUTOCONNECTS = ("never", "login", "untrusted")
+
+
+def _autoconnect(value: object) -> str:
+    s = _string(value)
+    if s not in AUTOCONNECTS:
+        raise _Invalid(f"{_show(s)} is not an autoconnect setting; choose one of "
+                       f"{', '.join(AUTOCONNECTS)}")
+    return s
+
+
+def _trusted_network(value: object) -> TrustedNetwork:
+    try:
+        return parse_entry(_string(value))
+    except ValueError as e:
+        raise _Invalid(str(e)) from None
 
 
 def _lockdown(value: object) -> str:

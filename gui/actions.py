@@ -262,6 +262,14 @@ class Actions(QObject):
 
     # --- errors ----------------------------------------------------------------------------
 
+    def trust_current_network(self, name: str) -> None:
+        """Add the network this machine is on to ``name``'s trusted networks (autoconnect)."""
+        def trusted(result: dict[str, Any]) -> None:
+            self.done.emit(f"{name} trusts this network ({result.get('entry', '')})")
+
+        self.helper.call("trust", name=name, current=True, on_result=trusted,
+                         on_error=self._fail(f"Could not trust this network for {name}"))
+
     def _fail(self, title: str) -> Callable[[IPCError], None]:
         def report(error: IPCError) -> None:
             if error.code == "unavailable" or error.code == "forbidden":

@@ -26,6 +26,8 @@ from gui.state import LiveState
 from gui.tray import Tray
 from gui.window import MainWindow
 
+log = logging.getLogger(__name__)
+
 __all__ = ["App", "build", "main"]
 
 
@@ -92,11 +94,28 @@ def build(socket: str | None = None, *, native_dialogs: bool = True,
         window.restoreGeometry(geometry)  # size and place of the last run
     tray.toggleRequested.connect(actions.toggle)
     tray.unblockRequested.connect(actions.unblock)
+    tray.trustRequested.connect(actions.trust_current_network)
+    helper.available.connect(_session_teller(helper))
     tray.openRequested.connect(app.open_window)
     tray.quitRequested.connect(app.request_quit)
     window.hiddenToTray.connect(app.tell_hidden)
     window.quitRequested.connect(app.request_quit)
     return app
+
+
+def _session_teller(helper: HelperClient) -> Callable[[bool, str, str], None]:
+    """Tell the helper once, when it first answers, that this user's session started: its
+    ``autoconnect = "login"`` profiles come up (the client starts with the session, from its
+    autostart entry)."""
+    told: list[bool] = []
+
+    def tell(ok: bool, _code: str, _message: str) -> None:
+        if ok and not told:
+            told.append(True)
+            helper.call("session_started",
+                        on_error=lambda e: log.info("session_started: %s", e))
+
+    return tell
 
 
 def main(argv: Sequence[str] | None = None) -> int:

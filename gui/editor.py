@@ -20,19 +20,27 @@ from PySide6.QtWidgets import (
 
 from core.constants import CIPHERS, DEFAULT_CIPHER, MODES, TRANSPORTS
 from core.errors import ProfileInvalid
-from core.profile import Profile
+from core.profile import AUTOCONNECTS, Profile
 from gui.profile_form import FIELDS, KEY_FIELDS, Field, for_form, form_from_profile, parse_form
 from gui.widgets import ErrorLabel, UnsafeLabel
 
 __all__ = ["ProfileEditor"]
 
-_CHOICES = {"tunnel.mode": MODES, "tunnel.cipher": CIPHERS, "peer.transport": TRANSPORTS}
+_CHOICES = {"tunnel.mode": MODES, "tunnel.cipher": CIPHERS, "peer.transport": TRANSPORTS,
+            "tunnel.autoconnect": AUTOCONNECTS}
 MODE_HELP = {
     "ephemeral": "ephemeral (key pairs; recommended)",
     "rotating": "rotating (shared key, rotated sessions)",
     "psk": "psk (shared key)",
     "plain": "plain (NO encryption)",
 }
+
+AUTOCONNECT_HELP = {
+    "never": "never (only when I connect it)",
+    "login": "when I log in",
+    "untrusted": "on every network I do not trust",
+}
+_CHOICE_HELP = {"tunnel.mode": MODE_HELP, "tunnel.autoconnect": AUTOCONNECT_HELP}
 
 Problems = list[tuple[str, str]]
 
@@ -130,8 +138,7 @@ class ProfileEditor(QDialog):
                 QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
             widget.setMinimumContentsLength(20)
             for choice in _CHOICES[f.key]:
-                widget.addItem(MODE_HELP.get(choice, choice) if f.key == "tunnel.mode"
-                               else choice, choice)
+                widget.addItem(_CHOICE_HELP.get(f.key, {}).get(choice, choice), choice)
         elif f.kind == "bool":
             widget = QCheckBox()
         else:

@@ -35,6 +35,8 @@ class Tray(QObject):
     quitRequested = Signal()
     toggleRequested = Signal(str)
     unblockRequested = Signal()
+    trustRequested = Signal(str)
+    """A profile's name: trust the network this machine is on now (autoconnect)."""
 
     def __init__(self, state: LiveState, parent: QObject | None = None):
         super().__init__(parent)
@@ -104,6 +106,7 @@ class Tray(QObject):
                 self._label(name)
             if not self.tunnel_actions:
                 self.menu.addAction("No profiles yet").setEnabled(False)
+            self._trust_items()
         else:
             self.menu.addAction("Helper not available").setEnabled(False)
         self.menu.addSeparator()
@@ -111,6 +114,21 @@ class Tray(QObject):
         self.quit_action = self.menu.addAction("Quit", self.quitRequested.emit)
         self._label_quit()
         self.refresh_icon()
+
+    def _trust_items(self) -> None:
+        """"Trust this network" for each profile that connects by itself on untrusted
+        networks: the helper adds the network it sees now to the profile's trusted list."""
+        self.trust_actions: dict[str, QAction] = {}
+        names = [n for n, p in sorted(self.state.model.profiles.items())
+                 if p.autoconnect == "untrusted"]
+        if names:
+            self.menu.addSeparator()
+        for name in names:
+            text = "Trust this network" if len(names) == 1 else f"Trust this network ({name})"
+            action = self.menu.addAction(text)
+            action.setToolTip(f"{name} stays disconnected on this network from now on")
+            action.triggered.connect(lambda _checked=False, n=name: self.trustRequested.emit(n))
+            self.trust_actions[name] = action
 
     def _label(self, name: str) -> None:
         action = self.tunnel_actions.get(name)

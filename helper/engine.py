@@ -47,6 +47,7 @@ class Engine:
         self._lock = threading.Lock()
         self._timers = TimerThread(self._ticks, self._publish)
         self._timers.start()
+        self._network_listeners: list[Callable[[str], None]] = []
         self._netwatch = NetWatch(self._network_changed)
         self._netwatch.start()
 
@@ -205,9 +206,15 @@ class Engine:
     def _ticks(self) -> list[Callable[[], None]]:
         return [t.tick for t in list(self._tunnels.values())]
 
+    def add_network_listener(self, listener: Callable[[str], None]) -> None:
+        """Also tell ``listener`` of each network change (autoconnect)."""
+        self._network_listeners.append(listener)
+
     def _network_changed(self, why: str) -> None:
         for t in list(self._tunnels.values()):
             t.path_changed(why)
+        for listener in list(self._network_listeners):
+            listener(why)
 
     def _publish(self) -> None:
         for t in list(self._tunnels.values()):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import IPCError, TunsealError
+from helper.autoconnect import Autoconnect
 from helper.control import ControlServer
 from helper.engine import Engine
 from helper.gateway import GatewayService
@@ -83,10 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _run(args: argparse.Namespace, keys: KeyStore, level: int) -> int:
     profiles = ProfileStore(args.state_dir / "profiles")
     server: ControlServer | None = None
+    auto: Autoconnect | None = None
 
     def forward(event: str, data: dict[str, Any]) -> None:
         if server is not None:
             server.publish(event, data)
+        if auto is not None:
+            auto.on_event(event, data)
 
     # Starting the engine (it undoes what a crashed run left), the gateway and a shutdown all
     # talk netlink through pyroute2, whose synchronous IPRoute drives an asyncio loop of its
@@ -108,6 +112,9 @@ async def _run(args: argparse.Namespace, keys: KeyStore, level: int) -> int:
     # Before anyone can connect: profiles stored with caller-chosen key names get the
     # helper's own (helper/keyrefs.py).
     await asyncio.to_thread(service.migrate_key_refs)
+    auto = Autoconnect(service=service, profiles=profiles, running=engine.running)
+    auto.register(service)
+    engine.add_network_listener(auto.network_changed)
     server = ControlServer(path=args.socket, group=args.group, service=service)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -118,12 +125,14 @@ async def _run(args: argparse.Namespace, keys: KeyStore, level: int) -> int:
     try:
         await server.start()
         restoring = asyncio.create_task(asyncio.to_thread(service.restore))
+        auto.start()
         log.info("ready")
         await stop.wait()
         log.info("stopping: taking every tunnel down")
         await restoring
     finally:
         await server.close()
+        await asyncio.to_thread(auto.stop)
         logging.getLogger().removeHandler(handler)
         logging.getLogger().removeHandler(recent)
         await asyncio.to_thread(engine.shutdown)

@@ -171,6 +171,19 @@ class Service:
             "join",  # takes the lock itself, after the network exchange (helper/enrolment.py)
         }
 
+    def add_handler(self, op: str, handler: Callable[..., Any], *, mutating: bool) -> None:
+        """Serve ``op`` (one of core.ipc.OPS) with ``handler(caller, **args)``: a module's
+        own requests (helper/autoconnect.py registers its ops so)."""
+        self._handlers[op] = handler
+        if mutating:
+            self._mutating = self._mutating | {op}
+
+    def as_helper(self, op: str, **args: Any) -> Any:
+        """Run ``op`` for the helper itself (autoconnect), one at a time with requests that
+        change things, as restore() does."""
+        with self._lock:
+            return self._handlers[op](HELPER, **args)
+
     def handle(self, request: Request, caller: Caller) -> Any:
         """The result of ``request``, or :class:`~core.ipc.RequestError`."""
         handler = self._handlers.get(request.op)

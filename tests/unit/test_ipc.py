@@ -65,6 +65,10 @@ VALID_ARGS: dict[str, dict[str, Any]] = {
     "peer_revoke": {"name": "bob"},
     "join": {"invitation": "tunseal1:AAAA", "name": "office"},
     "lockdown": {"action": "on", "allow_lan": True},
+    "network": {},
+    "trust": {"name": "office", "entry": "gateway:52:54:00:12:34:56@office.example"},
+    "untrust": {"name": "office", "current": True},
+    "session_started": {},
 }
 
 

@@ -591,8 +591,10 @@ def test_documented_examples_load() -> None:
     for block in profiles:
         profile, _ = loads(block)
         assert loads(dumps(profile)) == (profile, None)
-    assert loads(profiles[0])[0] == OFFICE.replace(allowed_ips=("10.77.0.0/24", "fd77::/64"),
-                                                   lockdown="off")
+    assert loads(profiles[0])[0] == OFFICE.replace(
+        allowed_ips=("10.77.0.0/24", "fd77::/64"), lockdown="off", autoconnect="untrusted",
+        trusted_networks=("gateway:52:54:00:12:34:56@office.example",
+                          "nm:1c6a3f5e-7d2b-4c8e-9f01-23456789abcd"))
 
 
 # --- properties ---------------------------------------------------------------------------------
