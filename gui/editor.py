@@ -20,14 +20,14 @@ from PySide6.QtWidgets import (
 
 from core.constants import CIPHERS, DEFAULT_CIPHER, MODES, TRANSPORTS
 from core.errors import ProfileInvalid
-from core.profile import AUTOCONNECTS, Profile
+from core.profile import AUTOCONNECTS, LOCKDOWNS, Profile
 from gui.profile_form import FIELDS, KEY_FIELDS, Field, for_form, form_from_profile, parse_form
 from gui.widgets import ErrorLabel, UnsafeLabel
 
 __all__ = ["ProfileEditor"]
 
 _CHOICES = {"tunnel.mode": MODES, "tunnel.cipher": CIPHERS, "peer.transport": TRANSPORTS,
-            "tunnel.autoconnect": AUTOCONNECTS}
+            "tunnel.autoconnect": AUTOCONNECTS, "tunnel.lockdown": ("", *LOCKDOWNS)}
 MODE_HELP = {
     "ephemeral": "ephemeral (key pairs; recommended)",
     "rotating": "rotating (shared key, rotated sessions)",
@@ -40,7 +40,14 @@ AUTOCONNECT_HELP = {
     "login": "when I log in",
     "untrusted": "on every network I do not trust",
 }
-_CHOICE_HELP = {"tunnel.mode": MODE_HELP, "tunnel.autoconnect": AUTOCONNECT_HELP}
+LOCKDOWN_HELP = {
+    "": "automatic (while connected, for tunnels that carry everything)",
+    "off": "never",
+    "connected": "while connected",
+    "always": "always, even when not connected",
+}
+_CHOICE_HELP = {"tunnel.mode": MODE_HELP, "tunnel.autoconnect": AUTOCONNECT_HELP,
+                "tunnel.lockdown": LOCKDOWN_HELP}
 
 Problems = list[tuple[str, str]]
 

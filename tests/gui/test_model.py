@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from core.errors import ProfileInvalid
@@ -114,6 +116,26 @@ def test_graph_span_grows_with_history() -> None:
     assert time_step(300.0, 600, 60) == 60.0
     assert time_step(300.0, 300, 60) == 120.0
     assert time_step(300.0, 100, 60) == 300.0
+
+
+def test_every_profile_field_survives_the_editor_form() -> None:
+    # A field the form does not carry would be silently reset by every save in the editor
+    # (lockdown and allow_lan once were): every field set away from its default comes back.
+    profile = Profile("lab", mode="rotating", cipher="chacha20-poly1305", mtu=1300,
+                      device_id=7, persist=True, autoconnect="untrusted",
+                      trusted_networks=("gateway:02:00:00:00:00:01@office.example",),
+                      lockdown="always", allow_lan=True, rekey_seconds=300,
+                      rekey_messages=1000, addresses=("10.77.0.2/24",), listen_port=51999,
+                      dns=("10.0.0.53",), dns_search=("~corp.example",),
+                      endpoint="vpn.example.com:51901", transport="raw",
+                      public_key="", allowed_ips=("0.0.0.0/0",), keepalive=25,
+                      psk_ref="lab.psk")
+    defaults = Profile("lab", addresses=("10.77.0.2/24",))
+    unset = [f.name for f in dataclasses.fields(Profile)
+             if f.name not in ("name", "addresses", "public_key", "private_key_ref")
+             and getattr(profile, f.name) == getattr(defaults, f.name)]
+    assert unset == [], f"set these away from their defaults in this test: {unset}"
+    assert parse_form(form_from_profile(profile)) == profile
 
 
 def test_form_round_trip_and_problems_by_field() -> None:
