@@ -126,3 +126,25 @@ def test_checksum_edge_values(tos: int) -> None:
         if ecn.apply(pkt, 0, ecn.CE) == ecn.DROP:
             continue
         assert struct.unpack_from("!H", pkt, 10)[0] == ipv4_checksum(bytes(pkt[:20]))
+
+
+# --- what status says about it -----------------------------------------------------------------
+
+
+def test_status_shows_congestion_marks_seen() -> None:
+    from core.cli import format_status
+    from core.status import TunnelStatus
+
+    quiet = TunnelStatus(name="office", state="up")
+    assert quiet.congestion_summary() == ""
+    assert "congestion" not in format_status(quiet, 0.0)
+    marked = TunnelStatus(name="office", state="up", ecn_ce=12,
+                          drops={"ecn_not_ect_ce": 2, "replay": 1})
+    assert marked.congestion_summary() == \
+        "14 congestion marks seen (2 packets dropped: not ECN-capable)"
+    assert "  congestion 14 congestion marks seen (2 packets dropped: not ECN-capable)" in \
+        format_status(marked, 0.0).splitlines()
+    one = TunnelStatus(name="office", state="up", ecn_ce=1)
+    assert one.congestion_summary() == "1 congestion mark seen"
+    # Through the IPC schema and back.
+    assert TunnelStatus.from_dict(marked.to_dict()) == marked
