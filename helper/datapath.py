@@ -89,6 +89,7 @@ class DataPath:
         """Outer congestion marks (CE) passed on to ECN-capable inner packets (RFC 6040); the
         Not-ECT ones dropped under CE are counted in drops as ``ecn_not_ect_ce``."""
         self._last_internal_log = -LOG_INTERVAL
+        self._pollers: dict[int | tuple[int, ...], select.poll] = {}
         os.set_blocking(tun.fd, False)
         transport.set_blocking(False)
 
@@ -130,9 +131,15 @@ class DataPath:
 
     def _wait(self, fd: int | list[int]) -> None:
         try:
-            p = select.poll()
-            for f in (fd if isinstance(fd, list) else [fd]):
-                p.register(f, select.POLLIN)
+            # One poll object per set of fds (each loop waits on its own), made once: after
+            # every packet the loop comes here, and on the end that answers a ping the other
+            # thread's wake-up often waits on this CPU until this one sleeps.
+            key = tuple(fd) if isinstance(fd, list) else fd
+            p = self._pollers.get(key)
+            if p is None:
+                p = self._pollers[key] = select.poll()
+                for f in (fd if isinstance(fd, list) else [fd]):
+                    p.register(f, select.POLLIN)
             p.poll(POLL_MS)
         except (OSError, ValueError):
             time.sleep(POLL_MS / 1000)
@@ -155,12 +162,14 @@ class DataPath:
         tso = state.tso
         one_peer = self._single_peer() is not None
         readv = os.readv
+        fresh = True
         while not self.stop.is_set():
             try:
                 n = readv(fd, [buf])
             except BlockingIOError:
                 state.flush()
                 self._wait(fd)
+                fresh = True
                 continue
             except OSError as e:
                 if e.errno == errno.EBADF or self.stop.is_set():
@@ -174,8 +183,11 @@ class DataPath:
                         offload.segment(frame, emit, scratch)
                 else:
                     emit(mv[:n], False)
-                if n > 2000 or state.count >= MAX_GSO_SEGMENTS:
+                # The first frame after a wait leaves at once (an idle ping, a lone request);
+                # the frames that follow it without a wait are batched into GSO sends.
+                if fresh or n > 2000 or state.count >= MAX_GSO_SEGMENTS:
                     state.flush()
+                fresh = False
             except Exception:
                 # As on receive: a frame the checks missed costs itself and what was batched
                 # with it, never the loop.
