@@ -217,13 +217,17 @@ class DataPath:
         plain_peer = self.endpoint.plain_peer
         source_owner = self.routes.source_owner
         receive = self.transport.receive
+        # Sleep in the receive itself where the transport can (one socket): the packet is in
+        # hand on waking, with no poll and no Python between the wake-up and the read.
+        blocking = self.transport.block_in_receive(POLL_MS)
         while not self.stop.is_set():
             try:
                 n, seg, addr = receive(buf)
             except BlockingIOError:
                 if coalescer is not None:
                     coalescer.flush()
-                self._wait(sock_fd)
+                if not blocking:
+                    self._wait(sock_fd)
                 continue
             except OSError as e:
                 if e.errno in (errno.EBADF, errno.ENOTSOCK) or self.stop.is_set():

@@ -47,6 +47,7 @@ _RX_CMSG_SPACE = _GSO_CMSG_SPACE + socket.CMSG_SPACE(4)
 """Room for the GRO segment size and the TOS / traffic class."""
 _INT = struct.Struct("i")
 _USHORT = struct.Struct("H")
+_TIMEVAL = struct.Struct("@ll")
 
 Address = tuple[str, int] | tuple[str, int, int, int]
 SOL_IP = 0
@@ -101,6 +102,8 @@ class Transport:
     rx_ecn: int = 0
     """The outer ECN field of what :meth:`receive` returned last (one datagram or a GRO run:
     the kernel merges only datagrams with equal TOS)."""
+    send_flags: int = 0
+    """MSG_DONTWAIT once :meth:`block_in_receive` made the socket blocking."""
     errors_pending: bool = False
     """A send failed with an error from the path (EMSGSIZE, ECONNREFUSED, EHOSTUNREACH...).
     Such a send consumes the socket's pending error (sk_err), which is what makes a receive
@@ -146,6 +149,20 @@ class Transport:
     def set_blocking(self, flag: bool) -> None:
         self.sock.setblocking(flag)
 
+    def block_in_receive(self, timeout_ms: int) -> bool:
+        """Let :meth:`receive` sleep in the kernel until a datagram arrives (BlockingIOError
+        after ``timeout_ms``), while sends still never block (MSG_DONTWAIT): a loop that waits
+        in the receive itself has its packet in hand when it wakes, one system call and the
+        Python between a ``poll`` and the read sooner. False: this transport cannot (it reads
+        several sockets) and stays non-blocking."""
+        if len(self.fds()) != 1:
+            return False
+        self.send_flags = socket.MSG_DONTWAIT
+        self.sock.setblocking(True)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                             _TIMEVAL.pack(timeout_ms // 1000, timeout_ms % 1000 * 1000))
+        return True
+
     def enable_path_errors(self) -> None:
         """Never fragment our datagrams (so the path tells us its MTU) and queue ICMP errors
         for :meth:`read_errors` instead of losing them."""
@@ -165,7 +182,8 @@ class Transport:
         out: list[PathError] = []
         for _ in range(limit):
             try:
-                data, anc, _flags, addr = self.sock.recvmsg(2048, 512, MSG_ERRQUEUE)
+                data, anc, _flags, addr = self.sock.recvmsg(2048, 512,
+                                                            MSG_ERRQUEUE | socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -242,9 +260,10 @@ class UdpTransport(Transport):
     def send(self, data: bytes | bytearray | memoryview, addr: Address, ecn: int = 0) -> None:
         try:
             if ecn:
-                self.sock.sendmsg([data], [self._ecn_cmsg(addr, ecn)], 0, self._addr(addr))
+                self.sock.sendmsg([data], [self._ecn_cmsg(addr, ecn)], self.send_flags,
+                                  self._addr(addr))
             else:
-                self.sock.sendto(data, self._addr(addr))
+                self.sock.sendto(data, self.send_flags, self._addr(addr))
         except OSError as e:
             self._send_failed(e)
 
@@ -256,7 +275,7 @@ class UdpTransport(Transport):
         if ecn:
             cmsgs.append(self._ecn_cmsg(addr, ecn))
         try:
-            self.sock.sendmsg([buf], cmsgs, 0, self._addr(addr))
+            self.sock.sendmsg([buf], cmsgs, self.send_flags, self._addr(addr))
         except OSError as e:
             if e.errno == errno.EIO:
                 # Some paths (e.g. a device without checksum offload) refuse GSO: stop using it.
@@ -313,9 +332,10 @@ class RawTransport(Transport):
     def send(self, data: bytes | bytearray | memoryview, addr: Address, ecn: int = 0) -> None:
         try:
             if ecn:
-                self.sock.sendmsg([data], [self._ecn_cmsgs[ecn & 3]], 0, (addr[0], 0))
+                self.sock.sendmsg([data], [self._ecn_cmsgs[ecn & 3]], self.send_flags,
+                                  (addr[0], 0))
             else:
-                self.sock.sendto(data, (addr[0], 0))
+                self.sock.sendto(data, self.send_flags, (addr[0], 0))
         except OSError as e:
             self._send_failed(e)
 
