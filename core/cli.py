@@ -357,6 +357,7 @@ def format_status(st: TunnelStatus, now: float) -> str:
         ("transfer", f"{human_bytes(st.rx_bytes)} received, {human_bytes(st.tx_bytes)} sent"),
         ("rate", f"{human_bytes(st.rx_rate)}/s in, {human_bytes(st.tx_rate)}/s out"),
         ("RTT", _rtt(st)),
+        ("congestion", st.congestion_summary()),
         ("DNS", st.dns.summary() if st.dns is not None else ""),
         ("lockdown", _lockdown(st)),
         ("IPv6", _ipv6(st)),

@@ -86,6 +86,10 @@ class TunnelStatus:
     rtt_ms: float | None = None
     loss: float | None = None
     drops: dict[str, int] = field(default_factory=dict)
+    ecn_ce: int = 0
+    """Congestion marks (ECN CE) the outer path made, passed on to ECN-capable inner packets
+    (RFC 6040, docs/DATAPATH.md); those it made on packets that cannot carry one were dropped
+    and are in ``drops`` as ``ecn_not_ect_ce``."""
     peers: tuple[PeerStatus, ...] = ()
     error: str = ""
     since: float | None = None
@@ -97,6 +101,17 @@ class TunnelStatus:
     ipv6: str = ""
     """"blocked": a full IPv4 tunnel without IPv6 keeps IPv6 from leaving; "tunnel": IPv6
     goes through the tunnel (it routes ::/0); "": neither (a split tunnel)."""
+
+    def congestion_summary(self) -> str:
+        """``12 congestion marks seen (2 packets dropped: not ECN-capable)``; "" if none."""
+        dropped = self.drops.get("ecn_not_ect_ce", 0)
+        seen = self.ecn_ce + dropped
+        if not seen:
+            return ""
+        text = f"{seen} congestion mark{'s' if seen != 1 else ''} seen"
+        if dropped:
+            text += f" ({dropped} packet{'s' if dropped != 1 else ''} dropped: not ECN-capable)"
+        return text
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

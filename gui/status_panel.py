@@ -29,13 +29,18 @@ _ROWS = (
     ("addresses", "Your address"), ("networks", "Networks"), ("interface", "Interface"),
     ("mode", "Security"), ("cipher", "Cipher"),
     ("handshake", "Last handshake"), ("received", "Received"), ("sent", "Sent"),
-    ("rates", "Now"), ("rtt", "Round trip"), ("loss", "Loss"), ("mtu", "Tunnel MTU"),
+    ("rates", "Now"), ("rtt", "Round trip"), ("loss", "Loss"),
+    ("congestion", "Congestion marks"), ("mtu", "Tunnel MTU"),
     ("dns", "DNS"), ("lockdown", "Lockdown"), ("ipv6", "IPv6"),
 )
 _LEFT = 8
 """Rows in the left column: what the tunnel is and where it goes; the right one: how it does."""
 COUNTERS_NOTE = ("Received also counts the tunnel's own probe replies, which keep measuring the "
                  "round trip; Sent counts only your traffic.")
+CONGESTION_NOTE = ("Routers on the way to the server that were congested marked packets "
+                   "instead of dropping them (ECN); the applications slow down as if a packet "
+                   "had been lost. Packets of applications that cannot take a mark are "
+                   "dropped.")
 _LOCKDOWN = {"connected": "on while connected", "always": "always on", "off": "off"}
 _IPV6 = {"blocked": "blocked (this tunnel carries only IPv4)", "tunnel": "through the tunnel"}
 
@@ -64,6 +69,7 @@ class StatusPanel(QWidget):
             forms[0 if i < _LEFT else 1].addRow(label, value)
         for key in ("received", "sent"):
             self.values[key].setToolTip(COUNTERS_NOTE)
+        self.values["congestion"].setToolTip(CONGESTION_NOTE)
         grid.addLayout(forms[0], 0, 0)
         grid.addLayout(forms[1], 0, 1)
         grid.setColumnStretch(0, 1)
@@ -116,6 +122,7 @@ class StatusPanel(QWidget):
                            if running else "—")
         v["rtt"].setText(fmt.rtt_text(st))
         v["loss"].setText(fmt.loss_text(st, recovered=recovered, now=now))
+        v["congestion"].setText((st.congestion_summary() or "none seen") if running else "—")
         v["mtu"].setText(str(st.mtu) if running and st.mtu else
                          (f"{profile.mtu} (configured)" if profile else "—"))
         mode = st.mode if running and st.mode else (profile.mode if profile else "")

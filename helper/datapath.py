@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from core import session
+from core import ecn, session
 from core.constants import DATA_HEADER_LEN, FIXED_HEADER_LEN, TAG_LEN, Flag, PacketType
 from core.endpoint import AnyPeer, Endpoint, PlainPeer
 from core.errors import TunsealError
@@ -85,7 +85,11 @@ class DataPath:
         self.tx_frames = 0
         self.rx_frames = 0
         self.coalescer: offload.Coalescer | None = None
+        self.ecn_ce = 0
+        """Outer congestion marks (CE) passed on to ECN-capable inner packets (RFC 6040); the
+        Not-ECT ones dropped under CE are counted in drops as ``ecn_not_ect_ce``."""
         self._last_internal_log = -LOG_INTERVAL
+        self._pollers: dict[int | tuple[int, ...], select.poll] = {}
         os.set_blocking(tun.fd, False)
         transport.set_blocking(False)
 
@@ -127,9 +131,15 @@ class DataPath:
 
     def _wait(self, fd: int | list[int]) -> None:
         try:
-            p = select.poll()
-            for f in (fd if isinstance(fd, list) else [fd]):
-                p.register(f, select.POLLIN)
+            # One poll object per set of fds (each loop waits on its own), made once: after
+            # every packet the loop comes here, and on the end that answers a ping the other
+            # thread's wake-up often waits on this CPU until this one sleeps.
+            key = tuple(fd) if isinstance(fd, list) else fd
+            p = self._pollers.get(key)
+            if p is None:
+                p = self._pollers[key] = select.poll()
+                for f in (fd if isinstance(fd, list) else [fd]):
+                    p.register(f, select.POLLIN)
             p.poll(POLL_MS)
         except (OSError, ValueError):
             time.sleep(POLL_MS / 1000)
@@ -152,12 +162,14 @@ class DataPath:
         tso = state.tso
         one_peer = self._single_peer() is not None
         readv = os.readv
+        fresh = True
         while not self.stop.is_set():
             try:
                 n = readv(fd, [buf])
             except BlockingIOError:
                 state.flush()
                 self._wait(fd)
+                fresh = True
                 continue
             except OSError as e:
                 if e.errno == errno.EBADF or self.stop.is_set():
@@ -171,8 +183,11 @@ class DataPath:
                         offload.segment(frame, emit, scratch)
                 else:
                     emit(mv[:n], False)
-                if n > 2000 or state.count >= MAX_GSO_SEGMENTS:
+                # The first frame after a wait leaves at once (an idle ping, a lone request);
+                # the frames that follow it without a wait are batched into GSO sends.
+                if fresh or n > 2000 or state.count >= MAX_GSO_SEGMENTS:
                     state.flush()
+                fresh = False
             except Exception:
                 # As on receive: a frame the checks missed costs itself and what was batched
                 # with it, never the loop.
@@ -189,7 +204,8 @@ class DataPath:
         mv = memoryview(buf)
         deliver = self.deliver
         counts = self.endpoint.drops
-        coalescer = offload.Coalescer(deliver, self.endpoint.count) if vnet else None
+        coalescer = offload.Coalescer(deliver, self.endpoint.count,
+                                      self._count_marks) if vnet else None
         self.coalescer = coalescer
         lookup = self.endpoint.indices.keypair
         peer_of = self.endpoint.indices.peer
@@ -201,13 +217,17 @@ class DataPath:
         plain_peer = self.endpoint.plain_peer
         source_owner = self.routes.source_owner
         receive = self.transport.receive
+        # Sleep in the receive itself where the transport can (one socket): the packet is in
+        # hand on waking, with no poll and no Python between the wake-up and the read.
+        blocking = self.transport.block_in_receive(POLL_MS)
         while not self.stop.is_set():
             try:
                 n, seg, addr = receive(buf)
             except BlockingIOError:
                 if coalescer is not None:
                     coalescer.flush()
-                self._wait(sock_fd)
+                if not blocking:
+                    self._wait(sock_fd)
                 continue
             except OSError as e:
                 if e.errno in (errno.EBADF, errno.ENOTSOCK) or self.stop.is_set():
@@ -229,6 +249,13 @@ class DataPath:
             now = time.monotonic()
             if seg <= 0 or seg > n:
                 seg = n
+            # RFC 6040: one outer ECN field for the whole batch, applied to each inner packet
+            # (or merged run) on its way to the TUN.
+            outer_ecn = self.transport.rx_ecn
+            if coalescer is not None:
+                coalescer.outer_ecn = outer_ecn
+            else:
+                deliver = self._deliver_ecn if ecn.REWRITES[outer_ecn] else self.deliver
             kp_index = -1
             cont_next = -1
             kp: session.Keypair | None = None
@@ -361,6 +388,21 @@ class DataPath:
         except OSError:
             self.endpoint.count("tun_rejected")
 
+    def _deliver_ecn(self, frame: bytes | bytearray) -> None:
+        """:meth:`deliver` for a batch whose outer ECN field changes or drops inner packets
+        (without a virtio header; the Coalescer does this for vnet devices)."""
+        pkt = bytearray(frame)
+        verdict = ecn.apply(pkt, 0, self.transport.rx_ecn)
+        if verdict == ecn.DROP:
+            self.endpoint.count("ecn_not_ect_ce")
+            return
+        if verdict == ecn.MARKED:
+            self.ecn_ce += 1
+        self.deliver(pkt)
+
+    def _count_marks(self, n: int) -> None:
+        self.ecn_ce += n
+
     def _internal_error(self, doing: str, lost: int) -> None:
         """A bug met while handling packets: count what it cost (``internal_error``), log it
         (with the traceback, at most every LOG_INTERVAL s), and let the loop go on."""
@@ -427,7 +469,8 @@ def _link_local(pkt: memoryview) -> bool:
 class _TxBatch:
     """Accumulates sealed packets for one peer into one GSO send."""
 
-    __slots__ = ("count", "dp", "off", "omv", "out", "peer", "scratch", "seg", "single")
+    __slots__ = ("count", "dp", "ecn", "off", "omv", "out", "peer", "scratch", "seg",
+                 "single")
 
     def __init__(self, dp: DataPath, out: bytearray, omv: memoryview, scratch: bytearray):
         self.dp = dp
@@ -437,6 +480,8 @@ class _TxBatch:
         self.off = 0
         self.seg = 0
         self.count = 0
+        self.ecn = 0
+        """The outer ECN field of what is batched: the inner one (RFC 6040 normal mode)."""
         self.peer: AnyPeer | None = None
         self.single = dp._single_peer()
 
@@ -445,7 +490,8 @@ class _TxBatch:
         if peer is not None and end:
             addr = peer.endpoint
             if addr is not None:
-                self.dp.transport.send_segments(self.omv[:end], seg, addr)  # type: ignore[arg-type]
+                self.dp.transport.send_segments(self.omv[:end], seg, addr,  # type: ignore[arg-type]
+                                                self.ecn)
             peer.last_sent = peer.last_data = time.monotonic()
             peer.owes_keepalive = False
         return 0
@@ -472,6 +518,7 @@ class _TxBatch:
         if peer is not self.peer or self.count:
             self.flush()
             self.peer = peer
+        self.ecn = ecn.of_packet(frame, offload.VNET_LEN)  # every segment has the frame's
         first_encap = kp.send_counter & 0xFFFF
         off, seg, count, nbytes = offload.seal_tso(frame, kp, self.out, 0, self.scratch,
                                                    self._send, self.dp.mtu)
@@ -481,6 +528,7 @@ class _TxBatch:
         if peer is not self.peer or self.count:
             self.flush()
             self.peer = peer
+        self.ecn = ecn.of_packet(frame, offload.VNET_LEN)
         first = peer.encap
         off, seg, count, nbytes, peer.encap = offload.frame_tso_plain(
             frame, peer.device_id, first, self.out, 0, self._send, self.dp.mtu)
@@ -532,10 +580,14 @@ class _TxBatch:
         else:
             dp.ring(peer).record(peer.encap, 1, bytes(pkt[:icmp.QUOTE_LEN]))
             need = FIXED_HEADER_LEN + len(pkt)
-        # GSO sends equal-sized datagrams (only the last may be shorter) within one budget.
-        if self.count and (need > self.seg or self.off + need > GSO_BUDGET):
+        # GSO sends equal-sized datagrams (only the last may be shorter) within one budget,
+        # and one outer ECN field.
+        inner_ecn = ecn.of_packet(pkt)
+        if self.count and (need > self.seg or self.off + need > GSO_BUDGET
+                           or inner_ecn != self.ecn):
             self.flush()
             self.peer = peer
+        self.ecn = inner_ecn
         if isinstance(peer, Peer):
             assert kp is not None
             size = kp.seal_into(self.out, self.off, pkt, PacketType.DATA, flags)

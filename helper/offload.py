@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
+from core import ecn
 from core.constants import DATA_HEADER_LEN, FIXED_HEADER_LEN, TAG_LEN, Flag, PacketType
 from core.session import DATA_CONST, DATA_HEADER, SEALED_FLAGS, Keypair
 
@@ -141,6 +142,7 @@ class Coalescer:
         "_hl",
         "_ip_len",
         "_key",
+        "_mark",
         "_next_seq",
         "_owner",
         "_psh",
@@ -149,12 +151,19 @@ class Coalescer:
         "_write",
         "frames",
         "merged",
+        "outer_ecn",
     )
 
     def __init__(self, write: Callable[[bytes | bytearray], object],
-                 drop: Callable[[str], None] | None = None):
+                 drop: Callable[[str], None] | None = None,
+                 mark: Callable[[int], None] | None = None):
+        """``mark(n)``: ``n`` inner packets were marked CE for an outer CE (RFC 6040)."""
         self._write = write
         self._drop = drop or (lambda reason: None)
+        self._mark = mark or (lambda n: None)
+        self.outer_ecn = 0
+        """The outer ECN field of the receive batch being added (the caller sets it per batch,
+        and flushes at the end of each): applied to every frame on its way out."""
         self._bufs: list[bytes | memoryview] = []
         self._key: tuple[object, ...] = ()
         self._next_seq = 0
@@ -252,8 +261,29 @@ class Coalescer:
             hdr = VNET.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, ip_len, off)
         else:
             hdr = _PLAIN_VNET
-        self._write(hdr + pkt)
+        if ecn.REWRITES[self.outer_ecn]:
+            frame = bytearray(hdr)
+            frame += pkt
+            if not self._decap(frame, VNET_LEN, 1):
+                return
+            self._write(frame)
+        else:
+            self._write(hdr + pkt)
         self.frames += 1
+
+    def _decap(self, buf: bytearray, off: int, count: int) -> bool:
+        """RFC 6040 decapsulation of the frame at ``buf[off:]`` that carries ``count`` inner
+        packets (a merged run carries its first segment's header, and the segments of a run
+        share their ECN field: the Coalescer merges only equal TOS / traffic class, and a
+        CONTINUATION run comes from one TSO frame). False: dropped (Not-ECT under CE)."""
+        verdict = ecn.apply(buf, off, self.outer_ecn)
+        if verdict == ecn.DROP:
+            for _ in range(count):
+                self._drop("ecn_not_ect_ce")
+            return False
+        if verdict == ecn.MARKED:
+            self._mark(count)
+        return True
 
     def _add_tcp(self, pkt: bytes, ip_len: int, v4: bool, owner: object) -> None:
         th = ip_len
@@ -329,6 +359,10 @@ class Coalescer:
             pseudo = int.from_bytes(head[8:40], "big") + PROTO_TCP
             gso_type = GSO_TCPV6
         struct.pack_into("!H", head, ip_len + 16, _fold(pseudo + total - ip_len))
+        if ecn.REWRITES[self.outer_ecn] and not self._decap(head, 0, self._count):
+            self._bufs = []
+            self._count = 0
+            return
         vnet = VNET.pack(F_NEEDS_CSUM, gso_type, hl, self._gso, ip_len, 16)
         parts: list[bytes | bytearray | memoryview] = [vnet, head, memoryview(first)[hl:]]
         parts.extend(self._bufs[1:])

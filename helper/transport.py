@@ -4,6 +4,11 @@ UDP uses the kernel's segmentation offload both ways when it has them: one ``sen
 up to 64 equal-sized datagrams (UDP_SEGMENT) and one ``recvmsg`` returns a run of datagrams
 from one source glued together (UDP_GRO). Support is probed when the socket opens; without it
 every datagram is one system call, and everything still works.
+
+Both transports carry the outer ECN field (RFC 6040, core/ecn.py): a send may ask for one (an
+IP_TOS / IPV6_TCLASS control message, so one per GSO send; without it the datagrams leave
+Not-ECT), and every receive records the one it saw in :attr:`Transport.rx_ecn` (the kernel's GRO
+merges only datagrams with the same TOS, so one value holds for a whole run).
 """
 
 from __future__ import annotations
@@ -29,13 +34,20 @@ IP_RECVERR = 11
 IPV6_MTU_DISCOVER = 23
 IPV6_PMTUDISC_DO = 2
 IPV6_RECVERR = 25
+IP_TOS = 1
+IP_RECVTOS = 13
+IPV6_RECVTCLASS = 66
+IPV6_TCLASS = 67
 MAX_GSO_SEGMENTS = 64
 """The kernel's UDP_MAX_SEGMENTS."""
 MAX_DATAGRAM = 65507
 RECV_BUFFER = 65536 + 4096
 _GSO_CMSG_SPACE = socket.CMSG_SPACE(4)
+_RX_CMSG_SPACE = _GSO_CMSG_SPACE + socket.CMSG_SPACE(4)
+"""Room for the GRO segment size and the TOS / traffic class."""
 _INT = struct.Struct("i")
 _USHORT = struct.Struct("H")
+_TIMEVAL = struct.Struct("@ll")
 
 Address = tuple[str, int] | tuple[str, int, int, int]
 SOL_IP = 0
@@ -44,6 +56,10 @@ MSG_ERRQUEUE = 0x2000
 SO_EE_ORIGIN_LOCAL = 1
 SO_EE_ORIGIN_ICMP = 2
 SO_EE_ORIGIN_ICMP6 = 3
+_TOS_CMSG = tuple((SOL_IP, IP_TOS, _INT.pack(ecn)) for ecn in range(4))
+"""Per outer ECN field: the control message that asks for it on an IPv4 (or v4-mapped) send."""
+_TCLASS_CMSG = tuple((SOL_IPV6, IPV6_TCLASS, _INT.pack(ecn)) for ecn in range(4))
+"""The same for an IPv6 send."""
 _EXT_ERR = struct.Struct("=IBBBBII")
 """struct sock_extended_err: errno, origin, type, code, pad, info, data."""
 
@@ -83,6 +99,11 @@ class Transport:
     gso: bool = False
     gro: bool = False
     kind: str = ""
+    rx_ecn: int = 0
+    """The outer ECN field of what :meth:`receive` returned last (one datagram or a GRO run:
+    the kernel merges only datagrams with equal TOS)."""
+    send_flags: int = 0
+    """MSG_DONTWAIT once :meth:`block_in_receive` made the socket blocking."""
     errors_pending: bool = False
     """A send failed with an error from the path (EMSGSIZE, ECONNREFUSED, EHOSTUNREACH...).
     Such a send consumes the socket's pending error (sk_err), which is what makes a receive
@@ -92,17 +113,20 @@ class Transport:
     later GSO send fails locally with EMSGSIZE (never queued), and the tunnel black-holes
     large packets for good."""
 
-    def send(self, data: bytes | bytearray | memoryview, addr: Address) -> None:
+    def send(self, data: bytes | bytearray | memoryview, addr: Address, ecn: int = 0) -> None:
+        """Send one datagram with outer ECN field ``ecn`` (0: Not-ECT)."""
         raise NotImplementedError
 
-    def send_segments(self, buf: memoryview, seg: int, addr: Address) -> None:
-        """Send ``buf`` as datagrams of ``seg`` bytes (the last may be shorter)."""
+    def send_segments(self, buf: memoryview, seg: int, addr: Address, ecn: int = 0) -> None:
+        """Send ``buf`` as datagrams of ``seg`` bytes (the last may be shorter), all with outer
+        ECN field ``ecn``."""
         for off in range(0, len(buf), seg):
-            self.send(buf[off:off + seg], addr)
+            self.send(buf[off:off + seg], addr, ecn)
 
     def receive(self, buf: bytearray) -> tuple[int, int, Address]:
-        """Block for the next datagram (or GRO run): (length, segment size or 0, source).
-        OSError when the socket has an error to report: then call :meth:`read_errors`."""
+        """Block for the next datagram (or GRO run): (length, segment size or 0, source); its
+        outer ECN field is then in :attr:`rx_ecn`. OSError when the socket has an error to
+        report: then call :meth:`read_errors`."""
         raise NotImplementedError
 
     def _send_failed(self, e: OSError) -> None:
@@ -125,6 +149,20 @@ class Transport:
     def set_blocking(self, flag: bool) -> None:
         self.sock.setblocking(flag)
 
+    def block_in_receive(self, timeout_ms: int) -> bool:
+        """Let :meth:`receive` sleep in the kernel until a datagram arrives (BlockingIOError
+        after ``timeout_ms``), while sends still never block (MSG_DONTWAIT): a loop that waits
+        in the receive itself has its packet in hand when it wakes, one system call and the
+        Python between a ``poll`` and the read sooner. False: this transport cannot (it reads
+        several sockets) and stays non-blocking."""
+        if len(self.fds()) != 1:
+            return False
+        self.send_flags = socket.MSG_DONTWAIT
+        self.sock.setblocking(True)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                             _TIMEVAL.pack(timeout_ms // 1000, timeout_ms % 1000 * 1000))
+        return True
+
     def enable_path_errors(self) -> None:
         """Never fragment our datagrams (so the path tells us its MTU) and queue ICMP errors
         for :meth:`read_errors` instead of losing them."""
@@ -144,7 +182,8 @@ class Transport:
         out: list[PathError] = []
         for _ in range(limit):
             try:
-                data, anc, _flags, addr = self.sock.recvmsg(2048, 512, MSG_ERRQUEUE)
+                data, anc, _flags, addr = self.sock.recvmsg(2048, 512,
+                                                            MSG_ERRQUEUE | socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -195,6 +234,11 @@ class UdpTransport(Transport):
                                  "(is another tunnel using it?)") from None
         self.gso = self._try(SOL_UDP, UDP_SEGMENT, 0)
         self.gro = self._try(SOL_UDP, UDP_GRO, 1)
+        # The outer TOS / traffic class of what arrives (for IPv4 and v4-mapped peers, and for
+        # IPv6 ones): the ECN field a router on the path may have marked.
+        self._try(SOL_IP, IP_RECVTOS, 1)
+        if family == socket.AF_INET6:
+            self._try(SOL_IPV6, IPV6_RECVTCLASS, 1)
 
     def _try(self, level: int, opt: int, value: int) -> bool:
         try:
@@ -208,39 +252,54 @@ class UdpTransport(Transport):
             return ("::ffff:" + addr[0], addr[1], 0, 0)
         return addr
 
-    def send(self, data: bytes | bytearray | memoryview, addr: Address) -> None:
+    def _ecn_cmsg(self, addr: Address, ecn: int) -> tuple[int, int, bytes]:
+        # An IPv6 socket sends to a v4-mapped address as IPv4, where only IP_TOS counts.
+        v6 = self.family == socket.AF_INET6 and ":" in addr[0]
+        return (_TCLASS_CMSG if v6 else _TOS_CMSG)[ecn & 3]
+
+    def send(self, data: bytes | bytearray | memoryview, addr: Address, ecn: int = 0) -> None:
         try:
-            self.sock.sendto(data, self._addr(addr))
+            if ecn:
+                self.sock.sendmsg([data], [self._ecn_cmsg(addr, ecn)], self.send_flags,
+                                  self._addr(addr))
+            else:
+                self.sock.sendto(data, self.send_flags, self._addr(addr))
         except OSError as e:
             self._send_failed(e)
 
-    def send_segments(self, buf: memoryview, seg: int, addr: Address) -> None:
+    def send_segments(self, buf: memoryview, seg: int, addr: Address, ecn: int = 0) -> None:
         if not self.gso or len(buf) <= seg:
-            super().send_segments(buf, seg, addr)
+            super().send_segments(buf, seg, addr, ecn)
             return
+        cmsgs = [(SOL_UDP, UDP_SEGMENT, _USHORT.pack(seg))]
+        if ecn:
+            cmsgs.append(self._ecn_cmsg(addr, ecn))
         try:
-            self.sock.sendmsg([buf], [(SOL_UDP, UDP_SEGMENT, _USHORT.pack(seg))],
-                              0, self._addr(addr))
+            self.sock.sendmsg([buf], cmsgs, self.send_flags, self._addr(addr))
         except OSError as e:
             if e.errno == errno.EIO:
                 # Some paths (e.g. a device without checksum offload) refuse GSO: stop using it.
                 log.info("UDP GSO refused by the kernel; sending datagrams one by one")
                 self.gso = False
-                super().send_segments(buf, seg, addr)
+                super().send_segments(buf, seg, addr, ecn)
             else:
                 self._send_failed(e)
                 if e.errno == errno.EMSGSIZE:
                     # A GSO send over the path MTU fails without queueing anything; one plain
                     # datagram queues a local error that carries the path MTU for read_errors.
-                    self.send(buf[:seg], addr)
+                    self.send(buf[:seg], addr, ecn)
 
     def receive(self, buf: bytearray) -> tuple[int, int, Address]:
         self._raise_pending()
-        n, anc, _flags, addr = self.sock.recvmsg_into([buf], _GSO_CMSG_SPACE)
-        seg = 0
+        n, anc, _flags, addr = self.sock.recvmsg_into([buf], _RX_CMSG_SPACE)
+        seg = ecn = 0
         for level, kind, data in anc:
             if level == SOL_UDP and kind == UDP_GRO and len(data) >= 2:
                 seg = _INT.unpack(data[:4])[0] if len(data) >= 4 else _USHORT.unpack(data[:2])[0]
+            elif data and ((level == SOL_IP and kind == IP_TOS)
+                           or (level == SOL_IPV6 and kind == IPV6_TCLASS)):
+                ecn = data[0] & 3  # a byte (IP_TOS), or a host-order int (little-endian)
+        self.rx_ecn = ecn
         if addr and addr[0].startswith("::ffff:"):
             addr = (addr[0][7:], addr[1])
         return n, seg, addr
@@ -264,10 +323,19 @@ class RawTransport(Transport):
         mark_socket(self.sock)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        # IPv4 raw sockets hand over the IP header, TOS included; IPv6 ones need a cmsg.
+        self._v6 = family == socket.AF_INET6
+        if self._v6:
+            self.sock.setsockopt(SOL_IPV6, IPV6_RECVTCLASS, 1)
+        self._ecn_cmsgs = _TCLASS_CMSG if self._v6 else _TOS_CMSG
 
-    def send(self, data: bytes | bytearray | memoryview, addr: Address) -> None:
+    def send(self, data: bytes | bytearray | memoryview, addr: Address, ecn: int = 0) -> None:
         try:
-            self.sock.sendto(data, (addr[0], 0))
+            if ecn:
+                self.sock.sendmsg([data], [self._ecn_cmsgs[ecn & 3]], self.send_flags,
+                                  (addr[0], 0))
+            else:
+                self.sock.sendto(data, self.send_flags, (addr[0], 0))
         except OSError as e:
             self._send_failed(e)
 
@@ -278,12 +346,20 @@ class RawTransport(Transport):
 
     def receive(self, buf: bytearray) -> tuple[int, int, Address]:
         self._raise_pending()
+        if self._v6:
+            n, anc, _flags, addr = self.sock.recvmsg_into([buf], _RX_CMSG_SPACE)
+            ecn = 0
+            for level, kind, data in anc:
+                if level == SOL_IPV6 and kind == IPV6_TCLASS and data:
+                    ecn = data[0] & 3
+            self.rx_ecn = ecn
+            return n, 0, (addr[0], 0)
         n, addr = self.sock.recvfrom_into(buf)
-        if self.family == socket.AF_INET:
-            # IPv4 raw sockets deliver the IP header too; IPv6 ones do not.
-            ihl = min((buf[0] & 0x0F) * 4, n) if n else 0
-            buf[:n - ihl] = buf[ihl:n]
-            n -= ihl
+        # IPv4 raw sockets deliver the IP header too (its TOS byte holds the ECN field).
+        self.rx_ecn = buf[1] & 3 if n >= 2 else 0
+        ihl = min((buf[0] & 0x0F) * 4, n) if n else 0
+        buf[:n - ihl] = buf[ihl:n]
+        n -= ihl
         return n, 0, (addr[0], 0)
 
     @property
@@ -308,15 +384,17 @@ class DualRawTransport(Transport):
     def _part(self, addr: Address) -> RawTransport:
         return self.parts[-1] if ":" in addr[0] else self.parts[0]
 
-    def send(self, data: bytes | bytearray | memoryview, addr: Address) -> None:
-        self._part(addr).send(data, addr)
+    def send(self, data: bytes | bytearray | memoryview, addr: Address, ecn: int = 0) -> None:
+        self._part(addr).send(data, addr, ecn)
 
     def receive(self, buf: bytearray) -> tuple[int, int, Address]:
         for part in self.parts:
             try:
-                return part.receive(buf)
+                got = part.receive(buf)
             except BlockingIOError:
                 continue
+            self.rx_ecn = part.rx_ecn
+            return got
         raise BlockingIOError
 
     def fds(self) -> list[int]:

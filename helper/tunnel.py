@@ -802,6 +802,7 @@ class Tunnel:
             rx_rate=self.rx_rate, tx_rate=self.tx_rate,
             rtt_ms=single.rtt_ms if single else None, loss=single.loss if single else None,
             drops=dict(self.endpoint.drops) if self.endpoint else {},
+            ecn_ce=self.datapath.ecn_ce if self.datapath is not None else 0,
             peers=peers, since=self.since, error=self.failure,
             dns=self._dns.status() if self._dns is not None else None,
             lockdown=spec.lockdown,
