@@ -15,7 +15,6 @@ reading where the time between the system calls of one packet goes, never for th
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import fnmatch
 import json
@@ -32,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import bench.throughput
 from bench._netns import Lab, sweep_stale
 from bench.throughput import (
     TARGETS,
@@ -44,15 +42,9 @@ from bench.throughput import (
     start,
     wait_reachable,
 )
-from core import noise
 
 log = logging.getLogger("bench.latency")
 
-# bench.throughput's placeholder peer key (32 zero bytes) is a low-order point, which profile
-# validation now refuses: ephemeral targets fail at import. Any real public key will do (the
-# placeholder is replaced by `tunseal setpeerkey` before the tunnel comes up).
-bench.throughput.PLACEHOLDER_KEY = base64.b64encode(
-    noise.public_key(noise.generate_private_key())).decode()
 
 _TIME_RE = re.compile(r"time=([\d.]+) ms")
 
@@ -126,7 +118,7 @@ def table(results: list[dict[str, Any]], targets: list[Target]) -> str:
             continue
 
         def med(key: str, rows: list[dict[str, Any]] = ok) -> float:
-            return statistics.median(r[key] for r in rows)
+            return float(statistics.median(r[key] for r in rows))
         lines.append(f"| {t.name} | {med('min_ms'):.3f} | {med('median_ms'):.3f} | "
                      f"{med('avg_ms'):.3f} | {med('p90_ms'):.3f} | {med('max_ms'):.3f} | "
                      f"{sum(r['lost'] for r in ok)} | {med('load_before'):.1f} |")

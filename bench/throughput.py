@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._netns import Lab, Topology, cpu_seconds, run, sweep_stale
+from core import noise
 from core.errors import HelperUnavailable
 from core.ipcclient import Client
 
@@ -53,8 +54,9 @@ WG_PORT = 51820
 OPENVPN_PORT = 1194
 PROFILE = "bench"
 # Ephemeral profiles must name a peer key to be imported; `tunseal setpeerkey` replaces this
-# with the real one (from `tunseal genkey` on the other end) before the tunnel comes up.
-PLACEHOLDER_KEY = base64.b64encode(bytes(32)).decode()
+# with the real one (from `tunseal genkey` on the other end) before the tunnel comes up. A real
+# public key: the all-zero one is a low-order point, which profile validation refuses.
+PLACEHOLDER_KEY = base64.b64encode(noise.public_key(noise.generate_private_key())).decode()
 
 PING_COUNT = 20
 PING_INTERVAL = "0.05"
