@@ -513,6 +513,10 @@ def _parser() -> argparse.ArgumentParser:
         if action != "list":
             p.add_argument("name")
         p.set_defaults(command=fn)
+    from core import bugreport, completion, doctor  # their commands live with them
+
+    for module in (doctor, bugreport, completion):
+        module.register(sub)
     return parser
 
 

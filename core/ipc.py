@@ -112,6 +112,7 @@ OPS: Final[Mapping[str, Mapping[str, _Arg]]] = {
     "peer_list": {},
     "peer_show": {"name": _NAME},
     "lockdown": {"action": _Arg(str), "allow_lan": _Arg(bool, required=False)},
+    "diagnose": {"name": _Arg(str, required=False)},  # tunseal doctor (docs/DOCTOR.md)
 }
 """Every operation and its arguments. Results are described in docs/IPC.md."""
 

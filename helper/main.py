@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import IPCError, TunsealError
+from helper import diagnose
 from helper.control import ControlServer
 from helper.engine import Engine
 from helper.gateway import GatewayService
@@ -82,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _run(args: argparse.Namespace, keys: KeyStore, level: int) -> int:
     profiles = ProfileStore(args.state_dir / "profiles")
+    diagnose.configure(args.state_dir)
     server: ControlServer | None = None
 
     def forward(event: str, data: dict[str, Any]) -> None:

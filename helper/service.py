@@ -157,10 +157,11 @@ class Service:
             "peer_list": self.peer_list,
             "peer_show": self.peer_show,
             "lockdown": self.lockdown,
+            "diagnose": self.diagnose,
         }
         self._mutating = frozenset(self._handlers) - {
             "ping", "list_profiles", "get_profile", "export_profile", "public_key", "status",
-            "peer_list", "peer_show", "recent_log",
+            "peer_list", "peer_show", "recent_log", "diagnose",
         }
 
     def handle(self, request: Request, caller: Caller) -> Any:
@@ -444,6 +445,12 @@ class Service:
     def recent_log(self, caller: Caller, name: str | None = None) -> dict[str, Any]:
         entries = self._recent_log.entries(name) if self._recent_log is not None else []
         return {"entries": entries}
+
+    def diagnose(self, caller: Caller, name: str | None = None) -> dict[str, Any]:
+        """tunseal doctor's privileged checks (helper/diagnose.py, docs/DOCTOR.md)."""
+        from helper import diagnose
+
+        return {"checks": diagnose.for_service(self._profiles, self._keys, self._engine, name)}
 
     # --- helpers --------------------------------------------------------------------------------
 
