@@ -70,7 +70,8 @@ def human(socket_path: Path | str, name: str) -> str:
 
 @contextlib.contextmanager
 def doctor_pair(lab: netlab.Lab, spec: Spec | None = None) -> Iterator[TunnelPair]:
-    """A built pair, the server listening and the client down, whose client resolves through a DNS server in the router."""
+    """A built pair, the server listening and the client down; the client resolves through a
+    DNS server in the router namespace."""
     topo = netlab.two_hosts_with_router(lab)
     etc = Path("/etc/netns") / topo.client
     etc.mkdir(parents=True, exist_ok=True)
