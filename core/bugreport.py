@@ -9,6 +9,7 @@ it is written, :class:`Redactor` replaces:
 - the peers' addresses and endpoints: every address and host name that a profile or a status
   names as an endpoint, whatever it resolves to, and every globally routable IP address;
 - host names: the endpoints' names, the DNS search domains, and this machine's own name;
+- hardware (MAC) addresses, which name the networks this machine was on;
 
 each by a placeholder (``<endpoint-1>``, ``<host-2>``, ``<key>``) that is the same everywhere
 in the file, so the report still says which lines are about the same peer.
@@ -38,9 +39,13 @@ from core.ipcclient import Client, all_statuses, list_all_profiles
 
 __all__ = ["Redactor", "collect", "register"]
 
+LOG_LINE: Final = 400
+"""Characters kept of each log message (a netlink debug dump runs to thousands)."""
+
 _B64_KEY: Final = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{43}(?:=|(?![A-Za-z0-9+/=_-]))")
 _HEX_KEY: Final = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{64}(?![0-9A-Fa-f])")
 _IPV4: Final = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d])")
+_MAC: Final = re.compile(r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}(?![0-9A-Fa-f:])")
 _IPV6: Final = re.compile(r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}"
                           r"(?![0-9A-Fa-f:])")
 
@@ -86,6 +91,7 @@ class Redactor:
         text = _HEX_KEY.sub("<key>", text)
         for pattern, placeholder in self._literal:
             text = pattern.sub(placeholder, text)
+        text = _MAC.sub(_mac, text)
         text = _IPV4.sub(self._global_ip, text)
         return _IPV6.sub(self._global_ip, text)
 
@@ -100,6 +106,11 @@ class Redactor:
         if value not in self._names:
             self._names[value] = self._placeholder("address")
         return self._names[value]
+
+
+def _mac(m: re.Match[str]) -> str:
+    value = m.group(0).lower()
+    return value if value in ("00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff") else "<mac>"
 
 
 # --- collecting ---------------------------------------------------------------------------------
@@ -191,7 +202,8 @@ def collect(client: Client) -> str:
     sections.append(("profiles (no keys)", json.dumps(profiles, indent=2)))
     sections.append(("recent log", "\n".join(
         f"{time.strftime('%H:%M:%S', time.localtime(float(e.get('time', 0))))} "
-        f"{e.get('level', '')} {e.get('message', '')}" for e in logs) or "(empty)"))
+        f"{e.get('level', '')} {str(e.get('message', ''))[:LOG_LINE]}" for e in logs)
+        or "(empty)"))
     sections.append(("doctor", doctor.format_report(doctor.run(client.path))))
     redact = Redactor(addresses=addresses - hosts, hosts=hosts)
     head = (f"Tunseal bug report, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n"
