@@ -26,7 +26,12 @@ from gui.state import LiveState
 from gui.tray import Tray
 from gui.window import MainWindow
 
-__all__ = ["App", "build", "main"]
+__all__ = ["DESKTOP_ID", "App", "build", "main"]
+
+DESKTOP_ID = "org.tunseal.Tunseal"
+"""The desktop file's name (installers/common/org.tunseal.Tunseal.desktop), the AppStream id
+(resources/org.tunseal.Tunseal.metainfo.xml) and so the Wayland app id: one name, so the
+compositor matches the window to its menu entry and icon."""
 
 
 @dataclass
@@ -113,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     assert isinstance(qapp, QApplication)
     qapp.setApplicationName("Tunseal")
     qapp.setOrganizationName("Tunseal")
-    qapp.setDesktopFileName("tunseal-gui")
+    qapp.setDesktopFileName(DESKTOP_ID)
     qapp.setWindowIcon(app_icon())
     settings = QSettings()
     last = settings.value("lastProfile", "")
