@@ -23,7 +23,7 @@ from gui.model import Model
 from gui.notifier import Notifier
 from gui.notify import Kind, Notice
 from gui.state import LiveState
-from gui.tray import Tray
+from gui.tray import Tray, missing_tray_notice
 from gui.window import MainWindow
 
 __all__ = ["DESKTOP_ID", "App", "build", "main"]
@@ -51,6 +51,8 @@ class App:
         """Show the tray icon (where there is a tray) and the window, and reach the helper."""
         if self.tray.show():
             self.window.hide_on_close = True
+        self.window.tray_notice.offer(missing_tray_notice(tray_available=self.tray.available()),
+                                      self.settings)
         self.window.show()
         self.helper.start()
 
@@ -71,7 +73,7 @@ class App:
     def close(self) -> None:
         """Stop talking to the helper and take the tray icon away (tunnels keep running: the
         helper owns them)."""
-        self.notifier.flush_timer.stop()
+        self.notifier.close()
         if self.settings is not None:
             self.settings.setValue("geometry", self.window.saveGeometry())
         self.tray.hide()
@@ -96,6 +98,8 @@ def build(socket: str | None = None, *, native_dialogs: bool = True,
     if isinstance(geometry, QByteArray):
         window.restoreGeometry(geometry)  # size and place of the last run
     tray.toggleRequested.connect(actions.toggle)
+    notifier.actionRequested.connect(lambda action, name: _notification_action(
+        actions, state, action, name))  # the buttons of a desktop notification
     tray.unblockRequested.connect(actions.unblock)
     tray.openRequested.connect(app.open_window)
     tray.quitRequested.connect(app.request_quit)
@@ -135,6 +139,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.hidden and app.window.hide_on_close:
         app.window.hide()
     return qapp.exec()
+
+
+def _notification_action(actions: Actions, state: LiveState, action: str, name: str) -> None:
+    if action == "disconnect":
+        actions.disconnect_tunnel(name)
+    elif state.model.state(name) == "down":
+        actions.connect_tunnel(name)
+    else:
+        actions.reconnect(name)
 
 
 if __name__ == "__main__":
