@@ -8,7 +8,7 @@ and the dialog says "Checking…" meanwhile.
 
 from __future__ import annotations
 
-from PySide6.QtCore import QThread, Signal
+from PySide6.QtCore import Qt, QThread, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QDialog,
@@ -55,6 +55,13 @@ class CheckRow(QFrame):
         self.badge.setObjectName("badge")
         self.badge.setStyleSheet(f"QLabel {{ color: white; background: {color}; "
                                  "border-radius: 3px; padding: 1px 6px; font-weight: bold; }")
+        # One width for every badge, so the texts of all rows start in one column.
+        bold = self.badge.font()
+        bold.setBold(True)
+        self.badge.setFont(bold)
+        self.badge.setFixedWidth(max(self.badge.fontMetrics().horizontalAdvance(w)
+                                     for w, _ in _BADGE.values()) + 16)
+        self.badge.setAlignment(Qt.AlignmentFlag.AlignCenter)
         about = f" ({check.profile})" if check.profile else ""
         self.title = QLabel(f"<b>{_escape(check.title)}</b>{_escape(about)}")
         self.found = QLabel(check.found)

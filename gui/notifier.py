@@ -9,7 +9,7 @@ appear.
 D-Bus goes through jeepney (pure Python, already a dependency): QtDBus in PySide6 cannot build
 the uint32 argument Notify's signature (``susssasa{sv}i``) needs, and a shell-out to
 notify-send could not hear which button was pressed. :class:`DesktopNotifications` sends
-Notify calls; a :class:`_SignalReader` thread listens for ``ActionInvoked`` and
+Notify calls; a :class:`_SignalReader` (daemon) thread listens for ``ActionInvoked`` and
 ``NotificationClosed`` and hands them to the GUI thread as a Qt signal.
 """
 
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
-from PySide6.QtCore import QObject, QThread, QTimer, Signal
+from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtWidgets import QSystemTrayIcon
 
 from gui.notify import Kind, Notice, RateLimiter
@@ -66,19 +66,30 @@ def actions_for(notice: Notice) -> tuple[str, ...]:
     return ("disconnect",)
 
 
-class _SignalReader(QThread):
-    """Reads the Notifications service's signals until :meth:`stop`."""
+class _Bridge(QObject):
+    """Carries the reader thread's findings to the GUI thread (a queued signal)."""
 
     received = Signal(str, int, str)
     """member ('ActionInvoked' or 'NotificationClosed'), notification id, action key or ''."""
 
-    def __init__(self, parent: QObject | None = None):
-        super().__init__(parent)
+
+class _SignalReader:
+    """Reads the Notifications service's signals on a daemon thread until :meth:`stop`. A plain
+    thread, not a QThread: a QThread object collected while running aborts the process, and a
+    notifier may be dropped without being closed."""
+
+    def __init__(self, bridge: _Bridge):
+        self._bridge = bridge
         self._stopping = threading.Event()
         self.ready = threading.Event()
         """Set once the match rule is in place (signals sent after that are seen)."""
+        self._thread = threading.Thread(target=self._run, name="notification-signals",
+                                        daemon=True)
 
-    def run(self) -> None:
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
         from jeepney import MatchRule
         from jeepney.bus_messages import message_bus
         from jeepney.io.blocking import open_dbus_connection
@@ -100,7 +111,7 @@ class _SignalReader(QThread):
                     except TimeoutError:
                         continue
                     self._forward(msg)
-        except (OSError, ConnectionError) as e:
+        except (OSError, ConnectionError, RuntimeError) as e:  # RuntimeError: bridge deleted
             if not self._stopping.is_set():
                 log.info("notification signals stopped: %s", e)
         finally:
@@ -113,13 +124,14 @@ class _SignalReader(QThread):
         member = msg.header.fields.get(HeaderFields.member, "")
         body = msg.body
         if member == "ActionInvoked" and len(body) == 2:
-            self.received.emit(member, int(body[0]), str(body[1]))
+            self._bridge.received.emit(member, int(body[0]), str(body[1]))
         elif member == "NotificationClosed" and body:
-            self.received.emit(member, int(body[0]), "")
+            self._bridge.received.emit(member, int(body[0]), "")
 
     def stop(self) -> None:
         self._stopping.set()
-        self.wait(3000)
+        if self._thread.is_alive():
+            self._thread.join(3.0)
 
 
 class DesktopNotifications(QObject):
@@ -135,6 +147,8 @@ class DesktopNotifications(QObject):
         self._conn: Any = None
         self._caps: set[str] | None = None
         self._reader: _SignalReader | None = None
+        self._bridge = _Bridge(self)
+        self._bridge.received.connect(self._on_signal)
 
     def _connection(self) -> Any:
         if self._conn is None:
@@ -159,8 +173,7 @@ class DesktopNotifications(QObject):
 
     def start_listening(self) -> None:
         if self._reader is None:
-            self._reader = _SignalReader(self)
-            self._reader.received.connect(self._on_signal)
+            self._reader = _SignalReader(self._bridge)
             self._reader.start()
             self._reader.ready.wait(BUS_TIMEOUT)
 

@@ -7,12 +7,15 @@ GetServerInformation and Notify (recording every call) and emits ActionInvoked w
 "presses a button". The bus has no StatusNotifierWatcher of its own; one test registers the
 name, as a tray host would.
 
-Both names are unique on the bus, which the test workers share: these tests run in one xdist
-group.
+Both names are unique on the bus, which the test workers share: each test here holds a lock
+file for as long as it runs (the xdist group alone did not keep them on one worker).
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +36,19 @@ from gui.notify import Kind, Notice
 from gui.tray import EXTENSION, WATCHER, TrayNotice, missing_tray_notice, watcher_present
 
 pytestmark = [pytest.mark.xdist_group("session-bus-names")]
+
+LOCK = Path(tempfile.gettempdir()) / "tunseal-test-session-bus-names.lock"
+
+
+@pytest.fixture(autouse=True)
+def bus_names() -> Iterator[None]:
+    """One test at a time, across workers, owns (or counts on nobody owning) the bus names."""
+    with open(LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 PATH = "/org/freedesktop/Notifications"
 NAME = "org.freedesktop.Notifications"
@@ -190,6 +206,9 @@ def test_no_watcher_on_the_bus_shows_the_banner_once(qtbot: QtBot, gui: App,
     assert banner.isVisible()
     assert EXTENSION in banner.text.text()
     assert "this window is the way in" in banner.text.text()
+    # $TUNSEAL_SCREENSHOTS keeps the picture (docs/screenshots/no-tray.png).
+    shots = Path(os.environ.get("TUNSEAL_SCREENSHOTS") or tmp_path)
+    assert gui.window.grab().save(str(shots / "no-tray.png"))
     # Dismissed, and remembered: the next start does not say it again.
     settings = QSettings(str(tmp_path / "gui.ini"), QSettings.Format.IniFormat)
     again = TrayNotice()
