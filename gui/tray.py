@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Final
 
-from PySide6.QtCore import QObject, QSettings, Signal
+from PySide6.QtCore import QObject, QSettings, Qt, Signal
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import (
     QHBoxLayout,
@@ -87,6 +87,7 @@ class TrayNotice(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("trayNotice")
+        self.setAttribute(Qt.WidgetAttribute.WA_StyledBackground, True)  # paint the background
         self.setStyleSheet("#trayNotice { background: #fff4ce; } "
                            "#trayNotice QLabel { color: #3b2f00; }")
         self.text = QLabel()
