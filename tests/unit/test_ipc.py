@@ -62,6 +62,7 @@ VALID_ARGS: dict[str, dict[str, Any]] = {
     "peer_list": {},
     "peer_show": {"name": "alice"},
     "lockdown": {"action": "on", "allow_lan": True},
+    "diagnose": {"name": "office"},
 }
 
 
