@@ -11,6 +11,7 @@ Pure except :func:`helper_check` and :func:`run`; stdlib-only like the rest of t
 
 from __future__ import annotations
 
+import argparse
 import errno
 import grp
 import json
@@ -274,6 +275,9 @@ def register(sub: Any) -> None:
                        "status 1 if any check failed.")
     p.add_argument("name", nargs="?", help="the profile to check (default: every profile "
                    "with an endpoint)")
+    # Also after the command ('tunseal doctor --json'); absent, it leaves the global one alone.
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="print the report as JSON")
     p.set_defaults(command=cmd_doctor)
 
 
