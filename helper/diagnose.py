@@ -145,7 +145,9 @@ def diagnose(targets: list[Target], engine: EngineView, *, keyring_error: str = 
     checks.append(_guarded("dns", "DNS", "", lambda: dns_check(list(statuses.values()))))
     checks.append(_guarded("default_route", "Default route", "",
                            lambda: default_route_check(ours, [t.profile for t in targets])))
-    checks.append(_guarded("ipv6", "IPv6", "", lambda: ipv6_check(list(statuses.values()))))
+    full4 = {t.profile.name: t.profile.full_families == (4,) for t in targets}
+    checks.append(_guarded("ipv6", "IPv6", "",
+                           lambda: ipv6_check(list(statuses.values()), full4)))
     checks.append(_guarded("clock", "Clock", "", clock_check))
     return [c.to_dict() for c in checks]
 
@@ -602,7 +604,11 @@ def _dns_answers(server: str) -> bool:
 # --- IPv6 ---------------------------------------------------------------------------------------
 
 
-def ipv6_check(statuses: list[TunnelStatus]) -> Check:
+def ipv6_check(statuses: list[TunnelStatus],
+               full_ipv4: dict[str, bool] | None = None) -> Check:
+    """IPv6 on or off; blocked beside, or carried by, a tunnel; or leaking beside a tunnel that
+    carries all IPv4 (``full_ipv4``: profile name -> it routes 0.0.0.0/0 but not ::/0)."""
+    full_ipv4 = full_ipv4 or {}
     title = "IPv6"
     disabled = _read("/proc/sys/net/ipv6/conf/all/disable_ipv6").strip() == "1"
     if not os.path.exists("/proc/net/if_inet6") or disabled:
@@ -619,11 +625,13 @@ def ipv6_check(statuses: list[TunnelStatus]) -> Check:
                      "IPv4 tunnel without IPv6): none leaves outside the tunnel")
     if carried:
         return Check("ipv6", title, OK, f"IPv6 goes through {', '.join(carried)}")
-    full4 = [st.name for st in statuses if st.state == "up" and st.ipv6 == "" and default6]
-    if full4 and default6:
-        return Check("ipv6", title, WARN, "IPv6 has its own default route beside the tunnel: "
-                     "IPv6 traffic does not go through it",
-                     "add ::/0 to the profile's allowed_ips, or turn on lockdown")
+    leaking = [st.name for st in statuses
+               if st.state == "up" and full_ipv4.get(st.name) and st.ipv6 != "blocked"]
+    if leaking and default6:
+        return Check("ipv6", title, WARN, f"{', '.join(leaking)} carries all IPv4 but IPv6 has "
+                     "its own default route beside it: IPv6 traffic does not go through the "
+                     "tunnel", "add ::/0 to the profile's allowed_ips, or turn on lockdown "
+                     "('tunseal lockdown on')")
     state = (f"{len(globals6)} global address(es)" if globals6 else "no global address") + \
         (", a default route" if default6 else ", no default route")
     return Check("ipv6", title, OK, f"IPv6 is on: {state}")
