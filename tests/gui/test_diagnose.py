@@ -22,7 +22,7 @@ from gui.diagnose import DiagnoseDialog
 
 
 def open_diagnose(qtbot: QtBot, gui: App, name: str) -> DiagnoseDialog:
-    gui.window._select(name)
+    gui.window.select(name)
     qtbot.waitUntil(lambda: gui.window.selected == name, timeout=WAIT)
     menu = next(a for a in gui.window.menuBar().actions() if a.text() == "&Help").menu()
     action = next(a for a in menu.actions() if a.text() == "Diagnose…")
