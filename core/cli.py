@@ -605,9 +605,12 @@ def _parser() -> argparse.ArgumentParser:
         if action != "list":
             p.add_argument("name")
         p.set_defaults(command=fn)
-    from core import cli_network  # autoconnect's commands: network, trust, untrust
+    # Commands that live in their own modules (autoconnect's network/trust/untrust, doctor,
+    # bugreport, completion) register themselves.
+    from core import bugreport, cli_network, completion, doctor
 
-    cli_network.register(sub)
+    for module in (cli_network, doctor, bugreport, completion):
+        module.register(sub)
     return parser
 
 

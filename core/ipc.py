@@ -125,6 +125,7 @@ OPS: Final[Mapping[str, Mapping[str, _Arg]]] = {
     "untrust": {"name": _NAME, "entry": _Arg(str, required=False),
                 "current": _Arg(bool, required=False)},
     "session_started": {},
+    "diagnose": {"name": _Arg(str, required=False)},  # tunseal doctor (docs/DOCTOR.md)
 }
 """Every operation and its arguments. Results are described in docs/IPC.md."""
 

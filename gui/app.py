@@ -23,12 +23,17 @@ from gui.model import Model
 from gui.notifier import Notifier
 from gui.notify import Kind, Notice
 from gui.state import LiveState
-from gui.tray import Tray
+from gui.tray import Tray, missing_tray_notice
 from gui.window import MainWindow
 
 log = logging.getLogger(__name__)
 
-__all__ = ["App", "build", "main"]
+__all__ = ["DESKTOP_ID", "App", "build", "main"]
+
+DESKTOP_ID = "org.tunseal.Tunseal"
+"""The desktop file's name (installers/common/org.tunseal.Tunseal.desktop), the AppStream id
+(resources/org.tunseal.Tunseal.metainfo.xml) and so the Wayland app id: one name, so the
+compositor matches the window to its menu entry and icon."""
 
 
 @dataclass
@@ -48,6 +53,8 @@ class App:
         """Show the tray icon (where there is a tray) and the window, and reach the helper."""
         if self.tray.show():
             self.window.hide_on_close = True
+        self.window.tray_notice.offer(missing_tray_notice(tray_available=self.tray.available()),
+                                      self.settings)
         self.window.show()
         self.helper.start()
 
@@ -68,7 +75,7 @@ class App:
     def close(self) -> None:
         """Stop talking to the helper and take the tray icon away (tunnels keep running: the
         helper owns them)."""
-        self.notifier.flush_timer.stop()
+        self.notifier.close()
         if self.settings is not None:
             self.settings.setValue("geometry", self.window.saveGeometry())
         self.tray.hide()
@@ -93,6 +100,8 @@ def build(socket: str | None = None, *, native_dialogs: bool = True,
     if isinstance(geometry, QByteArray):
         window.restoreGeometry(geometry)  # size and place of the last run
     tray.toggleRequested.connect(actions.toggle)
+    notifier.actionRequested.connect(lambda action, name: _notification_action(
+        actions, state, action, name))  # the buttons of a desktop notification
     tray.unblockRequested.connect(actions.unblock)
     tray.trustRequested.connect(actions.trust_current_network)
     helper.available.connect(_session_teller(helper))
@@ -132,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     assert isinstance(qapp, QApplication)
     qapp.setApplicationName("Tunseal")
     qapp.setOrganizationName("Tunseal")
-    qapp.setDesktopFileName("tunseal-gui")
+    qapp.setDesktopFileName(DESKTOP_ID)
     qapp.setWindowIcon(app_icon())
     settings = QSettings()
     last = settings.value("lastProfile", "")
@@ -149,6 +158,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.hidden and app.window.hide_on_close:
         app.window.hide()
     return qapp.exec()
+
+
+def _notification_action(actions: Actions, state: LiveState, action: str, name: str) -> None:
+    if action == "disconnect":
+        actions.disconnect_tunnel(name)
+    elif state.model.state(name) == "down":
+        actions.connect_tunnel(name)
+    else:
+        actions.reconnect(name)
 
 
 if __name__ == "__main__":

@@ -10,16 +10,36 @@ tests use it); the icon is shown only where a tray exists.
 
 from __future__ import annotations
 
-from PySide6.QtCore import QObject, Signal
+import logging
+from typing import Final
+
+from PySide6.QtCore import QObject, QSettings, Qt, Signal
 from PySide6.QtGui import QAction
-from PySide6.QtWidgets import QMenu, QSystemTrayIcon
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QMenu,
+    QPushButton,
+    QSystemTrayIcon,
+    QWidget,
+)
 
 from gui import format as fmt
 from gui.icons import state_icon
 from gui.model import TrayState
 from gui.state import LiveState
 
-__all__ = ["Tray"]
+__all__ = ["EXTENSION", "WATCHER", "Tray", "TrayNotice", "missing_tray_notice",
+           "watcher_present"]
+
+log = logging.getLogger(__name__)
+
+WATCHER: Final = "org.kde.StatusNotifierWatcher"
+"""The session-bus name of the StatusNotifierItem host: where tray icons live on Wayland and on
+KDE; stock GNOME has none."""
+EXTENSION: Final = "AppIndicator and KStatusNotifierItem Support"
+"""The GNOME Shell extension that provides it (Debian: gnome-shell-extension-appindicator)."""
+DISMISSED_KEY: Final = "trayNoticeDismissed"
 
 _TRAY_WORDS = {
     TrayState.DISCONNECTED: "not connected",
@@ -28,6 +48,76 @@ _TRAY_WORDS = {
     TrayState.PROBLEM: "needs attention",
     TrayState.BLOCKED: "Blocked: no tunnel",
 }
+
+
+def watcher_present() -> bool | None:
+    """Whether a StatusNotifierWatcher is on the session bus (None: no session bus to ask)."""
+    from jeepney.bus_messages import message_bus
+    from jeepney.io.blocking import open_dbus_connection
+    from jeepney.wrappers import DBusErrorResponse, unwrap_msg
+
+    try:
+        with open_dbus_connection(bus="SESSION") as conn:
+            reply = conn.send_and_get_reply(message_bus.NameHasOwner(WATCHER), timeout=2.0)
+            return bool(unwrap_msg(reply)[0])
+    except (OSError, KeyError, ValueError, TimeoutError, DBusErrorResponse) as e:
+        log.info("cannot ask the session bus for a tray: %s", e)
+        return None
+
+
+def missing_tray_notice(*, tray_available: bool) -> str:
+    """What to tell the user when the desktop shows no tray icons, or "" when it does (a
+    watcher is there, Qt found another kind of tray, or there is no session bus to ask)."""
+    if tray_available or watcher_present() is not False:
+        return ""
+    return (f"<b>No tray on this desktop.</b> Tunseal's tray icon needs a StatusNotifierWatcher, "
+            f"and this session has none. On GNOME, install and turn on the "
+            f"<b>{EXTENSION}</b> extension (Debian and Ubuntu: "
+            "<tt>gnome-shell-extension-appindicator</tt>), then log out and in again. Until "
+            "then this window is the way in: closing it quits Tunseal, and your tunnels stay "
+            "as they are.")
+
+
+class TrayNotice(QWidget):
+    """The dismissible banner that says the tray is missing; once dismissed (remembered in the
+    settings), never shown again."""
+
+    dismissed = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("trayNotice")
+        self.setAttribute(Qt.WidgetAttribute.WA_StyledBackground, True)  # paint the background
+        self.setStyleSheet("#trayNotice { background: #fff4ce; } "
+                           "#trayNotice QLabel { color: #3b2f00; }")
+        self.text = QLabel()
+        self.text.setWordWrap(True)
+        self.text.setObjectName("trayNoticeText")
+        self.dismiss_button = QPushButton("Dismiss")
+        self.dismiss_button.setObjectName("trayNoticeDismiss")
+        self.dismiss_button.clicked.connect(self._dismiss)
+        row = QHBoxLayout(self)
+        row.addWidget(self.text, 1)
+        row.addWidget(self.dismiss_button)
+        self._settings: QSettings | None = None
+        self.hide()
+
+    def offer(self, text: str, settings: QSettings | None = None) -> bool:
+        """Show ``text`` unless it is empty or was dismissed before; returns whether shown."""
+        self._settings = settings
+        if not text or (settings is not None
+                        and settings.value(DISMISSED_KEY, False, type=bool)):
+            self.hide()
+            return False
+        self.text.setText(text)
+        self.show()
+        return True
+
+    def _dismiss(self) -> None:
+        self.hide()
+        if self._settings is not None:
+            self._settings.setValue(DISMISSED_KEY, True)
+        self.dismissed.emit()
 
 
 class Tray(QObject):

@@ -55,6 +55,7 @@ from gui.model import LogEntry
 from gui.next_step import NextStepDialog
 from gui.state import LiveState
 from gui.status_panel import StatusPanel
+from gui.tray import TrayNotice
 from gui.unavailable import UnavailablePage
 from gui.widgets import UnsafeLabel
 
@@ -125,6 +126,8 @@ class MainWindow(QMainWindow):
         column = QVBoxLayout(central)
         column.setContentsMargins(0, 0, 0, 0)
         column.addWidget(self._build_blocked_banner())
+        self.tray_notice = TrayNotice()  # "no tray on this desktop" (gui/tray.py)
+        column.addWidget(self.tray_notice)
         column.addWidget(splitter, 1)
         self.setCentralWidget(central)
         self._build_menus()
@@ -214,6 +217,20 @@ class MainWindow(QMainWindow):
         profile_menu.addAction(self.edit_action)
         profile_menu.addAction(self.duplicate_action)
         profile_menu.addAction(self.delete_action)
+        help_menu = bar.addMenu("&Help")
+        self.diagnose_action = help_menu.addAction("Diagnose…", self.open_diagnose)
+        self.diagnose: QWidget | None = None
+        """The Diagnose dialog (gui/diagnose.py) while it is open."""
+
+    def open_diagnose(self) -> None:
+        """Help > Diagnose…: tunseal doctor's checks for the selected profile."""
+        from gui.diagnose import DiagnoseDialog
+
+        dialog = DiagnoseDialog(self.state.helper.path, self.selected, self)
+        dialog.finished.connect(lambda _r: setattr(self, "diagnose", None))
+        self.diagnose = dialog
+        dialog.show()
+        dialog.start()
 
     def _build_detail(self) -> QWidget:
         self.header_icon = QLabel()

@@ -11,13 +11,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from core.errors import IPCError, TunsealError
+from helper import diagnose
 from helper.autoconnect import Autoconnect
 from helper.control import ControlServer
 from helper.engine import Engine
@@ -33,6 +36,23 @@ log = logging.getLogger("helper")
 DEFAULT_SOCKET = "/run/tunseal/helper.sock"
 DEFAULT_STATE_DIR = "/var/lib/tunseal"
 DEFAULT_GROUP = "tunseal"
+
+
+def sd_notify(state: str) -> bool:
+    """Tell systemd ``state`` (``READY=1``...) over $NOTIFY_SOCKET, as sd_notify(3) does: one
+    datagram to a Unix socket, a path or (leading '@') an abstract name. False when there is
+    no such socket (not started by systemd with Type=notify) or the datagram could not go."""
+    where = os.environ.get("NOTIFY_SOCKET", "")
+    if not where.startswith(("/", "@")):
+        return False
+    address = "\0" + where[1:] if where.startswith("@") else where
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            sock.sendto(state.encode("utf-8"), address)
+        except OSError as e:
+            log.warning("could not notify systemd at %s: %s", where, e.strerror or e)
+            return False
+    return True
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -83,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _run(args: argparse.Namespace, keys: KeyStore, level: int) -> int:
     profiles = ProfileStore(args.state_dir / "profiles")
+    diagnose.configure(args.state_dir)
     server: ControlServer | None = None
     auto: Autoconnect | None = None
 
@@ -127,8 +148,11 @@ async def _run(args: argparse.Namespace, keys: KeyStore, level: int) -> int:
         restoring = asyncio.create_task(asyncio.to_thread(service.restore))
         auto.start()
         log.info("ready")
+        # Type=notify: the unit is up once clients can connect (the socket listens).
+        sd_notify(f"READY=1\nSTATUS=listening on {args.socket}\nMAINPID={os.getpid()}")
         await stop.wait()
         log.info("stopping: taking every tunnel down")
+        sd_notify("STOPPING=1\nSTATUS=taking every tunnel down")
         await restoring
     finally:
         await server.close()

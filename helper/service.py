@@ -164,10 +164,11 @@ class Service:
             "peer_revoke": self.peer_revoke,
             "join": self.join,
             "lockdown": self.lockdown,
+            "diagnose": self.diagnose,
         }
         self._mutating = frozenset(self._handlers) - {
             "ping", "list_profiles", "get_profile", "export_profile", "public_key", "status",
-            "peer_list", "peer_show", "recent_log",
+            "peer_list", "peer_show", "recent_log", "diagnose",
             "join",  # takes the lock itself, after the network exchange (helper/enrolment.py)
         }
 
@@ -498,6 +499,12 @@ class Service:
     def recent_log(self, caller: Caller, name: str | None = None) -> dict[str, Any]:
         entries = self._recent_log.entries(name) if self._recent_log is not None else []
         return {"entries": entries}
+
+    def diagnose(self, caller: Caller, name: str | None = None) -> dict[str, Any]:
+        """tunseal doctor's privileged checks (helper/diagnose.py, docs/DOCTOR.md)."""
+        from helper import diagnose
+
+        return {"checks": diagnose.for_service(self._profiles, self._keys, self._engine, name)}
 
     # --- helpers --------------------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ PKGS=(iproute2 nftables iputils-ping iperf3 tcpdump conntrack procps curl
       libfontconfig1 libdbus-1-3 fonts-dejavu-core
       wireguard-tools wireguard-go openvpn dnsmasq-base
       dpkg-dev fakeroot desktop-file-utils systemd
-      debootstrap shellcheck lintian)
+      debootstrap shellcheck lintian
+      appstream zsh fish util-linux)  # doctor/desktop: metainfo, completion, setpriv
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

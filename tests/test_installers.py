@@ -122,8 +122,12 @@ def test_file_list(deb: Path) -> None:
         "/usr/lib/tunseal/core/cli.py", "/usr/lib/tunseal/helper/main.py",
         "/usr/lib/tunseal/gui/app.py",
         "/lib/systemd/system/tunseal-helper.service",
-        "/usr/share/applications/tunseal.desktop",
+        "/usr/share/applications/org.tunseal.Tunseal.desktop",
+        "/usr/share/metainfo/org.tunseal.Tunseal.metainfo.xml",
         "/usr/share/tunseal/autostart/tunseal-tray.desktop",
+        "/usr/share/bash-completion/completions/tunseal",
+        "/usr/share/zsh/vendor-completions/_tunseal",
+        "/usr/share/fish/vendor_completions.d/tunseal.fish",
         "/usr/share/doc/tunseal/copyright", "/usr/share/doc/tunseal/changelog.gz",
         "/usr/share/doc/tunseal/KEYRING.md", "/usr/share/doc/tunseal/installing.md",
         "/usr/share/man/man1/tunseal.1.gz", "/usr/share/man/man8/tunseal-helper.8.gz",
@@ -192,6 +196,9 @@ def test_the_unit_verifies_and_is_hardened(unpacked: Path, tmp_path: Path) -> No
     assert settings["ExecStart"] == ("/usr/lib/tunseal/helper/keyring-session.sh "
                                      "/etc/tunseal/keyring.pass /usr/bin/tunseal-helper")
     assert settings["CapabilityBoundingSet"] == "CAP_NET_ADMIN CAP_NET_RAW CAP_CHOWN"
+    # Ready once the control socket listens (sd_notify from helper/main.py, a child of the
+    # keyring session: hence NotifyAccess=all).
+    assert (settings["Type"], settings["NotifyAccess"]) == ("notify", "all")
     assert settings["ReadWritePaths"].split()[:2] == ["/var/lib/tunseal", "/run/tunseal"]
     for key, value in {"ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
                        "NoNewPrivileges": "yes", "LockPersonality": "yes",
@@ -203,13 +210,35 @@ def test_the_unit_verifies_and_is_hardened(unpacked: Path, tmp_path: Path) -> No
 
 def test_desktop_entries_validate(unpacked: Path) -> None:
     validate = need("desktop-file-validate")
-    menu = unpacked / "usr/share/applications/tunseal.desktop"
+    menu = unpacked / "usr/share/applications/org.tunseal.Tunseal.desktop"
     tray = unpacked / "usr/share/tunseal/autostart/tunseal-tray.desktop"
     for entry in (menu, tray):
         done = run(validate, entry)
         assert done.stdout == "", done.stdout
     assert "Exec=tunseal-gui\n" in menu.read_text() and "Icon=tunseal\n" in menu.read_text()
     assert "Exec=tunseal-gui --hidden\n" in tray.read_text()
+
+
+def test_appstream_metainfo_validates_and_names_the_desktop_file(unpacked: Path) -> None:
+    appstreamcli = need("appstreamcli")
+    from gui.app import DESKTOP_ID  # the Wayland app id the client sets
+
+    metainfo = unpacked / f"usr/share/metainfo/{DESKTOP_ID}.metainfo.xml"
+    done = run(appstreamcli, "validate", "--no-net", metainfo)
+    assert "Validation was successful" in done.stdout, done.stdout
+    assert not re.search(r"^[EW]: ", done.stdout, re.MULTILINE), done.stdout
+    text = metainfo.read_text()
+    assert f"<id>{DESKTOP_ID}</id>" in text
+    assert f'<launchable type="desktop-id">{DESKTOP_ID}.desktop</launchable>' in text
+    assert (unpacked / f"usr/share/applications/{DESKTOP_ID}.desktop").is_file()
+
+
+def test_the_packaged_bash_completion_loads(unpacked: Path) -> None:
+    script = unpacked / "usr/share/bash-completion/completions/tunseal"
+    code = (f"source {script}; complete -p tunseal; COMP_WORDS=(tunseal doc); COMP_CWORD=1; "
+            '_tunseal; echo "${COMPREPLY[@]}"')
+    done = run("bash", "--norc", "-c", code)
+    assert done.stdout.splitlines() == ["complete -F _tunseal tunseal", "doctor"]
 
 
 def test_shell_scripts_pass_shellcheck(unpacked: Path) -> None:
@@ -553,7 +582,7 @@ def test_the_package_installs_runs_and_purges_on_debian_12(
     assert not r.group_exists("tunseal")
     for gone in ("etc/tunseal", "usr/lib/tunseal", "usr/local/lib/tunseal",
                  "var/lib/tunseal/keyring", "lib/systemd/system/tunseal-helper.service",
-                 "usr/bin/tunseal", "usr/share/applications/tunseal.desktop"):
+                 "usr/bin/tunseal", "usr/share/applications/org.tunseal.Tunseal.desktop"):
         assert not (r.path / gone).exists(), gone
     assert (r.path / "var/lib/tunseal/profiles/smoke.tunseal").is_file()  # purge keeps profiles
 
@@ -578,7 +607,14 @@ def test_install_sh_and_uninstall_sh_on_debian_12(debian_root: DebianRoot, netns
     for path in ("opt/tunseal/venv/bin/python3", "opt/tunseal/lib/helper/main.py",
                  "usr/local/bin/tunseal", "usr/local/bin/tunseal-helper",
                  "usr/local/bin/tunseal-gui", "etc/systemd/system/tunseal-helper.service",
-                 "usr/local/share/applications/tunseal.desktop",
+                 "usr/local/share/applications/org.tunseal.Tunseal.desktop",
+                 "usr/local/share/metainfo/org.tunseal.Tunseal.metainfo.xml",
+                 "usr/local/share/man/man1/tunseal.1.gz",
+                 "usr/local/share/man/man8/tunseal-helper.8.gz",
+                 "usr/local/share/man/man1/tunseal-gui.1.gz",
+                 "usr/local/share/bash-completion/completions/tunseal",
+                 "usr/local/share/zsh/site-functions/_tunseal",
+                 "usr/local/share/fish/vendor_completions.d/tunseal.fish",
                  "opt/tunseal/share/autostart/tunseal-tray.desktop", "etc/tunseal/keyring.pass"):
         assert (r.path / path).exists(), path
     unit = (r.path / "etc/systemd/system/tunseal-helper.service").read_text()
@@ -599,7 +635,10 @@ def test_install_sh_and_uninstall_sh_on_debian_12(debian_root: DebianRoot, netns
     r.run("bash /opt/tunseal/share/installer/uninstall.sh")
     for gone in ("opt/tunseal", "usr/local/bin/tunseal", "usr/local/bin/tunseal-helper",
                  "usr/local/bin/tunseal-gui", "etc/systemd/system/tunseal-helper.service",
-                 "usr/local/share/applications/tunseal.desktop",
+                 "usr/local/share/applications/org.tunseal.Tunseal.desktop",
+                 "usr/local/share/metainfo/org.tunseal.Tunseal.metainfo.xml",
+                 "usr/local/share/man/man1/tunseal.1.gz",
+                 "usr/local/share/bash-completion/completions/tunseal",
                  "usr/local/share/icons/hicolor/scalable/apps/tunseal.svg", "etc/tunseal",
                  "var/lib/tunseal/keyring"):
         assert not (r.path / gone).exists(), gone

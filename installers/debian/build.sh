@@ -7,8 +7,9 @@
 #   /usr/lib/tunseal/setup-pypi-deps                what Debian 12 lacks, from PyPI (installing.md)
 #   /usr/bin/tunseal, tunseal-helper, tunseal-gui   launchers (installers/common/launcher.py.in)
 #   /lib/systemd/system/tunseal-helper.service      the hardened helper service
-#   /usr/share/applications/tunseal.desktop, the hicolor icon, and the tray's autostart entry in
-#   /usr/share/tunseal/autostart (off until a user or the administrator copies it)
+#   /usr/share/applications/org.tunseal.Tunseal.desktop, its AppStream metainfo, the hicolor
+#   icon, and the tray's autostart entry in /usr/share/tunseal/autostart (off until a user or the
+#   administrator copies it); man pages; bash, zsh and fish completion
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -68,7 +69,23 @@ install -d -m 0755 "$pkg/lib/systemd/system"
 subst "$common/tunseal-helper.service.in" LIBDIR=/usr/lib/tunseal BINDIR=/usr/bin \
     DOCDIR=/usr/share/doc/tunseal > "$pkg/lib/systemd/system/tunseal-helper.service"
 chmod 0644 "$pkg/lib/systemd/system/tunseal-helper.service"
-install -D -m 0644 "$common/tunseal.desktop" "$pkg/usr/share/applications/tunseal.desktop"
+install -D -m 0644 "$common/org.tunseal.Tunseal.desktop" \
+    "$pkg/usr/share/applications/org.tunseal.Tunseal.desktop"
+install -D -m 0644 "$root/resources/org.tunseal.Tunseal.metainfo.xml" \
+    "$pkg/usr/share/metainfo/org.tunseal.Tunseal.metainfo.xml"
+# Shell completion, generated from the CLI's own parser (core/completion.py).
+py=$root/.venv/bin/python
+[ -x "$py" ] || py=python3
+for shell_target in bash:usr/share/bash-completion/completions/tunseal \
+        zsh:usr/share/zsh/vendor-completions/_tunseal \
+        fish:usr/share/fish/vendor_completions.d/tunseal.fish; do
+    install -d -m 0755 "$(dirname "$pkg/${shell_target#*:}")"
+    (cd "$root" && "$py" -m core.cli completion "${shell_target%%:*}") > "$pkg/${shell_target#*:}" || {
+        echo "build.sh: cannot generate the ${shell_target%%:*} completion (run 'make setup')" >&2
+        exit 1
+    }
+    chmod 0644 "$pkg/${shell_target#*:}"
+done
 install -D -m 0644 "$common/tunseal-tray.desktop" \
     "$pkg/usr/share/tunseal/autostart/tunseal-tray.desktop"
 if [ -f "$root/resources/tunseal.svg" ]; then

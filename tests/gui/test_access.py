@@ -50,7 +50,7 @@ def test_shortcuts_do_their_actions(qtbot: QtBot, gui: App, world: OfficeLab, of
     qtbot.waitUntil(lambda: office in gui.state.model.profiles, timeout=WAIT)
     window = gui.window
     menus = [a.text() for a in window.menuBar().actions()]
-    assert menus == ["&File", "&Profile"]
+    assert menus == ["&File", "&Profile", "&Help"]
     activate(qtbot, window)
     window.select(office)
 

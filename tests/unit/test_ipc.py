@@ -69,6 +69,7 @@ VALID_ARGS: dict[str, dict[str, Any]] = {
     "trust": {"name": "office", "entry": "gateway:52:54:00:12:34:56@office.example"},
     "untrust": {"name": "office", "current": True},
     "session_started": {},
+    "diagnose": {"name": "office"},
 }
 
 
