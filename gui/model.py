@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import ProfileError
-from core.ipc import NAME_PATTERN
+from core.fields import NAME_PATTERN
 from core.profile import Profile, profile_from_dict
 from core.status import TunnelStatus
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import ProfileError, ProfileInvalid
-from core.ipc import NAME_PATTERN
+from core.fields import NAME_PATTERN
 from core.profile import Profile, profile_from_dict
 
 __all__ = ["FIELDS", "Field", "field_of", "for_form", "form_from_profile", "parse_form",

@@ -20,7 +20,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import re
 import subprocess
 import threading
 from collections.abc import Callable, Iterable
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from core import fields
 from core.atomicfile import write_atomic
 from core.constants import RAW_IP_PROTOCOL
 from core.errors import TunsealError
@@ -57,7 +57,6 @@ LAN6 = ("fe80::/10", "fc00::/7", "ff02::/16")
 """Link-local, unique local (ULA), and link-scope multicast."""
 DNS_PORTS = (53, 853)
 NFT_TIMEOUT = 10.0
-_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 
 class LockdownError(TunsealError):
@@ -90,7 +89,7 @@ class Policy:
 def ruleset(policy: Policy) -> str:
     """The whole table for ``policy`` (nft syntax, one rule per line)."""
     for name in policy.tunnels:
-        if not _IFNAME.fullmatch(name):
+        if not fields.is_ifname(name):
             raise LockdownError(f"{name!r} is not an interface name")
     tunnels = _set(f'"{t}"' for t in policy.tunnels)
     out = [

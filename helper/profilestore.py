@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from pathlib import Path
 
+from core import fields
 from core.atomicfile import write_atomic
 from core.errors import ProfileError
 from core.profile import Profile, dumps, load
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 DEFAULT_DIRECTORY = Path("/var/lib/tunseal/profiles")
 SUFFIX = ".tunseal"
 OWNER_SUFFIX = ".owner"
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")  # core.profile's rule for tunnel.name
 
 
 class ProfileNotFound(ProfileError):
@@ -76,7 +75,7 @@ class ProfileStore:
 
     def exists(self, name: str) -> bool:
         """Whether a file for ``name`` exists (a valid name is assumed, an invalid one is not)."""
-        return bool(_NAME_RE.fullmatch(name)) and self._path(name).exists()
+        return fields.is_name(name) and self._path(name).exists()
 
     def put(self, profile: Profile) -> None:
         """Add ``profile``, or replace the one of the same name. Validates it first."""
@@ -128,7 +127,7 @@ class ProfileStore:
         log.info("removed profile %r", name)
 
     def _path(self, name: str) -> Path:
-        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        if not fields.is_name(name):
             shown = repr(name[:40]) if isinstance(name, str) else type(name).__name__
             raise ProfileError(
                 f"{shown} is not a profile name; use 1-32 letters, digits, '.', '_' or '-', "

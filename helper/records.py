@@ -26,7 +26,6 @@ import functools
 import json
 import logging
 import os
-import re
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from core import fields
 from core.errors import TunsealError
 
 __all__ = ["Record", "Records", "RecordsError"]
@@ -41,7 +41,6 @@ __all__ = ["Record", "Records", "RecordsError"]
 log = logging.getLogger(__name__)
 
 _FORMAT = 1
-_IFNAME_RE = re.compile(r"[A-Za-z0-9._-]{1,15}")
 
 
 class RecordsError(TunsealError):
@@ -313,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _checked_ifname(name: Any) -> str:
-    if not isinstance(name, str) or not _IFNAME_RE.fullmatch(name) or name in (".", ".."):
+    if not fields.is_ifname(name):
         raise ValueError(f"{name!r} is not a link name")
     return name
 
