@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from core import fields
-from core.atomicfile import write_atomic
+from core.atomicfile import sync_dir, write_atomic
 from core.errors import ProfileError
 from core.profile import Profile, dumps, load
 
@@ -83,7 +83,7 @@ class ProfileStore:
         target = self._path(profile.name)
         try:
             write_atomic(target, text, mode=0o600)
-            self._sync_directory()
+            sync_dir(self._dir)
         except OSError as e:
             raise ProfileError(
                 f"cannot write {target}: {e.strerror or e}", profile=profile.name
@@ -109,7 +109,7 @@ class ProfileStore:
         path = self._owner_path(name)
         try:
             write_atomic(path, json.dumps({"uid": uid}).encode() + b"\n", mode=0o600)
-            self._sync_directory()
+            sync_dir(self._dir)
         except OSError as e:
             raise ProfileError(f"cannot write {path}: {e.strerror or e}", profile=name) from e
 
@@ -119,7 +119,7 @@ class ProfileStore:
         try:
             path.unlink()
             self._owner_path(name).unlink(missing_ok=True)
-            self._sync_directory()
+            sync_dir(self._dir)
         except FileNotFoundError:
             raise ProfileNotFound(name, self._dir) from None
         except OSError as e:
@@ -158,10 +158,3 @@ class ProfileStore:
                 profile=name,
             )
         return profile
-
-    def _sync_directory(self) -> None:
-        fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
