@@ -21,7 +21,8 @@ from helper.lockdown import Hold, Lockdown, PeerAddress
 from helper.netwatch import NetWatch
 from helper.records import Records
 from helper.timers import TimerThread
-from helper.tunnel import Tunnel, TunnelSpec, is_host_name, spec_from_profile
+from helper.tunnel import Tunnel
+from helper.tunnelspec import TunnelSpec, is_host_name, spec_from_profile
 
 log = logging.getLogger(__name__)
 
