@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final, TextIO
 
 from core.atomicfile import write_atomic
+from core.constants import Mode
 from core.errors import HelperUnavailable, IPCError
 from core.ipc import RequestError
 from core.ipcclient import Client, all_statuses, list_all_profiles
@@ -275,17 +276,18 @@ def format_status(st: TunnelStatus, now: float) -> str:
     """A tunnel's status as a person reads it: state first, then one fact per line."""
     since = f" for {_duration(now - st.since)}" if st.since and st.state != "down" else ""
     lines = [f"{st.name}: {st.state}{since}"]
-    if st.mode == "plain":
+    if st.mode == Mode.PLAIN:
         lines.append("  UNSAFE: no encryption (mode plain): anyone on the path can read and "
                      "change this traffic")
     if st.error:
         lines.append(f"  error      {st.error}")
     if st.state == "down":
         return "\n".join(lines)
+    cipher = "" if st.mode == Mode.PLAIN else st.cipher
     rows = [
         ("endpoint", _endpoint(st)),
         ("interface", ", ".join(x for x in (st.interface, f"MTU {st.mtu}" if st.mtu else "") if x)),
-        ("security", ", ".join(x for x in (st.mode, "" if st.mode == "plain" else st.cipher) if x)),
+        ("security", ", ".join(x for x in (st.mode, cipher) if x)),
         ("handshake", format_age(st.last_handshake, now)),
         ("transfer", f"{human_bytes(st.rx_bytes)} received, {human_bytes(st.tx_bytes)} sent"),
         ("rate", f"{human_bytes(st.rx_rate)}/s in, {human_bytes(st.tx_rate)}/s out"),

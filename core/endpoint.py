@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from core import handshake, session, wire
-from core.constants import FIXED_HEADER_LEN, Option, PacketType
+from core.constants import FIXED_HEADER_LEN, Mode, Option, PacketType
 from core.errors import CryptoError, HandshakeError, ReplayError, TunsealError, WireError
 from core.handshake import Identity, Suite
-from core.peer import IndexTable, Peer, PeerStats, RekeyPolicy
+from core.peer import Address, IndexTable, Peer, PeerStats, RekeyPolicy
 from core.probe import PathState
 from core.responder import ANY_DEVICE, Refused, Responder
 
@@ -45,7 +45,7 @@ class PlainPeer:
         self.device_id = device_id
         self.remote_device_id = remote_device_id
         self.stats = PeerStats()
-        self.endpoint: object | None = None
+        self.endpoint: Address | None = None
         self.encap = 0
         self.last_received = 0.0
         self.last_sent = 0.0
@@ -103,8 +103,8 @@ class Endpoint:
         self.memory = memory
         self.origin = memory.origin if memory is not None else handshake.new_origin()
         """This end's origin ID: its initiations carry it, its responder refuses it."""
-        if mode != "plain":
-            self.suite = Suite(mode, cipher, has_psk or mode in ("psk", "rotating"))
+        if mode != Mode.PLAIN:
+            self.suite = Suite(mode, cipher, has_psk or Mode(mode).needs_psk)
             self.responder = Responder(self.suite, own_static=static_private,
                                        device_id=device_id, indices=self.indices, clock=clock,
                                        origin=self.origin)

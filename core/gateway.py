@@ -21,7 +21,15 @@ import tomli_w
 from core import fields
 from core import profile as profile_format
 from core.atomicfile import write_atomic
-from core.constants import CIPHERS, DEFAULT_CIPHER, DEFAULT_MTU, DEFAULT_PORT, MODES, TRANSPORTS
+from core.constants import (
+    CIPHERS,
+    DEFAULT_CIPHER,
+    DEFAULT_MTU,
+    DEFAULT_PORT,
+    MODES,
+    TRANSPORTS,
+    Mode,
+)
 from core.errors import ProfileError, ProfileInvalid
 from core.profile import (
     DEVICE_ID_MAX,
@@ -227,9 +235,9 @@ def _cross_checks(problems: list[ProfileError], gw: Gateway) -> None:
         if p.name in names:
             _problem(problems, f"{where}.name", f"{p.name!r} appears twice")
         names.add(p.name)
-        if gw.mode == "ephemeral" and not p.public_key:
+        if Mode(gw.mode).uses_static_keys and not p.public_key:
             _problem(problems, f"{where}.public_key", "ephemeral mode needs the peer's key")
-        if gw.mode in ("psk", "rotating"):
+        if Mode(gw.mode).needs_psk:
             if not p.psk_ref:
                 _problem(problems, f"{where}.psk", "psk modes need a keyring reference")
             if p.device_id in devices:
@@ -242,7 +250,7 @@ def _cross_checks(problems: list[ProfileError], gw: Gateway) -> None:
             for message in prefix_conflicts(text, taken=owned, own=own):
                 _problem(problems, f"{where}.allowed_ips[{j}]", message)
         owned.update((text, p.name) for text in p.allowed_ips if text not in owned)
-    if gw.mode == "ephemeral":
+    if Mode(gw.mode).uses_static_keys:
         with_psk = {bool(p.psk_ref) for p in gw.peers}
         if len(with_psk) > 1:
             _problem(problems, "peer", "in ephemeral mode either every peer has a psk or none "
@@ -406,7 +414,7 @@ def client_profile(gw: Gateway, peer: GatewayPeer, *, gateway_public: str,
     profile = Profile(
         name=gw.name, mode=gw.mode, cipher=gw.cipher, mtu=gw.mtu, device_id=peer.device_id,
         addresses=(address,), endpoint=endpoint, transport=gw.transport,
-        public_key=gateway_public if gw.mode == "ephemeral" else "", allowed_ips=routes,
+        public_key=gateway_public if Mode(gw.mode).uses_static_keys else "", allowed_ips=routes,
         dns=gw.dns, keepalive=peer.keepalive or 25,
         # Refs unlike the gateway's own ("<gw>.private", "<gw>.<peer>.psk"), so importing a
         # client profile on the gateway's host can never overwrite the gateway's keys.

@@ -29,6 +29,7 @@ from core.constants import (
     REKEY_TIMEOUT,
     ROTATING_REKEY_AFTER_MESSAGES,
     ROTATING_REKEY_AFTER_TIME,
+    Mode,
 )
 from core.errors import HandshakeError
 from core.handshake import Identity, Initiator, Suite
@@ -36,6 +37,10 @@ from core.probe import PathState
 from core.session import Keypair
 
 log = logging.getLogger(__name__)
+
+Address = tuple[str, int] | tuple[str, int, int, int]
+"""A peer's outer address as the socket module gives it: (host, port) for IPv4, with flow info
+and scope ID for IPv6. helper/transport.py sends to and receives from these."""
 
 MAX_STAGED = 256
 """Packets held while a handshake is under way; the oldest are dropped beyond this."""
@@ -51,16 +56,16 @@ class RekeyPolicy:
     @classmethod
     def for_mode(cls, mode: str, *, rotate_seconds: float | None = None,
                  rotate_messages: int | None = None) -> RekeyPolicy:
-        if mode == "ephemeral":
+        if mode == Mode.EPHEMERAL:
             return cls(REKEY_AFTER_TIME, REKEY_AFTER_MESSAGES, REJECT_AFTER_TIME)
-        if mode == "rotating":
+        if mode == Mode.ROTATING:
             t = rotate_seconds or ROTATING_REKEY_AFTER_TIME
             # A rotating session is refused once it is 1.5 rekey periods old, so a peer that
             # stopped rekeying is noticed rather than trusted forever.
             return cls(t, rotate_messages or ROTATING_REKEY_AFTER_MESSAGES, t * 1.5)
-        if mode == "psk":
+        if mode == Mode.PSK:
             return cls(float("inf"), REKEY_AFTER_MESSAGES, None)
-        raise HandshakeError(f"mode {mode!r} has no sessions to rekey")
+        raise HandshakeError(f"mode {str(mode)!r} has no sessions to rekey")
 
 
 class IndexTable:
@@ -157,7 +162,7 @@ class Peer:
         self.cookie: bytes | None = None
         self.cookie_time = 0.0
         self.staged: deque[bytes] = deque(maxlen=MAX_STAGED)
-        self.endpoint: object | None = None
+        self.endpoint: Address | None = None
         """Where to send: the outer address of the last authenticated packet (roaming)."""
         self.path: PathState | None = None
         """Soft state about the path to this peer (RTT, loss, MTU), kept by the engine."""
@@ -189,7 +194,7 @@ class Peer:
         if self.pending is None:
             raise HandshakeError("handshake response without an initiation in flight")
         done = self.pending.consume_response(packet)
-        if self.suite.mode == "ephemeral" and done.remote_static != self.ident.peer_public:
+        if Mode(self.suite.mode).uses_static_keys and done.remote_static != self.ident.peer_public:
             raise HandshakeError("response came from a different static key")
         kp = self._install(done)
         self.pending = None

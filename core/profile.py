@@ -45,6 +45,8 @@ from core.constants import (
     ROTATING_REKEY_AFTER_MESSAGES,
     ROTATING_REKEY_AFTER_TIME,
     TRANSPORTS,
+    Mode,
+    TransportKind,
 )
 from core.errors import ProfileError, ProfileInvalid
 from core.fields import NAME_MAX, PORT_MAX, is_low_order
@@ -152,7 +154,7 @@ class Profile:
     @property
     def is_unsafe(self) -> bool:
         """True for ``plain`` mode: no encryption and no authentication."""
-        return self.mode == "plain"
+        return self.mode == Mode.PLAIN
 
     def replace(self, **changes: Any) -> Profile:
         """A validated copy with ``changes`` applied (lists are accepted for the tuple fields).
@@ -609,12 +611,12 @@ def _check_profile(p: Profile, skip: frozenset[str]) -> list[ProfileError]:
     # means generating this end's key, sending its public half to the peer and receiving
     # theirs, in that order, so the profile must exist before either key does. Connecting
     # without them is refused with what to run (helper/tunnel.py).
-    if mode in ("psk", "rotating") and psk_ref == "":
+    if mode is not None and Mode(mode).needs_psk and psk_ref == "":
         c.add(
             _FIELD["psk_ref"],
             f"is required in {mode} mode: the keyring item holding the pre-shared key",
         )
-    if transport == "udp" and endpoint == ("", 0) and listen_port == 0:
+    if transport == TransportKind.UDP and endpoint == ("", 0) and listen_port == 0:
         c.add(
             _FIELD["listen_port"],
             f"a listening end (no peer.endpoint) needs a fixed port; set 1-{PORT_MAX}, "
@@ -648,7 +650,7 @@ def _split_endpoint(p: Profile) -> tuple[str, int]:
 def _is_written(p: Profile, attr: str, value: object) -> bool:
     if attr in _ALWAYS_WRITTEN:
         return True
-    if attr in ("rekey_seconds", "rekey_messages") and p.mode == "rotating":
+    if attr in ("rekey_seconds", "rekey_messages") and p.mode == Mode.ROTATING:
         return True
     return bool(value != _DEFAULTS[attr])
 

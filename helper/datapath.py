@@ -96,7 +96,7 @@ class DataPath:
         if addr is None:
             return
         for pkt in packets:
-            self.transport.send(pkt, addr)  # type: ignore[arg-type]
+            self.transport.send(pkt, addr)
 
     def ring(self, peer: AnyPeer) -> SentRing:
         r = self.rings.get(id(peer))
@@ -445,7 +445,7 @@ class _TxBatch:
         if peer is not None and end:
             addr = peer.endpoint
             if addr is not None:
-                self.dp.transport.send_segments(self.omv[:end], seg, addr)  # type: ignore[arg-type]
+                self.dp.transport.send_segments(self.omv[:end], seg, addr)
             peer.last_sent = peer.last_data = time.monotonic()
             peer.owes_keepalive = False
         return 0

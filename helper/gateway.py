@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from core import gateway as gwconf
 from core import noise
+from core.constants import Mode
 from core.errors import TunsealError
 from core.gateway import Gateway, GatewayPeer
 from core.ipc import RequestError
@@ -97,13 +98,14 @@ class GatewayService:
         """Add a peer: generate its keys, route its addresses, and return a client profile."""
         with self._lock:
             gw = self.config
+            mode = Mode(gw.mode)
             if gw.peer(name) is not None:
                 raise RequestError(f"gateway {gw.name!r} already has a peer named {name!r}",
                                    code="exists")
             allowed = tuple(allowed_ips) if allowed_ips else (gwconf.next_address(gw),)
-            client_private = noise.generate_private_key() if gw.mode == "ephemeral" else None
-            need_psk = gw.mode in ("psk", "rotating") or (
-                gw.mode == "ephemeral" and any(p.psk_ref for p in gw.peers))
+            client_private = noise.generate_private_key() if mode.uses_static_keys else None
+            need_psk = mode.needs_psk or (
+                mode.uses_static_keys and any(p.psk_ref for p in gw.peers))
             psk = os.urandom(32) if need_psk else None
             peer = GatewayPeer(
                 name=name, device_id=gwconf.next_device_id(gw), allowed_ips=allowed,

@@ -29,7 +29,7 @@ from typing import Any
 
 from core import fields
 from core.atomicfile import write_atomic
-from core.constants import RAW_IP_PROTOCOL
+from core.constants import RAW_IP_PROTOCOL, TransportKind
 from core.errors import TunsealError
 from helper.policyroute import FWMARK
 
@@ -156,7 +156,7 @@ def _endpoint_rules(endpoints: Iterable[PeerAddress]) -> list[str]:
     for ep in sorted(set(endpoints), key=lambda e: (e.address, e.port, e.transport)):
         addr = ipaddress.ip_address(ep.address)
         ip = "ip" if addr.version == 4 else "ip6"
-        if ep.transport == "raw":
+        if ep.transport == TransportKind.RAW:
             what = f"meta l4proto {RAW_IP_PROTOCOL}"
         else:
             what = f"udp dport {int(ep.port)}"

@@ -15,15 +15,23 @@ import time
 from collections.abc import Callable
 
 from core import probe
-from core.constants import DATA_HEADER_LEN, FIXED_HEADER_LEN, TAG_LEN, ControlKind, PacketType
+from core.constants import (
+    DATA_HEADER_LEN,
+    FIXED_HEADER_LEN,
+    TAG_LEN,
+    ControlKind,
+    Mode,
+    PacketType,
+    TransportKind,
+)
 from core.endpoint import AnyPeer, Endpoint
 from core.errors import TunsealError
-from core.peer import Peer
+from core.peer import Address, Peer
 from core.probe import ACTIVE_WINDOW
 from helper import icmp, netdev
 from helper.allowedips import AllowedIPs
 from helper.datapath import DataPath
-from helper.transport import Address, PathError
+from helper.transport import PathError
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +39,8 @@ log = logging.getLogger(__name__)
 def outer_overhead(v4: bool, transport: str, mode: str) -> int:
     """Bytes the tunnel adds to an inner packet on the wire."""
     ip = 20 if v4 else 40
-    udp = 8 if transport == "udp" else 0
-    tunseal = FIXED_HEADER_LEN if mode == "plain" else DATA_HEADER_LEN + TAG_LEN
-    return ip + udp + tunseal
+    tunseal = DATA_HEADER_LEN + TAG_LEN if Mode(mode).sealed else FIXED_HEADER_LEN
+    return ip + TransportKind(transport).header_len + tunseal
 
 
 def peer_keepalive(peer: AnyPeer) -> float:

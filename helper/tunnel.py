@@ -20,9 +20,9 @@ from core import gateway as gwconf
 from core import probe
 from core.endpoint import AnyPeer, Endpoint
 from core.errors import ProfileError, TunsealError
-from core.peer import Peer, RekeyPolicy
+from core.peer import Address, Peer, RekeyPolicy
 from core.probe import UNREACHABLE_AFTER, PathState
-from core.status import PeerStatus, TunnelStatus
+from core.status import PeerStatus, TunnelState, TunnelStatus
 from helper import dns, nat, netdev, policyroute
 from helper.allowedips import AllowedIPs
 from helper.datapath import DataPath
@@ -30,7 +30,7 @@ from helper.handshakestate import HandshakeStore
 from helper.pathfeedback import PathFeedback
 from helper.records import Records
 from helper.supervisor import Supervised
-from helper.transport import Address, Transport, open_transport
+from helper.transport import Transport, open_transport
 from helper.tun import Tun, open_tun
 from helper.tunnelspec import PeerSpec, TunnelError, TunnelSpec, interface_addresses, resolve
 
@@ -166,7 +166,7 @@ class Tunnel:
             # "up": nothing is connected before a handshake completes (see notify()).
             log.debug("tunnel %s started on %s (%s, %s, %s, %d peer(s)%s)", spec.name,
                       self.ifname, spec.mode,
-                      spec.cipher if spec.mode != "plain" else "no encryption",
+                      spec.cipher if spec.mode.sealed else "no encryption",
                       spec.transport, len(spec.peers),
                       f", offloads: tun={tun.vnet_hdr} gso={transport.gso} "
                       f"gro={transport.gro}", extra={"tunnel": spec.name})
@@ -215,7 +215,7 @@ class Tunnel:
 
     def _open_handshake_memory(self) -> HandshakeStore | None:
         """The persisted origin ID and replay timestamps of this tunnel (sealed modes)."""
-        if self.spec.mode == "plain":
+        if not self.spec.mode.sealed:
             return None
         state_dir = self._records.dir.parent  # Records keeps <state_dir>/run
         try:
@@ -272,7 +272,7 @@ class Tunnel:
         spec = self.spec
         self.check_peer(ps.name, ps.allowed_ips)
         policy = None
-        if spec.mode != "plain":
+        if spec.mode.sealed:
             policy = RekeyPolicy.for_mode(spec.mode, rotate_seconds=spec.rekey_seconds,
                                           rotate_messages=spec.rekey_messages)
         if self._configured:
@@ -394,7 +394,7 @@ class Tunnel:
         for peer, pkt in out:
             dp.send_to(peer, [pkt])
         self._flush_handshakes()
-        if (self.state in ("unreachable", "handshaking", "connecting")
+        if (TunnelState(self.state).trying
                 and now - self._resolved_at > RERESOLVE_AFTER):
             self.reresolve("handshakes keep failing")
         self.notify()
@@ -579,7 +579,7 @@ class Tunnel:
         handshakes = [p.last_handshake for p in peers if p.last_handshake is not None]
         return TunnelStatus(
             name=spec.name, state=self.state, mode=spec.mode,
-            cipher=spec.cipher if spec.mode != "plain" else "none", transport=spec.transport,
+            cipher=spec.cipher if spec.mode.sealed else "none", transport=spec.transport,
             interface=self.ifname,
             endpoint=single.endpoint if single else f"listening on port {self.listen_port}",
             mtu=self._parts.datapath.mtu if self._parts is not None else spec.mtu,

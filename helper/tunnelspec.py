@@ -13,14 +13,15 @@ import ipaddress
 import socket
 from dataclasses import dataclass
 
+from core.constants import Cipher, Mode, TransportKind
 from core.errors import TunsealError
 from core.gateway import Gateway, GatewayPeer
 from core.handshake import Identity
+from core.peer import Address
 from core.profile import Profile, ProfileSecrets
 from core.responder import ANY_DEVICE
 from helper import policyroute
 from helper.lockdown import PeerAddress
-from helper.transport import Address
 
 
 class TunnelError(TunsealError):
@@ -64,21 +65,22 @@ def is_host_name(host: str) -> bool:
     return False
 
 
-def identity(mode: str, *, static_private: bytes | None = None,
+def identity(mode: Mode, *, static_private: bytes | None = None,
              peer_public: bytes | None = None, psk: bytes | None = None) -> Identity:
     """What this end proves and expects in ``mode``: its static key and the peer's in
     ``ephemeral`` (plus an optional psk), the psk alone in ``psk`` and ``rotating``, nothing in
     ``plain``. Profiles and the gateway both choose here."""
-    if mode == "ephemeral":
+    if mode.uses_static_keys:
         return Identity(static_private=static_private, peer_public=peer_public, psk=psk)
-    if mode in ("psk", "rotating"):
+    if mode.needs_psk:
         return Identity(psk=psk)
     return Identity()
 
 
 def identity_for(profile: Profile, secrets: ProfileSecrets) -> Identity:
     """:func:`identity` for a profile, refusing with what to run when a key is missing."""
-    if profile.mode == "ephemeral":
+    mode = Mode(profile.mode)
+    if mode.uses_static_keys:
         if secrets.private_key is None:
             raise TunnelError(f"profile {profile.name!r} has no private key in the keyring: "
                               f"run 'tunseal genkey {profile.name}'")
@@ -86,11 +88,11 @@ def identity_for(profile: Profile, secrets: ProfileSecrets) -> Identity:
             raise TunnelError(f"profile {profile.name!r} does not know the peer's public key: "
                               f"run 'tunseal setpeerkey {profile.name} KEY' with the key the "
                               "peer's administrator gave you")
-    elif profile.mode in ("psk", "rotating") and secrets.psk is None:
+    elif mode.needs_psk and secrets.psk is None:
         raise TunnelError(f"profile {profile.name!r} has no pre-shared key in the keyring: "
                           f"run 'tunseal genpsk {profile.name}' or import it")
     peer_public = base64.b64decode(profile.public_key) if profile.public_key else None
-    return identity(profile.mode, static_private=secrets.private_key, peer_public=peer_public,
+    return identity(mode, static_private=secrets.private_key, peer_public=peer_public,
                     psk=secrets.psk)
 
 
@@ -111,12 +113,13 @@ class PeerSpec:
 
 @dataclass(frozen=True, slots=True)
 class TunnelSpec:
-    """Everything a running tunnel needs, whether it came from a profile or a gateway config."""
+    """Everything a running tunnel needs, whether it came from a profile or a gateway config.
+    ``mode``, ``cipher`` and ``transport`` may be given as their strings."""
 
     name: str
-    mode: str
-    cipher: str
-    transport: str
+    mode: Mode
+    cipher: Cipher
+    transport: TransportKind
     device_id: int
     addresses: tuple[str, ...]
     mtu: int
@@ -138,6 +141,11 @@ class TunnelSpec:
     lockdown: str = "off"
     """The effective lockdown: "off", "connected" or "always" (helper/lockdown.py)."""
     allow_lan: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", Mode(self.mode))
+        object.__setattr__(self, "cipher", Cipher(self.cipher))
+        object.__setattr__(self, "transport", TransportKind(self.transport))
 
     @property
     def full_families(self) -> tuple[int, ...]:
@@ -164,12 +172,12 @@ def spec_from_profile(profile: Profile, secrets: ProfileSecrets) -> TunnelSpec:
                     float(profile.keepalive),
                     endpoint_host=host if is_host_name(host) else "")
     return TunnelSpec(
-        name=profile.name, mode=profile.mode, cipher=profile.cipher,
-        transport=profile.transport, device_id=profile.device_id,
+        name=profile.name, mode=Mode(profile.mode), cipher=Cipher(profile.cipher),
+        transport=TransportKind(profile.transport), device_id=profile.device_id,
         addresses=profile.addresses, mtu=profile.mtu, routes=profile.allowed_ips,
         listen_port=profile.listen_port,
         ipv6_outer=(remote is not None and ":" in remote[0])
-        or (remote is None and profile.transport == "udp"),
+        or (remote is None and profile.transport == TransportKind.UDP),
         static_private=ident.static_private, has_psk=ident.psk is not None, peers=(peer,),
         dns=profile.dns, dns_search=profile.dns_search,
         rekey_seconds=float(profile.rekey_seconds), rekey_messages=profile.rekey_messages,
@@ -181,13 +189,14 @@ def spec_from_profile(profile: Profile, secrets: ProfileSecrets) -> TunnelSpec:
 def spec_from_gateway(gw: Gateway, private: bytes, peers: tuple[PeerSpec, ...]) -> TunnelSpec:
     """The gateway's one tunnel: listening, forwarding, with ``peers``
     (:func:`peer_spec_from_gateway` each)."""
+    mode = Mode(gw.mode)
     return TunnelSpec(
-        name=gw.name, mode=gw.mode, cipher=gw.cipher, transport=gw.transport,
+        name=gw.name, mode=mode, cipher=Cipher(gw.cipher), transport=TransportKind(gw.transport),
         device_id=gw.device_id, addresses=gw.addresses, mtu=gw.mtu,
         routes=tuple(r for p in gw.peers for r in p.allowed_ips),
-        listen_port=gw.listen_port, ipv6_outer=gw.transport == "udp",
-        static_private=private if gw.mode == "ephemeral" else None,
-        has_psk=gw.mode != "ephemeral" or any(p.psk_ref for p in gw.peers),
+        listen_port=gw.listen_port, ipv6_outer=gw.transport == TransportKind.UDP,
+        static_private=private if mode.uses_static_keys else None,
+        has_psk=not mode.uses_static_keys or any(p.psk_ref for p in gw.peers),
         peers=peers, masquerade=gw.masquerade, forward=True,
     )
 
@@ -196,6 +205,6 @@ def peer_spec_from_gateway(gw: Gateway, peer: GatewayPeer, *, private: bytes,
                            psk: bytes | None) -> PeerSpec:
     """One of the gateway's peers; ``psk`` is its pre-shared key from the keyring, if any."""
     peer_public = base64.b64decode(peer.public_key) if peer.public_key else None
-    ident = identity(gw.mode, static_private=private, peer_public=peer_public, psk=psk)
+    ident = identity(Mode(gw.mode), static_private=private, peer_public=peer_public, psk=psk)
     return PeerSpec(peer.name, ident, peer.device_id, peer.allowed_ips, None,
                     float(peer.keepalive))
