@@ -199,7 +199,7 @@ def test_a_transmit_loop_whose_tun_breaks_fails_the_tunnel(rig: Rig) -> None:
 def shows_failed_with_reason(data: dict[str, object]) -> None:
     """What the CLI, the GUI's model (window and tray) and its notifications make of a
     ``failed`` status event, as the helper sends it."""
-    from core.cli import format_status
+    from core.format import format_status
     from core.status import TunnelStatus
     from gui.format import state_text
     from gui.model import Availability, Model, TrayState
