@@ -1,9 +1,9 @@
 """One tunnel end's protocol machinery without I/O: peers, sessions, handshakes, dispatch.
 
 The helper's engine owns sockets and TUN devices and asks an Endpoint what to do with each
-packet; tests run two Endpoints back to back in one process. The per-packet fast path in the
-engine bypasses :meth:`Endpoint.receive` for sealed data (it calls ``core.session.open_data``
-with :attr:`Endpoint.indices` directly) and comes here for everything else.
+packet; tests run two Endpoints back to back in one process. The helper's data path
+(helper/datapath.py) opens sealed data itself, finding the keypair through
+:attr:`Endpoint.indices`, and comes here for everything else.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from core import handshake
 from core.constants import (
@@ -109,10 +109,6 @@ class PeerStats:
     tx_packets: int = 0
     handshakes: int = 0
     last_handshake: float | None = None
-    drops: dict[str, int] = field(default_factory=dict)
-
-    def drop(self, reason: str) -> None:
-        self.drops[reason] = self.drops.get(reason, 0) + 1
 
 
 class Peer(PeerTimers):

@@ -31,8 +31,6 @@ class TunnelState(StrEnum):
         return self in (TunnelState.CONNECTING, TunnelState.HANDSHAKING, TunnelState.UNREACHABLE)
 
 
-STATES = tuple(TunnelState)
-
 
 @dataclass(frozen=True, slots=True)
 class PeerStatus:

@@ -56,6 +56,7 @@ LAN4 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "224.
 LAN6 = ("fe80::/10", "fc00::/7", "ff02::/16")
 """Link-local, unique local (ULA), and link-scope multicast."""
 DNS_PORTS = (53, 853)
+"""DNS and DNS over TLS: what the DNS rules hold to the tunnel's servers."""
 NFT_TIMEOUT = 10.0
 
 
@@ -132,7 +133,7 @@ def _set(items: Iterable[str]) -> str:
 def _dns_rules(policy: Policy, tunnels: str) -> list[str]:
     """DNS (53, 853; UDP and TCP) may go to the tunnel's servers only; without a list, it may
     go through the tunnel only. Either way never to the LAN's resolver, allow_lan or not."""
-    ports = "th dport { 53, 853 }"
+    ports = "th dport { " + ", ".join(str(p) for p in DNS_PORTS) + " }"
     proto = "meta l4proto { tcp, udp }"
     out = []
     servers = [ipaddress.ip_address(s) for s in policy.dns_servers]
