@@ -24,14 +24,14 @@ test: $(STAMP) lint
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy core helper gui
+	$(VENV)/bin/mypy core helper gui tools
 
 ## A working demo tunnel: an "office" namespace with a helper and a web page, reached from here.
 demo: $(STAMP)
-	$(PY) -m helper.demo up
+	$(PY) -m tools.demo up
 
 demo-stop: $(STAMP)
-	$(PY) -m helper.demo down
+	$(PY) -m tools.demo down
 
 bench: $(STAMP)
 	$(PY) -m bench.micro

@@ -26,6 +26,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from tools import netns
+
 log = logging.getLogger(__name__)
 
 PREFIX = "tsb"
@@ -50,35 +52,22 @@ def run(argv: Sequence[str], *, timeout: float = COMMAND_TIMEOUT, check: bool = 
     return done
 
 
-def _netns_names() -> list[str]:
-    out = run(["ip", "netns", "list"], check=False).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
-
-
 def _pids_in(ns: str) -> list[int]:
-    out = run(["ip", "netns", "pids", ns], check=False).stdout
-    return [int(p) for p in out.split() if p.isdigit()]
+    return netns.pids_in(ns)
 
 
 def _delete_namespace(ns: str) -> None:
-    """Kill every process inside ``ns`` (bounded), then delete it."""
-    deadline = time.monotonic() + KILL_GRACE
-    while (pids := _pids_in(ns)) and time.monotonic() < deadline:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.1)
-    if pids:
-        log.warning("namespace %s: processes %s survived SIGKILL", ns, pids)
-    done = run(["ip", "netns", "del", ns], check=False)
-    if done.returncode != 0 and ns in _netns_names():
-        log.warning("could not delete namespace %s: %s", ns, done.stderr.strip())
+    """Kill every process inside ``ns`` (bounded), then delete it; what fails is logged."""
+    problems: list[str] = []
+    netns.delete_namespace(ns, problems)
+    for problem in problems:
+        log.warning("%s", problem)
 
 
 def sweep_stale() -> list[str]:
     """Delete ``tsb<pid>-*`` namespaces whose creating process no longer runs a benchmark."""
     removed = []
-    for ns in _netns_names():
+    for ns in netns.netns_names():
         m = _STALE_RE.fullmatch(ns)
         if m is None:
             continue

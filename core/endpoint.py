@@ -1,9 +1,9 @@
 """One tunnel end's protocol machinery without I/O: peers, sessions, handshakes, dispatch.
 
 The helper's engine owns sockets and TUN devices and asks an Endpoint what to do with each
-packet; tests run two Endpoints back to back in one process. The per-packet fast path in the
-engine bypasses :meth:`Endpoint.receive` for sealed data (it calls ``core.session.open_data``
-with :attr:`Endpoint.indices` directly) and comes here for everything else.
+packet; tests run two Endpoints back to back in one process. The helper's data path
+(helper/datapath.py) opens sealed data itself, finding the keypair through
+:attr:`Endpoint.indices`, and comes here for everything else.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from core import handshake, session, wire
-from core.constants import FIXED_HEADER_LEN, Option, PacketType
+from core.constants import FIXED_HEADER_LEN, Mode, Option, PacketType
 from core.errors import CryptoError, HandshakeError, ReplayError, TunsealError, WireError
 from core.handshake import Identity, Suite
-from core.peer import IndexTable, Peer, PeerStats, RekeyPolicy
+from core.peer import Address, IndexTable, Peer, PeerStats, RekeyPolicy
 from core.probe import PathState
 from core.responder import ANY_DEVICE, Refused, Responder
+from core.timers import Timestamps
 
 if TYPE_CHECKING:
     from core.enrol import EnrolGate
@@ -40,21 +41,17 @@ class HandshakeMemory(Protocol):
     def accepted(self, peer: str, credential: bytes, timestamp: bytes) -> None: ...
 
 
-class PlainPeer:
+class PlainPeer(Timestamps):
     """A peer in `plain` mode: no keys, no handshake; known by its DeviceID."""
 
     def __init__(self, name: str, *, device_id: int, remote_device_id: int):
+        super().__init__()
         self.name = name
         self.device_id = device_id
         self.remote_device_id = remote_device_id
         self.stats = PeerStats()
-        self.endpoint: object | None = None
+        self.endpoint: Address | None = None
         self.encap = 0
-        self.last_received = 0.0
-        self.last_sent = 0.0
-        self.last_data = 0.0
-        self.last_data_received = 0.0
-        self.owes_keepalive = False
         self.path: PathState | None = None
 
     @property
@@ -109,8 +106,8 @@ class Endpoint:
         self.memory = memory
         self.origin = memory.origin if memory is not None else handshake.new_origin()
         """This end's origin ID: its initiations carry it, its responder refuses it."""
-        if mode != "plain":
-            self.suite = Suite(mode, cipher, has_psk or mode in ("psk", "rotating"))
+        if mode != Mode.PLAIN:
+            self.suite = Suite(mode, cipher, has_psk or Mode(mode).needs_psk)
             self.responder = Responder(self.suite, own_static=static_private,
                                        device_id=device_id, indices=self.indices, clock=clock,
                                        origin=self.origin)
@@ -162,15 +159,16 @@ class Endpoint:
             session.seal_plain_into(out, 0, inner, device_id=p.device_id, encap_id=p.encap,
                                     ptype=ptype, flags=flags)
             p.encap = (p.encap + 1) & 0xFFFF
-            p.last_sent = self.clock()
             if ptype == PacketType.DATA:
-                p.last_data = p.last_sent
+                p.on_data_sent(self.clock())
+            else:
+                p.on_packet_sent(self.clock())
             return [bytes(out)]
         kp = p.sending_keypair()
         if ptype == PacketType.DATA:
-            p.last_data = self.clock()
+            p.on_data_queued(self.clock())
         if kp is not None:
-            p.note_sent()
+            p.on_packet_sent(self.clock())
             packets = [bytes(kp.seal(inner, ptype, flags))]
             if p.wants_rekey():
                 packets.append(p.begin_handshake())
@@ -230,10 +228,7 @@ class Endpoint:
         p = self.plain_peer(dev)
         if p is None:
             return self._drop("unknown_peer", f"plain packet from unknown device ID {dev}")
-        p.last_received = self.clock()
-        if ptype == PacketType.DATA:
-            p.last_data = p.last_data_received = p.last_received
-            p.owes_keepalive = True
+        p.on_authenticated_received(self.clock(), data=ptype == PacketType.DATA)
         p.stats.rx_packets += 1
         p.stats.rx_bytes += len(inner)
         return Inbound(peer=p, inner=inner if ptype == PacketType.DATA else None, ptype=ptype,
@@ -245,10 +240,7 @@ class Endpoint:
         p = self.indices.peer(kp.local_index)
         assert isinstance(p, Peer)
         was_next = kp is p.next
-        p.received_with(kp)
-        if ptype == PacketType.DATA:
-            p.last_data = p.last_data_received = p.last_received
-            p.owes_keepalive = True
+        p.received_with(kp, data=ptype == PacketType.DATA)
         p.stats.rx_packets += 1
         p.stats.rx_bytes += len(inner)
         result = Inbound(peer=p, inner=inner if ptype == PacketType.DATA else None, ptype=ptype,
@@ -265,7 +257,7 @@ class Endpoint:
         out = [bytes(kp.seal(inner)) for inner in p.staged]
         p.staged.clear()
         if out:
-            p.note_sent()
+            p.on_packet_sent(self.clock())
         return out
 
     def _receive_init(self, pkt: bytes, source: bytes) -> Inbound:
@@ -279,13 +271,13 @@ class Endpoint:
         handshake.parse_handshake(pkt, PacketType.HANDSHAKE_RESP)  # the header first
         p = self._peer_for_option_index(pkt)
         kp = p.consume_response(pkt)
-        p.last_received = self.clock()
+        p.on_response_received(self.clock())
         replies = self._flush_staged(p)
         if not replies:
             # Confirm the new session at once so the responder can use it (WireGuard does the
             # same with an empty keepalive).
             replies = [bytes(kp.seal(b"", PacketType.KEEPALIVE))]
-            p.note_sent()
+            p.on_packet_sent(self.clock())
         return Inbound(peer=p, replies=replies)
 
     def _receive_cookie(self, pkt: bytes) -> Inbound:

@@ -8,23 +8,37 @@ construction.
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import os
-import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
+from core import fields
 from core import profile as profile_format
 from core.atomicfile import write_atomic
-from core.constants import CIPHERS, DEFAULT_CIPHER, DEFAULT_MTU, DEFAULT_PORT, MODES, TRANSPORTS
+from core.constants import (
+    CIPHERS,
+    DEFAULT_CIPHER,
+    DEFAULT_MTU,
+    DEFAULT_PORT,
+    MODES,
+    TRANSPORTS,
+    Mode,
+)
 from core.errors import ProfileError, ProfileInvalid
-from core.profile import Profile, ProfileSecrets
+from core.profile import (
+    DEVICE_ID_MAX,
+    KEEPALIVE_MAX,
+    MTU_MAX,
+    MTU_MIN,
+    Profile,
+    ProfileSecrets,
+)
 
 FORMAT = 1
 MAX_PEERS = 4096
@@ -36,9 +50,6 @@ the host's own default route) or any very wide prefix sends the gateway's own tr
 LAN's, to one peer. The widest network a site behind a peer plausibly has is a whole RFC 1918
 block (10.0.0.0/8) or, in IPv6, far less than a /16 (a site gets a /48, RFC 4193 and RIR
 policy); anything wider is a mistake or an attack."""
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
-_REF = re.compile(r"^[A-Za-z0-9._/-]{1,128}$")
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,16 +110,28 @@ def _int(problems: list[ProfileError], where: str, value: object, lo: int, hi: i
     return value
 
 
-def _networks(problems: list[ProfileError], where: str, values: tuple[str, ...],
-              strict: bool) -> None:
+def _each(problems: list[ProfileError], where: str, values: tuple[str, ...],
+          check: Callable[[object], object]) -> None:
     for i, v in enumerate(values):
-        try:
-            if strict:
-                ipaddress.ip_network(v, strict=True)
-            else:
-                ipaddress.ip_interface(v)
-        except ValueError as e:
-            _problem(problems, f"{where}[{i}]", f"{v!r} is not a valid network: {e}")
+        _checked(problems, f"{where}[{i}]", check, v)
+
+
+def _checked(problems: list[ProfileError], where: str, check: Callable[[object], object],
+             value: object) -> bool:
+    try:
+        check(value)
+    except fields.Invalid as e:
+        _problem(problems, where, str(e))
+        return False
+    return True
+
+
+def _ref(problems: list[ProfileError], where: str, value: object) -> str:
+    """A keyring reference the gateway's configuration may hold: no ':', which only the
+    helper's own names use."""
+    if _checked(problems, where, lambda v: fields.key_ref(v, colon=False), value):
+        return str(value)
+    return ""
 
 
 def from_dict(d: Mapping[str, Any]) -> Gateway:
@@ -124,7 +147,7 @@ def from_dict(d: Mapping[str, Any]) -> Gateway:
         if k not in known:
             _problem(problems, f"gateway.{k}", "unknown key")
     name = g.get("name", "")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not fields.is_name(name):
         _problem(problems, "gateway.name", "must be 1-32 of A-Z a-z 0-9 . _ - starting with a "
                  "letter or digit")
         name = "gateway"
@@ -142,27 +165,26 @@ def from_dict(d: Mapping[str, Any]) -> Gateway:
     if not addresses:
         _problem(problems, "gateway.addresses", "at least one address is needed, e.g. "
                  "'10.213.0.1/24' (the prefix is the peers' subnet)")
-    _networks(problems, "gateway.addresses", addresses, strict=False)
+    _each(problems, "gateway.addresses", addresses, fields.interface)
     lan = _strs(problems, "gateway.lan", g.get("lan", []))
-    _networks(problems, "gateway.lan", lan, strict=True)
+    _each(problems, "gateway.lan", lan, fields.network)
+    dns = _strs(problems, "gateway.dns", g.get("dns", []))
+    _each(problems, "gateway.dns", dns, fields.host_address)
     masq = _strs(problems, "gateway.masquerade", g.get("masquerade", []))
-    for i, m in enumerate(masq):
-        if not _IFNAME.match(m):
-            _problem(problems, f"gateway.masquerade[{i}]", f"{m!r} is not an interface name")
-    ref = g.get("private_key", "")
-    if not isinstance(ref, str) or (ref and not _REF.match(ref)):
-        _problem(problems, "gateway.private_key", "must be a keyring reference like 'gw.private'")
-        ref = ""
+    _each(problems, "gateway.masquerade", masq, fields.ifname)
+    public_endpoint = g.get("public_endpoint", "")
+    if not _checked(problems, "gateway.public_endpoint", fields.endpoint, public_endpoint):
+        public_endpoint = ""
+    ref = _ref(problems, "gateway.private_key", g.get("private_key", ""))
     peers = _peers(problems, d.get("peer", []))
     gw = Gateway(
         name=name, addresses=addresses, mode=str(mode), cipher=str(cipher),
         transport=str(transport),
         listen_port=_int(problems, "gateway.listen_port", g.get("listen_port", DEFAULT_PORT),
-                         1, 65535),
-        mtu=_int(problems, "gateway.mtu", g.get("mtu", DEFAULT_MTU), 576, 9000),
-        device_id=_int(problems, "gateway.device_id", g.get("device_id", 1), 0, 65535),
-        public_endpoint=str(g.get("public_endpoint", "")), lan=lan,
-        dns=_strs(problems, "gateway.dns", g.get("dns", [])), masquerade=masq,
+                         1, fields.PORT_MAX),
+        mtu=_int(problems, "gateway.mtu", g.get("mtu", DEFAULT_MTU), MTU_MIN, MTU_MAX),
+        device_id=_int(problems, "gateway.device_id", g.get("device_id", 1), 0, DEVICE_ID_MAX),
+        public_endpoint=str(public_endpoint), lan=lan, dns=dns, masquerade=masq,
         private_key_ref=ref or f"{name}.private", peers=peers,
     )
     _cross_checks(problems, gw)
@@ -188,22 +210,18 @@ def _peers(problems: list[ProfileError], raw: object) -> tuple[GatewayPeer, ...]
             if k not in ("name", "public_key", "device_id", "allowed_ips", "psk", "keepalive"):
                 _problem(problems, f"{where}.{k}", "unknown key")
         name = p.get("name", "")
-        if not isinstance(name, str) or not _NAME.match(name):
-            _problem(problems, f"{where}.name", "must be a valid name")
+        if not _checked(problems, f"{where}.name", fields.name, name):
             continue
         key = p.get("public_key", "")
-        if key and (not isinstance(key, str) or _decode_key(key) is None):
-            _problem(problems, f"{where}.public_key", "must be base64 of 32 bytes")
+        _checked(problems, f"{where}.public_key", fields.public_key, key)
         allowed = _strs(problems, f"{where}.allowed_ips", p.get("allowed_ips", []))
-        _networks(problems, f"{where}.allowed_ips", allowed, strict=True)
-        psk = p.get("psk", "")
-        if not isinstance(psk, str) or (psk and not _REF.match(psk)):
-            _problem(problems, f"{where}.psk", "must be a keyring reference")
-            psk = ""
+        _each(problems, f"{where}.allowed_ips", allowed, fields.network)
+        psk = _ref(problems, f"{where}.psk", p.get("psk", ""))
         out.append(GatewayPeer(
             name=name, public_key=str(key), allowed_ips=allowed, psk_ref=psk,
-            device_id=_int(problems, f"{where}.device_id", p.get("device_id", 0), 0, 65535),
-            keepalive=_int(problems, f"{where}.keepalive", p.get("keepalive", 0), 0, 3600),
+            device_id=_int(problems, f"{where}.device_id", p.get("device_id", 0), 0,
+                           DEVICE_ID_MAX),
+            keepalive=_int(problems, f"{where}.keepalive", p.get("keepalive", 0), 0, KEEPALIVE_MAX),
         ))
     return tuple(out)
 
@@ -217,9 +235,9 @@ def _cross_checks(problems: list[ProfileError], gw: Gateway) -> None:
         if p.name in names:
             _problem(problems, f"{where}.name", f"{p.name!r} appears twice")
         names.add(p.name)
-        if gw.mode == "ephemeral" and not p.public_key:
+        if Mode(gw.mode).uses_static_keys and not p.public_key:
             _problem(problems, f"{where}.public_key", "ephemeral mode needs the peer's key")
-        if gw.mode in ("psk", "rotating"):
+        if Mode(gw.mode).needs_psk:
             if not p.psk_ref:
                 _problem(problems, f"{where}.psk", "psk modes need a keyring reference")
             if p.device_id in devices:
@@ -232,7 +250,7 @@ def _cross_checks(problems: list[ProfileError], gw: Gateway) -> None:
             for message in prefix_conflicts(text, taken=owned, own=own):
                 _problem(problems, f"{where}.allowed_ips[{j}]", message)
         owned.update((text, p.name) for text in p.allowed_ips if text not in owned)
-    if gw.mode == "ephemeral":
+    if Mode(gw.mode).uses_static_keys:
         with_psk = {bool(p.psk_ref) for p in gw.peers}
         if len(with_psk) > 1:
             _problem(problems, "peer", "in ephemeral mode either every peer has a psk or none "
@@ -294,14 +312,6 @@ def _is_interface(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _decode_key(text: str) -> bytes | None:
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except ValueError:
-        return None
-    return raw if len(raw) == 32 else None
 
 
 def to_dict(gw: Gateway) -> dict[str, Any]:
@@ -407,7 +417,7 @@ def client_profile(gw: Gateway, peer: GatewayPeer, *, gateway_public: str,
     profile = Profile(
         name=gw.name, mode=gw.mode, cipher=gw.cipher, mtu=gw.mtu, device_id=peer.device_id,
         addresses=(address,), endpoint=endpoint, transport=gw.transport,
-        public_key=gateway_public if gw.mode == "ephemeral" else "", allowed_ips=routes,
+        public_key=gateway_public if Mode(gw.mode).uses_static_keys else "", allowed_ips=routes,
         dns=gw.dns, keepalive=peer.keepalive or 25,
         # Refs unlike the gateway's own ("<gw>.private", "<gw>.<peer>.psk"), so importing a
         # client profile on the gateway's host can never overwrite the gateway's keys.

@@ -38,12 +38,15 @@ from core.constants import (
     LABEL_COOKIE,
     LABEL_MAC1,
     MAC_LEN,
+    MODES,
     NOISE_PROLOGUE,
     ORIGIN_LEN,
     REKEY_TIMEOUT,
     TAG_LEN,
     TIMESTAMP_LEN,
+    Cipher,
     Flag,
+    Mode,
     Option,
     PacketType,
 )
@@ -84,15 +87,14 @@ class Suite:
 
     @property
     def pattern(self) -> str:
-        if self.mode == "ephemeral":
-            return "IKpsk2" if self.has_psk else "IK"
-        if self.mode in ("psk", "rotating"):
-            return "NNpsk0"
-        raise HandshakeError(f"mode {self.mode!r} has no handshake")
+        pattern = Mode(self.mode).pattern(self.has_psk) if self.mode in MODES else ""
+        if not pattern:
+            raise HandshakeError(f"mode {str(self.mode)!r} has no handshake")
+        return pattern
 
     @property
     def noise_cipher(self) -> str:
-        return "ChaChaPoly" if self.cipher == "chacha20-poly1305" else "AESGCM"
+        return "ChaChaPoly" if self.cipher == Cipher.CHACHA20_POLY1305 else "AESGCM"
 
     @property
     def prologue(self) -> bytes:

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from core import fields
 from core.errors import IPCError
 
 __all__ = [
@@ -75,12 +75,6 @@ ERROR_CODES: Final = (
 
 EVENTS: Final = ("status", "log", "profiles", "lockdown")
 
-NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
-"""A profile name (the same rule as ``tunnel.name`` in docs/PROFILE.md). Checked here too, so
-that no request can name a path."""
-
-KEY_PATTERN: Final = re.compile(r"[A-Za-z0-9+/]{43}=")
-"""A base64 X25519 public key (32 bytes: 43 characters and one '=')."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,13 +437,14 @@ def _check_args(op: str, spec: Mapping[str, _Arg], args: Mapping[Any, Any]) -> N
             continue
         if not isinstance(value, str):
             continue
-        if key in ("name", "after") and not NAME_PATTERN.fullmatch(value):
+        # Names are checked here too, so that no request can name a path.
+        if key in ("name", "after") and not fields.is_name(value):
             raise RequestError(
                 f"{op}: {_short(value)} is not a profile name (1-32 of A-Z a-z 0-9 . _ -, "
                 "starting with a letter or digit)",
                 code="bad_args",
             )
-        if key == "public_key" and not KEY_PATTERN.fullmatch(value):
+        if key == "public_key" and not fields.is_public_key_text(value):
             raise RequestError(
                 f"{op}: {_short(value)} is not a public key (44 characters of base64)",
                 code="bad_args",

@@ -18,9 +18,7 @@ round-trips unchanged: ``loads(dumps(p, s)) == (p, s)``.
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
-import datetime
 import difflib
 import ipaddress
 import logging
@@ -33,6 +31,7 @@ from typing import Any, TypeVar
 
 import tomli_w
 
+from core import fields
 from core.atomicfile import write_atomic
 from core.constants import (
     CIPHERS,
@@ -46,8 +45,11 @@ from core.constants import (
     ROTATING_REKEY_AFTER_MESSAGES,
     ROTATING_REKEY_AFTER_TIME,
     TRANSPORTS,
+    Mode,
+    TransportKind,
 )
 from core.errors import ProfileError, ProfileInvalid
+from core.fields import NAME_MAX, PORT_MAX, is_low_order
 from core.trusted import TrustedNetwork, parse_entry
 
 __all__ = [
@@ -72,10 +74,7 @@ FORMAT_VERSION = 1
 # Bounds, so that hostile input cannot make us allocate or compute much.
 MAX_FILE_BYTES = 64 * 1024
 MAX_LIST_LEN = 256
-MAX_STR_LEN = 256
 
-NAME_MAX = 32
-REF_MAX = 128
 MTU_MIN, MTU_MAX = 576, 9000
 """576 is the smallest datagram every IPv4 host must accept; 9000 is a jumbo frame."""
 MTU_MIN_IPV6 = 1280
@@ -83,21 +82,10 @@ MTU_MIN_IPV6 = 1280
 REKEY_SECONDS_MIN, REKEY_SECONDS_MAX = 10, 86400
 REKEY_MESSAGES_MIN, REKEY_MESSAGES_MAX = 1000, 1 << 60
 KEEPALIVE_MAX = 3600
-PORT_MAX = 0xFFFF
 DEVICE_ID_MAX = 0xFFFF
 
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
-_REF_RE = re.compile(r"[A-Za-z0-9._/:-]{1,128}")
-"""':' is allowed for the helper's own names (``profile:office:psk``, helper/keyrefs.py), which
-a gateway configuration cannot spell (core/gateway.py refuses ':')."""
-_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-_IP_RE = re.compile(r"[0-9A-Fa-f:.]{2,45}")
-_PREFIX_RE = re.compile(r"0|[1-9][0-9]{0,2}")
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
-_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-_IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-_IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _T = TypeVar("_T")
 
 
@@ -172,7 +160,7 @@ class Profile:
     @property
     def is_unsafe(self) -> bool:
         """True for ``plain`` mode: no encryption and no authentication."""
-        return self.mode == "plain"
+        return self.mode == Mode.PLAIN
 
     def replace(self, **changes: Any) -> Profile:
         """A validated copy with ``changes`` applied (lists are accepted for the tuple fields).
@@ -262,7 +250,7 @@ _DEFAULTS: dict[str, object] = {
 def validate(profile: Profile) -> None:
     """Raise :class:`~core.errors.ProfileInvalid` listing every problem of ``profile``."""
     if not isinstance(profile, Profile):
-        raise ProfileError(f"expected a Profile, not {_type_name(profile)}")
+        raise ProfileError(f"expected a Profile, not {fields.type_name(profile)}")
     problems = _check_profile(profile, frozenset())
     if problems:
         raise ProfileInvalid(_in_field_order(problems), profile=_known_name(profile.name))
@@ -309,7 +297,7 @@ def loads(text: str) -> tuple[Profile, ProfileSecrets | None]:
     (too large, syntax error with line and column), and :class:`~core.errors.ProfileInvalid`
     listing every problem when it is TOML but not a valid profile."""
     if not isinstance(text, str):
-        raise ProfileError(f"profile text must be a string, not {_type_name(text)}")
+        raise ProfileError(f"profile text must be a string, not {fields.type_name(text)}")
     _check_size(text)
     data = _parse_toml(text)
     profile, problems = _build(data, allow_secrets=True)
@@ -326,7 +314,7 @@ def dumps(p: Profile, secrets: ProfileSecrets | None = None) -> str:
     """The canonical ``.tunseal`` text of ``p``, with a ``[secrets]`` table if ``secrets`` is
     given. Raises :class:`~core.errors.ProfileInvalid` if either is invalid."""
     if not isinstance(p, Profile):
-        raise ProfileError(f"expected a Profile, not {_type_name(p)}")
+        raise ProfileError(f"expected a Profile, not {fields.type_name(p)}")
     problems = _check_profile(p, frozenset())
     if secrets is not None:
         problems += _check_secrets(secrets, p)
@@ -406,7 +394,7 @@ def _build(d: object, *, allow_secrets: bool) -> tuple[Profile, list[ProfileErro
     """Map the document onto Profile fields. Structure problems (not a table, unknown or missing
     keys, oversized lists) are found here; value problems by :func:`_check_profile`."""
     if not isinstance(d, Mapping):
-        raise ProfileError(f"a profile must be a table (an object), not {_type_name(d)}")
+        raise ProfileError(f"a profile must be a table (an object), not {fields.type_name(d)}")
     problems: list[ProfileError] = []
     reported: set[str] = set()
 
@@ -429,7 +417,7 @@ def _build(d: object, *, allow_secrets: bool) -> tuple[Profile, list[ProfileErro
         table = d.get(section, {})
         if not isinstance(table, Mapping):
             hint = "; a profile has exactly one [peer]" if section == "peer" else ""
-            problem(section, f"must be a table, not {_type_name(table)}{hint}")
+            problem(section, f"must be a table, not {fields.type_name(table)}{hint}")
             reported.update(_FIELD[attr] for _, attr in keys)
             continue
         known = tuple(key for key, _ in keys)
@@ -466,15 +454,15 @@ def _check_format(d: Mapping[Any, object], problem: Callable[[str, str], None]) 
         return
     value = d["format"]
     if type(value) is not int:
-        problem("format", f"must be the integer {FORMAT_VERSION}, not {_type_name(value)}")
+        problem("format", f"must be the integer {FORMAT_VERSION}, not {fields.type_name(value)}")
     elif value > FORMAT_VERSION:
         problem(
             "format",
-            f"format {_show_int(value)} is newer than this Tunseal understands "
+            f"format {fields.show_int(value)} is newer than this Tunseal understands "
             f"(format {FORMAT_VERSION}); upgrade Tunseal",
         )
     elif value != FORMAT_VERSION:
-        problem("format", f"{_show_int(value)} is not a profile format; use {FORMAT_VERSION}")
+        problem("format", f"{fields.show_int(value)} is not a profile format; use {FORMAT_VERSION}")
 
 
 def _read_secrets(
@@ -483,7 +471,7 @@ def _read_secrets(
     name = _known_name(profile.name)
     problems: list[ProfileError] = []
     if not isinstance(table, Mapping):
-        msg = f"must be a table, not {_type_name(table)}"
+        msg = f"must be a table, not {fields.type_name(table)}"
         return None, [ProfileError(msg, field="secrets", profile=name)]
     for key in table:
         if key not in _SECRET_KEYS:
@@ -496,7 +484,7 @@ def _read_secrets(
             values[key] = None
             continue
         # Never echo a secret, not even a malformed one.
-        raw = _decode_key(value) if isinstance(value, str) else None
+        raw = fields.decode_key(value) if isinstance(value, str) else None
         if raw is None:
             msg = f"must be the base64 encoding of a {KEY_LEN}-byte key"
             problems.append(ProfileError(msg, field=f"secrets.{key}", profile=name))
@@ -510,7 +498,7 @@ def _read_secrets(
 def _check_secrets(secrets: object, profile: Profile) -> list[ProfileError]:
     name = _known_name(profile.name)
     if not isinstance(secrets, ProfileSecrets):
-        msg = f"expected ProfileSecrets, not {_type_name(secrets)}"
+        msg = f"expected ProfileSecrets, not {fields.type_name(secrets)}"
         return [ProfileError(msg, field="secrets", profile=name)]
     problems: list[ProfileError] = []
     for key, value, ref in (
@@ -532,10 +520,6 @@ def _check_secrets(secrets: object, profile: Profile) -> list[ProfileError]:
 # --- checking values --------------------------------------------------------------------------
 
 
-class _Invalid(Exception):
-    """A value is wrong; the message says why. Always caught and turned into a ProfileError."""
-
-
 class _Problems:
     """Collects ProfileErrors, skipping fields whose structure was already reported."""
 
@@ -553,7 +537,7 @@ class _Problems:
             return None
         try:
             return check(value)
-        except _Invalid as e:
+        except fields.Invalid as e:
             self.add(field, str(e))
             return None
 
@@ -572,7 +556,7 @@ class _Problems:
             self.add(field, "must be a tuple, not a list (Profile fields are immutable)")
             return None
         if not isinstance(value, tuple):
-            self.add(field, f"must be an array of strings, not {_type_name(value)}")
+            self.add(field, f"must be an array of strings, not {fields.type_name(value)}")
             return None
         if len(value) > MAX_LIST_LEN:
             self.add(field, f"has {len(value)} entries; at most {MAX_LIST_LEN} are allowed")
@@ -582,12 +566,12 @@ class _Problems:
         for i, item in enumerate(value):
             try:
                 parsed = check(item)
-            except _Invalid as e:
+            except fields.Invalid as e:
                 self.add(f"{field}[{i}]", str(e))
                 continue
             key = identity(parsed)
             if key in seen:
-                self.add(f"{field}[{i}]", f"{_show(item)} is already listed at [{seen[key]}]")
+                self.add(f"{field}[{i}]", f"{fields.show(item)} is already listed at [{seen[key]}]")
                 continue
             seen[key] = i
             good.append(parsed)
@@ -596,34 +580,35 @@ class _Problems:
 
 def _check_profile(p: Profile, skip: frozenset[str]) -> list[ProfileError]:
     c = _Problems(_known_name(p.name), skip)
-    c.check("name", _name, p.name)
-    mode = c.check("mode", _choice(MODES, "mode"), p.mode)
-    c.check("cipher", _choice(CIPHERS, "cipher"), p.cipher)
-    mtu = c.check("mtu", _int_range(MTU_MIN, MTU_MAX), p.mtu)
-    c.check("device_id", _int_range(0, DEVICE_ID_MAX), p.device_id)
-    c.check("persist", _boolean, p.persist)
+    c.check("name", fields.name, p.name)
+    mode = c.check("mode", fields.choice(MODES, "mode"), p.mode)
+    c.check("cipher", fields.choice(CIPHERS, "cipher"), p.cipher)
+    mtu = c.check("mtu", fields.int_range(MTU_MIN, MTU_MAX), p.mtu)
+    c.check("device_id", fields.int_range(0, DEVICE_ID_MAX), p.device_id)
+    c.check("persist", fields.boolean, p.persist)
     c.check("autoconnect", _autoconnect, p.autoconnect)
     c.check_list("trusted_networks", _trusted_network, p.trusted_networks, lambda n: n)
     c.check("lockdown", _lockdown, p.lockdown)
-    c.check("allow_lan", _boolean, p.allow_lan)
-    c.check("rekey_seconds", _int_range(REKEY_SECONDS_MIN, REKEY_SECONDS_MAX), p.rekey_seconds)
-    rekey_messages = _int_range(REKEY_MESSAGES_MIN, REKEY_MESSAGES_MAX, "1000-2**60")
+    c.check("allow_lan", fields.boolean, p.allow_lan)
+    rekey_seconds = fields.int_range(REKEY_SECONDS_MIN, REKEY_SECONDS_MAX)
+    c.check("rekey_seconds", rekey_seconds, p.rekey_seconds)
+    rekey_messages = fields.int_range(REKEY_MESSAGES_MIN, REKEY_MESSAGES_MAX, "1000-2**60")
     c.check("rekey_messages", rekey_messages, p.rekey_messages)
 
-    addresses = c.check_list("addresses", _interface, p.addresses, lambda i: i.ip)
+    addresses = c.check_list("addresses", fields.interface, p.addresses, lambda i: i.ip)
     if addresses is not None and p.addresses == ():
         c.add(_FIELD["addresses"], 'at least one address is required, e.g. ["10.77.0.2/32"]')
-    listen_port = c.check("listen_port", _int_range(0, PORT_MAX), p.listen_port)
-    c.check_list("dns", _host_address, p.dns, lambda a: a)
-    c.check_list("dns_search", _search_domain, p.dns_search, _domain_identity)
+    listen_port = c.check("listen_port", fields.int_range(0, PORT_MAX), p.listen_port)
+    c.check_list("dns", fields.host_address, p.dns, lambda a: a)
+    c.check_list("dns_search", fields.search_domain, p.dns_search, fields.domain_identity)
 
-    endpoint = c.check("endpoint", _endpoint, p.endpoint)
-    transport = c.check("transport", _choice(TRANSPORTS, "transport"), p.transport)
-    c.check("public_key", _public_key, p.public_key)
-    allowed_ips = c.check_list("allowed_ips", _network, p.allowed_ips, lambda n: n)
-    c.check("keepalive", _int_range(0, KEEPALIVE_MAX), p.keepalive)
-    c.check("private_key_ref", _key_ref, p.private_key_ref)
-    psk_ref = c.check("psk_ref", _key_ref, p.psk_ref)
+    endpoint = c.check("endpoint", fields.endpoint, p.endpoint)
+    transport = c.check("transport", fields.choice(TRANSPORTS, "transport"), p.transport)
+    c.check("public_key", fields.public_key, p.public_key)
+    allowed_ips = c.check_list("allowed_ips", fields.network, p.allowed_ips, lambda n: n)
+    c.check("keepalive", fields.int_range(0, KEEPALIVE_MAX), p.keepalive)
+    c.check("private_key_ref", fields.key_ref, p.private_key_ref)
+    psk_ref = c.check("psk_ref", fields.key_ref, p.psk_ref)
 
     # Rules that tie fields together; each applies only when the fields it reads are valid.
     inner = [*(a.network for a in addresses or ()), *(allowed_ips or ())]
@@ -636,12 +621,12 @@ def _check_profile(p: Profile, skip: frozenset[str]) -> list[ProfileError]:
     # means generating this end's key, sending its public half to the peer and receiving
     # theirs, in that order, so the profile must exist before either key does. Connecting
     # without them is refused with what to run (helper/tunnel.py).
-    if mode in ("psk", "rotating") and psk_ref == "":
+    if mode is not None and Mode(mode).needs_psk and psk_ref == "":
         c.add(
             _FIELD["psk_ref"],
             f"is required in {mode} mode: the keyring item holding the pre-shared key",
         )
-    if transport == "udp" and endpoint == ("", 0) and listen_port == 0:
+    if transport == TransportKind.UDP and endpoint == ("", 0) and listen_port == 0:
         c.add(
             _FIELD["listen_port"],
             f"a listening end (no peer.endpoint) needs a fixed port; set 1-{PORT_MAX}, "
@@ -650,287 +635,39 @@ def _check_profile(p: Profile, skip: frozenset[str]) -> list[ProfileError]:
     return c.items
 
 
-def _string(value: object, max_len: int = MAX_STR_LEN) -> str:
-    if not isinstance(value, str):
-        raise _Invalid(f"must be a string, not {_type_name(value)}")
-    if len(value) > max_len:
-        raise _Invalid(f"is {len(value)} characters long; at most {max_len} are allowed")
-    return value
-
-
-def _name(value: object) -> str:
-    s = _string(value, NAME_MAX)
-    if not _NAME_RE.fullmatch(s):
-        raise _Invalid(
-            f"{_show(s)} is not a valid name; use 1-{NAME_MAX} letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return s
-
-
-def _choice(choices: tuple[str, ...], what: str) -> Callable[[object], str]:
-    def check(value: object) -> str:
-        s = _string(value)
-        if s not in choices:
-            raise _Invalid(f"{_show(s)} is not a {what}; choose one of {', '.join(choices)}")
-        return s
-
-    return check
-
-
 LOCKDOWNS = ("off", "connected", "always")
 AUTOCONNECTS = ("never", "login", "untrusted")
 
 
 def _autoconnect(value: object) -> str:
-    s = _string(value)
+    s = fields.string(value)
     if s not in AUTOCONNECTS:
-        raise _Invalid(f"{_show(s)} is not an autoconnect setting; choose one of "
+        raise fields.Invalid(f"{fields.show(s)} is not an autoconnect setting; choose one of "
                        f"{', '.join(AUTOCONNECTS)}")
     return s
 
 
 def _trusted_network(value: object) -> TrustedNetwork:
     try:
-        return parse_entry(_string(value))
+        return parse_entry(fields.string(value))
     except ValueError as e:
-        raise _Invalid(str(e)) from None
+        raise fields.Invalid(str(e)) from None
 
 
 def _lockdown(value: object) -> str:
-    s = _string(value)
+    s = fields.string(value)
     if s and s not in LOCKDOWNS:
-        raise _Invalid(f"{_show(s)} is not a lockdown; choose one of {', '.join(LOCKDOWNS)}")
+        raise fields.Invalid(
+            f"{fields.show(s)} is not a lockdown; choose one of {', '.join(LOCKDOWNS)}"
+        )
     return s
-
-
-def _int_range(lo: int, hi: int, shown: str | None = None) -> Callable[[object], int]:
-    def check(value: object) -> int:
-        if type(value) is not int:
-            raise _Invalid(f"must be an integer, not {_type_name(value)}")
-        if not lo <= value <= hi:
-            raise _Invalid(f"{_show_int(value)} is out of range ({shown or f'{lo}-{hi}'})")
-        return value
-
-    return check
-
-
-def _boolean(value: object) -> bool:
-    if type(value) is not bool:
-        raise _Invalid(f"must be true or false, not {_type_name(value)}")
-    return value
-
-
-def _ip(text: str) -> _IPAddress:
-    """An IPv4 or IPv6 address literal, without zone index."""
-    if _IP_RE.fullmatch(text):
-        try:
-            return ipaddress.ip_address(text)
-        except ValueError:
-            pass
-    raise _Invalid(f"{_show(text)} is not an IPv4 or IPv6 address")
-
-
-def _prefixed(value: object, example: str) -> tuple[_IPAddress, int | None]:
-    text = _string(value)
-    address, slash, prefix = text.partition("/")
-    if "%" in address:
-        raise _Invalid(f"{_show(text)}: zone indexes (%...) are not supported")
-    ip = _ip(address)
-    if not slash:
-        return ip, None
-    if not _PREFIX_RE.fullmatch(prefix):
-        raise _Invalid(f"{_show(text)}: the prefix length must be a number, e.g. {example}")
-    length = int(prefix)
-    if length > ip.max_prefixlen:
-        raise _Invalid(
-            f"{_show(text)}: /{length} is too long for IPv{ip.version} "
-            f"(at most /{ip.max_prefixlen})"
-        )
-    return ip, length
-
-
-def _interface(value: object) -> _IPInterface:
-    ip, length = _prefixed(value, "10.77.0.2/24")
-    if ip.is_unspecified or ip.is_multicast:
-        raise _Invalid(f"{ip} cannot be an interface address (it is unspecified or multicast)")
-    return ipaddress.ip_interface(f"{ip}/{ip.max_prefixlen if length is None else length}")
-
-
-def _network(value: object) -> _IPNetwork:
-    ip, length = _prefixed(value, "10.77.0.0/24")
-    text = f"{ip}/{ip.max_prefixlen if length is None else length}"
-    network = ipaddress.ip_network(text, strict=False)
-    if network.network_address != ip:
-        raise _Invalid(f"{_show(value)} has host bits set; did you mean {network}?")
-    return network
-
-
-def _host_address(value: object) -> _IPAddress:
-    text = _string(value)
-    if "%" in text:
-        raise _Invalid(f"{_show(text)}: zone indexes (%...) are not supported")
-    ip = _ip(text)
-    if ip.is_unspecified or ip.is_multicast:
-        raise _Invalid(f"{ip} is not a usable server address (unspecified or multicast)")
-    return ip
-
-
-def _search_domain(value: object) -> str:
-    """A search domain, or a routing-only one for systemd-resolved: ``~corp.example`` sends
-    names under it to the tunnel's servers without searching it, ``~.`` sends every name."""
-    text = _string(value)
-    if text == "~.":
-        return text
-    if text.startswith("~"):
-        try:
-            return "~" + _domain(text[1:])
-        except _Invalid:
-            raise _Invalid(
-                f"{_show(text)} is not a routing domain; use '~' and a domain name "
-                "(~corp.example), or '~.' for every name"
-            ) from None
-    return _domain(text)
-
-
-def _domain_identity(domain: str) -> str:
-    """``corp.example`` and ``~corp.example`` name the same domain: one of them is enough."""
-    return domain.removeprefix("~").lower()
-
-
-def _domain(value: object) -> str:
-    text = _string(value)
-    labels = text.split(".")
-    if len(text) > 253 or not all(_LABEL_RE.fullmatch(label) for label in labels):
-        raise _Invalid(
-            f"{_show(text)} is not a domain name; use dot-separated labels of letters, digits "
-            "and '-' (at most 63 characters each, no leading or trailing '-' or '.')"
-        )
-    return text
 
 
 def _split_endpoint(p: Profile) -> tuple[str, int]:
     try:
-        return _endpoint(p.endpoint)
-    except _Invalid as e:
+        return fields.endpoint(p.endpoint)
+    except fields.Invalid as e:
         raise ProfileError(str(e), field=_FIELD["endpoint"], profile=_known_name(p.name)) from None
-
-
-def _endpoint(value: object) -> tuple[str, int]:
-    return _endpoint_parts(_string(value))
-
-
-def _endpoint_parts(text: str) -> tuple[str, int]:
-    """Split ``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` into (host, port). ``("", 0)``
-    for the empty endpoint. Raises _Invalid (ProfileError when called from a property)."""
-    if text == "":
-        return "", 0
-    if text.startswith("["):
-        close = text.find("]")
-        if close < 0:
-            raise _Invalid(f"{_show(text)}: '[' without ']'; write IPv6 as [2001:db8::1]:51900")
-        host, rest = text[1:close], text[close + 1 :]
-        if "%" in host:
-            raise _Invalid(f"{_show(text)}: zone indexes (%...) are not supported")
-        if _ip(host).version != 6:
-            raise _Invalid(f"{_show(text)}: brackets are only for IPv6 addresses")
-        if rest and not rest.startswith(":"):
-            raise _Invalid(f"{_show(text)}: expected ':port' after ']'")
-        port_text: str | None = rest[1:] if rest else None
-    else:
-        if text.count(":") > 1:
-            raise _Invalid(
-                f"{_show(text)}: an IPv6 endpoint needs brackets, e.g. [2001:db8::1]:{DEFAULT_PORT}"
-            )
-        host, colon, port = text.partition(":")
-        port_text = port if colon else None
-        _endpoint_host(host)
-    return host, DEFAULT_PORT if port_text is None else _port(port_text)
-
-
-def _endpoint_host(host: str) -> None:
-    labels = host.split(".")
-    if labels[-1].isdigit():  # an all-numeric last label: meant as an IPv4 address
-        try:
-            ip = ipaddress.IPv4Address(host)
-        except ValueError:
-            raise _Invalid(f"{_show(host)} is not a valid IPv4 address") from None
-        if ip.is_unspecified or ip.is_multicast:
-            raise _Invalid(f"{ip} cannot be an endpoint (unspecified or multicast)")
-    elif len(host) > 253 or not all(_LABEL_RE.fullmatch(label) for label in labels):
-        raise _Invalid(
-            f"{_show(host)} is not a valid host name; use an IP address or dot-separated labels "
-            "of letters, digits and '-'"
-        )
-
-
-def _port(text: str) -> int:
-    if not (text.isascii() and text.isdigit()):
-        raise _Invalid(f"port {_show(text)} is not a number (1-{PORT_MAX})")
-    if len(text) > 5 or not 1 <= int(text) <= PORT_MAX:
-        raise _Invalid(f"port {text[:12]} is out of range (1-{PORT_MAX})")
-    return int(text)
-
-
-def _decode_key(text: str) -> bytes | None:
-    """The 32 bytes of a canonical (padded, standard-alphabet) base64 key, else None."""
-    if len(text) != 44:
-        return None
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    if len(raw) != KEY_LEN or base64.b64encode(raw).decode("ascii") != text:
-        return None
-    return raw
-
-
-_P25519 = 2**255 - 19
-_LOW_ORDER_U = frozenset({
-    0,
-    1,
-    _P25519 - 1,
-    325606250916557431795983626356110631294008115727848805560023387167927233504,
-    39382357235489614581723060781553021112529911719440698176882885853963445705823,
-})
-"""u-coordinates of the Curve25519 points of order 1, 2, 4 and 8 (the list libsodium refuses).
-X25519 with any of them yields the all-zero shared secret, whatever the private key."""
-
-
-def is_low_order(key: bytes) -> bool:
-    """Whether a 32-byte X25519 public key is a low-order point, in any of its encodings (the
-    top bit is ignored and u is taken mod p, as RFC 7748 section 5 says a receiver does)."""
-    u = int.from_bytes(key, "little") & ((1 << 255) - 1)
-    return u % _P25519 in _LOW_ORDER_U
-
-
-def _public_key(value: object) -> str:
-    text = _string(value)
-    if not text:
-        return text
-    raw = _decode_key(text)
-    if raw is None:
-        raise _Invalid(
-            f"{_show(text)} is not a public key; expected 44 characters of base64 "
-            f"encoding {KEY_LEN} bytes"
-        )
-    if is_low_order(raw):
-        raise _Invalid(
-            f"{_show(text)} is not a usable public key: it is a low-order point, with which "
-            "every key exchange gives the same all-zero secret; ask the peer for its real key "
-            "('tunseal pubkey' on its side)"
-        )
-    return text
-
-
-def _key_ref(value: object) -> str:
-    text = _string(value, REF_MAX)
-    if text and not _REF_RE.fullmatch(text):
-        raise _Invalid(
-            f"{_show(text)} is not a keyring item name; use letters, digits, '.', '_', '/', "
-            f"':' or '-' (at most {REF_MAX})"
-        )
-    return text
 
 
 # --- small helpers ----------------------------------------------------------------------------
@@ -939,14 +676,14 @@ def _key_ref(value: object) -> str:
 def _is_written(p: Profile, attr: str, value: object) -> bool:
     if attr in _ALWAYS_WRITTEN:
         return True
-    if attr in ("rekey_seconds", "rekey_messages") and p.mode == "rotating":
+    if attr in ("rekey_seconds", "rekey_messages") and p.mode == Mode.ROTATING:
         return True
     return bool(value != _DEFAULTS[attr])
 
 
 def _known_name(name: object) -> str | None:
     """The profile name for error messages, if it is a valid one."""
-    if isinstance(name, str) and len(name) <= NAME_MAX and _NAME_RE.fullmatch(name):
+    if isinstance(name, str) and len(name) <= NAME_MAX and fields.NAME_PATTERN.fullmatch(name):
         return name
     return None
 
@@ -984,38 +721,4 @@ def _unknown_message(kind: str, key: object, known: tuple[str, ...]) -> str:
 def _shown_key(key: object) -> str:
     if isinstance(key, str) and _BARE_KEY_RE.fullmatch(key):
         return key
-    return _show(key)
-
-
-def _show(value: object) -> str:
-    """A short repr of a user value for an error message."""
-    if isinstance(value, str):
-        return repr(value) if len(value) <= 60 else repr(value[:57]) + "..."
-    if type(value) is int:
-        return _show_int(value)
-    return _type_name(value)
-
-
-def _show_int(value: int) -> str:
-    return str(value) if -(10**30) < value < 10**30 else "a number with more than 30 digits"
-
-
-def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    kinds: tuple[tuple[type, str], ...] = (
-        (bool, "a boolean"),
-        (int, "an integer"),
-        (float, "a float"),
-        (str, "a string"),
-        (list, "an array"),
-        (tuple, "an array"),
-        (Mapping, "a table"),
-        (datetime.datetime, "a date-time"),
-        (datetime.date, "a date"),
-        (datetime.time, "a time"),
-    )
-    for kind, name in kinds:
-        if isinstance(value, kind):
-            return name
-    return f"a {type(value).__name__}"
+    return fields.show(key)

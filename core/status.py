@@ -7,13 +7,29 @@ states only: never a key, never a packet.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
-STATES = ("down", "connecting", "handshaking", "up", "unreachable", "error", "failed")
-"""down: not running. connecting: running, no session yet. handshaking: initiation in flight.
-up: a confirmed session. unreachable: the peer stopped answering. error: failed to start.
-failed: was running, but its data path stopped and could not be restarted; ``error`` says why
-(the tunnel carries nothing until it is taken down and up again)."""
+
+class TunnelState(StrEnum):
+    """down: not running. connecting: running, no session yet. handshaking: initiation in
+    flight. up: a confirmed session. unreachable: the peer stopped answering. error: failed to
+    start. failed: was running, but its data path stopped and could not be restarted;
+    ``error`` says why (the tunnel carries nothing until it is taken down and up again)."""
+
+    DOWN = "down"
+    CONNECTING = "connecting"
+    HANDSHAKING = "handshaking"
+    UP = "up"
+    UNREACHABLE = "unreachable"
+    ERROR = "error"
+    FAILED = "failed"
+
+    @property
+    def trying(self) -> bool:
+        """Running but not connected: handshakes are being tried (or will be)."""
+        return self in (TunnelState.CONNECTING, TunnelState.HANDSHAKING, TunnelState.UNREACHABLE)
+
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.constants import CIPHERS, DEFAULT_CIPHER, MODES, TRANSPORTS
+from core.constants import CIPHERS, DEFAULT_CIPHER, MODES, TRANSPORTS, Mode
 from core.errors import ProfileInvalid
 from core.profile import AUTOCONNECTS, LOCKDOWNS, Profile
 from gui.profile_form import FIELDS, KEY_FIELDS, Field, for_form, form_from_profile, parse_form
@@ -198,7 +198,7 @@ class ProfileEditor(QDialog):
     def _mode_changed(self, _text: str) -> None:
         mode = self.inputs["tunnel.mode"]
         assert isinstance(mode, QComboBox)
-        plain = mode.currentData() == "plain"
+        plain = mode.currentData() == Mode.PLAIN
         self.unsafe.setVisible(plain)
         # Plain mode has no keys and no cipher: fields it ignores would only mislead.
         for key in (*KEY_FIELDS, "tunnel.cipher"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 
-from core.cli import format_age, human_bytes
+from core.format import format_age, human_bytes
 from core.probe import LOSS_WINDOW, PROBE_INTERVAL
 from core.status import TunnelStatus
 

@@ -94,10 +94,6 @@ class HelperClient(QObject):
         self._retry.timeout.connect(self.retry)
         self._finished.connect(self._deliver)
 
-    @property
-    def is_available(self) -> bool:
-        return self._ok
-
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.constants import Mode
 from core.profile import Profile
 from gui.actions import Actions
 from gui.qr import QrView
@@ -127,11 +128,11 @@ class KeysPanel(QWidget):
             self.peer_key.setText(profile.public_key)
         elif not self.peer_key.hasFocus():
             self.peer_key.setText(profile.public_key)
-        plain = profile.mode == "plain"
+        plain = profile.mode == Mode.PLAIN
         self.plain_note.setVisible(plain)
         self.mine_box.setVisible(not plain)
         self.theirs_box.setVisible(not plain)
-        uses_psk = profile.mode in ("psk", "rotating") or bool(profile.psk_ref)
+        uses_psk = profile.mode in (Mode.PSK, Mode.ROTATING) or bool(profile.psk_ref)
         self.psk_box.setVisible(uses_psk and not plain)
         ref = profile.psk_ref or f"{profile.name}.psk"
         self.psk_note.setText(

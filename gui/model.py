@@ -18,8 +18,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from core.constants import Mode
 from core.errors import ProfileError
-from core.ipc import NAME_PATTERN
+from core.fields import NAME_PATTERN
 from core.profile import Profile, profile_from_dict
 from core.status import TunnelStatus
 
@@ -292,7 +293,7 @@ class Model:
         return p.mode if p is not None else ""
 
     def is_unsafe(self, name: str) -> bool:
-        return self.mode(name) == "plain"
+        return self.mode(name) == Mode.PLAIN
 
     def tray_state(self) -> TrayState:
         if not self.availability.ok:

@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from core.constants import DEFAULT_MODE, Mode
 from core.errors import ProfileError, ProfileInvalid
-from core.ipc import NAME_PATTERN
+from core.fields import NAME_PATTERN
 from core.profile import Profile, profile_from_dict
 
 __all__ = ["FIELDS", "Field", "field_of", "for_form", "form_from_profile", "parse_form",
@@ -136,13 +137,13 @@ def _default_key_refs(tables: dict[str, dict[str, Any]]) -> None:
     """Name the keyring items a new profile's mode needs the way genkey/genpsk would
     ('<name>.private', '<name>.psk'), so nobody has to invent a keyring item name."""
     name = tables.get("tunnel", {}).get("name")
-    mode = tables.get("tunnel", {}).get("mode", "ephemeral")
+    mode = tables.get("tunnel", {}).get("mode", DEFAULT_MODE)
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         return  # the name's own problem is reported; a keyring item named after it is not
     keys = tables.setdefault("keys", {})
-    if mode == "ephemeral":
+    if mode == Mode.EPHEMERAL:
         keys.setdefault("private_key", f"{name}.private")
-    elif mode in ("psk", "rotating"):
+    elif mode in (Mode.PSK, Mode.ROTATING):
         keys.setdefault("psk", f"{name}.psk")
     if not keys:
         del tables["keys"]

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.constants import Mode
 from core.profile import Profile
 from core.status import TunnelStatus
 from gui import format as fmt
@@ -128,7 +129,7 @@ class StatusPanel(QWidget):
         mode = st.mode if running and st.mode else (profile.mode if profile else "")
         cipher = st.cipher if running and st.cipher else (profile.cipher if profile else "")
         v["mode"].setText(mode or "—")
-        v["cipher"].setText("none" if mode == "plain" else (cipher or "—"))
+        v["cipher"].setText("none" if mode == Mode.PLAIN else (cipher or "—"))
         v["interface"].setText(st.interface if running and st.interface else
                                (f"{interface} (when connected)" if interface
                                 else "created when connected"))

@@ -42,6 +42,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.constants import Mode
 from core.profile import Profile
 from gui import format as fmt
 from gui.actions import Actions
@@ -477,7 +478,7 @@ class MainWindow(QMainWindow):
         def saved() -> None:
             self.selected = profile.name
             editor.accept()
-            if profile.mode == "ephemeral":
+            if profile.mode == Mode.EPHEMERAL:
                 self.ops.ensure_key(profile.name, lambda key: self.show_next_step(profile.name,
                                                                                   key))
             name = profile.name
@@ -552,7 +553,7 @@ class MainWindow(QMainWindow):
 
     def _on_imported(self, name: str, mode: str) -> None:
         self._select_later(name)
-        if mode == "ephemeral":
+        if mode == Mode.EPHEMERAL:
             self.ops.ensure_key(name, lambda key: self.show_next_step(name, key))
 
     def _offer_replace(self, path: str, name: str) -> None:

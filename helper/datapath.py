@@ -100,7 +100,7 @@ class DataPath:
         if addr is None:
             return
         for pkt in packets:
-            self.transport.send(pkt, addr)  # type: ignore[arg-type]
+            self.transport.send(pkt, addr)
 
     def ring(self, peer: AnyPeer) -> SentRing:
         r = self.rings.get(id(peer))
@@ -372,13 +372,12 @@ class DataPath:
                 st = peer.stats
                 st.rx_packets += rx_packets
                 st.rx_bytes += rx_bytes
-                peer.last_received = peer.last_data = peer.last_data_received = now
-                peer.owes_keepalive = True
+                peer.on_authenticated_received(now, data=True)
             if ppeer is not None and plain_packets:
                 pst = ppeer.stats
                 pst.rx_packets += plain_packets
                 pst.rx_bytes += plain_bytes
-                ppeer.last_received = ppeer.last_data = ppeer.last_data_received = now
+                ppeer.on_authenticated_received(now, data=True)
 
     def deliver(self, frame: bytes | bytearray) -> None:
         """Write one frame (a packet, or a coalesced super-packet) to the TUN device; one the
@@ -437,7 +436,7 @@ class DataPath:
                 if r.roam and r.peer.endpoint != addr:
                     r.peer.endpoint = addr
                 if isinstance(r.peer, PlainPeer):
-                    r.peer.last_received = time.monotonic()
+                    r.peer.on_authenticated_received(time.monotonic(), data=False)
             if r.replies:
                 for reply in r.replies:
                     self.transport.send(reply, addr)
@@ -490,10 +489,8 @@ class _TxBatch:
         if peer is not None and end:
             addr = peer.endpoint
             if addr is not None:
-                self.dp.transport.send_segments(self.omv[:end], seg, addr,  # type: ignore[arg-type]
-                                                self.ecn)
-            peer.last_sent = peer.last_data = time.monotonic()
-            peer.owes_keepalive = False
+                self.dp.transport.send_segments(self.omv[:end], seg, addr, self.ecn)
+            peer.on_data_sent(time.monotonic())
         return 0
 
     def flush(self) -> None:

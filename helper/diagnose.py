@@ -36,8 +36,9 @@ from core.handshake import Identity, Initiator, Suite, open_cookie_reply
 from core.profile import Profile, ProfileSecrets
 from core.status import TunnelStatus
 from helper import dns
+from helper.pathfeedback import outer_overhead
 from helper.transport import mark_socket
-from helper.tunnel import identity_for, outer_overhead, resolve
+from helper.tunnelspec import identity_for, resolve
 
 log = logging.getLogger(__name__)
 

@@ -33,11 +33,11 @@ import re
 import shutil
 import socket
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.atomicfile import symlink_atomic, write_atomic
 from core.status import DnsStatus
 from helper import resolved
 from helper.netdev import NetConfigError
@@ -310,11 +310,7 @@ def _restore_file(record: dict[str, Any]) -> None:
             "(the version Tunseal replaced began with %r)", path, (original or b"")[:80])
         return
     if link is not None:
-        tmp = path.with_name(f".{path.name}{_TEMP_INFIX}{os.getpid()}")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        os.symlink(link, tmp)
-        os.replace(tmp, path)
+        symlink_atomic(path, link, temp_prefix=f".{path.name}{_TEMP_INFIX}")
     elif original is None:
         path.unlink()
     else:
@@ -357,20 +353,9 @@ def _write_file(path: Path, data: bytes, mode: int, uid: int, gid: int) -> None:
                 f.flush()
                 os.fsync(f.fileno())
             return
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{_TEMP_INFIX}")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fchmod(f.fileno(), mode)
-                if os.geteuid() == 0:
-                    os.fchown(f.fileno(), uid, gid)
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        owner = (uid, gid) if os.geteuid() == 0 else None
+        write_atomic(path, data, mode=mode, exact_mode=True, owner=owner,
+                     temp_prefix=f".{path.name}{_TEMP_INFIX}")
     except OSError as exc:
         raise DnsConfigError(f"cannot write {path}: {exc}") from None
 

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from core.constants import TransportKind
 from core.errors import TunsealError
 from core.profile import Profile, ProfileSecrets
 from core.status import TunnelStatus
@@ -21,7 +22,8 @@ from helper.lockdown import Hold, Lockdown, PeerAddress
 from helper.netwatch import NetWatch
 from helper.records import Records
 from helper.timers import TimerThread
-from helper.tunnel import Tunnel, TunnelSpec, is_host_name, spec_from_profile
+from helper.tunnel import Tunnel
+from helper.tunnelspec import TunnelSpec, is_host_name, spec_from_profile
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ class Engine:
                     raise EngineError(f"tunnel {spec.name!r} is already up")
                 for other in self._tunnels.values():
                     if (spec.listen_port and other.spec.listen_port == spec.listen_port
-                            and other.spec.transport == spec.transport == "udp"):
+                            and other.spec.transport == spec.transport == TransportKind.UDP):
                         raise EngineError(f"tunnel {other.name!r} already listens on UDP port "
                                           f"{spec.listen_port}")
                 for other in self._tunnels.values():

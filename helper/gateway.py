@@ -19,14 +19,15 @@ from typing import Any, Protocol
 from core import gateway as gwconf
 from core import invitation as invitation_format
 from core import noise
+from core.constants import Mode
 from core.enrol import Accepted, EnrolGate
 from core.errors import TunsealError
 from core.gateway import Gateway, GatewayPeer
-from core.handshake import Identity
 from core.ipc import RequestError
 from helper import enrolment
 from helper.engine import Engine
-from helper.tunnel import PeerSpec, Tunnel, TunnelSpec
+from helper.tunnel import Tunnel
+from helper.tunnelspec import PeerSpec, TunnelSpec, peer_spec_from_gateway, spec_from_gateway
 
 log = logging.getLogger(__name__)
 
@@ -120,30 +121,15 @@ class GatewayService:
         return _b64(noise.public_key(self._private))
 
     def _spec(self, gw: Gateway) -> TunnelSpec:
-        peers = tuple(self._peer_spec(gw, p) for p in gw.peers)
-        routes = tuple(r for p in gw.peers for r in p.allowed_ips)
-        return TunnelSpec(
-            name=gw.name, mode=gw.mode, cipher=gw.cipher, transport=gw.transport,
-            device_id=gw.device_id, addresses=gw.addresses, mtu=gw.mtu, routes=routes,
-            listen_port=gw.listen_port, ipv6_outer=gw.transport == "udp",
-            static_private=self._private if gw.mode == "ephemeral" else None,
-            has_psk=gw.mode != "ephemeral" or any(p.psk_ref for p in gw.peers),
-            peers=peers, masquerade=gw.masquerade, forward=True,
-        )
+        return spec_from_gateway(gw, self._private,
+                                 tuple(self._peer_spec(gw, p) for p in gw.peers))
 
     def _peer_spec(self, gw: Gateway, p: GatewayPeer) -> PeerSpec:
         psk = self._keys.get(p.psk_ref) if p.psk_ref else None
         if p.psk_ref and psk is None:
             raise TunsealError(f"gateway peer {p.name!r}: its psk {p.psk_ref!r} is not in the "
                                "keyring")
-        if gw.mode == "ephemeral":
-            ident = Identity(static_private=self._private,
-                             peer_public=base64.b64decode(p.public_key), psk=psk)
-        elif gw.mode == "plain":
-            ident = Identity()
-        else:
-            ident = Identity(psk=psk)
-        return PeerSpec(p.name, ident, p.device_id, p.allowed_ips, None, float(p.keepalive))
+        return peer_spec_from_gateway(gw, p, private=self._private, psk=psk)
 
     # --- peer requests -----------------------------------------------------------------------
 
@@ -161,17 +147,18 @@ class GatewayService:
     def _add(self, name: str, allowed_ips: list[str] | tuple[str, ...] | None,
              public_key: str | None) -> dict[str, Any]:
         gw = self.config
+        mode = Mode(gw.mode)
         if gw.peer(name) is not None:
             raise RequestError(f"gateway {gw.name!r} already has a peer named {name!r}",
                                code="exists")
-        if public_key is not None and gw.mode != "ephemeral":
+        if public_key is not None and not mode.uses_static_keys:
             raise RequestError(f"gateway {gw.name!r} runs in {gw.mode} mode: peers have no "
                                "public key there", code="bad_args")
         allowed = tuple(allowed_ips) if allowed_ips else (self._free_address(gw),)
         client_private = noise.generate_private_key() \
-            if gw.mode == "ephemeral" and public_key is None else None
-        need_psk = gw.mode in ("psk", "rotating") or (
-            gw.mode == "ephemeral" and any(p.psk_ref for p in gw.peers))
+            if mode.uses_static_keys and public_key is None else None
+        need_psk = mode.needs_psk or (
+            mode.uses_static_keys and any(p.psk_ref for p in gw.peers))
         psk = os.urandom(32) if need_psk else None
         peer = GatewayPeer(
             name=name, device_id=gwconf.next_device_id(gw), allowed_ips=allowed,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import re
 import subprocess
 import threading
 from collections.abc import Callable, Iterable
@@ -28,8 +27,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from core import fields
 from core.atomicfile import write_atomic
-from core.constants import RAW_IP_PROTOCOL
+from core.constants import RAW_IP_PROTOCOL, TransportKind
 from core.errors import TunsealError
 from helper.policyroute import FWMARK
 
@@ -56,8 +56,8 @@ LAN4 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "224.
 LAN6 = ("fe80::/10", "fc00::/7", "ff02::/16")
 """Link-local, unique local (ULA), and link-scope multicast."""
 DNS_PORTS = (53, 853)
+"""DNS and DNS over TLS: what the DNS rules hold to the tunnel's servers."""
 NFT_TIMEOUT = 10.0
-_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 
 class LockdownError(TunsealError):
@@ -90,7 +90,7 @@ class Policy:
 def ruleset(policy: Policy) -> str:
     """The whole table for ``policy`` (nft syntax, one rule per line)."""
     for name in policy.tunnels:
-        if not _IFNAME.fullmatch(name):
+        if not fields.is_ifname(name):
             raise LockdownError(f"{name!r} is not an interface name")
     tunnels = _set(f'"{t}"' for t in policy.tunnels)
     out = [
@@ -133,7 +133,7 @@ def _set(items: Iterable[str]) -> str:
 def _dns_rules(policy: Policy, tunnels: str) -> list[str]:
     """DNS (53, 853; UDP and TCP) may go to the tunnel's servers only; without a list, it may
     go through the tunnel only. Either way never to the LAN's resolver, allow_lan or not."""
-    ports = "th dport { 53, 853 }"
+    ports = "th dport { " + ", ".join(str(p) for p in DNS_PORTS) + " }"
     proto = "meta l4proto { tcp, udp }"
     out = []
     servers = [ipaddress.ip_address(s) for s in policy.dns_servers]
@@ -157,7 +157,7 @@ def _endpoint_rules(endpoints: Iterable[PeerAddress]) -> list[str]:
     for ep in sorted(set(endpoints), key=lambda e: (e.address, e.port, e.transport)):
         addr = ipaddress.ip_address(ep.address)
         ip = "ip" if addr.version == 4 else "ip6"
-        if ep.transport == "raw":
+        if ep.transport == TransportKind.RAW:
             what = f"meta l4proto {RAW_IP_PROTOCOL}"
         else:
             what = f"udp dport {int(ep.port)}"

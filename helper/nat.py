@@ -12,12 +12,12 @@ import re
 import subprocess
 from pathlib import Path
 
+from core import fields
 from core.errors import TunsealError
 
 log = logging.getLogger(__name__)
 
 _FORWARD = (Path("/proc/sys/net/ipv4/ip_forward"), Path("/proc/sys/net/ipv6/conf/all/forwarding"))
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
 class NatError(TunsealError):
@@ -43,7 +43,7 @@ def enable(tun_if: str, out_ifaces: list[str]) -> str:
     """Forward from ``tun_if`` (to the LAN and between peers) and masquerade what leaves
     through ``out_ifaces`` (none: plain routing). Returns a handle for :func:`disable`."""
     for name in [tun_if, *out_ifaces]:
-        if not _IFNAME.match(name):
+        if not fields.is_ifname(name):
             raise NatError(f"{name!r} is not a valid interface name")
     table = table_name(tun_if)
     if out_ifaces:

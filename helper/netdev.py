@@ -159,7 +159,7 @@ def configure(
             f"{ifname}: IPv6 needs an MTU of at least {MTU_MIN_IPV6}, not {mtu}; "
             "raise the profile's mtu or remove its IPv6 addresses and routes"
         )
-    with _ipr(ifname) as ipr:
+    with netlink(ifname) as ipr:
         idx = _index(ipr, ifname)
         _set_mtu(ipr, idx, ifname, mtu)
         if needs_v6:
@@ -184,7 +184,7 @@ def set_mtu(ifname: str, mtu: int, *, addresses: Sequence[str] = (),
     the link, and does not restore them when the MTU rises again). Idempotent like
     :func:`configure`; refuses an MTU below 1280 when any of them is IPv6."""
     if not addresses and not routes:
-        with _ipr(ifname) as ipr:
+        with netlink(ifname) as ipr:
             _set_mtu(ipr, _index(ipr, ifname), ifname, mtu)
         return
     configure(ifname, addresses=addresses, mtu=mtu, routes=routes)
@@ -193,7 +193,7 @@ def set_mtu(ifname: str, mtu: int, *, addresses: Sequence[str] = (),
 def local_networks(*, exclude: str = "") -> list[_Interface]:
     """Every address of every link in this namespace (with its prefix), except ``exclude``'s:
     what the host itself is on, which no route into a tunnel may take over."""
-    with _ipr("addresses") as ipr:
+    with netlink("addresses") as ipr:
         skip = ipr.link_lookup(ifname=exclude) if exclude else []
         out: list[_Interface] = []
         for msg in ipr.get_addr():
@@ -209,7 +209,7 @@ def remove_routes(ifname: str, routes: Sequence[str]) -> None:
     """Remove the routes :func:`configure` added for ``routes``; absent ones (or an absent link)
     are fine, and a route Tunseal did not add (another protocol) is never removed."""
     nets = expand_routes(routes)
-    with _ipr(ifname) as ipr:
+    with netlink(ifname) as ipr:
         found = ipr.link_lookup(ifname=ifname)
         if not found:
             return  # the link is gone, and its routes went with it
@@ -224,13 +224,13 @@ def remove_routes(ifname: str, routes: Sequence[str]) -> None:
 
 
 def link_exists(ifname: str) -> bool:
-    with _ipr(ifname) as ipr:
+    with netlink(ifname) as ipr:
         return bool(ipr.link_lookup(ifname=ifname))
 
 
 def delete_link(ifname: str) -> bool:
     """Delete the link (a stale one after a crash); False when there was none."""
-    with _ipr(ifname) as ipr:
+    with netlink(ifname) as ipr:
         found = ipr.link_lookup(ifname=ifname)
         if not found:
             return False
@@ -241,7 +241,7 @@ def delete_link(ifname: str) -> bool:
 
 
 def list_links(prefix: str) -> list[str]:
-    with _ipr(prefix + "*") as ipr:
+    with netlink(prefix + "*") as ipr:
         names = (link.get("ifname") for link in ipr.get_links())
         return sorted(n for n in names if isinstance(n, str) and n.startswith(prefix))
 
@@ -254,7 +254,7 @@ def endpoint_pin(endpoint: str) -> HostRoute | None:
     except ValueError:
         msg = f"endpoint {endpoint!r} is not an IP address; resolve it first"
         raise NetConfigError(msg) from None
-    with _ipr(endpoint) as ipr:
+    with netlink(endpoint) as ipr:
         try:
             found = ipr.route("get", dst=str(addr))
         except NetlinkError as exc:
@@ -272,18 +272,19 @@ def endpoint_pin(endpoint: str) -> HostRoute | None:
 def add_host_route(route: HostRoute) -> None:
     """Add the pin; an identical route that already exists is left alone (and, not being ours,
     is never removed by :func:`remove_host_route`)."""
-    with _ipr(route["oif"]) as ipr:
+    with netlink(route["oif"]) as ipr:
         idx = _index(ipr, route["oif"])
         try:
             ipr.route("add", **_host_route_spec(route, idx))
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
-                raise _error(route["oif"], f"add host route to {route['dst']}", exc) from None
+                raise netlink_error(route["oif"], f"add host route to {route['dst']}",
+                                    exc) from None
 
 
 def remove_host_route(route: HostRoute) -> bool:
     """Remove a pin if it is still there; False when it was already gone."""
-    with _ipr(route["oif"]) as ipr:
+    with netlink(route["oif"]) as ipr:
         found = ipr.link_lookup(ifname=route["oif"])
         if not found:
             return False  # the link went, and its routes with it
@@ -292,7 +293,7 @@ def remove_host_route(route: HostRoute) -> bool:
         except NetlinkError as exc:
             if exc.code in (errno.ESRCH, errno.ENOENT):
                 return False
-            raise _error(route["oif"], f"remove host route to {route['dst']}", exc) from None
+            raise netlink_error(route["oif"], f"remove host route to {route['dst']}", exc) from None
     return True
 
 
@@ -300,15 +301,17 @@ def remove_host_route(route: HostRoute) -> bool:
 
 
 @contextlib.contextmanager
-def _ipr(what: str) -> Iterator[IPRoute]:
+def netlink(what: str, error: type[TunsealError] = NetConfigError) -> Iterator[IPRoute]:
+    """An rtnetlink socket for one job (netdev's and policyroute's); a failure raises
+    ``error`` saying what was being done and, where it can, why."""
     try:
         ipr = IPRoute()
     except OSError as exc:
-        raise NetConfigError(f"{what}: cannot open a netlink socket: {exc}") from None
+        raise error(f"{what}: cannot open a netlink socket: {exc}") from None
     try:
         yield ipr
     except NetlinkError as exc:
-        raise _error(what, "configure", exc) from None
+        raise netlink_error(what, "configure", exc, error) from None
     finally:
         ipr.close()
 
@@ -322,14 +325,15 @@ def _absent_ok() -> Iterator[None]:
             raise
 
 
-def _error(ifname: str, action: str, exc: NetlinkError) -> NetConfigError:
+def netlink_error(what: str, action: str, exc: NetlinkError,
+                  error: type[TunsealError] = NetConfigError) -> TunsealError:
     if exc.code == errno.EPERM:
         hint = "the helper needs root (CAP_NET_ADMIN)"
     elif exc.code == errno.ENODEV:
         hint = "the link disappeared: is the engine still running?"
     else:
         hint = str(exc.args[-1]) if exc.args else str(exc)
-    return NetConfigError(f"{ifname}: cannot {action}: {hint}")
+    return error(f"{what}: cannot {action}: {hint}")
 
 
 def _index(ipr: IPRoute, ifname: str) -> int:
@@ -391,7 +395,7 @@ def _add_address(ipr: IPRoute, idx: int, ifname: str, iface: _Interface) -> None
         ipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:
-            raise _error(ifname, f"add address {iface}", exc) from None
+            raise netlink_error(ifname, f"add address {iface}", exc) from None
 
 
 def _add_route(ipr: IPRoute, idx: int, ifname: str, net: _Network) -> None:
@@ -401,7 +405,7 @@ def _add_route(ipr: IPRoute, idx: int, ifname: str, net: _Network) -> None:
         ipr.route("add", **spec)
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:
-            raise _error(ifname, f"add route {net}", exc) from None
+            raise netlink_error(ifname, f"add route {net}", exc) from None
         if not _route_on_link(ipr, idx, net):
             raise NetConfigError(
                 f"{ifname}: a route to {net} already exists through another link or from "

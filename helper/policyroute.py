@@ -18,18 +18,16 @@ leaves nothing that the next start cannot find and remove. Rules carry protocol
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import ipaddress
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TypedDict
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from core.errors import TunsealError
-from helper.netdev import RTPROT_TUNSEAL
+from helper.netdev import RTPROT_TUNSEAL, netlink, netlink_error
 
 __all__ = [
     "FWMARK",
@@ -102,7 +100,7 @@ def rules_for(families: Sequence[int]) -> list[Rule]:
 def add_default_route(ifname: str, family: int) -> None:
     """The default route of :data:`TABLE` through ``ifname`` (it goes with the link)."""
     dst = "0.0.0.0/0" if family == 4 else "::/0"
-    with _ipr(ifname) as ipr:
+    with netlink(ifname, PolicyRouteError) as ipr:
         found = ipr.link_lookup(ifname=ifname)
         if not found:
             raise PolicyRouteError(f"no link {ifname!r}: the engine must hold it open")
@@ -120,7 +118,7 @@ def add_default_route(ifname: str, family: int) -> None:
 
 def add_rule(rule: Rule) -> None:
     """Add ``rule``; an identical one already there is left alone (EEXIST)."""
-    with _ipr("policy rule") as ipr:
+    with netlink("policy rule", PolicyRouteError) as ipr:
         try:
             ipr.rule("add", **_spec(rule))
         except NetlinkError as exc:
@@ -130,7 +128,7 @@ def add_rule(rule: Rule) -> None:
 
 def remove_rule(rule: Rule) -> bool:
     """Remove ``rule`` if it is there; False when it was already gone."""
-    with _ipr("policy rule") as ipr:
+    with netlink("policy rule", PolicyRouteError) as ipr:
         try:
             ipr.rule("del", **_spec(rule))
         except NetlinkError as exc:
@@ -151,23 +149,5 @@ def _spec(rule: Rule) -> dict[str, object]:
     raise PolicyRouteError(f"unknown policy rule kind {rule['kind']!r}")
 
 
-@contextlib.contextmanager
-def _ipr(what: str) -> Iterator[IPRoute]:
-    try:
-        ipr = IPRoute()
-    except OSError as exc:
-        raise PolicyRouteError(f"{what}: cannot open a netlink socket: {exc}") from None
-    try:
-        yield ipr
-    except NetlinkError as exc:
-        raise _error(what, "configure", exc) from None
-    finally:
-        ipr.close()
-
-
-def _error(what: str, action: str, exc: NetlinkError) -> PolicyRouteError:
-    if exc.code == errno.EPERM:
-        hint = "the helper needs root (CAP_NET_ADMIN)"
-    else:
-        hint = str(exc.args[-1]) if exc.args else str(exc)
-    return PolicyRouteError(f"{what}: cannot {action}: {hint}")
+def _error(what: str, action: str, exc: NetlinkError) -> TunsealError:
+    return netlink_error(what, action, exc, PolicyRouteError)

@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from pathlib import Path
 
-from core.atomicfile import write_atomic
+from core import fields
+from core.atomicfile import sync_dir, write_atomic
 from core.errors import ProfileError
 from core.profile import Profile, dumps, load
 
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 DEFAULT_DIRECTORY = Path("/var/lib/tunseal/profiles")
 SUFFIX = ".tunseal"
 OWNER_SUFFIX = ".owner"
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")  # core.profile's rule for tunnel.name
 
 
 class ProfileNotFound(ProfileError):
@@ -76,7 +75,7 @@ class ProfileStore:
 
     def exists(self, name: str) -> bool:
         """Whether a file for ``name`` exists (a valid name is assumed, an invalid one is not)."""
-        return bool(_NAME_RE.fullmatch(name)) and self._path(name).exists()
+        return fields.is_name(name) and self._path(name).exists()
 
     def put(self, profile: Profile) -> None:
         """Add ``profile``, or replace the one of the same name. Validates it first."""
@@ -84,7 +83,7 @@ class ProfileStore:
         target = self._path(profile.name)
         try:
             write_atomic(target, text, mode=0o600)
-            self._sync_directory()
+            sync_dir(self._dir)
         except OSError as e:
             raise ProfileError(
                 f"cannot write {target}: {e.strerror or e}", profile=profile.name
@@ -110,7 +109,7 @@ class ProfileStore:
         path = self._owner_path(name)
         try:
             write_atomic(path, json.dumps({"uid": uid}).encode() + b"\n", mode=0o600)
-            self._sync_directory()
+            sync_dir(self._dir)
         except OSError as e:
             raise ProfileError(f"cannot write {path}: {e.strerror or e}", profile=name) from e
 
@@ -120,7 +119,7 @@ class ProfileStore:
         try:
             path.unlink()
             self._owner_path(name).unlink(missing_ok=True)
-            self._sync_directory()
+            sync_dir(self._dir)
         except FileNotFoundError:
             raise ProfileNotFound(name, self._dir) from None
         except OSError as e:
@@ -128,7 +127,7 @@ class ProfileStore:
         log.info("removed profile %r", name)
 
     def _path(self, name: str) -> Path:
-        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        if not fields.is_name(name):
             shown = repr(name[:40]) if isinstance(name, str) else type(name).__name__
             raise ProfileError(
                 f"{shown} is not a profile name; use 1-32 letters, digits, '.', '_' or '-', "
@@ -159,10 +158,3 @@ class ProfileStore:
                 profile=name,
             )
         return profile
-
-    def _sync_directory(self) -> None:
-        fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

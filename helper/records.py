@@ -26,14 +26,14 @@ import functools
 import json
 import logging
 import os
-import re
-import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from core import fields
+from core.atomicfile import sync_dir, write_atomic
 from core.errors import TunsealError
 
 __all__ = ["Record", "Records", "RecordsError"]
@@ -41,7 +41,6 @@ __all__ = ["Record", "Records", "RecordsError"]
 log = logging.getLogger(__name__)
 
 _FORMAT = 1
-_IFNAME_RE = re.compile(r"[A-Za-z0-9._-]{1,15}")
 
 
 class RecordsError(TunsealError):
@@ -164,7 +163,7 @@ class Records:
         with self._lock:
             with contextlib.suppress(FileNotFoundError):
                 self._path(ifname).unlink()
-            self._sync_dir()
+            sync_dir(self.dir)
 
     def get(self, ifname: str) -> Record | None:
         try:
@@ -228,31 +227,10 @@ class Records:
         data = json.dumps(rec.to_json(), indent=1, sort_keys=True).encode() + b"\n"
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{rec.ifname}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self._path(rec.ifname))
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            self._sync_dir()
+            write_atomic(self._path(rec.ifname), data, mode=0o600, sync_directory=True)
         except OSError as exc:
             msg = f"cannot write the record of {rec.ifname} in {self.dir}: {exc}"
             raise RecordsError(msg) from None
-
-    def _sync_dir(self) -> None:
-        try:
-            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        except FileNotFoundError:
-            return
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _undo_steps(
@@ -313,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _checked_ifname(name: Any) -> str:
-    if not isinstance(name, str) or not _IFNAME_RE.fullmatch(name) or name in (".", ".."):
+    if not fields.is_ifname(name):
         raise ValueError(f"{name!r} is not a link name")
     return name
 

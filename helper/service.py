@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from core import noise
+from core.constants import Mode
 from core.errors import ProfileError, ProfileInvalid, TunsealError
 from core.ipc import MAX_LINE, VERSION, Problem, Request, RequestError
 from core.profile import (
@@ -435,9 +436,9 @@ class Service:
         profile = self._get(name)
         if name not in self._engine_call(self._engine.running):
             secrets = self._load_secrets(profile)
-            if profile.mode == "ephemeral" and secrets.private_key is None:
+            if Mode(profile.mode).uses_static_keys and secrets.private_key is None:
                 raise _missing_key(profile, "private_key")
-            if profile.psk_ref and secrets.psk is None and profile.mode != "plain":
+            if profile.psk_ref and secrets.psk is None and Mode(profile.mode).sealed:
                 raise _missing_key(profile, "psk")
             self._engine_call(self._engine.up, profile, secrets)
         return {"status": self._status(name)}
@@ -476,10 +477,10 @@ class Service:
             if not profile.endpoint:
                 continue
             secrets = self._load_secrets(profile)
-            if profile.mode == "ephemeral" and (secrets.private_key is None
+            if Mode(profile.mode).uses_static_keys and (secrets.private_key is None
                                                or not profile.public_key):
                 continue
-            if profile.mode in ("psk", "rotating") and secrets.psk is None:
+            if Mode(profile.mode).needs_psk and secrets.psk is None:
                 continue
             out.append(profile.name)
         return out

@@ -1,8 +1,9 @@
-"""Every timer of the engine, in one place.
+"""The engine's timer thread: the clock that drives every tunnel's timers.
 
-One thread wakes every TICK seconds and runs each tunnel's protocol timers (handshake retries,
-rekeys, keepalives, session expiry: see core/peer.py for the schedule); once a STATUS_EVERY it
-samples rates and publishes status, which is what drives the GUI's live graph.
+One thread wakes every TICK seconds and runs each tunnel's timer work (Tunnel.tick: the
+protocol timers, whose decisions all live in core/timers.py beside the event hooks that keep
+their timestamps, and the path probes of core/probe.py); once a STATUS_EVERY it samples rates
+and publishes status, which is what drives the GUI's live graph.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """One running tunnel: its TUN device, routes, DNS, transport, protocol endpoint and threads.
 
 Start-up records every system change before making it (helper/records.py), so a helper killed
-at any point leaves nothing behind that the next start cannot find and undo.
+at any point leaves nothing behind that the next start cannot find and undo. What the tunnel is
+made of comes from helper/tunnelspec.py; what it learns about its paths (probes, CONTROL, ICMP
+errors, the MTU) is helper/pathfeedback.py's.
 """
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import logging
 import socket
@@ -17,24 +18,21 @@ from dataclasses import dataclass, replace
 
 from core import gateway as gwconf
 from core import probe
-from core.constants import DATA_HEADER_LEN, FIXED_HEADER_LEN, TAG_LEN, ControlKind, PacketType
 from core.endpoint import AnyPeer, Endpoint
 from core.errors import ProfileError, TunsealError
-from core.handshake import Identity
-from core.peer import Peer, RekeyPolicy
-from core.probe import ACTIVE_WINDOW, UNREACHABLE_AFTER, PathState
-from core.profile import Profile, ProfileSecrets
-from core.responder import ANY_DEVICE
-from core.status import PeerStatus, TunnelStatus
-from helper import dns, icmp, nat, netdev, policyroute
+from core.peer import Address, Peer, RekeyPolicy
+from core.probe import UNREACHABLE_AFTER, PathState
+from core.status import PeerStatus, TunnelState, TunnelStatus
+from helper import dns, nat, netdev, policyroute
 from helper.allowedips import AllowedIPs
 from helper.datapath import DataPath
 from helper.handshakestate import HandshakeStore
-from helper.lockdown import PeerAddress
+from helper.pathfeedback import PathFeedback
 from helper.records import Records
 from helper.supervisor import Supervised
-from helper.transport import Address, PathError, Transport, open_transport
+from helper.transport import Transport, open_transport
 from helper.tun import Tun, open_tun
+from helper.tunnelspec import PeerSpec, TunnelError, TunnelSpec, interface_addresses, resolve
 
 log = logging.getLogger(__name__)
 
@@ -43,163 +41,24 @@ RERESOLVE_AFTER = 10.0
 most this often)."""
 
 
-class TunnelError(TunsealError):
-    pass
-
-
-def interface_addresses(addresses: tuple[str, ...]) -> tuple[bytes, bytes]:
-    """(IPv4, IPv6) address of the tunnel interface, packed (b"" when it has none)."""
-    v4 = v6 = b""
-    for a in addresses:
-        ip = ipaddress.ip_interface(a).ip
-        if ip.version == 4 and not v4:
-            v4 = ip.packed
-        elif ip.version == 6 and not v6:
-            v6 = ip.packed
-    return v4, v6
-
-
-def outer_overhead(v4: bool, transport: str, mode: str) -> int:
-    """Bytes the tunnel adds to an inner packet on the wire."""
-    ip = 20 if v4 else 40
-    udp = 8 if transport == "udp" else 0
-    tunseal = FIXED_HEADER_LEN if mode == "plain" else DATA_HEADER_LEN + TAG_LEN
-    return ip + udp + tunseal
-
-
-def resolve_endpoint(profile: Profile) -> Address | None:
-    if not profile.endpoint:
-        return None
-    return resolve(profile.name, profile.endpoint_host, profile.endpoint_port)
-
-
-def resolve(name: str, host: str, port: int, family: int = 0) -> Address:
-    """``host`` looked up (``family``: only addresses the transport's socket can reach)."""
-    try:
-        infos = socket.getaddrinfo(host, port, family, type=socket.SOCK_DGRAM)
-    except socket.gaierror as e:
-        raise TunnelError(f"profile {name!r}: cannot resolve endpoint {host!r}: "
-                          f"{e.strerror}") from None
-    _fam, _, _, _, sa = infos[0]
-    return (str(sa[0]), int(sa[1]))
-
-
-def is_host_name(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return bool(host)
-    return False
-
-
-def identity_for(profile: Profile, secrets: ProfileSecrets) -> Identity:
-    if profile.mode == "ephemeral":
-        if secrets.private_key is None:
-            raise TunnelError(f"profile {profile.name!r} has no private key in the keyring: "
-                              f"run 'tunseal genkey {profile.name}'")
-        if not profile.public_key:
-            raise TunnelError(f"profile {profile.name!r} does not know the peer's public key: "
-                              f"run 'tunseal setpeerkey {profile.name} KEY' with the key the "
-                              "peer's administrator gave you")
-        peer_public = base64.b64decode(profile.public_key)
-        return Identity(static_private=secrets.private_key, peer_public=peer_public,
-                        psk=secrets.psk)
-    if profile.mode in ("psk", "rotating"):
-        if secrets.psk is None:
-            raise TunnelError(f"profile {profile.name!r} has no pre-shared key in the keyring: "
-                              f"run 'tunseal genpsk {profile.name}' or import it")
-        return Identity(psk=secrets.psk)
-    return Identity()
-
-
 @dataclass(frozen=True, slots=True)
-class PeerSpec:
-    """One peer of a tunnel: a client has one, a gateway many."""
+class Parts:
+    """A started tunnel's moving parts, built together by :meth:`Tunnel.attach` once the TUN
+    device and the transport are open. ``handshakes`` is None in ``plain`` mode, which has no
+    handshake to remember."""
 
-    name: str
-    ident: Identity
-    remote_device_id: int = ANY_DEVICE
-    allowed_ips: tuple[str, ...] = ()
-    endpoint: Address | None = None
-    keepalive: float = 0.0
-    endpoint_host: str = ""
-    """The endpoint's host name as the profile gives it, when it is a name: looked up again
-    when handshakes keep failing or the network changes."""
-
-
-@dataclass(frozen=True, slots=True)
-class TunnelSpec:
-    """Everything a running tunnel needs, whether it came from a profile or a gateway config."""
-
-    name: str
-    mode: str
-    cipher: str
-    transport: str
-    device_id: int
-    addresses: tuple[str, ...]
-    mtu: int
-    routes: tuple[str, ...]
-    listen_port: int
-    ipv6_outer: bool
-    static_private: bytes | None
-    has_psk: bool
-    peers: tuple[PeerSpec, ...]
-    dns: tuple[str, ...] = ()
-    dns_search: tuple[str, ...] = ()
-    rekey_seconds: float | None = None
-    rekey_messages: int | None = None
-    keepalive: float = 0.0
-    masquerade: tuple[str, ...] = ()
-    """Gateway: interfaces out of which traffic from peers is masqueraded (nftables)."""
-    forward: bool = False
-    """Gateway: route between peers and the LAN (IP forwarding on while up)."""
-    lockdown: str = "off"
-    """The effective lockdown: "off", "connected" or "always" (helper/lockdown.py)."""
-    allow_lan: bool = False
-
-    @property
-    def full_families(self) -> tuple[int, ...]:
-        return policyroute.full_families(self.routes)
-
-    @property
-    def blocks_ipv6(self) -> bool:
-        """An IPv4 full tunnel that carries no IPv6: IPv6 must not leave beside it."""
-        return self.full_families == (4,)
-
-    def peer_addresses(self) -> tuple[PeerAddress, ...]:
-        return tuple(PeerAddress(p.endpoint[0], int(p.endpoint[1]), self.transport)
-                     for p in self.peers if p.endpoint is not None)
-
-    def __repr__(self) -> str:
-        return f"TunnelSpec({self.name!r}, {self.mode}, {len(self.peers)} peers)"
-
-
-def spec_from_profile(profile: Profile, secrets: ProfileSecrets) -> TunnelSpec:
-    ident = identity_for(profile, secrets)
-    remote = resolve_endpoint(profile)
-    host = profile.endpoint_host if profile.endpoint else ""
-    peer = PeerSpec(profile.name, ident, ANY_DEVICE, profile.allowed_ips, remote,
-                    float(profile.keepalive),
-                    endpoint_host=host if is_host_name(host) else "")
-    return TunnelSpec(
-        name=profile.name, mode=profile.mode, cipher=profile.cipher,
-        transport=profile.transport, device_id=profile.device_id,
-        addresses=profile.addresses, mtu=profile.mtu, routes=profile.allowed_ips,
-        listen_port=profile.listen_port,
-        ipv6_outer=(remote is not None and ":" in remote[0])
-        or (remote is None and profile.transport == "udp"),
-        static_private=ident.static_private, has_psk=ident.psk is not None, peers=(peer,),
-        dns=profile.dns, dns_search=profile.dns_search,
-        rekey_seconds=float(profile.rekey_seconds), rekey_messages=profile.rekey_messages,
-        keepalive=float(profile.keepalive),
-        lockdown=profile.effective_lockdown, allow_lan=profile.allow_lan,
-    )
+    tun: Tun
+    transport: Transport
+    endpoint: Endpoint
+    datapath: DataPath
+    feedback: PathFeedback
+    handshakes: HandshakeStore | None
 
 
 class Tunnel:
     def __init__(self, spec: TunnelSpec, *, records: Records,
                  on_change: Callable[[Tunnel], None], ifname: str | None = None,
-                 on_endpoints: Callable[[Tunnel], None] | None = None):
+                 on_endpoints: Callable[[Tunnel], None] = lambda _t: None):
         self.spec = spec
         self.name = spec.name
         self.ifname = ifname or netdev.ifname_for(spec.name)
@@ -208,11 +67,10 @@ class Tunnel:
         self._records = records
         self._on_change = on_change
         self.lock = threading.RLock()
-        self.tun: Tun | None = None
-        self.transport: Transport | None = None
-        self.endpoint: Endpoint | None = None
-        self.datapath: DataPath | None = None
-        self._handshakes: HandshakeStore | None = None
+        self._parts: Parts | None = None
+        """Built by attach(), as start() opens the TUN device and the transport."""
+        self._opened: list[Callable[[], None]] = []
+        """What start() opened before the parts exist: closed by stop() if it fails there."""
         self.routes: AllowedIPs[AnyPeer] = AllowedIPs()
         self._nft_table = ""
         self._rules: list[policyroute.Rule] = []
@@ -248,8 +106,24 @@ class Tunnel:
         return self.spec.dns
 
     @property
+    def tun(self) -> Tun | None:
+        return self._parts.tun if self._parts is not None else None
+
+    @property
+    def transport(self) -> Transport | None:
+        return self._parts.transport if self._parts is not None else None
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        return self._parts.endpoint if self._parts is not None else None
+
+    @property
+    def datapath(self) -> DataPath | None:
+        return self._parts.datapath if self._parts is not None else None
+
+    @property
     def peers(self) -> list[AnyPeer]:
-        return list(self.endpoint.peers) if self.endpoint is not None else []
+        return list(self._parts.endpoint.peers) if self._parts is not None else []
 
     @property
     def peer(self) -> AnyPeer | None:
@@ -267,25 +141,17 @@ class Tunnel:
         self._records.note_link(self.ifname, spec.name)
         self._owns_link = True
         try:
-            self.tun = open_tun(self.ifname)
+            tun = open_tun(self.ifname)
+            self._opened.append(tun.close)
             main_routes, full = policyroute.split_routes(spec.routes)
             netdev.configure(self.ifname, addresses=list(spec.addresses), mtu=spec.mtu,
                              routes=main_routes)
             self._route_everything(full)
             listening = all(p.endpoint is None for p in spec.peers)
-            self.transport = open_transport(spec.transport, port=spec.listen_port,
-                                            ipv6=spec.ipv6_outer, listening=listening)
-            self._handshakes = self._open_handshake_memory()
-            self.endpoint = Endpoint(spec.mode, spec.cipher, device_id=spec.device_id,
-                                     static_private=spec.static_private, has_psk=spec.has_psk,
-                                     memory=self._handshakes)
-            self.transport.enable_path_errors()
-            self.datapath = DataPath(self.endpoint, self.tun, self.transport, self.routes,
-                                     self.lock, on_state=self.notify, mtu=spec.mtu,
-                                     on_control=self._control,
-                                     on_path_errors=self._path_errors,
-                                     icmp_source=interface_addresses(spec.addresses),
-                                     one_peer=len(spec.peers) == 1 and not spec.forward)
+            transport = open_transport(spec.transport, port=spec.listen_port,
+                                       ipv6=spec.ipv6_outer, listening=listening)
+            self._opened.insert(0, transport.close)
+            parts = self.attach(tun, transport, self._open_handshake_memory())
             for ps in spec.peers:
                 self.add_peer(ps)
             self._configured = True
@@ -300,10 +166,10 @@ class Tunnel:
             # "up": nothing is connected before a handshake completes (see notify()).
             log.debug("tunnel %s started on %s (%s, %s, %s, %d peer(s)%s)", spec.name,
                       self.ifname, spec.mode,
-                      spec.cipher if spec.mode != "plain" else "no encryption",
+                      spec.cipher if spec.mode.sealed else "no encryption",
                       spec.transport, len(spec.peers),
-                      f", offloads: tun={self.tun.vnet_hdr} gso={self.transport.gso} "
-                      f"gro={self.transport.gro}", extra={"tunnel": spec.name})
+                      f", offloads: tun={tun.vnet_hdr} gso={transport.gso} "
+                      f"gro={transport.gro}", extra={"tunnel": spec.name})
             targets = [format_address(p.endpoint) for p in spec.peers if p.endpoint]
             if targets:
                 log.info("%s: connecting to %s", spec.name, ", ".join(targets),
@@ -315,15 +181,41 @@ class Tunnel:
                 if isinstance(peer, Peer) and peer.initiates:
                     with self.lock:
                         init = peer.begin_handshake()
-                    self.datapath.send_to(peer, [init])
+                    parts.datapath.send_to(peer, [init])
         except BaseException:
             self.stop()
             raise
         self.notify()
 
+    def attach(self, tun: Tun, transport: Transport, handshakes: HandshakeStore | None) -> Parts:
+        """Build the tunnel's parts around an open TUN device and transport, in one place
+        (start() calls this; so do tests that bring their own device)."""
+        spec = self.spec
+        endpoint = Endpoint(spec.mode, spec.cipher, device_id=spec.device_id,
+                            static_private=spec.static_private, has_psk=spec.has_psk,
+                            memory=handshakes)
+        transport.enable_path_errors()
+        # The data path calls the path feedback, which sends through the data path: the two
+        # callbacks find `feedback` when they first run, once the loops start.
+        datapath = DataPath(endpoint, tun, transport, self.routes, self.lock,
+                            on_state=self.notify, mtu=spec.mtu,
+                            on_control=lambda peer, payload: feedback.control(peer, payload),
+                            on_path_errors=lambda errors: feedback.path_errors(errors),
+                            icmp_source=interface_addresses(spec.addresses),
+                            one_peer=len(spec.peers) == 1 and not spec.forward)
+        feedback = PathFeedback(name=self.name, ifname=self.ifname, mode=spec.mode,
+                                transport=spec.transport, addresses=spec.addresses,
+                                endpoint=endpoint, datapath=datapath, routes=self.routes,
+                                lock=self.lock, allowed_of=self._allowed_of,
+                                carries_ipv6=self._carries_ipv6,
+                                on_mtu=lambda: self._on_change(self))
+        self._parts = Parts(tun, transport, endpoint, datapath, feedback, handshakes)
+        self._opened.clear()
+        return self._parts
+
     def _open_handshake_memory(self) -> HandshakeStore | None:
         """The persisted origin ID and replay timestamps of this tunnel (sealed modes)."""
-        if self.spec.mode == "plain":
+        if not self.spec.mode.sealed:
             return None
         state_dir = self._records.dir.parent  # Records keeps <state_dir>/run
         try:
@@ -333,10 +225,11 @@ class Tunnel:
                               f"{state_dir}/handshakes: {e.strerror}") from None
 
     def _flush_handshakes(self) -> None:
-        if self._handshakes is None:
+        handshakes = self._parts.handshakes if self._parts is not None else None
+        if handshakes is None:
             return
         try:
-            self._handshakes.flush()
+            handshakes.flush()
         except OSError as e:
             log.warning("tunnel %s: saving the handshake memory failed: %s", self.name,
                         e.strerror, extra={"tunnel": self.name})
@@ -374,12 +267,12 @@ class Tunnel:
 
     def add_peer(self, ps: PeerSpec) -> AnyPeer:
         """Add a peer to the running tunnel (a gateway's `tunseal peer add` lands here)."""
-        ep, dp = self.endpoint, self.datapath
-        assert ep is not None and dp is not None
+        parts = self._running()
+        ep, dp = parts.endpoint, parts.datapath
         spec = self.spec
         self.check_peer(ps.name, ps.allowed_ips)
         policy = None
-        if spec.mode != "plain":
+        if spec.mode.sealed:
             policy = RekeyPolicy.for_mode(spec.mode, rotate_seconds=spec.rekey_seconds,
                                           rotate_messages=spec.rekey_messages)
         if self._configured:
@@ -404,9 +297,9 @@ class Tunnel:
         return peer
 
     def remove_peer(self, name: str) -> bool:
-        ep = self.endpoint
-        if ep is None:
+        if self._parts is None:
             return False
+        ep, dp = self._parts.endpoint, self._parts.datapath
         allowed = self._allowed_of_name(name)
         with self.lock:
             for peer in list(ep.peers):
@@ -419,15 +312,13 @@ class Tunnel:
                             log.warning("tunnel %s: removing routes of %s failed: %s",
                                         self.name, name, e, extra={"tunnel": self.name})
                     ep.remove_peer(peer)
-                    if self.datapath is not None:
-                        self.datapath.rings.pop(id(peer), None)
+                    dp.rings.pop(id(peer), None)
                     return True
         return False
 
     def _start_loops(self) -> None:
         """The data path's two loops, each restarted if it dies (helper/supervisor.py)."""
-        dp = self.datapath
-        assert dp is not None
+        dp = self._running().datapath
         for fn, label in ((dp.run_tx, "tx"), (dp.run_rx, "rx")):
             loop = Supervised(f"{self.name}-{label}", fn, dp.stop, self._loop_failed)
             loop.start()
@@ -439,13 +330,19 @@ class Tunnel:
         self.failure = (f"{reason}; the tunnel carries no traffic: run 'tunseal down "
                         f"{self.name}' and 'tunseal up {self.name}'")
         log.error("tunnel %s failed: %s", self.name, reason, extra={"tunnel": self.name})
-        if self.datapath is not None:
-            self.datapath.stop.set()
+        self._running().datapath.stop.set()
         self.notify()
 
+    def _running(self) -> Parts:
+        """The parts, for what only a started tunnel does (adding peers, running loops)."""
+        if self._parts is None:
+            raise TunnelError(f"tunnel {self.name!r} is not started")
+        return self._parts
+
     def stop(self) -> None:
-        if self.datapath is not None:
-            self.datapath.stop.set()
+        parts = self._parts
+        if parts is not None:
+            parts.datapath.stop.set()
         for t in self._threads:
             t.join(timeout=2.0)
         self._threads.clear()
@@ -464,10 +361,12 @@ class Tunnel:
                 log.warning("tunnel %s: restoring DNS failed: %s", self.name, e,
                             extra={"tunnel": self.name})
             self._dns = None
-        if self.transport is not None:
-            self.transport.close()
-        if self.tun is not None:
-            self.tun.close()  # the kernel removes the device and its routes with the last fd
+        if parts is not None:
+            parts.transport.close()
+            parts.tun.close()  # the kernel removes the device and its routes with the last fd
+        for close in self._opened:  # start() failed before the parts were built
+            close()
+        self._opened.clear()
         if self._owns_link and netdev.link_exists(self.ifname):
             netdev.delete_link(self.ifname)
         if self._nft_table:
@@ -475,27 +374,27 @@ class Tunnel:
             self._nft_table = ""
         if self._owns_link:
             self._records.forget(self.ifname)
-        if self.endpoint is not None:
-            for peer in list(self.endpoint.peers):
-                self.endpoint.remove_peer(peer)
+        if parts is not None:
+            for peer in list(parts.endpoint.peers):
+                parts.endpoint.remove_peer(peer)
         log.info("%s: disconnected", self.name, extra={"tunnel": self.name})
 
     # --- timers ------------------------------------------------------------------------------
 
     def tick(self) -> None:
         """Timer work (every 250 ms): handshake retries, rekeys, keepalives, expiry, probes."""
-        ep, dp = self.endpoint, self.datapath
-        if ep is None or dp is None:
+        if self._parts is None:
             return
+        ep, dp, feedback = self._parts.endpoint, self._parts.datapath, self._parts.feedback
         now = time.monotonic()
         with self.lock:
             out = ep.tick()
             for peer in ep.peers:
-                out.extend((peer, pkt) for pkt in self._probes(peer, now))
+                out.extend((peer, pkt) for pkt in feedback.probes(peer, now))
         for peer, pkt in out:
             dp.send_to(peer, [pkt])
         self._flush_handshakes()
-        if (self.state in ("unreachable", "handshaking", "connecting")
+        if (TunnelState(self.state).trying
                 and now - self._resolved_at > RERESOLVE_AFTER):
             self.reresolve("handshakes keep failing")
         self.notify()
@@ -540,8 +439,7 @@ class Tunnel:
         self.spec = replace(self.spec, peers=tuple(
             replace(ps, endpoint=self._endpoint_of(ps.name) or ps.endpoint)
             for ps in self.spec.peers))
-        if self._on_endpoints is not None:
-            self._on_endpoints(self)
+        self._on_endpoints(self)
         self.path_changed("the endpoint moved")
 
     def _endpoint_of(self, name: str) -> Address | None:
@@ -550,94 +448,12 @@ class Tunnel:
                 return peer.endpoint
         return None
 
-    def _probes(self, peer: AnyPeer, now: float) -> list[bytes]:
-        """Liveness/RTT probes while the tunnel is active, and MTU probes after a drop."""
-        path = peer.path
-        if path is None or peer.endpoint is None:
-            return []
-        if peer.last_received > path.last_answer:
-            path.heard(peer.last_received)
-        path.update(now)
-        if isinstance(peer, Peer) and peer.sending_keypair() is None:
-            return []
-        # An unreachable peer keeps being probed, so it is seen coming back even with no
-        # traffic to carry.
-        active = (peer_keepalive(peer) > 0 or now - peer.last_data < ACTIVE_WINDOW
-                  or not path.reachable)
-        out: list[bytes] = []
-        size = path.mtu_probe_size(now)
-        if size is not None:
-            pid, sent = path.new_probe(now, size)
-            out += self.endpoint.seal(peer, probe.encode_probe(pid, sent, size),  # type: ignore[union-attr]
-                                      PacketType.CONTROL)
-        if path.probe_due(now, active=active):
-            pid, sent = path.new_probe(now)
-            out += self.endpoint.seal(peer, probe.encode_probe(pid, sent),  # type: ignore[union-attr]
-                                      PacketType.CONTROL)
-        return out
-
-    def _control(self, peer: AnyPeer, payload: bytes) -> None:
-        """A CONTROL message from a peer (called from the receive thread)."""
-        dp, ep = self.datapath, self.endpoint
-        if dp is None or ep is None:
-            return
-        try:
-            kind, body = probe.decode(payload)
-        except TunsealError:
-            ep.count("bad_control")
-            return
-        if kind == ControlKind.PROBE and isinstance(body, probe.Probe):
-            with self.lock:
-                packets = ep.seal(peer, probe.encode_reply(body), PacketType.CONTROL)
-            dp.send_to(peer, packets)
-        elif kind == ControlKind.PROBE_REPLY and isinstance(body, probe.Probe):
-            if peer.path is not None:
-                before = peer.path.mtu
-                peer.path.on_reply(body, time.monotonic())
-                if peer.path.mtu != before:
-                    self._set_mtu(peer.path.mtu, "an MTU probe got through")
-        elif kind == ControlKind.ICMP_RELAY and isinstance(body, bytes):
-            # Relayed ICMP is inner traffic from the peer: same source rule as its data.
-            if self.routes.source_owner(body) is peer:
-                dp.write_tun(body)
-            else:
-                ep.count("bad_source")
-
-    def _path_errors(self, errors: list[PathError]) -> None:
-        """ICMP errors about our outer packets (receive thread): lower the MTU, or relay the
-        error to the inner sender whose packet it was (RFC 2003 §4)."""
-        dp = self.datapath
-        if dp is None:
-            return
-        now = time.monotonic()
-        for err in errors:
-            peer = self._peer_at(err.destination)
-            if peer is None or peer.path is None:
-                continue
-            encap = int.from_bytes(err.payload[6:8], "big") if len(err.payload) >= 8 else -1
-            quoted = dp.ring(peer).find(encap) if encap >= 0 else None
-            if err.mtu is not None:
-                overhead = outer_overhead(err.v4, self.spec.transport, self.spec.mode)
-                if peer.path.lower_mtu(err.mtu - overhead, now):
-                    self._set_mtu(peer.path.mtu, f"the path MTU dropped to {err.mtu}")
-                if quoted is not None:
-                    dp.tell_too_big(quoted, peer.path.mtu)
-                continue
-            kinds = icmp.translate_outer(err.v4, err.icmp_type, err.icmp_code)
-            if kinds is None or quoted is None:
-                continue
-            src = dp.icmp_source[0] if quoted[0] >> 4 == 4 else dp.icmp_source[1]
-            msg = icmp.icmp_error(quoted, from_addr=src, v4=kinds[0], v6=kinds[1])
-            if msg is not None:
-                dp.write_tun(msg)
-                self.endpoint.count("icmp_relayed")  # type: ignore[union-attr]
-
     def path_changed(self, why: str) -> None:
         """The machine's network changed (or it woke up): start fresh handshakes so the far
         end learns our new address and any NAT mapping is rebuilt."""
-        dp = self.datapath
-        if dp is None:
+        if self._parts is None:
             return
+        dp = self._parts.datapath
         out: list[tuple[AnyPeer, bytes]] = []
         with self.lock:
             for peer in self.peers:
@@ -651,41 +467,11 @@ class Tunnel:
         if why != "the endpoint moved":
             self.reresolve(why)
 
-    def _peer_at(self, addr: Address | None) -> AnyPeer | None:
-        peers = self.peers
-        if len(peers) == 1:
-            return peers[0]
-        for peer in peers:
-            ep = peer.endpoint
-            if addr is not None and isinstance(ep, tuple) and ep[0] == addr[0]:
-                return peer
-        return None
-
     def _carries_ipv6(self) -> bool:
         """Any IPv6 address or route on the tunnel: then its MTU stays at 1280 or more."""
         nets = (*self.spec.addresses, *self.spec.routes,
                 *(n for allowed in self._added_allowed.values() for n in allowed))
         return any(":" in n for n in nets)
-
-    def _set_mtu(self, mtu: int, why: str) -> None:
-        # One TUN device for all peers: the tunnel MTU is the smallest any path carries.
-        mtu = min([p.path.mtu for p in self.peers if p.path is not None] + [mtu])
-        if self._carries_ipv6():
-            mtu = max(mtu, probe.MTU_FLOOR_IPV6)  # the PathState floor, for every caller
-        if self.datapath is not None:
-            self.datapath.mtu = mtu
-        # The live peers' networks: what the link must route now (removed peers' are gone).
-        routes = [n for p in self.peers for n in self._allowed_of(p)]
-        try:
-            # Addresses and routes go back on after the change, should the kernel have
-            # dropped any with it (IPv6 below 1280: see netdev.set_mtu).
-            netdev.set_mtu(self.ifname, mtu, addresses=list(self.spec.addresses),
-                           routes=routes)
-        except TunsealError as e:
-            log.warning("tunnel %s: setting MTU %d failed: %s", self.name, mtu, e,
-                        extra={"tunnel": self.name})
-        log.info("tunnel %s: MTU now %d (%s)", self.name, mtu, why, extra={"tunnel": self.name})
-        self._on_change(self)
 
     def notify(self) -> None:
         state = self.state
@@ -745,7 +531,7 @@ class Tunnel:
         if len(self.spec.peers) == 1 and len(peers) == 1:
             return self.peer_state(peers[0])
         # A gateway is up as soon as it listens; its peers carry their own states.
-        return "up" if self.datapath is not None else "connecting"
+        return "up" if self._parts is not None else "connecting"
 
     def _totals(self) -> tuple[int, int, int, int]:
         rx = tx = rxp = txp = 0
@@ -793,16 +579,16 @@ class Tunnel:
         handshakes = [p.last_handshake for p in peers if p.last_handshake is not None]
         return TunnelStatus(
             name=spec.name, state=self.state, mode=spec.mode,
-            cipher=spec.cipher if spec.mode != "plain" else "none", transport=spec.transport,
+            cipher=spec.cipher if spec.mode.sealed else "none", transport=spec.transport,
             interface=self.ifname,
             endpoint=single.endpoint if single else f"listening on port {self.listen_port}",
-            mtu=self.datapath.mtu if self.datapath is not None else spec.mtu,
+            mtu=self._parts.datapath.mtu if self._parts is not None else spec.mtu,
             last_handshake=max(handshakes) if handshakes else None,
             rx_bytes=rx, tx_bytes=tx, rx_packets=rxp, tx_packets=txp,
             rx_rate=self.rx_rate, tx_rate=self.tx_rate,
             rtt_ms=single.rtt_ms if single else None, loss=single.loss if single else None,
-            drops=dict(self.endpoint.drops) if self.endpoint else {},
-            ecn_ce=self.datapath.ecn_ce if self.datapath is not None else 0,
+            drops=dict(self._parts.endpoint.drops) if self._parts is not None else {},
+            ecn_ce=self._parts.datapath.ecn_ce if self._parts is not None else 0,
             peers=peers, since=self.since, error=self.failure,
             dns=self._dns.status() if self._dns is not None else None,
             lockdown=spec.lockdown,
@@ -811,11 +597,9 @@ class Tunnel:
 
     @property
     def listen_port(self) -> int:
-        return self.transport.local_port if self.transport is not None else self.spec.listen_port
-
-
-def peer_keepalive(peer: AnyPeer) -> float:
-    return peer.keepalive if isinstance(peer, Peer) else 0.0
+        if self._parts is None:
+            return self.spec.listen_port
+        return self._parts.transport.local_port
 
 
 def format_address(addr: object) -> str:

@@ -70,7 +70,7 @@ say "installing the program into $PREFIX/lib"
 install -d -m 0755 "$PREFIX" "$PREFIX/share/doc" "$PREFIX/share/autostart" "$PREFIX/share/installer"
 rm -rf "$PREFIX/lib.new"
 install -d -m 0755 "$PREFIX/lib.new"
-(cd "$src" && find core helper gui -name '*.py' -not -path '*/__pycache__/*' -print0) |
+(cd "$src" && find core helper gui tools -name '*.py' -not -path '*/__pycache__/*' -print0) |
     while IFS= read -r -d '' f; do
         install -D -m 0644 "$src/$f" "$PREFIX/lib.new/$f"
     done

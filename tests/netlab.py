@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-import json
 import logging
 import os
 import re
@@ -48,6 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from tools import netns
 
 # One module object whichever way it is imported (see the docstring).
 for _alias in ("netlab", "tests.netlab"):
@@ -244,8 +245,8 @@ class Lab:
         problems = self.cleanup_problems
         _stop_processes(self._procs, problems)
         for real in reversed(self._namespaces):
-            _delete_namespace(real, problems)
-        _delete_host_links(self.prefix, problems)
+            netns.delete_namespace(real, problems)
+        netns.delete_host_links(self.prefix, problems)
         for p in problems:
             log.warning("netlab cleanup: %s", p)
             warnings.warn(f"netlab cleanup: {p}", NetlabCleanupWarning, stacklevel=2)
@@ -401,10 +402,10 @@ def sweep(prefix: str = RUN_PREFIX) -> list[str]:
     if not _labs_made:
         return []
     problems: list[str] = []
-    removed = [ns for ns in _netns_names() if ns.startswith(prefix)]
+    removed = [ns for ns in netns.netns_names() if ns.startswith(prefix)]
     for ns in removed:
-        _delete_namespace(ns, problems)
-    removed += _delete_host_links(prefix, problems)
+        netns.delete_namespace(ns, problems)
+    removed += netns.delete_host_links(prefix, problems)
     for p in problems:
         log.warning("netlab sweep: %s", p)
     return removed
@@ -466,53 +467,6 @@ def _stop_processes(procs: list[subprocess.Popen[Any]], problems: list[str]) -> 
                     stream.close()
                 except OSError:
                     pass
-
-
-def _delete_namespace(ns: str, problems: list[str]) -> None:
-    if ns not in _netns_names():
-        return
-    try:
-        # Processes the Lab did not start itself (daemons, grandchildren that left the group).
-        pids = _cmd(["ip", "netns", "pids", ns], check=False, timeout=10).stdout.split()
-        for pid in pids:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + KILL_WAIT
-        while pids and time.monotonic() < deadline:
-            time.sleep(0.05)
-            pids = _cmd(["ip", "netns", "pids", ns], check=False, timeout=10).stdout.split()
-        if pids:
-            problems.append(f"processes {pids} still in namespace {ns}")
-        _cmd(["ip", "netns", "del", ns], timeout=10)
-    except (OSError, ValueError, subprocess.SubprocessError) as exc:
-        problems.append(f"cannot delete namespace {ns}: {exc}")
-
-
-def _delete_host_links(prefix: str, problems: list[str]) -> list[str]:
-    removed: list[str] = []
-    try:
-        links = json.loads(_cmd(["ip", "-j", "link", "show"], timeout=10).stdout or "[]")
-    except (OSError, ValueError, subprocess.SubprocessError) as exc:
-        problems.append(f"cannot list host links: {exc}")
-        return removed
-    for link in links:
-        name = link.get("ifname", "")
-        if name.startswith(prefix):
-            try:
-                _cmd(["ip", "link", "del", name], timeout=10)
-                removed.append(name)
-            except (OSError, subprocess.SubprocessError) as exc:
-                problems.append(f"cannot delete host link {name}: {exc}")
-    return removed
-
-
-def _netns_names() -> list[str]:
-    try:
-        return sorted(p.name for p in Path("/run/netns").iterdir())
-    except FileNotFoundError:
-        return []
 
 
 def _addr_list(addrs: str | Sequence[str] | None) -> list[str]:

@@ -1,4 +1,4 @@
-"""``python -m helper.demo up|down`` for real: two namespaces, two helpers with their own Secret
+"""``python -m tools.demo up|down`` for real: two namespaces, two helpers with their own Secret
 Services, a tunnel from this namespace, a page fetched through it, and nothing left afterwards.
 
 Each test runs the demo under its own ``TUNSEAL_DEMO_PREFIX``, so its namespaces, links, socket,
@@ -24,8 +24,8 @@ from pathlib import Path
 import netlab
 import pytest
 
-from helper import demo as demo_mod
 from helper.netdev import ifname_for
+from tools import demo as demo_mod
 
 pytestmark = [pytest.mark.netns, pytest.mark.keyring, pytest.mark.xdist_group("demo")]
 
@@ -63,7 +63,7 @@ def demo() -> Iterator[demo_mod.Demo]:
 
 def run_demo(d: demo_mod.Demo, command: str) -> subprocess.CompletedProcess[str]:
     env = netlab.python_env(**{demo_mod.PREFIX_ENV: d.prefix})
-    return subprocess.run([sys.executable, "-m", "helper.demo", command], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "tools.demo", command], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
 
 
@@ -202,7 +202,7 @@ def test_down_cleans_up_after_helpers_were_killed(demo: demo_mod.Demo) -> None:
 
 def test_a_bad_prefix_is_refused_with_a_clear_message() -> None:
     env = netlab.python_env(**{demo_mod.PREFIX_ENV: "Not-OK"})
-    done = subprocess.run([sys.executable, "-m", "helper.demo", "up"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "tools.demo", "up"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 1
     assert done.stderr.startswith("tunseal demo: TUNSEAL_DEMO_PREFIX='Not-OK': use a lowercase")

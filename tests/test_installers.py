@@ -572,8 +572,8 @@ def test_the_package_installs_runs_and_purges_on_debian_12(
     # The packaged demo: an ephemeral tunnel, a page fetched through it, then nothing left.
     if not (r.path / "usr/bin/ip").exists() and not (r.path / "sbin/ip").exists():
         r.run("apt-get install -y -q iproute2")
-    demo = r.run("cd /usr/lib/tunseal && /usr/local/lib/tunseal/venv/bin/python3 -m helper.demo up"
-                 " && /usr/local/lib/tunseal/venv/bin/python3 -m helper.demo down",
+    demo = r.run("cd /usr/lib/tunseal && /usr/local/lib/tunseal/venv/bin/python3 -m tools.demo up"
+                 " && /usr/local/lib/tunseal/venv/bin/python3 -m tools.demo down",
                  netns=netns, timeout=300)
     assert "The demo tunnel works" in demo.stdout and "The Tunseal demo is gone." in demo.stdout
     r.kill_processes()

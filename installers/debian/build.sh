@@ -43,7 +43,7 @@ subst() {
 
 # --- the program ---------------------------------------------------------------------------------
 install -d -m 0755 "$lib"
-(cd "$root" && find core helper gui -name '*.py' -not -path '*/__pycache__/*' -print0) |
+(cd "$root" && find core helper gui tools -name '*.py' -not -path '*/__pycache__/*' -print0) |
     while IFS= read -r -d '' f; do
         install -D -m 0644 "$root/$f" "$lib/$f"
     done

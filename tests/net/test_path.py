@@ -31,7 +31,7 @@ from tunnellab import Spec, TunnelPair, ip_json
 
 from core.constants import DEFAULT_MTU, REKEY_TIMEOUT
 from core.probe import UNREACHABLE_AFTER
-from helper.tunnel import outer_overhead
+from helper.pathfeedback import outer_overhead
 
 pytestmark = [pytest.mark.netns, pytest.mark.keyring]
 

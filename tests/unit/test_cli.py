@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.cli import EXIT_USAGE, format_age, format_status, human_bytes, main
+from core.cli import EXIT_USAGE, main
+from core.format import format_age, format_status, human_bytes
 from core.status import DnsStatus, TunnelStatus
 
 NOW = 1_800_000_000.0

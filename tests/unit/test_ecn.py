@@ -132,7 +132,7 @@ def test_checksum_edge_values(tos: int) -> None:
 
 
 def test_status_shows_congestion_marks_seen() -> None:
-    from core.cli import format_status
+    from core.format import format_status
     from core.status import TunnelStatus
 
     quiet = TunnelStatus(name="office", state="up")

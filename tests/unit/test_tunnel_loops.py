@@ -22,14 +22,13 @@ from pathlib import Path
 import pytest
 
 from core.constants import FIXED_HEADER_LEN
-from core.endpoint import Endpoint
 from core.handshake import Identity
 from core.session import seal_plain_into
-from helper.datapath import DataPath
 from helper.records import Records
 from helper.transport import Address, UdpTransport
 from helper.tun import Tun
-from helper.tunnel import PeerSpec, Tunnel, TunnelSpec, interface_addresses
+from helper.tunnel import Tunnel
+from helper.tunnelspec import PeerSpec, TunnelSpec
 
 WAIT = 20.0
 LOOPBACK = "127.0.0.1"
@@ -89,13 +88,7 @@ def in_process_tunnel(tmp: Path, far_endpoint: Address) -> tuple[Tunnel, socket.
     states: list[str] = []
     t = Tunnel(spec, records=Records(tmp), on_change=lambda tun: states.append(tun.state))
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    t.tun = Tun(ours.detach(), t.ifname, False)
-    t.transport = UdpTransport(bind=LOOPBACK)
-    t.endpoint = Endpoint(spec.mode, spec.cipher, device_id=spec.device_id)
-    t.transport.enable_path_errors()
-    t.datapath = DataPath(t.endpoint, t.tun, t.transport, t.routes, t.lock, on_state=t.notify,
-                          mtu=spec.mtu, on_control=t._control, on_path_errors=t._path_errors,
-                          icmp_source=interface_addresses(spec.addresses), one_peer=True)
+    t.attach(Tun(ours.detach(), t.ifname, False), UdpTransport(bind=LOOPBACK), None)
     for ps in spec.peers:
         t.add_peer(ps)
     t._start_loops()
@@ -206,7 +199,7 @@ def test_a_transmit_loop_whose_tun_breaks_fails_the_tunnel(rig: Rig) -> None:
 def shows_failed_with_reason(data: dict[str, object]) -> None:
     """What the CLI, the GUI's model (window and tray) and its notifications make of a
     ``failed`` status event, as the helper sends it."""
-    from core.cli import format_status
+    from core.format import format_status
     from core.status import TunnelStatus
     from gui.format import state_text
     from gui.model import Availability, Model, TrayState

@@ -1,4 +1,4 @@
-"""``python -m helper.demo up|down``: a working Tunseal tunnel on one machine, for trying it out.
+"""``python -m tools.demo up|down``: a working Tunseal tunnel on one machine, for trying it out.
 
 ``up`` (as root) builds a small "office" next to this machine and connects to it:
 
@@ -60,9 +60,10 @@ from typing import Any
 
 from core.errors import HelperUnavailable, IPCError, TunsealError
 from core.ipcclient import Client
+from tools import netns
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-KEYRING_SESSION = Path(__file__).resolve().parent / "keyring-session.sh"
+KEYRING_SESSION = REPO_ROOT / "helper" / "keyring-session.sh"
 DEFAULT_PREFIX = "tunseal"
 PREFIX_ENV = "TUNSEAL_DEMO_PREFIX"
 MARK_ENV = "TUNSEAL_DEMO_MARK"
@@ -281,8 +282,8 @@ def _check_machine() -> None:
 def _running_state(demo: Demo) -> str:
     """'running' (both helpers answer and the tunnel's profile exists), 'partial' (something
     of an earlier demo is left) or 'absent'."""
-    leftovers = (demo.state_dir.exists() or _netns_exists(demo.netns)
-                 or _netns_exists(demo.lan_netns) or bool(_marked_pids(demo)))
+    leftovers = (demo.state_dir.exists() or netns.netns_exists(demo.netns)
+                 or netns.netns_exists(demo.lan_netns) or bool(_marked_pids(demo)))
     if not leftovers:
         return "absent"
     here = _read_pidfile(demo, "here-helper")
@@ -614,16 +615,16 @@ def _teardown(demo: Demo, *, quiet: bool) -> list[str]:
     kept = _undo_crash_records(demo, problems, tell)
     _remove_fallback_routes(demo, problems)
     for ns in (demo.lan_netns, demo.netns):
-        if _netns_exists(ns):
+        if netns.netns_exists(ns):
             tell(f"deleting namespace {ns} (and its links)")
-            _delete_netns(ns, problems)
+            netns.delete_namespace(ns, problems, term_first=True)
     # The veth pair goes with the namespace; this end is left only if the namespace was never
     # made. The kernel dismantles a deleted namespace asynchronously, so this end can vanish
     # between the check and the delete: "Cannot find device" then means the job is done.
     # The tunnel's TUN link needs nothing: it exists only while its helper holds it open.
-    if _link_exists(demo.veth_here):
+    if netns.link_exists(demo.veth_here):
         done = _ip("link", "del", demo.veth_here, check=False)
-        if done.returncode != 0 and _link_exists(demo.veth_here):
+        if done.returncode != 0 and netns.link_exists(demo.veth_here):
             problems.append(f"link {demo.veth_here}: {done.stderr.strip()}")
     if (demo.state_dir / "created-group").exists():
         tell(f"deleting group {demo.group!r} (the demo created it)")
@@ -660,7 +661,7 @@ def _undo_crash_records(demo: Demo, problems: list[str], tell: Callable[[str], N
         if not any((state / "run").glob("*.json")):
             continue
         wrap = ["ip", "netns", "exec", demo.netns] if (
-            side == "office" and _netns_exists(demo.netns)) else []
+            side == "office" and netns.netns_exists(demo.netns)) else []
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
         done = subprocess.run([*wrap, sys.executable, "-m", "helper.records", "cleanup",
                                str(state)], cwd=REPO_ROOT, env=env, capture_output=True,
@@ -675,7 +676,7 @@ def _undo_crash_records(demo: Demo, problems: list[str], tell: Callable[[str], N
 
 
 def _host_leftovers(demo: Demo) -> bool:
-    return _link_exists(demo.veth_here) or _stale_socket(demo.socket)
+    return netns.link_exists(demo.veth_here) or _stale_socket(demo.socket)
 
 
 def _stale_socket(path: Path) -> bool:
@@ -827,35 +828,12 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return _run(["ip", *args], check=check)
 
 
-def _netns_exists(name: str) -> bool:
-    return Path("/run/netns", name).exists()
-
-
-def _link_exists(name: str) -> bool:
-    return _ip("link", "show", "dev", name, check=False).returncode == 0
-
-
-def _delete_netns(ns: str, problems: list[str]) -> None:
-    """Kill what still runs inside (all of it is the demo's), then delete the namespace, which
-    deletes its links (the veth pair with them)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = [int(p) for p in _ip("netns", "pids", ns, check=False).stdout.split()]
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        if pids:
-            _wait(lambda: not _ip("netns", "pids", ns, check=False).stdout.split(), KILL_WAIT)
-    done = _ip("netns", "del", ns, check=False)
-    if done.returncode != 0:
-        problems.append(f"namespace {ns}: {done.stderr.strip()}")
-
-
 # --- entry point ----------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m helper.demo",
+        prog="python -m tools.demo",
         description="A working Tunseal demo tunnel to an 'office' network namespace.",
         epilog=f"Names and addresses come from ${PREFIX_ENV} (default {DEFAULT_PREFIX}).")
     sub = parser.add_subparsers(dest="command", required=True)
