@@ -1,0 +1,47 @@
+"""Which data-path core is in use: the native one (the ``tunseal_native`` module, Rust, built
+from ``native/``) unless ``TUNSEAL_NATIVE=0`` or it is not built, else the pure-Python path.
+
+Both carry every mode; the pure-Python path is the specification the native one is tested
+against (tests/native/). The choice is made once, at import: a keypair made with one core is
+sealed and opened by that core for its whole life.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from types import ModuleType
+
+log = logging.getLogger(__name__)
+
+API = 1
+"""The native module's interface version this code speaks (``tunseal_native.API``)."""
+
+
+def _load() -> tuple[ModuleType | None, str]:
+    if os.environ.get("TUNSEAL_NATIVE", "1") == "0":
+        return None, "TUNSEAL_NATIVE=0"
+    try:
+        import tunseal_native  # type: ignore[import-not-found]
+    except ImportError:
+        return None, "the native module is not built"
+    if getattr(tunseal_native, "API", None) != API:
+        return None, f"the native module speaks API {getattr(tunseal_native, 'API', '?')}, not {API}"
+    return tunseal_native, ""
+
+
+module, why_not = _load()
+"""The native module, or None (then ``why_not`` says why)."""
+_logged = False
+
+
+def describe() -> str:
+    return "native core" if module is not None else f"pure-Python path ({why_not})"
+
+
+def log_choice() -> None:
+    """Log once per process which data path is in use."""
+    global _logged
+    if not _logged:
+        _logged = True
+        log.info("data path: %s", describe())
