@@ -22,11 +22,12 @@ def _load() -> tuple[ModuleType | None, str]:
     if os.environ.get("TUNSEAL_NATIVE", "1") == "0":
         return None, "TUNSEAL_NATIVE=0"
     try:
-        import tunseal_native  # type: ignore[import-not-found]
+        import tunseal_native
     except ImportError:
         return None, "the native module is not built"
-    if getattr(tunseal_native, "API", None) != API:
-        return None, f"the native module speaks API {getattr(tunseal_native, 'API', '?')}, not {API}"
+    api = getattr(tunseal_native, "API", None)
+    if api != API:
+        return None, f"the native module speaks API {api}, not {API}"
     return tunseal_native, ""
 
 
