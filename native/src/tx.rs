@@ -57,8 +57,8 @@ impl Tso {
             return None;
         }
         let gso_type = frame[1];
-        let gso_size = le16(frame, 6) as usize;
-        let ip_len = le16(frame, 8) as usize;
+        let gso_size = le16(frame, 4) as usize;
+        let ip_len = le16(frame, 6) as usize;
         let pkt = &frame[VNET_LEN..];
         let total = pkt.len();
         let kind = gso_type & !GSO_ECN;
@@ -303,4 +303,30 @@ pub fn seal_one(
     body[..n].copy_from_slice(inner);
     kp.send.seal(counter, hdr, body);
     size
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_v6_with_options() {
+        let mut f = vec![1u8, 4, 0, 0, 94, 0, 40, 0, 16, 0];
+        let mut ip = vec![0x60, 0, 0, 1, 0, 171, 6, 64];
+        ip.extend_from_slice(&[0x11; 32]);
+        let mut tcp = vec![
+            0x9c, 0x40, 0x14, 0x51, 9, 0x15, 0xcc, 0x5a, 0, 0, 0, 0x63, 0x80, 0x18, 1, 0xf6, 0, 0,
+            0, 7,
+        ];
+        tcp.extend_from_slice(&[0; 12]);
+        tcp.extend_from_slice(&[0; 139]);
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&tcp);
+        let t = Tso::parse(&f, 1408).expect("parses");
+        assert_eq!((t.hl, t.gso, t.segments()), (72, 94, 2));
+        let kp = Keypair::new("aes-256-gcm", &[1; 32], &[2; 32], 1, 2).unwrap();
+        let mut out = vec![0u8; GSO_BUDGET + 2048];
+        let s = seal_tso(&kp, &f, &mut out, 0, 1408, &mut |_, _, _| 0).expect("seals");
+        assert_eq!(s.count, 2);
+    }
 }
