@@ -110,7 +110,7 @@ def test_seal_tso_same_wire_bytes(frame: bytes, cipher: str, mtu: int, counter: 
     if r_nat != (-1,):
         assert nat.native.next_counter == counter + r_nat[0]
         for d in sent_nat:  # and the far end opens them
-            _kp, _t, flags, _e, inner = open_data(d, lambda i: rx)
+            _kp, _t, _flags, _e, inner = open_data(d, lambda i: rx)
             assert len(inner) + 44 == len(d)
 
 
@@ -122,7 +122,7 @@ def test_seal_one_same_bytes_and_cross_open(inner: bytes, cipher: str, ptype: in
     nat, py, rx = pair(cipher)
     a, b = nat.seal(inner, ptype, flags), py.seal(inner, ptype, flags)
     assert a == b
-    _kp, t, f, _e, got = open_data(bytes(a), lambda _i: rx)  # Python opens native's
+    _kp, t, _f, _e, got = open_data(bytes(a), lambda _i: rx)  # Python opens native's
     assert (t, got) == (ptype, inner)
 
 
