@@ -18,9 +18,7 @@ API = 1
 """The native module's interface version this code speaks (``tunseal_native.API``)."""
 
 
-def _load() -> tuple[ModuleType | None, str]:
-    if os.environ.get("TUNSEAL_NATIVE", "1") == "0":
-        return None, "TUNSEAL_NATIVE=0"
+def _import() -> tuple[ModuleType | None, str]:
     try:
         import tunseal_native
     except ImportError:
@@ -31,8 +29,13 @@ def _load() -> tuple[ModuleType | None, str]:
     return tunseal_native, ""
 
 
-module, why_not = _load()
-"""The native module, or None (then ``why_not`` says why)."""
+built, _why_not_built = _import()
+"""The native module if it is built and speaks our API, whether in use or not (tests)."""
+if built is not None and os.environ.get("TUNSEAL_NATIVE", "1") == "0":
+    module, why_not = None, "TUNSEAL_NATIVE=0"
+else:
+    module, why_not = built, _why_not_built
+"""The native module in use, or None (then ``why_not`` says why)."""
 _logged = False
 
 

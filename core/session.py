@@ -101,7 +101,8 @@ class Keypair:
         native: bool | None = None,
     ) -> None:
         self.cipher = cipher
-        nat = _native.module if native is not False else None
+        # None: the core in use; True: the native one (tests); False: the pure-Python one.
+        nat = _native.built if native else None if native is False else _native.module
         if native and nat is None:
             raise CryptoError(f"the native core is not available: {_native.why_not}")
         self._send: AEAD | None = None

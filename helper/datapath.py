@@ -34,7 +34,8 @@ from helper.tun import Tun
 log = logging.getLogger(__name__)
 
 native_seal_tso: Callable[..., tuple[int, int, int, int, int]] | None = (
-    native.module.seal_tso if native.module is not None else None)
+    native.built.seal_tso if native.built is not None else None)
+"""Seals TSO frames for keypairs with a native half (only made when the module is built)."""
 
 GSO_BUDGET = 65000
 """Bytes per GSO send: below the 65,507-byte UDP payload limit with room for one more."""

@@ -1,6 +1,7 @@
 """Tests of the native data-path core against the pure-Python path (its specification).
 
-They need the native module (``tunseal_native``, built from ``native/``). Where it is not
+They need the native module (``tunseal_native``, built from ``native/``), and use it also
+under ``TUNSEAL_NATIVE=0`` (which only makes the data path not use it). Where it is not
 built they skip, unless ``TUNSEAL_REQUIRE_NATIVE=1`` (set by CI, which builds it): then a
 missing module fails the run instead of skipping it silently.
 """
@@ -19,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))  # rxri
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if native.module is not None:
+    if native.built is not None:
         return
     if os.environ.get("TUNSEAL_REQUIRE_NATIVE") == "1":
         raise pytest.UsageError(f"TUNSEAL_REQUIRE_NATIVE=1 but {native.describe()}")

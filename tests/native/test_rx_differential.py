@@ -42,11 +42,21 @@ def build_python(mode: str, vnet: bool, peers: int) -> RxRig:
         native.module = saved
 
 
+def build_native(mode: str, vnet: bool, peers: int) -> RxRig:
+    """A rig on the native core (also under TUNSEAL_NATIVE=0)."""
+    saved = native.module
+    native.module = native.built
+    try:
+        return rxrig.build(mode, vnet=vnet, peers=peers)
+    finally:
+        native.module = saved
+
+
 @pytest.fixture(scope="module", params=CONFIGS,
                 ids=[f"{m}-{'vnet' if v else 'novnet'}-{p}peer" for m, v, p in CONFIGS])
 def twin(request: pytest.FixtureRequest) -> Iterator[Twin]:
     mode, vnet, peers = request.param
-    nat = rxrig.build(mode, vnet=vnet, peers=peers)
+    nat = build_native(mode, vnet, peers)
     try:
         py = build_python(mode, vnet, peers)
     except BaseException:

@@ -53,14 +53,14 @@ def receive(rx: Keypair, datagrams: list[bytes], outer_ecn: int
             ) -> tuple[list[bytes], dict[str, int], bytes]:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
-        sink = native.module.Coalescer(a.fileno(), False)
-        allow_all = native.module.SourceFilter([(0, 0, True)], [(0, 0, True)])
+        sink = native.built.Coalescer(a.fileno(), False)
+        allow_all = native.built.SourceFilter([(0, 0, True)], [(0, 0, True)])
         buf = bytearray(b"".join(datagrams))
         seg = len(datagrams[0])
         verdicts = bytearray(len(datagrams))
-        pos, status, _i, _c, _packets, _b = native.module.rx_run(
+        pos, status, _i, _c, _packets, _b = native.built.rx_run(
             rx.native, INDEX, buf, len(buf), 0, seg, sink, allow_all, None, outer_ecn,
-            native.module.NO_CONT, False, verdicts)
+            native.built.NO_CONT, False, verdicts)
         assert (pos, status) == (len(buf), 0)
         sink.flush()
         b.setblocking(False)
@@ -111,7 +111,7 @@ def test_verdicts_per_datagram() -> None:
     got, drops, verdicts = receive(rx, [good, bytes(forged), good, b"\x11" * 5], 0)
     assert len(got) == 1
     assert drops == {"bad_tag": 1, "replay": 1, "bad_header": 1}
-    reasons = ["delivered", *native.module.REASONS]
+    reasons = ["delivered", *native.built.REASONS]
     assert [reasons[v] for v in verdicts] == ["delivered", "bad_tag", "replay", "bad_header"]
 
 
@@ -151,7 +151,7 @@ def test_coalescer_matches_offload_coalescer(ops: list[tuple[str, bytes, bool, i
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
-        nat = native.module.Coalescer(a.fileno(), True)
+        nat = native.built.Coalescer(a.fileno(), True)
         for op, pkt, partial, who in ops:
             if op == "add":
                 ref.add(pkt, partial, owners[who])

@@ -73,7 +73,7 @@ def run_native(kp: Keypair, frame: bytes, mtu: int) -> tuple[tuple[int, ...], li
         sent.extend(bytes(out[o:min(o + seg, end)]) for o in range(0, end, seg))
         return 0
 
-    off, seg, count, nbytes, _first = native.module.seal_tso(kp.native, frame, out, 0, flush,
+    off, seg, count, nbytes, _first = native.built.seal_tso(kp.native, frame, out, 0, flush,
                                                              mtu)
     if count > 0:
         flush(off, seg)
