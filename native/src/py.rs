@@ -50,6 +50,15 @@ impl Raw {
         // SAFETY: ptr/len describe the exported, contiguous buffer (see `Raw::of`).
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
+
+    /// SAFETY: the caller guarantees no live `&mut` to this memory and no writer meanwhile.
+    unsafe fn bytes<'a>(self) -> &'a [u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: as for `slice`, read only.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
 }
 
 /// Read a buffer-protocol object (bytes, bytearray, memoryview) with the GIL held.
@@ -58,7 +67,7 @@ fn with_bytes<R>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult
     let r = Raw::of(&b, false)?;
     // SAFETY: exported (so alive and fixed in size) while `b` lives, through `f`; we hold the
     // GIL, so no Python code runs meanwhile, and the slice is only read.
-    let s: &[u8] = unsafe { r.slice() };
+    let s: &[u8] = unsafe { r.bytes() };
     Ok(f(s))
 }
 
@@ -126,8 +135,8 @@ impl Keypair {
         py.allow_threads(move || {
             // SAFETY: both buffers are exported for this call; a sealer never seals a buffer
             // into itself, and if `inner` aliases `out` we copy it first.
+            let inner = unsafe { i.bytes() }.to_vec(); // copied before `out` is borrowed
             let out = unsafe { o.slice() };
-            let inner = unsafe { i.slice() }.to_vec();
             Ok(tx::seal_one(
                 kp,
                 &mut out[offset..offset + need],
@@ -321,7 +330,7 @@ fn seal_tso(
     let kp = &kp.get().0;
     // SAFETY (both slices below): the buffers are exported until this function returns, do
     // not overlap (checked), and no slice of `out` is alive while Python's flush reads it.
-    let frame_of = move || -> &[u8] { unsafe { f.slice() } };
+    let frame_of = move || -> &[u8] { unsafe { f.bytes() } };
     let Some(mut s) = py.allow_threads(move || TsoSealer::new(kp, frame_of(), mtu)) else {
         return Ok((off, 0, -1, 0, 0));
     };
