@@ -54,7 +54,9 @@ OPENVPN_PORT = 1194
 PROFILE = "bench"
 # Ephemeral profiles must name a peer key to be imported; `tunseal setpeerkey` replaces this
 # with the real one (from `tunseal genkey` on the other end) before the tunnel comes up.
-PLACEHOLDER_KEY = base64.b64encode(bytes(32)).decode()
+PLACEHOLDER_KEY = base64.b64encode(bytes([9]) + bytes(31)).decode()
+"""Any usable public key (the X25519 base point): replaced by the real one before the tunnel
+comes up (an all-zero key is refused as a low-order point)."""
 
 PING_COUNT = 20
 PING_INTERVAL = "0.05"
