@@ -176,7 +176,7 @@ impl TsoSealer {
         let t = Tso::parse(frame, mtu)?;
         // The output buffer (GSO_BUDGET + 2048 in the data path) must hold one segment more
         // than the budget; larger segments take the generic path.
-        if DATA_HEADER_LEN + t.hl + t.gso + TAG_LEN > 2048 {
+        if DATA_HEADER_LEN + t.hl + t.gso.min(t.total - t.hl) + TAG_LEN > 2048 {
             return None;
         }
         let first_counter = kp.take(t.segments() as u64)?;

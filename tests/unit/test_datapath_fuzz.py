@@ -74,7 +74,7 @@ def draw_batch(draw: st.DrawFn, rig: RxRig) -> list[bytes]:
             if len(datagram) != len(batch[0] if batch else datagram):
                 continue  # a batch's datagrams are equal-sized: keep this one for the end
         batch.append(datagram)
-    if draw(st.booleans()) and batch:
+    if draw(st.booleans()) and batch and batch[0]:  # (a damaged first one may be empty)
         last = draw(st.integers(1, len(batch[0])))
         batch[-1] = batch[-1][:last]
     return batch
