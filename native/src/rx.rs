@@ -248,3 +248,114 @@ pub fn rx_run(
     }
     result(n.max(start), Status::End, 0, cont_next, packets, bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coalesce::REASONS;
+    use crate::header::MIN_SEALED;
+    use crate::tx::seal_one;
+
+    fn udp4(tos: u8) -> Vec<u8> {
+        let mut p = vec![
+            0x45, tos, 0, 28, 0, 1, 0x40, 0, 64, 17, 0, 0, 10, 1, 0, 1, 10, 1, 0, 9,
+        ];
+        let c = !(crate::header::fold(crate::header::word_sum(&p)) as u16);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p.extend_from_slice(&[0; 8]);
+        p
+    }
+
+    fn batch(kp: &Keypair, inners: &[(Vec<u8>, u64)]) -> (Vec<u8>, usize) {
+        let mut buf = Vec::new();
+        let seg = MIN_SEALED + inners[0].0.len();
+        for (p, c) in inners {
+            let mut d = vec![0u8; MIN_SEALED + p.len()];
+            seal_one(kp, &mut d, p, 0x11, 0, *c);
+            buf.extend_from_slice(&d);
+        }
+        (buf, seg)
+    }
+
+    fn counts(c: &Coalescer) -> Vec<(&'static str, u64)> {
+        REASONS
+            .iter()
+            .zip(c.counts)
+            .filter(|(_, n)| *n != 0)
+            .map(|(r, n)| (*r, n))
+            .collect()
+    }
+
+    #[test]
+    fn opens_counts_replays_and_forgeries_and_decapsulates_ce() {
+        let kp = Keypair::new("chacha20-poly1305", &[3; 32], &[3; 32], 1, 9).unwrap();
+        let filter = SourceFilter {
+            v4: vec![(10, 8, true)],
+            v6: vec![],
+        };
+        let (mut buf, seg) = batch(
+            &kp,
+            &[(udp4(2), 0), (udp4(0), 1), (udp4(1), 0), (udp4(1), 2)],
+        );
+        buf[2 * seg - 1] ^= 1; // a forgery
+        let run = Run {
+            kp: Some(&kp),
+            index: 9,
+            filter: &filter,
+            owner: 1,
+            outer_ecn: 3,
+            stop_after_open: false,
+        };
+        let mut sink = Coalescer::new(false);
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        let r = rx_run(&run, &mut buf, 0, seg, &mut sink, &mut out, NO_CONT, None);
+        assert_eq!((r.status, r.pos, r.packets), (Status::End, buf.len(), 2));
+        assert_eq!(
+            counts(&sink),
+            vec![("bad_tag", 1), ("replay", 1), ("ecn_ce", 2)]
+        );
+        assert_eq!(out.len(), 2);
+        for p in &out {
+            assert_eq!(p[1] & 3, 3);
+            assert_eq!(crate::header::word_sum(&p[..20]), 0, "IPv4 header checksum");
+        }
+    }
+
+    #[test]
+    fn hands_back_what_python_must_handle() {
+        let kp = Keypair::new("aes-256-gcm", &[3; 32], &[3; 32], 1, 9).unwrap();
+        let filter = SourceFilter::default();
+        let (mut buf, seg) = batch(&kp, &[(udp4(0), 0)]);
+        let run = Run {
+            kp: None,
+            index: 0,
+            filter: &filter,
+            owner: 1,
+            outer_ecn: 0,
+            stop_after_open: false,
+        };
+        let mut sink = Coalescer::new(true);
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        let r = rx_run(&run, &mut buf, 0, seg, &mut sink, &mut out, NO_CONT, None);
+        assert_eq!((r.status, r.index, r.pos), (Status::Lookup, 9, 0));
+        let mut junk = vec![0x15u8; 40];
+        let r = rx_run(&run, &mut junk, 0, 40, &mut sink, &mut out, NO_CONT, None);
+        assert_eq!(r.status, Status::Slow);
+        let mut runt = vec![0x11u8; 5];
+        let r = rx_run(&run, &mut runt, 0, 5, &mut sink, &mut out, NO_CONT, None);
+        assert_eq!(r.status, Status::End);
+        assert_eq!(counts(&sink), vec![("bad_header", 1)]);
+        // not this peer's source: bad_source, and nothing written
+        let run = Run {
+            kp: Some(&kp),
+            index: 9,
+            filter: &filter,
+            owner: 1,
+            outer_ecn: 0,
+            stop_after_open: true,
+        };
+        let r = rx_run(&run, &mut buf, 0, seg, &mut sink, &mut out, NO_CONT, None);
+        assert_eq!((r.status, r.packets), (Status::Opened, 1));
+        assert!(out.is_empty());
+    }
+}

@@ -87,7 +87,7 @@ fuzz_target!(|data: &[u8]| {
         }
         buf.extend_from_slice(&d);
     }
-    let filter = SourceFilter { v4: vec![(10 << 24, 8, true), (10 << 24 | 1 << 8, 24, false)], v6: vec![(0, 0, true)] };
+    let filter = SourceFilter { v4: vec![(10, 8, true), (0x0A_0100, 24, false)], v6: vec![(0, 0, true)] };
     let mut sink = Coalescer::new(vnet);
     let mut frames = Frames(Vec::new(), vnet);
     let run = Run { kp: Some(&kp), index: 0x0102_0304, filter: &filter, owner: 1, outer_ecn, stop_after_open: data[0] & 8 != 0 };
