@@ -3,9 +3,11 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+NATIVE := $(VENV)/.native-stamp
+CARGO  := $(shell command -v cargo 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: all setup test lint demo demo-stop bench screenshots deb clean
+.PHONY: all setup native native-check test lint demo demo-stop bench screenshots deb clean
 
 all: test
 
@@ -16,13 +18,32 @@ $(STAMP): pyproject.toml installers/dev-deps.sh
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+## The native data-path core (native/, Rust) built into the venv, when cargo exists; without
+## it everything runs on the pure-Python data path.
+$(NATIVE): $(STAMP) native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
+ifneq ($(CARGO),)
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --locked -q \
+		-m native/Cargo.toml
+	touch $(NATIVE)
+else
+	@echo "tunseal: no cargo here: the native core is not built (pure-Python data path)"
+endif
+
+native: $(NATIVE)
+
+## fmt, clippy and the crate's own tests (CI runs these).
+native-check:
+	cd native && cargo fmt --check && cargo clippy --locked --release -- -D warnings \
+		&& cargo clippy --locked --no-default-features --all-targets -- -D warnings \
+		&& cargo test --locked --no-default-features
+
+setup: $(STAMP) $(NATIVE)
 
 ## The test suite: lint, types, then every test (namespaces, real keyring, offscreen Qt).
-test: $(STAMP) lint
+test: $(STAMP) $(NATIVE) lint
 	bash tests/run.sh $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP) $(NATIVE)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy core helper gui tools
 
@@ -45,4 +66,4 @@ deb: $(STAMP)
 	bash installers/debian/build.sh
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache native/target

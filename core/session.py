@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import itertools
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from core import native as _native
 from core import wire
 from core.constants import (
     DATA_HEADER_LEN,
@@ -78,6 +80,7 @@ class Keypair:
         "device_id",
         "is_initiator",
         "local_index",
+        "native",
         "receive_count",
         "remote_index",
         "replay",
@@ -95,10 +98,26 @@ class Keypair:
         device_id: int,
         is_initiator: bool,
         created: float,
+        native: bool | None = None,
     ) -> None:
         self.cipher = cipher
-        self._send = make_aead(cipher, send_key)
-        self._recv = make_aead(cipher, recv_key)
+        # None: the core in use; True: the native one (tests); False: the pure-Python one.
+        nat = _native.built if native else None if native is False else _native.module
+        if native and nat is None:
+            raise CryptoError(f"the native core is not available: {_native.why_not}")
+        self._send: AEAD | None = None
+        self._recv: AEAD | None = None
+        self.native: Any = None
+        """The native half (keys, send counter, replay window), or None on the pure-Python
+        path. With it, the keys live only there, and every seal and open goes through it."""
+        if nat is not None:
+            if cipher not in ("chacha20-poly1305", "aes-256-gcm", "aes-128-gcm"):
+                make_aead(cipher, send_key)  # the same error as the pure-Python path
+            self.native = nat.Keypair(cipher, bytes(send_key), bytes(recv_key), device_id,
+                                      remote_index)
+        else:
+            self._send = make_aead(cipher, send_key)
+            self._recv = make_aead(cipher, recv_key)
         self.local_index = local_index
         self.remote_index = remote_index
         self.device_id = device_id
@@ -108,9 +127,13 @@ class Keypair:
         # Several threads seal with one keypair (data, keepalives, handshake replies);
         # next() on itertools.count is atomic under the GIL, so no counter is ever issued
         # twice and no lock sits in the per-packet path.
-        self._nonces = itertools.count()
+        # The native half owns the counter when there is one (one atomic add per counter,
+        # also when the native sealer takes a whole TSO frame's worth without the GIL).
+        self._nonces: Iterator[int] = (self.native if self.native is not None
+                                       else itertools.count())
         self.receive_count = 0
-        self.replay = ReplayWindow()
+        self.replay: ReplayWindow | NativeWindow = (
+            NativeWindow(self.native) if self.native is not None else ReplayWindow())
         # The responder may not send with a keypair until the initiator has proven it has it
         # (its first data or keepalive packet), as in WireGuard: this stops a replayed
         # initiation from making the responder encrypt under a key nobody holds.
@@ -149,15 +172,21 @@ class Keypair:
             out, offset, vt, _HLEN_WORDS, n, self.device_id, counter & 0xFFFF, flags,
             ~(s or 0xFFFF) & 0xFFFF, Option.RECEIVER_INDEX, 4, index, Option.COUNTER, 8, counter,
         )
+        if self.native is not None:
+            return int(self.native.seal_into(out, offset, inner, vt, flags, counter))
         mv = memoryview(out)
+        assert self._send is not None
         self._send.encrypt_into(counter.to_bytes(12, "big"), inner, mv[offset:end],
                                 mv[end : end + n + TAG_LEN])
         return DATA_HEADER_LEN + n + TAG_LEN
 
-    def sealing_parts(self) -> tuple[AEAD, itertools.count[int], int, int]:
+    def sealing_parts(self) -> tuple[AEAD, Iterator[int], int, int]:
         """(aead, nonce counter, device id, remote index) for a batch sealer that builds the
-        data header itself (helper/offload.py): it must call ``next()`` on the counter for
-        every packet, exactly like :meth:`seal_into`, and advance ``send_counter``."""
+        data header itself (helper/offload.py, pure-Python path only: a native keypair is
+        sealed by the native sealer): it must call ``next()`` on the counter for every
+        packet, exactly like :meth:`seal_into`, and advance ``send_counter``."""
+        if self._send is None:
+            raise CryptoError("a native keypair is sealed by the native core")
         return self._send, self._nonces, self.device_id, self.remote_index
 
     def seal(self, inner: bytes | bytearray | memoryview, ptype: int = PacketType.DATA,
@@ -174,16 +203,46 @@ class Keypair:
         would save a decryption only for replays, which cost an attacker no more to send than
         forgeries, and it costs a call on every packet.
         """
-        try:
-            inner = self._recv.decrypt(counter.to_bytes(12, "big"), ciphertext, header)
-        except InvalidTag:
-            raise BadTag("authentication tag mismatch (wrong key or tampered packet)") from None
-        verdict = self.replay.update(counter)
-        if verdict:
-            raise _replay_error(verdict)
+        if self.native is not None:
+            r = self.native.open(header, ciphertext, counter)
+            if type(r) is int:
+                if r == 1:
+                    raise BadTag("authentication tag mismatch (wrong key or tampered packet)")
+                raise _replay_error(Verdict.DUPLICATE if r == 2 else Verdict.TOO_OLD)
+            inner: bytes = r
+        else:
+            assert self._recv is not None
+            try:
+                inner = self._recv.decrypt(counter.to_bytes(12, "big"), ciphertext, header)
+            except InvalidTag:
+                raise BadTag("authentication tag mismatch (wrong key or tampered packet)") \
+                    from None
+            verdict = self.replay.update(counter)
+            if verdict:
+                raise _replay_error(verdict)
         self.receive_count += 1
         self.confirmed = True
         return inner
+
+
+class NativeWindow:
+    """A native keypair's replay window, seen from Python (core/replay.py's interface): the
+    same window the native receive path consults, so one keypair never has two."""
+
+    __slots__ = ("_kp",)
+
+    def __init__(self, kp: Any) -> None:
+        self._kp = kp
+
+    @property
+    def highest(self) -> int:
+        return int(self._kp.replay_highest)
+
+    def check(self, counter: int) -> Verdict:
+        return Verdict(self._kp.replay_check(counter))
+
+    def update(self, counter: int) -> Verdict:
+        return Verdict(self._kp.replay_update(counter))
 
 
 class BadTag(CryptoError):

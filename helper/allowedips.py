@@ -19,6 +19,8 @@ class AllowedIPs(Generic[T]):
         self._v6: dict[int, dict[int, T]] = {}
         self._v4_lens: list[int] = []
         self._v6_lens: list[int] = []
+        self.version = 0
+        """Bumped on every change (the native receive path caches per-peer filters by it)."""
 
     def insert(self, prefix: str, value: T) -> None:
         net = ipaddress.ip_network(prefix, strict=False)
@@ -38,8 +40,26 @@ class AllowedIPs(Generic[T]):
         self._reindex()
 
     def _reindex(self) -> None:
+        self.version += 1
         self._v4_lens = sorted(self._v4, reverse=True)
         self._v6_lens = sorted(self._v6, reverse=True)
+
+    def source_filter(self, value: T) -> tuple[list[tuple[int, int, bool]],
+                                               list[tuple[int, int, bool]]]:
+        """``value``'s prefixes as (key, length, True), plus every other value's longer prefix
+        inside one of them as (key, length, False): the longest match in these lists is
+        ``value`` exactly when :meth:`source_owner` would say ``value``."""
+        out: tuple[list[tuple[int, int, bool]], list[tuple[int, int, bool]]] = ([], [])
+        for table, dest in ((self._v4, out[0]), (self._v6, out[1])):
+            own = [(plen, key) for plen, d in table.items() for key, v in d.items()
+                   if v is value]
+            dest.extend((key, plen, True) for plen, key in own)
+            for plen, d in table.items():
+                for key, v in d.items():
+                    if v is not value and any(
+                            plen > p and key >> (plen - p) == k for p, k in own):
+                        dest.append((key, plen, False))
+        return out
 
     def lookup_v4(self, addr: int) -> T | None:
         for plen in self._v4_lens:

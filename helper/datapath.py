@@ -18,8 +18,9 @@ import select
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-from core import ecn, session
+from core import ecn, native, session
 from core.constants import DATA_HEADER_LEN, FIXED_HEADER_LEN, TAG_LEN, Flag, PacketType
 from core.endpoint import AnyPeer, Endpoint, PlainPeer
 from core.errors import TunsealError
@@ -31,6 +32,10 @@ from helper.transport import MAX_GSO_SEGMENTS, Address, PathError, Transport
 from helper.tun import Tun
 
 log = logging.getLogger(__name__)
+
+native_seal_tso: Callable[..., tuple[int, int, int, int, int]] | None = (
+    native.built.seal_tso if native.built is not None else None)
+"""Seals TSO frames for keypairs with a native half (only made when the module is built)."""
 
 GSO_BUDGET = 65000
 """Bytes per GSO send: below the 65,507-byte UDP payload limit with room for one more."""
@@ -46,8 +51,8 @@ SEALED = session.SEALED_FLAGS
 _ALLOWED = SEALED | _CSUM | _CONT
 _PLAIN_ALLOWED = _CSUM | _CONT
 MIN_SEALED = DATA_HEADER_LEN + TAG_LEN
-_SEALED_VT = frozenset((0x10 | t) for t in (PacketType.DATA, PacketType.KEEPALIVE,
-                                            PacketType.CONTROL))
+_NATIVE_END, _NATIVE_SLOW, _NATIVE_LOOKUP, _NATIVE_OPENED = 0, 1, 2, 3
+"""Why the native receive call stopped (native/src/rx.rs ``Status``)."""
 
 
 def address_key(addr: Address) -> bytes:
@@ -73,17 +78,17 @@ class DataPath:
         self.mtu = mtu
         """Largest inner packet the tunnel carries now (lowered when the path MTU drops)."""
         self.icmp_source = icmp_source
+        """(IPv4, IPv6) address of our tunnel interface: the source of ICMP errors we send."""
         self.one_peer = one_peer
         """A client tunnel: exactly one peer, for good (a gateway's peers come and go, so it
         always routes by destination)."""
-        """(IPv4, IPv6) address of our tunnel interface: the source of ICMP errors we send."""
         self.rings: dict[int, SentRing] = {}
-        self.icmp_sent = 0
         self._icmp_window = (0.0, 0)
         self.stop = threading.Event()
         self.sealed = endpoint.suite is not None
-        self.tx_frames = 0
-        self.rx_frames = 0
+        self.native = native.module if self.sealed else None
+        """The native core, used for sealed modes when it is built (`plain` stays Python)."""
+        native.log_choice()
         self.coalescer: offload.Coalescer | None = None
         self.ecn_ce = 0
         """Outer congestion marks (CE) passed on to ECN-capable inner packets (RFC 6040); the
@@ -127,7 +132,6 @@ class DataPath:
         msg = icmp.too_big(inner, mtu, from_addr=src)
         if msg is not None:
             self.write_tun(msg)
-            self.icmp_sent += 1
 
     def _wait(self, fd: int | list[int]) -> None:
         try:
@@ -175,7 +179,6 @@ class DataPath:
                 if e.errno == errno.EBADF or self.stop.is_set():
                     break
                 raise
-            self.tx_frames += 1
             try:
                 if vnet:
                     frame = mv[:n]
@@ -204,8 +207,13 @@ class DataPath:
         mv = memoryview(buf)
         deliver = self.deliver
         counts = self.endpoint.drops
-        coalescer = offload.Coalescer(deliver, self.endpoint.count,
-                                      self._count_marks) if vnet else None
+        nrx = _NativeRx(self, self.native, vnet) if self.native is not None else None
+        coalescer: offload.Coalescer | None
+        if nrx is not None:
+            coalescer = nrx.sink if vnet else None
+        else:
+            coalescer = offload.Coalescer(deliver, self.endpoint.count,
+                                              self._count_marks) if vnet else None
         self.coalescer = coalescer
         lookup = self.endpoint.indices.keypair
         peer_of = self.endpoint.indices.peer
@@ -226,6 +234,8 @@ class DataPath:
             except BlockingIOError:
                 if coalescer is not None:
                     coalescer.flush()
+                if nrx is not None:
+                    nrx.take_drops()
                 if not blocking:
                     self._wait(sock_fd)
                 continue
@@ -241,7 +251,6 @@ class DataPath:
                     except Exception:
                         self._internal_error("handling path errors", 1)
                 continue
-            self.rx_frames += 1
             if n <= 0:
                 # An empty datagram (anyone can send one to our port): nothing to read.
                 counts["bad_header"] = counts.get("bad_header", 0) + 1
@@ -252,6 +261,9 @@ class DataPath:
             # RFC 6040: one outer ECN field for the whole batch, applied to each inner packet
             # (or merged run) on its way to the TUN.
             outer_ecn = self.transport.rx_ecn
+            if nrx is not None:
+                nrx.batch(buf, mv, n, seg, addr, now, coalescer, outer_ecn)
+                continue
             if coalescer is not None:
                 coalescer.outer_ecn = outer_ecn
             else:
@@ -455,6 +467,125 @@ class DataPath:
                 deliver(r.inner)
 
 
+class _NativeRx:
+    """The receive loop on the native core: one native call per stretch of a GRO run that
+    belongs to one session (open, replay window, RFC 6040, source check, coalescing into
+    the TUN write, all without the GIL), and Python for whatever leaves the fast path,
+    exactly where the pure-Python loop sends it: a datagram that is not canonical sealed
+    DATA goes to the Endpoint, an unknown session is counted, and the first authenticated
+    packet that confirms a session or moves the peer stops the call so Python can act."""
+
+    __slots__ = ("dp", "filters", "mod", "off", "sink")
+
+    def __init__(self, dp: DataPath, mod: Any, vnet: bool):
+        self.dp = dp
+        self.mod = mod
+        self.sink = mod.Coalescer(dp.tun.fd, vnet)
+        """The coalescer and drop counters; also what the slow path adds to (one run)."""
+        self.filters: dict[int, tuple[int, object, Any]] = {}
+        self.off = 0
+        """How far the current batch got (what an internal error costs)."""
+
+    def take_drops(self) -> None:
+        drops = self.sink.take_drops()
+        if drops:
+            counts = self.dp.endpoint.drops
+            for reason, k in drops:
+                if reason == "ecn_ce":  # a mark applied, not a drop: counted as the Python
+                    self.dp.ecn_ce += k  # path counts it (DataPath.ecn_ce)
+                else:
+                    counts[reason] = counts.get(reason, 0) + k
+
+    def filter(self, peer: Peer) -> Any:
+        """The native source filter for ``peer``, rebuilt when the allowed IPs change."""
+        routes = self.dp.routes
+        hit = self.filters.get(id(peer))
+        if hit is not None and hit[0] == routes.version and hit[1] is peer:
+            return hit[2]
+        if len(self.filters) > 4096:
+            self.filters.clear()
+        f = self.mod.SourceFilter(*routes.source_filter(peer))
+        self.filters[id(peer)] = (routes.version, peer, f)
+        return f
+
+    def batch(self, buf: bytearray, mv: memoryview, n: int, seg: int, addr: Address,
+              now: float, coalescer: offload.Coalescer | None, outer_ecn: int = 0) -> None:
+        dp = self.dp
+        try:
+            self._batch(buf, mv, n, seg, addr, now, coalescer, outer_ecn)
+        except Exception:
+            self.sink.reset()
+            dp._internal_error("receiving", -(-(n - self.off) // seg))
+        self.take_drops()
+
+    def _batch(self, buf: bytearray, mv: memoryview, n: int, seg: int, addr: Address,
+               now: float, coalescer: offload.Coalescer | None, outer_ecn: int) -> None:
+        dp = self.dp
+        rx_run = self.mod.rx_run
+        no_cont = cont = self.mod.NO_CONT
+        sink = self.sink
+        indices = dp.endpoint.indices
+        counts = dp.endpoint.drops
+        kp: session.Keypair | None = None
+        peer: Peer | None = None
+        filt = None
+        kp_index = -1
+        packets = nbytes = 0
+        off = 0
+        while off < n:
+            self.off = off
+            if kp is not None and peer is not None:
+                slow = kp is peer.next or peer.endpoint != addr
+                off, status, index, cont, pk, by = rx_run(
+                    kp.native, kp_index, buf, n, off, seg, sink, filt, peer, outer_ecn, cont,
+                    slow)
+                if pk:
+                    packets += pk
+                    nbytes += by
+                    kp.receive_count += pk
+                    kp.confirmed = True
+            else:
+                off, status, index, cont, pk, by = rx_run(
+                    None, 0, buf, n, off, seg, sink, None, None, outer_ecn, cont, False)
+            if status == _NATIVE_END:
+                break
+            if status == _NATIVE_OPENED:
+                assert kp is not None and peer is not None
+                # Only an authenticated packet may move the peer's endpoint (roaming) or
+                # confirm its next session.
+                dp._slow_after_open(peer, kp, addr)
+                continue
+            if status == _NATIVE_LOOKUP:
+                if index != kp_index:
+                    cont = no_cont
+                    kp = indices.keypair(index)
+                    peer = indices.peer(index) if kp is not None else None
+                    if kp is None or peer is None:
+                        counts["unknown_session"] = counts.get("unknown_session", 0) + 1
+                        kp_index = -1
+                        kp = None
+                        off += seg
+                        continue
+                    kp_index = index
+                    filt = self.filter(peer)
+                if kp is not None and kp.native is not None:
+                    continue
+                # A keypair without a native half (made before the module was built?) is
+                # opened by the general route.
+            self.off = off
+            ln = min(seg, n - off)
+            dp._slow_receive(bytes(mv[off:off + ln]), addr, coalescer,
+                             dp._deliver_ecn if ecn.REWRITES[outer_ecn] else dp.deliver)
+            off += seg
+        self.off = n
+        sink.flush()
+        if peer is not None and packets:
+            st = peer.stats
+            st.rx_packets += packets
+            st.rx_bytes += nbytes
+            peer.on_authenticated_received(now, data=True)
+
+
 def _link_local(pkt: memoryview) -> bool:
     """Packets the kernel sends on every link (IPv6 ND/MLD from fe80::, to ff02::; IPv4 to
     224.0.0.0/24) that a layer-3 tunnel must not carry: the far end would drop them as
@@ -516,9 +647,17 @@ class _TxBatch:
             self.flush()
             self.peer = peer
         self.ecn = ecn.of_packet(frame, offload.VNET_LEN)  # every segment has the frame's
-        first_encap = kp.send_counter & 0xFFFF
-        off, seg, count, nbytes = offload.seal_tso(frame, kp, self.out, 0, self.scratch,
-                                                   self._send, self.dp.mtu)
+        if kp.native is not None and native_seal_tso is not None:
+            off, seg, count, nbytes, first = native_seal_tso(kp.native, frame, self.out, 0,
+                                                             self._send, self.dp.mtu)
+            if count < 0:
+                return False
+            kp.send_counter = first + count  # for rekey decisions only
+            first_encap = first & 0xFFFF
+        else:
+            first_encap = kp.send_counter & 0xFFFF
+            off, seg, count, nbytes = offload.seal_tso(frame, kp, self.out, 0, self.scratch,
+                                                       self._send, self.dp.mtu)
         return self._tso_done(peer, frame, first_encap, off, seg, count, nbytes)
 
     def _tso_plain(self, peer: PlainPeer, frame: memoryview) -> bool:

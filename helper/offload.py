@@ -16,6 +16,7 @@ import struct
 from collections.abc import Callable
 
 from core import ecn
+from core import native as _native
 from core.constants import DATA_HEADER_LEN, FIXED_HEADER_LEN, TAG_LEN, Flag, PacketType
 from core.session import DATA_CONST, DATA_HEADER, SEALED_FLAGS, Keypair
 
@@ -35,7 +36,6 @@ TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_ECE, TCP_CWR = (
 MAX_COALESCED = 65535 - 60
 _GSO_BUDGET = 65000
 """Bytes of sealed datagrams per GSO send (the UDP payload limit is 65,507)."""
-_V4_TOTLEN = struct.Struct("!H")
 _PLAIN_VNET = VNET.pack(0, GSO_NONE, 0, 0, 0, 0)
 _CONT = int(Flag.CONTINUATION)
 _CSUM_FLAG = int(Flag.CSUM_PARTIAL)
@@ -149,8 +149,6 @@ class Coalescer:
         "_size",
         "_v4",
         "_write",
-        "frames",
-        "merged",
         "outer_ecn",
     )
 
@@ -175,8 +173,6 @@ class Coalescer:
         self._v4 = True
         self._psh = False
         self._owner: object = None
-        self.frames = 0
-        self.merged = 0
 
     def add(self, pkt: bytes, partial: bool, owner: object = None) -> None:
         """Queue one inner packet from ``owner`` (the peer it came from); call :meth:`flush`
@@ -269,7 +265,6 @@ class Coalescer:
             self._write(frame)
         else:
             self._write(hdr + pkt)
-        self.frames += 1
 
     def _decap(self, buf: bytearray, off: int, count: int) -> bool:
         """RFC 6040 decapsulation of the frame at ``buf[off:]`` that carries ``count`` inner
@@ -367,8 +362,6 @@ class Coalescer:
         parts: list[bytes | bytearray | memoryview] = [vnet, head, memoryview(first)[hl:]]
         parts.extend(self._bufs[1:])
         self._write(b"".join(parts))
-        self.frames += 1
-        self.merged += self._count
         self._bufs = []
         self._count = 0
 
@@ -506,6 +499,13 @@ def seal_tso(frame: memoryview, kp: Keypair, out: bytearray, off: int, scratch: 
     ``(off, seg, count, inner_bytes)`` for the caller's batch, or ``count == -1`` if the frame
     is not a TCP TSO frame we can cut (the caller then uses the generic path).
     """
+    if kp.native is not None:  # a keypair with a native half is sealed by the native core
+        assert _native.built is not None  # (only made when the module is built)
+        off, seg, count, nbytes, first = _native.built.seal_tso(kp.native, frame, out, off,
+                                                               flush, mtu)
+        if count > 0:
+            kp.send_counter = first + count
+        return off, seg, count, nbytes
     t = _Tso.parse(frame, mtu)
     if t is None:
         return off, 0, -1, 0

@@ -79,6 +79,23 @@ install -d -m 0755 "$PREFIX/lib.new/resources"
 if compgen -G "$src/resources/*.svg" >/dev/null; then
     install -m 0644 "$src"/resources/*.svg "$PREFIX/lib.new/resources/"
 fi
+# The native data-path core (native/, Rust): built where cargo exists, else the helper runs the
+# slower pure-Python data path (every mode works on both).
+if command -v cargo >/dev/null && [ -f "$src/native/Cargo.toml" ]; then
+    say "building the native data-path core with cargo (a few minutes)"
+    native_target=$(mktemp -d "${TMPDIR:-/tmp}/tunseal-native.XXXXXX")
+    if CARGO_TARGET_DIR=$native_target cargo build --quiet --release --locked \
+            --manifest-path "$src/native/Cargo.toml"; then
+        install -m 0644 "$native_target/release/libtunseal_native.so" \
+            "$PREFIX/lib.new/tunseal_native.abi3.so"
+    else
+        say "the native core did not build: installing the slower pure-Python data path"
+    fi
+    rm -rf "$native_target"
+else
+    say "no cargo (Rust) here: installing the slower pure-Python data path" \
+        "(install Rust and run this again for the native core)"
+fi
 rm -rf "${PREFIX:?}/lib"
 mv "$PREFIX/lib.new" "$PREFIX/lib"
 

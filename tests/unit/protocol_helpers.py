@@ -152,7 +152,9 @@ def start_counter_at(kp: Keypair, counter: int) -> None:
     where the nonces come from a separate thread-safe counter, that counter too.
     """
     kp.send_counter = counter
-    if hasattr(kp, "_nonces"):
+    if kp.native is not None:  # the native half owns the counter
+        kp.native.set_next_counter(counter)
+    elif hasattr(kp, "_nonces"):
         kp._nonces = itertools.count(counter)  # type: ignore[attr-defined]
 
 

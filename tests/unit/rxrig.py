@@ -226,12 +226,13 @@ def _exchange(far: Endpoint, near: Endpoint, packets: list[bytes], source: bytes
         queue.extend((dst, x) for x in r.replies)
 
 
-def build(mode: str, *, vnet: bool = True, peers: int = 1) -> RxRig:
+def build(mode: str, *, vnet: bool = True, peers: int = 1,
+          cipher: str = "chacha20-poly1305") -> RxRig:
     """A data path in ``mode`` with ``peers`` established far ends (2: a gateway)."""
     clock = FakeClock()
     base = make_keys(mode)
     near_static = base.static_b
-    near = Endpoint(mode, "chacha20-poly1305", device_id=2, static_private=near_static,
+    near = Endpoint(mode, cipher, device_id=2, static_private=near_static,
                     has_psk=base.psk is not None, clock=clock)
     routes: AllowedIPs[AnyPeer] = AllowedIPs()
     fars: list[Far] = []
@@ -244,7 +245,7 @@ def build(mode: str, *, vnet: bool = True, peers: int = 1) -> RxRig:
                              initiates=False)
         for net in NETS[i]:
             routes.insert(net, ours)
-        far_ep = Endpoint(mode, "chacha20-poly1305", device_id=far_dev,
+        far_ep = Endpoint(mode, cipher, device_id=far_dev,
                           static_private=keys.static_a, has_psk=keys.psk is not None,
                           clock=clock)
         theirs = far_ep.add_peer("near", _identity(keys, far=True), remote_device_id=2,

@@ -1,0 +1,15 @@
+//! Tunseal's native data-path core: one call per TSO frame (cut + seal) and one per GRO run
+//! (open + coalesce), behind the small Python face in `py.rs`. The pure-Python data path
+//! (helper/offload.py, helper/datapath.py) is the specification this is tested against.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod coalesce;
+pub mod header;
+pub mod keys;
+pub mod replay;
+pub mod rx;
+pub mod tx;
+
+#[cfg(feature = "python")]
+mod py;
