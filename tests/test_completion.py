@@ -54,7 +54,7 @@ def test_bash_completes_commands_subcommands_and_choices(bash_script: Path) -> N
         assert command in top
     assert bash_complete(bash_script, ["tunseal", "do"]) == ["down", "doctor"]
     assert bash_complete(bash_script, ["tunseal", "peer", ""]) == \
-        ["add", "list", "show", "remove", "--help", "-h"]
+        ["add", "invite", "revoke", "list", "show", "remove", "--help", "-h"]
     # An option's value is not taken for a command: "/run/x" after --socket is skipped.
     assert bash_complete(bash_script, ["tunseal", "--socket", "/run/x", "lockdown", "o"]) == \
         ["on", "off"]
@@ -112,7 +112,7 @@ def test_zsh_loads_through_compinit_and_completes(tmp_path: Path) -> None:
             "words=(tunseal export x -o ''); CURRENT=5; _tunseal")
     done = subprocess.run(["zsh", "-fc", code], capture_output=True, text=True, timeout=60,
                           check=True)
-    assert done.stdout.splitlines() == ["add list show remove --help -h",
+    assert done.stdout.splitlines() == ["add invite revoke list show remove --help -h",
                                         "on off status --allow-lan --help -h", "FILES"]
 
 
@@ -128,6 +128,6 @@ def test_fish_completes(tmp_path: Path) -> None:
         return [row.split("\t")[0] for row in done.stdout.splitlines()]
 
     assert complete("tunseal doc") == ["doctor"]
-    assert complete("tunseal peer ") == ["add", "list", "remove", "show"]
+    assert complete("tunseal peer ") == ["add", "invite", "list", "remove", "revoke", "show"]
     assert complete("tunseal lockdown ") == ["off", "on", "status"]
     assert "--with-secrets" in complete("tunseal export x --")

@@ -594,10 +594,10 @@ def test_install_sh_and_uninstall_sh_on_debian_12(debian_root: DebianRoot, netns
           "dbus iproute2")
     source = r.path / "root/src"
     shutil.rmtree(source, ignore_errors=True)
-    for part in ("core", "helper", "gui", "resources", "installers", "docs"):
+    for part in ("core", "helper", "gui", "tools", "native", "resources", "installers", "docs"):
         if (ROOT / part).exists():
             shutil.copytree(ROOT / part, source / part,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "target"))
     for f in ("pyproject.toml", "README.md"):
         if (ROOT / f).exists():
             shutil.copy(ROOT / f, source / f)

@@ -202,7 +202,7 @@ def laptop_pair(lab: netlab.Lab, spec: Spec | None = None, *, up: bool = True,
 class Frame:
     iface: str
     kind: str
-    """outer, arp, nd, dhcp, or leak"""
+    """outer, outer_error (an ICMP error quoting an outer packet), arp, nd, dhcp, or leak"""
     what: str
 
 
@@ -308,11 +308,34 @@ def classify_frame(frame: bytes,
         return "nd", f"ICMPv6 {_ND_TYPES[l4[0]]} {src} > {dst}"
     if proto == 17 and (sport, dport) in ((68, 67), (546, 547)):
         return "dhcp", what
+    if _error_about_outer(proto, l4, ends):
+        return "outer_error", what + " (an ICMP error about the outer flow)"
     if proto == 1 and l4:
         what += f" ICMP type {l4[0]}"
     elif proto == 58 and l4:
         what += f" ICMPv6 type {l4[0]}"
     return "leak", what
+
+
+def _error_about_outer(proto: int, l4: bytes, ends: set[ipaddress.IPv4Address |
+                                                    ipaddress.IPv6Address]) -> bool:
+    """Whether an ICMP error (destination unreachable, time exceeded; for IPv6 also packet
+    too big) quotes a packet of the outer flow: the path answering the tunnel's own packets
+    (when the office's old address went away), not something leaving around the tunnel."""
+    if proto == 1 and len(l4) >= 8 + 20 + 4 and l4[0] in (3, 11):
+        inner = l4[8:]
+        ihl = (inner[0] & 0x0F) * 4
+        if inner[9] != 17 or len(inner) < ihl + 4:
+            return False
+        dst = ipaddress.IPv4Address(inner[16:20])
+        dport = struct.unpack_from("!H", inner, ihl + 2)[0]
+        return dst in ends and dport == PORT
+    if proto == 58 and len(l4) >= 8 + 40 + 4 and l4[0] in (1, 2, 3):
+        inner = l4[8:]
+        dst6 = ipaddress.IPv6Address(inner[24:40])
+        dport = struct.unpack_from("!H", inner, 40 + 2)[0]
+        return inner[6] == 17 and dst6 in ends and dport == PORT
+    return False
 
 
 # --- traffic -----------------------------------------------------------------------------------

@@ -6,8 +6,10 @@ link-level control (ARP, neighbour discovery, router solicitation, MLD, DHCP) is
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
+import struct
 import time
 
 import netlab
@@ -23,6 +25,7 @@ from laptoplab import (
     LaptopPair,
     LinkCapture,
     Listener,
+    classify_frame,
     echo_server,
     laptop_pair,
     prober_result,
@@ -291,8 +294,10 @@ def test_an_endpoint_host_name_is_looked_up_again_when_handshakes_keep_failing(
     lab: netlab.Lab,
 ) -> None:
     """The office moves to another address and its name follows (the laptop's /etc/hosts): once
-    the old address stops answering, the laptop's helper looks the name up again, the lockdown
-    table lets the new address through, and the tunnel comes back. Nothing leaks meanwhile."""
+    the old address stops answering the laptop's traffic, the laptop's helper looks the name up
+    again, the lockdown table lets the new address through, and the tunnel comes back. Nothing
+    leaks meanwhile. (An idle tunnel with no keepalive notices nothing, as in WireGuard: it is
+    the user's traffic going unanswered that makes the handshakes fail.)"""
     with laptop_pair(lab, Spec(), endpoint_name="office.test",
                      hosts={"office.test": OFFICE[0]}) as pair:
         w = pair.world
@@ -305,8 +310,13 @@ def test_an_endpoint_host_name_is_looked_up_again_when_handshakes_keep_failing(
             addrs = lab.run(w.office, "ip", "-o", "addr").stdout.splitlines()
             old = next(line for line in addrs if f" {OFFICE[0]}/" in line).split()[1]
             lab.run(w.office, "ip", "link", "set", old, "down")
-            wait_until("the endpoint followed the name", lambda: pair.client.status(
-                cli=False)["endpoint"] == f"{OFFICE2[0]}:51900", 60)
+            traffic = start_prober(lab, w.laptop, pair.server.inner4, 7501, 90)
+            try:
+                wait_until("the endpoint followed the name", lambda: pair.client.status(
+                    cli=False)["endpoint"] == f"{OFFICE2[0]}:51900", 60)
+            finally:
+                traffic.kill()
+                traffic.communicate(timeout=10)
             pair.wait_state("up", ends=(pair.client,), timeout=45)
             echo = echo_server(lab, w.office, pair.server.inner4, 7500)
             assert reached(try_reach(lab, w.laptop, pair.server.inner4, 7500))
@@ -333,3 +343,23 @@ def test_a_tunnel_that_routes_ipv6_carries_it(lab: netlab.Lab) -> None:
             # IPv6 to the outside goes into the tunnel (the office does not route it on).
             assert not reached(try_reach(lab, w.laptop, OUTSIDE6[0], 7600))
         assert_no_leaks(cap, "IPv4+IPv6 full tunnel")
+
+
+def _ipv4(src: str, dst: str, proto: int, payload: bytes) -> bytes:
+    return (struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, 64, proto, 0,
+                        ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
+            + payload)
+
+
+def test_the_capture_tells_icmp_errors_about_the_outer_flow_from_leaks() -> None:
+    """The router's 'host unreachable' about a packet of the outer flow is the path answering
+    the tunnel (kind outer_error); the same error about anything else, or an echo request,
+    is a leak."""
+    ether = bytes(12) + b"\x08\x00"
+    def error_quoting(dport: int) -> bytes:
+        quoted = _ipv4(WIFI[0], OFFICE[0], 17, struct.pack("!HHHH", 40000, dport, 8, 0))
+        return ether + _ipv4(WIFI[1], WIFI[0], 1, bytes([3, 1, 0, 0, 0, 0, 0, 0]) + quoted)
+    assert classify_frame(error_quoting(51900))[0] == "outer_error"
+    assert classify_frame(error_quoting(53))[0] == "leak"
+    echo = ether + _ipv4(WIFI[0], OFFICE[0], 1, bytes([8, 0, 0, 0, 0, 1, 0, 1]))
+    assert classify_frame(echo)[0] == "leak"
