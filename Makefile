@@ -7,7 +7,7 @@ NATIVE := $(VENV)/.native-stamp
 CARGO  := $(shell command -v cargo 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: all setup native native-check test lint demo demo-stop bench screenshots deb clean
+.PHONY: all setup native native-check test test-pure lint demo demo-stop bench screenshots deb clean
 
 all: test
 
@@ -42,6 +42,13 @@ setup: $(STAMP) $(NATIVE)
 ## The test suite: lint, types, then every test (namespaces, real keyring, offscreen Qt).
 test: $(STAMP) $(NATIVE) lint
 	bash tests/run.sh $(PYTEST_ARGS)
+
+## The data-path tests again on the pure-Python core (TUNSEAL_NATIVE=0): the reference and the
+## fallback must keep passing beside the native core (CI runs this after `make test`).
+test-pure: $(STAMP) lint
+	TUNSEAL_NATIVE=0 bash tests/run.sh tests/unit tests/native tests/net/test_tunnel_modes.py \
+		tests/net/test_tunnel_attacks.py tests/net/test_ecn.py tests/net/test_path.py \
+		tests/net/test_gateway.py $(PYTEST_ARGS)
 
 lint: $(STAMP) $(NATIVE)
 	$(VENV)/bin/ruff check .
