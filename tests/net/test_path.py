@@ -158,10 +158,14 @@ def test_path_mtu_drop_mid_transfer(lab: netlab.Lab) -> None:
         router = Router(lab, topo)
         assert pair.client.status()["mtu"] == DEFAULT_MTU
         nbytes = 60_000_000
-        stream = Stream(lab, topo.client, topo.server, pair.server.inner4, nbytes).start()
+        # Paced (20 MB/s, about 3 s): unpaced, the native core moved the whole transfer
+        # before the router's MTU change took effect, and nothing was tested.
+        stream = Stream(lab, topo.client, topo.server, pair.server.inner4, nbytes,
+                        rate=20_000_000).start()
         stream.wait_received(5_000_000, 30)
         lowered = time.monotonic()
         router.set_mtu(topo.router_server_if, 1280)
+        assert stream.received() < nbytes * 0.9, "the transfer ended before the MTU drop"
         assert_stream(stream.finish(), nbytes)
         stall = stream.longest_stall(since=lowered)
         assert stall < 5.0, f"the transfer stalled {stall:.1f} s after the MTU drop"
