@@ -64,12 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_up(client: Client, args: argparse.Namespace) -> int:
     result = client.call("connect", name=args.name)
-    return _emit(args, result, lambda: format_status(_status(result["status"]), time.time()))
+    return emit(args, result, lambda: format_status(_status(result["status"]), time.time()))
 
 
 def cmd_down(client: Client, args: argparse.Namespace) -> int:
     result = client.call("disconnect", name=args.name)
-    return _emit(args, result, lambda: format_status(_status(result["status"]), time.time()))
+    return emit(args, result, lambda: format_status(_status(result["status"]), time.time()))
 
 
 def _statuses(client: Client, name: str | None) -> dict[str, Any]:
@@ -82,7 +82,7 @@ def _statuses(client: Client, name: str | None) -> dict[str, Any]:
 def cmd_status(client: Client, args: argparse.Namespace) -> int:
     if not args.watch:
         result = _statuses(client, args.name)
-        return _emit(args, result, lambda: _format_tunnels(result["tunnels"]))
+        return emit(args, result, lambda: _format_tunnels(result["tunnels"]))
     shown = 0
     while args.count is None or shown < args.count:
         if shown:
@@ -101,7 +101,7 @@ def cmd_lockdown(client: Client, args: argparse.Namespace) -> int:
     if args.allow_lan:
         call_args["allow_lan"] = True
     result = client.call("lockdown", **call_args)
-    return _emit(args, result, lambda: format_lockdown(result))
+    return emit(args, result, lambda: format_lockdown(result))
 
 
 def format_lockdown(st: dict[str, Any]) -> str:
@@ -127,7 +127,7 @@ def cmd_list(client: Client, args: argparse.Namespace) -> int:
     profiles = list_all_profiles(client)
     states = {t["name"]: t["state"] for t in all_statuses(client)}
     result = {"profiles": profiles, "states": states}
-    return _emit(args, result, lambda: _format_list(profiles, states))
+    return emit(args, result, lambda: _format_list(profiles, states))
 
 
 def cmd_import(client: Client, args: argparse.Namespace) -> int:
@@ -140,12 +140,12 @@ def cmd_import(client: Client, args: argparse.Namespace) -> int:
         keys = f"; stored in the keyring: {', '.join(stored)}" if stored else ""
         return f"imported profile {name!r}{keys}"
 
-    return _emit(args, result, human)
+    return emit(args, result, human)
 
 
 def cmd_remove(client: Client, args: argparse.Namespace) -> int:
     result = client.call("remove_profile", name=args.name)
-    return _emit(args, result, lambda: f"removed profile {args.name!r} and its keys")
+    return emit(args, result, lambda: f"removed profile {args.name!r} and its keys")
 
 
 def cmd_export(client: Client, args: argparse.Namespace) -> int:
@@ -153,10 +153,10 @@ def cmd_export(client: Client, args: argparse.Namespace) -> int:
     text: str = result["text"]
     if args.output:
         _write_private(args.output, text, secret=bool(result.get("with_secrets")))
-        return _emit(args, {"file": args.output, **result},
+        return emit(args, {"file": args.output, **result},
                      lambda: f"exported profile {args.name!r} to {args.output}")
     if args.json:
-        return _emit(args, result, lambda: "")
+        return emit(args, result, lambda: "")
     sys.stdout.write(text)
     return EXIT_OK
 
@@ -167,25 +167,25 @@ def cmd_genkey(client: Client, args: argparse.Namespace) -> int:
         ref = result["profile"].get("keys", {}).get("private_key", "")
         print(f"new private key stored in the keyring as {ref!r}; the peer needs this "
               "public key:", file=sys.stderr)
-    return _emit(args, result, lambda: result["public_key"])
+    return emit(args, result, lambda: result["public_key"])
 
 
 def cmd_pubkey(client: Client, args: argparse.Namespace) -> int:
     result = client.call("public_key", name=args.name)
-    return _emit(args, result, lambda: result["public_key"])
+    return emit(args, result, lambda: result["public_key"])
 
 
 def cmd_genpsk(client: Client, args: argparse.Namespace) -> int:
     result = client.call("genpsk", name=args.name)
     ref = result["profile"].get("keys", {}).get("psk", "")
-    return _emit(args, result, lambda: (
+    return emit(args, result, lambda: (
         f"new pre-shared key stored in the keyring as {ref!r}; give it to the peer with "
         f"'tunseal export {args.name} --with-secrets -o FILE' over a trusted channel"))
 
 
 def cmd_setpeerkey(client: Client, args: argparse.Namespace) -> int:
     result = client.call("set_peer_key", name=args.name, public_key=args.key)
-    return _emit(args, result, lambda: f"profile {args.name!r}: peer public key set")
+    return emit(args, result, lambda: f"profile {args.name!r}: peer public key set")
 
 
 def cmd_peer_add(client: Client, args: argparse.Namespace) -> int:
@@ -227,7 +227,7 @@ def cmd_peer_invite(client: Client, args: argparse.Namespace) -> int:
     if args.output:
         _write_private(args.output, result["invitation"] + "\n", secret=True)
     if args.json:
-        return _emit(args, result, lambda: "")
+        return emit(args, result, lambda: "")
     expires = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(result["expires"]))
     print(f"invitation for {result['name']} ({', '.join(result['allowed_ips'])}) to "
           f"{result['endpoint']}, good once, until {expires}:")
@@ -252,7 +252,7 @@ def cmd_peer_revoke(client: Client, args: argparse.Namespace) -> int:
             parts.append(f"withdrew invitation(s) {', '.join(result['withdrawn'])}")
         return "; ".join(parts)
 
-    return _emit(args, result, human)
+    return emit(args, result, human)
 
 
 def cmd_join(client: Client, args: argparse.Namespace) -> int:
@@ -275,7 +275,7 @@ def cmd_join(client: Client, args: argparse.Namespace) -> int:
                 f"made here and the private key never left this machine.\n"
                 f"connect with: tunseal up {name}")
 
-    return _emit(args, result, human)
+    return emit(args, result, human)
 
 
 def cmd_peer_list(client: Client, args: argparse.Namespace) -> int:
@@ -294,17 +294,17 @@ def cmd_peer_list(client: Client, args: argparse.Namespace) -> int:
                          f"until {until} (invitation {i['id']})")
         return "\n".join(lines)
 
-    return _emit(args, result, human)
+    return emit(args, result, human)
 
 
 def cmd_peer_show(client: Client, args: argparse.Namespace) -> int:
     result = client.call("peer_show", name=args.name)
-    return _emit(args, result, lambda: "\n".join(f"{k}: {v}" for k, v in result.items()))
+    return emit(args, result, lambda: "\n".join(f"{k}: {v}" for k, v in result.items()))
 
 
 def cmd_peer_remove(client: Client, args: argparse.Namespace) -> int:
     result = client.call("peer_remove", name=args.name)
-    return _emit(args, result, lambda: f"removed peer {args.name}")
+    return emit(args, result, lambda: f"removed peer {args.name}")
 
 
 def terminal_qr(text: str) -> str:
@@ -333,7 +333,7 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
         key = result["public_key"] or f"none yet (tunseal genkey {args.name})"
         return "\n".join([*lines, f"# this end's public key: {key}"]).strip("\n")
 
-    return _emit(args, result, human)
+    return emit(args, result, human)
 
 
 def _status(d: dict[str, Any]) -> TunnelStatus:
@@ -373,7 +373,7 @@ def _redraw(text: str) -> None:
 # --- output and errors --------------------------------------------------------------------------
 
 
-def _emit(args: argparse.Namespace, result: Any, human: Callable[[], str]) -> int:
+def emit(args: argparse.Namespace, result: Any, human: Callable[[], str]) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:

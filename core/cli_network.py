@@ -5,10 +5,10 @@ them with :func:`register`."""
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from typing import Any
 
+from core.cli import emit
 from core.errors import IPCError
 from core.ipcclient import Client
 
@@ -19,7 +19,7 @@ _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 
 def cmd_network(client: Client, args: argparse.Namespace) -> int:
     result = client.call("network")
-    return _emit(args, result, lambda: format_network(result))
+    return emit(args, result, lambda: format_network(result))
 
 
 def format_network(result: dict[str, Any]) -> str:
@@ -61,19 +61,19 @@ def _trust_args(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_trust(client: Client, args: argparse.Namespace) -> int:
     result = client.call("trust", name=args.name, **_trust_args(args))
     already = "" if result.get("changed") else " (it already did)"
-    return _emit(args, result, lambda: f"profile {args.name!r} trusts {result['entry']}"
+    return emit(args, result, lambda: f"profile {args.name!r} trusts {result['entry']}"
                  f"{already}")
 
 
 def cmd_untrust(client: Client, args: argparse.Namespace) -> int:
     result = client.call("untrust", name=args.name, **_trust_args(args))
-    return _emit(args, result, lambda: f"profile {args.name!r} no longer trusts "
+    return emit(args, result, lambda: f"profile {args.name!r} no longer trusts "
                  f"{', '.join(result['removed'])}")
 
 
 def cmd_session_started(client: Client, args: argparse.Namespace) -> int:
     result = client.call("session_started")
-    return _emit(args, result, lambda: "")
+    return emit(args, result, lambda: "")
 
 
 def register(sub: Any) -> None:
@@ -94,13 +94,3 @@ def register(sub: Any) -> None:
     p = sub.add_parser("session-started", help="tell the helper your desktop session started "
                        "(autoconnect = 'login'; for an autostart entry)")
     p.set_defaults(command=cmd_session_started)
-
-
-def _emit(args: argparse.Namespace, result: Any, human: Any) -> int:
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        text = human()
-        if text:
-            print(text)
-    return 0

@@ -542,7 +542,7 @@ def dns_check(statuses: list[TunnelStatus]) -> Check:
     """The backend, the servers in effect, and whether they answer a query."""
     title = "DNS"
     backend = dns.detect_backend().value
-    servers, _search = _resolv_conf(dns.RESOLV_CONF)
+    servers, _search = dns.resolv_conf_state(dns.RESOLV_CONF)
     tunnel = [f"{st.name}: {st.dns.summary()}" for st in statuses if st.dns is not None]
     in_effect = f"; tunnels: {'; '.join(tunnel)}" if tunnel else ""
     if not servers:
@@ -561,19 +561,6 @@ def dns_check(statuses: list[TunnelStatus]) -> Check:
                      f"{', '.join(dead)} does not answer{in_effect}",
                      "look-ups are slow while the resolver waits for it: remove it")
     return Check("dns", title, OK, f"backend {backend}, nameservers {shown} answer{in_effect}")
-
-
-def _resolv_conf(path: Path) -> tuple[list[str], list[str]]:
-    servers: list[str] = []
-    search: list[str] = []
-    with contextlib.suppress(OSError):
-        for line in path.read_text(errors="replace").splitlines():
-            words = line.split()
-            if words[:1] == ["nameserver"] and len(words) > 1:
-                servers.append(words[1])
-            elif words[:1] in (["search"], ["domain"]):
-                search = words[1:]
-    return servers, search
 
 
 def _dns_answers(server: str) -> bool:

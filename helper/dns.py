@@ -173,7 +173,7 @@ class ActiveDns:
             if got is None:
                 return DnsStatus(self.backend.value)
             return DnsStatus(self.backend.value, got.servers, got.domains, got.default_route)
-        servers, search = _resolv_conf_state(self._resolv_conf)
+        servers, search = resolv_conf_state(self._resolv_conf)
         return DnsStatus(self.backend.value, servers, search)
 
     def close(self) -> None:
@@ -213,7 +213,7 @@ def start(
     return ActiveDns(record, keeper=keeper, resolv_conf=resolv_conf)
 
 
-def _resolv_conf_state(path: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def resolv_conf_state(path: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(nameservers, search domains) of a resolv.conf: what the system resolver uses now."""
     servers: list[str] = []
     search: list[str] = []
