@@ -262,7 +262,7 @@ def nm_primary() -> NetworkIdentity | None:
     """NetworkManager's primary connection (offline if it has none); None when NetworkManager
     is not on the system bus (or there is no system bus)."""
     try:
-        from jeepney import DBusAddress, MessageType, Properties
+        from jeepney import DBusAddress, HeaderFields, MessageType, Properties
         from jeepney.bus_messages import message_bus
         from jeepney.io.blocking import open_dbus_connection
     except ImportError:
@@ -272,23 +272,30 @@ def nm_primary() -> NetworkIdentity | None:
     except (OSError, ConnectionError, TimeoutError, ValueError, KeyError):
         return None
     try:
-        def get(path: str, interface: str, name: str) -> object:
+        def get(path: str, interface: str, name: str, signature: str) -> str:
+            """The property, which must be a variant of that type (a string or a path)."""
             addr = DBusAddress(path, bus_name=NM_BUS_NAME, interface=interface)
             reply = conn.send_and_get_reply(Properties(addr).get(name), timeout=NM_TIMEOUT)
             if reply.header.message_type == MessageType.error:
-                raise LookupError(name)
-            return reply.body[0][1]
+                raise LookupError(f"{name}: {reply.header.fields.get(HeaderFields.error_name)}")
+            body = reply.body
+            if (reply.header.fields.get(HeaderFields.signature) != "v" or len(body) != 1
+                    or body[0][0] != signature or not isinstance(body[0][1], str)):
+                raise LookupError(f"{name} is not a variant of type {signature!r}")
+            return body[0][1]
 
         reply = conn.send_and_get_reply(message_bus.NameHasOwner(NM_BUS_NAME),
                                         timeout=NM_TIMEOUT)
         if not reply.body or not reply.body[0]:
             return None
-        primary = str(get(NM_PATH, "org.freedesktop.NetworkManager", "PrimaryConnection"))
-        if primary in ("", "/"):
+        primary = get(NM_PATH, "org.freedesktop.NetworkManager", "PrimaryConnection", "o")
+        if primary == "/":
             return NetworkIdentity()
         active = "org.freedesktop.NetworkManager.Connection.Active"
-        uuid = str(get(primary, active, "Uuid"))
-        name = str(get(primary, active, "Id"))
+        uuid = get(primary, active, "Uuid", "s")
+        name = get(primary, active, "Id", "s")
+        if not uuid:
+            raise LookupError(f"{primary} has an empty Uuid")
         return NetworkIdentity(nm_uuid=uuid.lower(), nm_name=name, source="NetworkManager")
     except (OSError, ConnectionError, TimeoutError, LookupError) as e:
         log.info("NetworkManager did not say which network this is (%s); using the gateway", e)
