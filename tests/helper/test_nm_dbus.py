@@ -250,11 +250,13 @@ def test_without_a_system_bus_it_is_none(monkeypatch: pytest.MonkeyPatch) -> Non
     (NM_PATH, NM_IFACE, "PrimaryConnection", ("o", "/org/freedesktop/NetworkManager/Gone")),
     (WIFI, ACTIVE_IFACE, "Uuid", ("u", 42)),
     (WIFI, ACTIVE_IFACE, "Uuid", ("as", [WIFI_UUID])),
+    (WIFI, ACTIVE_IFACE, "Uuid", ("s", "")),  # would read as "offline"
     (WIFI, ACTIVE_IFACE, "Id", ("ay", b"Office Wi-Fi")),
     (WIFI, ACTIVE_IFACE, "Id", Raw("s", ("Office Wi-Fi",))),
     (WIFI, ACTIVE_IFACE, "Id", None),  # the property is missing: an UnknownProperty error
 ], ids=["path-as-string", "path-as-uint", "bare-path", "empty-reply", "two-values",
-        "unknown-object", "uuid-as-uint", "uuid-as-array", "id-as-bytes", "bare-id",
+        "unknown-object", "uuid-as-uint", "uuid-as-array", "empty-uuid",
+        "id-as-bytes", "bare-id",
         "no-id"])
 def test_a_malformed_reply_gives_none(nm: FakeNetworkManager, path: str, interface: str,
                                       name: str, value: Any) -> None:
