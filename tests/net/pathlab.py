@@ -187,16 +187,25 @@ print("ready", flush=True)
 conn, peer = srv.accept()
 conn.settimeout(timeout)
 digest, total, buf, done = hashlib.sha256(), 0, bytearray(1 << 20), threading.Event()
+out = threading.Lock()
+def say(obj):
+    # One write per line, under a lock: print() writes the text and the newline separately, so
+    # the reporter's line could land inside the final one.
+    with out:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
 def report():
     while not done.wait(0.2):
-        print(json.dumps({"progress": total}), flush=True)
-threading.Thread(target=report, daemon=True).start()
+        say({"progress": total})
+reporter = threading.Thread(target=report, daemon=True)
+reporter.start()
 while (n := conn.recv_into(buf)):
     digest.update(memoryview(buf)[:n])
     total += n
 done.set()
+reporter.join(5)
 conn.close()
-print(json.dumps({"sha256": digest.hexdigest(), "bytes": total, "peer": peer[0]}), flush=True)
+say({"sha256": digest.hexdigest(), "bytes": total, "peer": peer[0]})
 """
 
 _SENDER = r"""
