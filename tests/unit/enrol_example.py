@@ -6,6 +6,7 @@ tests/unit/test_enrol_protocol.py checks that the document holds exactly that.
 
 from __future__ import annotations
 
+from bench.protocol_examples import hexdump
 from core import invitation, noise
 from core.enrol import Accepted, Attempt, Code, EnrolGate, Enrolment, Verdict
 from core.handshake import tai64n
@@ -48,16 +49,6 @@ def build() -> dict[str, bytes | str]:
             "verify_key": invitation.verify_key(SECRET)}
 
 
-def hexdump(data: bytes) -> str:
-    lines = []
-    for off in range(0, len(data), 16):
-        chunk = data[off:off + 16]
-        left = " ".join(f"{b:02x}" for b in chunk[:8])
-        right = " ".join(f"{b:02x}" for b in chunk[8:])
-        lines.append(f"{off:04x}  {left}  {right}".rstrip())
-    return "\n".join(lines)
-
-
 def section() -> str:
     out = build()
     values = {
@@ -84,7 +75,7 @@ def section() -> str:
         data = out[key]
         assert isinstance(data, bytes)
         parts += [f"{title} ({len(data)} bytes):", "", f"<!-- enrol-hex:{key} -->", "```",
-                  hexdump(data), "```", ""]
+                  "\n".join(hexdump(data)), "```", ""]
     return "\n".join(parts).rstrip() + "\n"
 
 
