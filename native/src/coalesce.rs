@@ -147,6 +147,19 @@ impl Coalescer {
         self.emit_single(out, pkt, partial);
     }
 
+    /// Append one segment's payload to the open run; a short or PSH segment ends the run (as
+    /// the kernel's GRO does), so it is written out at once.
+    fn append(&mut self, out: &mut dyn Out, payload: &[u8], seq: u32, flags: u8) {
+        self.frame.extend_from_slice(payload);
+        self.count += 1;
+        self.size += payload.len();
+        self.next_seq = seq.wrapping_add(payload.len() as u32);
+        if payload.len() < self.gso || flags & TCP_PSH != 0 {
+            self.psh = flags & TCP_PSH != 0;
+            self.flush(out);
+        }
+    }
+
     /// The common case: the next in-order IPv4 segment of the open run (offload.py `add`'s
     /// inline branch, which does not compare the owner: the addresses decide).
     fn fast_path(&mut self, out: &mut dyn Out, pkt: &[u8]) -> bool {
@@ -175,14 +188,7 @@ impl Coalescer {
             && be16(pkt, 2) as usize == n
             && self.size + payload <= MAX_COALESCED
         {
-            self.frame.extend_from_slice(&pkt[hl..]);
-            self.count += 1;
-            self.size += payload;
-            self.next_seq = seq.wrapping_add(payload as u32);
-            if payload < self.gso || flags & TCP_PSH != 0 {
-                self.psh = flags & TCP_PSH != 0;
-                self.flush(out);
-            }
+            self.append(out, &pkt[hl..], seq, flags);
             return true;
         }
         false
@@ -301,14 +307,7 @@ impl Coalescer {
             && payload <= self.gso
             && self.size + payload <= MAX_COALESCED
         {
-            self.frame.extend_from_slice(&pkt[hl..]);
-            self.count += 1;
-            self.size += payload;
-            self.next_seq = seq.wrapping_add(payload as u32);
-            if payload < self.gso || flags & TCP_PSH != 0 {
-                self.psh = flags & TCP_PSH != 0;
-                self.flush(out);
-            }
+            self.append(out, &pkt[hl..], seq, flags);
             return;
         }
         self.flush(out);
