@@ -44,11 +44,29 @@ export HOME="$dir" XDG_DATA_HOME="$dir"
 # $HOME/.cache/keyring-XXXXXX, removed when it exits.
 unset GNOME_KEYRING_CONTROL XDG_RUNTIME_DIR XDG_CONFIG_HOME XDG_CACHE_HOME DISPLAY WAYLAND_DISPLAY
 
+# If the daemon ever exits (it has been seen to die under heavy concurrent use), the bus
+# activates org.freedesktop.secrets again at the next call. Debian's own service file would
+# start a locked daemon that asks for a password nobody can type, so this session's bus knows
+# only ours: the same daemon, unlocked from the same password file (KeyStore retries calls that
+# failed while it was away).
+bus="$dir/bus"
+mkdir -p "$bus/services"
+chmod 0700 "$bus"
+printf '#!/bin/sh\nexec gnome-keyring-daemon --foreground --unlock --components=secrets < %s\n' \
+    "$(printf %q "$(realpath "$passfile")")" > "$bus/keyring.sh"
+chmod 0700 "$bus/keyring.sh"
+printf '[D-BUS Service]\nName=org.freedesktop.secrets\nExec="%s"\n' "$bus/keyring.sh" \
+    > "$bus/services/org.freedesktop.secrets.service"
+printf '%s\n' '<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"' \
+    ' "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">' '<busconfig>' \
+    "  <servicedir>$bus/services</servicedir>" \
+    '  <include>/usr/share/dbus-1/session.conf</include>' '</busconfig>' > "$bus/session.conf"
+
 # Inside the session: start the daemon, unlocking (or creating) the login keyring with the file's
 # password; wait (up to 10 s) until it owns org.freedesktop.secrets, because it registers on the
 # bus only after printing its environment and a client that asks earlier makes D-Bus activate a
 # second daemon; then become the command. The daemon exits when the session's bus goes away.
-exec dbus-run-session -- bash -c '
+exec dbus-run-session --config-file="$bus/session.conf" -- bash -c '
     set -euo pipefail
     eval "$(gnome-keyring-daemon --unlock --components=secrets < "$1")"
     export GNOME_KEYRING_CONTROL

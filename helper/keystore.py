@@ -139,10 +139,12 @@ class KeyStore:
         return raw
 
 
-_RETRY_DELAYS = (0.05, 0.15, 0.4)
+_RETRY_DELAYS = (0.05, 0.15, 0.4, 1.0, 2.0)
 """gnome-keyring sometimes answers 'the default collection does not exist' for a moment while
-other clients add and delete items (seen about once in 600 calls under concurrent churn): a
-short bounded retry rides it out. A locked collection is not retried: that one is final."""
+other clients add and delete items (seen about once in 600 calls under concurrent churn), and a
+daemon that exits mid-call ("Message recipient disconnected") is back, activated by the bus,
+within a second or two: a bounded retry (3.6 s in all) rides both out. A locked collection is
+not retried: that one is final."""
 
 
 def _call(fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:

@@ -202,17 +202,35 @@ def test_secrets_never_reach_repr_logs_or_errors(
 # --- helper/keyring-session.sh: the launcher the systemd unit runs ------------------------------
 
 CHILD = """
-import base64, sys
+import base64, os, signal, subprocess, sys, time
 from helper.keystore import KeyStore, KeyringUnavailable
 action, ref = sys.argv[1], sys.argv[2]
+
+def secrets_pid():
+    out = subprocess.run(
+        ["dbus-send", "--session", "--print-reply=literal", "--dest=org.freedesktop.DBus",
+         "/org/freedesktop/DBus", "org.freedesktop.DBus.GetConnectionUnixProcessID",
+         "string:org.freedesktop.secrets"], capture_output=True, text=True, timeout=10)
+    return int(out.stdout.split()[1]) if out.returncode == 0 else None
+
 try:
     store = KeyStore()
 except KeyringUnavailable as e:
     print("unavailable:", e)
     sys.exit(3)
-if action == "put":
+if action in ("put", "crash"):
     store.put(ref, base64.b64decode(sys.stdin.read()))
+if action == "crash":
+    first = secrets_pid()
+    os.kill(first, signal.SIGKILL)
+    for _ in range(100):  # bounded: until the bus has dropped the dead daemon's name
+        if secrets_pid() != first:
+            break
+        time.sleep(0.05)
+    print("killed:", first)
 print("key:", base64.b64encode(store.get(ref) or b"").decode())
+if action == "crash":
+    print("now:", secrets_pid())
 """
 
 
@@ -292,6 +310,21 @@ def test_launcher_keeps_keys_across_restarts_and_refuses_a_wrong_password(
     assert locked.returncode == 3, locked.stdout + locked.stderr
     assert "unavailable: the keyring collection is locked" in locked.stdout
     assert encoded not in locked.stdout + locked.stderr
+    assert wait_until_gone(data) == []
+
+
+def test_launcher_brings_a_killed_daemon_back_unlocked(tmp_path: Path) -> None:
+    """The keyring daemon dies (SIGKILL) under a running helper: the next KeyStore call gets the
+    key back from a daemon the session's bus activated, unlocked, not a locked stock one."""
+    passfile = write_password(tmp_path / "keyring.pass", base64.b64encode(os.urandom(24)).decode())
+    data = tmp_path / "keyring"
+    ref = f"launcher/{uuid.uuid4().hex}.psk"
+    encoded = base64.b64encode(os.urandom(32)).decode()
+    result = run_session(passfile, data, "crash", ref, stdin=encoded)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
+    assert lines["key"] == encoded
+    assert lines["now"] not in ("None", lines["killed"])  # a new daemon answered
     assert wait_until_gone(data) == []
 
 
