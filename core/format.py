@@ -11,7 +11,7 @@ __all__ = ["format_age", "format_status", "human_bytes"]
 
 def format_status(st: TunnelStatus, now: float) -> str:
     """A tunnel's status as a person reads it: state first, then one fact per line."""
-    since = f" for {_duration(now - st.since)}" if st.since and st.state != "down" else ""
+    since = f" for {duration(now - st.since)}" if st.since and st.state != "down" else ""
     lines = [f"{st.name}: {st.state}{since}"]
     if st.mode == Mode.PLAIN:
         lines.append("  UNSAFE: no encryption (mode plain): anyone on the path can read and "
@@ -42,7 +42,7 @@ def format_age(then: float | None, now: float) -> str:
     """'12 s ago', '5 min ago', ... or 'never'."""
     if then is None:
         return "never"
-    return f"{_duration(max(0.0, now - then))} ago"
+    return f"{duration(max(0.0, now - then))} ago"
 
 
 def human_bytes(n: float) -> str:
@@ -57,7 +57,8 @@ def human_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A span of time for people: '45 s', '12 min', '3 h 5 min', '2 d 4 h'."""
     s = int(seconds)
     if s < 60:
         return f"{s} s"

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from core import wire
+from core import format, wire
 from core.constants import RAW_IP_PROTOCOL, PacketType
 from core.doctor import FAIL, OK, SKIP, WARN, Check
 from core.errors import HandshakeError, TunsealError, WireError
@@ -672,10 +672,11 @@ def clock_check(now: float | None = None) -> Check:
     now = time.time() if now is None else now
     newest = _newest_handshake()
     if newest is not None and now < newest - 1.0:
-        behind = newest - now
+        behind = format.duration(newest - now)
+        seen = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(newest))
         return Check("clock", title, FAIL,
-                     f"the clock is {_span(behind)} behind the newest handshake this helper saw "
-                     f"answered ({time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(newest))} UTC): "
+                     f"the clock is {behind} behind the newest handshake this helper saw "
+                     f"answered ({seen} UTC): "
                      "the gateway ignores initiations older than the last it accepted",
                      "set the clock right ('timedatectl set-ntp true', or 'sudo date -s ...'); "
                      "until it passes that time again the tunnel cannot connect")
@@ -688,16 +689,6 @@ def clock_check(now: float | None = None) -> Check:
     how = "synchronised" if synced else "of unknown synchronisation"
     seen = "" if newest is None else " and not behind the last answered handshake"
     return Check("clock", title, OK, f"the clock ({when} UTC) is {how}{seen}")
-
-
-def _span(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
 
 
 def _state_path() -> Path | None:
