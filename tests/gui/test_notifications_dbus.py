@@ -16,16 +16,15 @@ from __future__ import annotations
 import fcntl
 import os
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import WAIT
-from jeepney import DBusAddress, HeaderFields, MessageType, new_method_return, new_signal
-from jeepney.bus_messages import message_bus
-from jeepney.io.blocking import DBusConnection, open_dbus_connection
+from dbusfake import DBusService, own
+from jeepney import DBusAddress, HeaderFields, Message, new_method_return, new_signal
+from jeepney.io.blocking import open_dbus_connection
 from officelab import OfficeLab
 from PySide6.QtCore import QSettings, Qt
 from pytestqt.qtbot import QtBot
@@ -52,67 +51,34 @@ def bus_names() -> Iterator[None]:
 
 PATH = "/org/freedesktop/Notifications"
 NAME = "org.freedesktop.Notifications"
-DO_NOT_QUEUE = 4
-
-
-def own(conn: DBusConnection, name: str) -> None:
-    reply = conn.send_and_get_reply(message_bus.RequestName(name, DO_NOT_QUEUE), timeout=5)
-    assert reply.body[0] == 1, f"{name} is already owned on the test bus"
-
-
-class NotificationServer:
+class NotificationServer(DBusService):
     """org.freedesktop.Notifications, recording what it is asked to show."""
 
     def __init__(self, capabilities: tuple[str, ...] = ("actions", "body")):
         self.capabilities = list(capabilities)
         self.calls: list[dict[str, Any]] = []
-        self._conn = open_dbus_connection(bus="SESSION")
-        own(self._conn, NAME)
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__("SESSION", NAME)
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                msg = self._conn.receive(timeout=0.2)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if msg.header.message_type != MessageType.method_call:
-                continue
-            member = msg.header.fields.get(HeaderFields.member)
-            if member == "GetCapabilities":
-                reply = new_method_return(msg, "as", (self.capabilities,))
-            elif member == "GetServerInformation":
-                reply = new_method_return(msg, "ssss", ("test", "tunseal", "1", "1.2"))
-            elif member == "Notify":
-                app, replaces, icon, summary, body, actions, hints, timeout = msg.body
-                with self._lock:
-                    self.calls.append({"app": app, "replaces": replaces, "icon": icon,
-                                       "summary": summary, "body": body,
-                                       "actions": list(actions), "hints": dict(hints),
-                                       "timeout": timeout, "id": len(self.calls) + 1,
-                                       "signature": msg.header.fields.get(HeaderFields.signature)})
-                    reply = new_method_return(msg, "u", (len(self.calls),))
-            else:
-                continue
-            with self._lock:
-                self._conn.send(reply)
+    def answer(self, msg: Message) -> Message | None:
+        member = msg.header.fields.get(HeaderFields.member)
+        if member == "GetCapabilities":
+            return new_method_return(msg, "as", (self.capabilities,))
+        if member == "GetServerInformation":
+            return new_method_return(msg, "ssss", ("test", "tunseal", "1", "1.2"))
+        if member != "Notify":
+            return None
+        app, replaces, icon, summary, body, actions, hints, timeout = msg.body
+        self.calls.append({"app": app, "replaces": replaces, "icon": icon, "summary": summary,
+                           "body": body, "actions": list(actions), "hints": dict(hints),
+                           "timeout": timeout, "id": len(self.calls) + 1,
+                           "signature": msg.header.fields.get(HeaderFields.signature)})
+        return new_method_return(msg, "u", (len(self.calls),))
 
     def press(self, notification_id: int, action: str) -> None:
         """The user clicks a button: the server emits ActionInvoked (and closes it)."""
         address = DBusAddress(PATH, interface=NAME)
-        with self._lock:
-            self._conn.send(new_signal(address, "ActionInvoked", "us", (notification_id, action)))
-            self._conn.send(new_signal(address, "NotificationClosed", "uu", (notification_id, 2)))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._conn.close()
+        self.send(new_signal(address, "ActionInvoked", "us", (notification_id, action)))
+        self.send(new_signal(address, "NotificationClosed", "uu", (notification_id, 2)))
 
 
 @pytest.fixture

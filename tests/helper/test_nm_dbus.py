@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jeepney import DBusAddress, HeaderFields, MessageType, new_error, new_method_return, new_signal
-from jeepney.bus_messages import message_bus
-from jeepney.io.blocking import DBusConnection, open_dbus_connection
+from dbusfake import DBusService
+from jeepney import DBusAddress, HeaderFields, Message, new_error, new_method_return, new_signal
 
 from core.trusted import NetworkIdentity
 from helper import netident
@@ -98,7 +97,7 @@ class Raw:
     body: tuple[Any, ...]
 
 
-class FakeNetworkManager:
+class FakeNetworkManager(DBusService):
     """org.freedesktop.NetworkManager on the test bus: its properties, as a real peer.
 
     ``props[path][interface][name]`` is a ``(signature, value)`` variant, or a :class:`Raw`
@@ -115,72 +114,41 @@ class FakeNetworkManager:
         }
         self.silent = silent
         self.gets: list[tuple[str, str, str]] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._conn: DBusConnection = open_dbus_connection(bus=address)
-        if own:
-            reply = self._conn.send_and_get_reply(message_bus.RequestName(NM_BUS_NAME, 4),
-                                                  timeout=WAIT)
-            assert reply.body[0] == 1, "the test bus already has a NetworkManager"
-        self._thread = threading.Thread(target=self._serve, name="fake-nm", daemon=True)
-        if serve:
-            self._thread.start()
+        self._props_lock = threading.Lock()
+        super().__init__(address, NM_BUS_NAME if own else None, serve=serve)
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                msg = self._conn.receive(timeout=0.2)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if msg.header.message_type != MessageType.method_call or self.silent:
-                continue
-            fields = msg.header.fields
-            path, iface = fields.get(HeaderFields.path), fields.get(HeaderFields.interface)
-            member = fields.get(HeaderFields.member)
-            if iface != PROPS_IFACE or member != "Get":
-                reply = new_error(msg, "org.freedesktop.DBus.Error.UnknownMethod")
-            else:
-                interface, name = msg.body
-                with self._lock:
-                    self.gets.append((path, interface, name))
-                    value = self.props.get(path, {}).get(interface, {}).get(name)
-                if value is None:
-                    known = path in self.props
-                    reply = new_error(msg, "org.freedesktop.DBus.Error."
-                                      + ("UnknownProperty" if known else "UnknownObject"),
-                                      "s", (f"no {name} on {path}",))
-                elif isinstance(value, Raw):
-                    reply = new_method_return(msg, value.signature, value.body)
-                else:
-                    reply = new_method_return(msg, "v", (value,))
-            with self._lock:
-                self._conn.send(reply)
+    def answer(self, msg: Message) -> Message | None:
+        if self.silent:
+            return None
+        fields = msg.header.fields
+        path, iface = fields.get(HeaderFields.path), fields.get(HeaderFields.interface)
+        if iface != PROPS_IFACE or fields.get(HeaderFields.member) != "Get":
+            return new_error(msg, "org.freedesktop.DBus.Error.UnknownMethod")
+        interface, name = msg.body
+        with self._props_lock:
+            self.gets.append((path, interface, name))
+            value = self.props.get(path, {}).get(interface, {}).get(name)
+        if value is None:
+            known = path in self.props
+            return new_error(msg, "org.freedesktop.DBus.Error."
+                             + ("UnknownProperty" if known else "UnknownObject"),
+                             "s", (f"no {name} on {path}",))
+        if isinstance(value, Raw):
+            return new_method_return(msg, value.signature, value.body)
+        return new_method_return(msg, "v", (value,))
 
     def set(self, path: str, interface: str, name: str, value: Any) -> None:
-        with self._lock:
+        with self._props_lock:
             self.props.setdefault(path, {}).setdefault(interface, {})[name] = value
 
     def changed(self, **props: tuple[str, Any]) -> None:
         """Emit org.freedesktop.DBus.Properties.PropertiesChanged for the main object."""
-        signal = new_signal(DBusAddress(NM_PATH, interface=PROPS_IFACE), "PropertiesChanged",
-                            "sa{sv}as", (NM_IFACE, props, []))
-        with self._lock:
-            self._conn.send(signal)
+        self.send(new_signal(DBusAddress(NM_PATH, interface=PROPS_IFACE), "PropertiesChanged",
+                             "sa{sv}as", (NM_IFACE, props, [])))
 
     def sync(self) -> None:
         """A round trip to the bus: everything sent before it has been routed."""
-        assert not self._thread.is_alive(), "the serving thread would take the reply"
-        with self._lock:
-            reply = self._conn.send_and_get_reply(message_bus.GetId(), timeout=WAIT)
-        assert reply.header.message_type == MessageType.method_return
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(WAIT)
-        self._conn.close()
+        self.round_trip()
 
 
 @pytest.fixture
