@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
+from core.cli import EXIT_NOT_FOUND
 from core.errors import HelperUnavailable, IPCError
 from core.ipc import RequestError
 from core.ipcclient import Client, socket_path
@@ -88,6 +89,8 @@ class Check:
 @dataclass(frozen=True, slots=True)
 class Report:
     checks: tuple[Check, ...]
+    unknown_profile: bool = False
+    """The helper has no profile of the name asked about (the CLI exits 4, as for any name)."""
 
     @property
     def worst(self) -> str:
@@ -228,9 +231,10 @@ def run(path: str | None = None, name: str | None = None) -> Report:
     except RequestError as e:
         if e.code == "unknown_op":
             e.message += " (the helper is older than this client: restart it)"
+        unknown = e.code == "not_found"
         return Report((first, Check("diagnose", "Diagnosis", FAIL, e.message,
                                     "check the profile name with 'tunseal list'"
-                                    if e.code == "not_found" else "")))
+                                    if unknown else "")), unknown_profile=unknown)
     except IPCError as e:
         return Report((first, Check("diagnose", "Diagnosis", FAIL, str(e),
                                     "run 'tunseal doctor' again; if it keeps failing, "
@@ -272,7 +276,7 @@ def register(sub: Any) -> None:
                        "tunnel, and say what to do", description="Check the helper, keyring, "
                        "endpoint (a real handshake), DNS, routes, another VPN, IPv6, path MTU "
                        "and clock; each failed check says what to do (docs/DOCTOR.md). Exit "
-                       "status 1 if any check failed.")
+                       "status 1 if any check failed, 4 if there is no profile NAME.")
     p.add_argument("name", nargs="?", help="the profile to check (default: every profile "
                    "with an endpoint)")
     # Also after the command ('tunseal doctor --json'); absent, it leaves the global one alone.
@@ -284,4 +288,6 @@ def register(sub: Any) -> None:
 def cmd_doctor(client: Client, args: Any) -> int:
     report = run(client.path, args.name)
     print(report.to_json() if args.json else format_report(report))
+    if report.unknown_profile:
+        return EXIT_NOT_FOUND
     return 1 if report.worst == FAIL else 0

@@ -118,6 +118,13 @@ def test_a_healthy_pair_passes_every_check(lab: netlab.Lab) -> None:
         up = doctor(c.helper.socket, c.name, expect=0)
         assert "the tunnel is up, last handshake" in up["endpoint"]["found"]
         assert up["routes"]["status"] == "ok"
+        # A name the helper has no profile for: the CLI's not-found status, as 'status' gives.
+        argv = [sys.executable, "-m", "core.cli", "--socket", str(c.helper.socket), "doctor",
+                "no-such-profile"]
+        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                              check=False)
+        assert done.returncode == 4, done.stdout + done.stderr
+        assert "check the profile name with 'tunseal list'" in done.stdout
 
 
 def test_a_blackholed_endpoint_fails_with_its_cause(lab: netlab.Lab) -> None:
