@@ -13,11 +13,20 @@
 from __future__ import annotations
 
 import json
+import os
 
 import netlab
 import pytest
 
-pytestmark = pytest.mark.netns
+from core import native
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(
+        native.built is not None and not hasattr(native.built, "RawRx")
+        and os.environ.get("TUNSEAL_REQUIRE_NATIVE") != "1",
+        reason="the native module predates the raw-IP batching (RawRx): rebuild it"),
+]
 
 _TRANSPORT = r"""
 import json, random, socket, sys
