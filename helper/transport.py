@@ -5,6 +5,12 @@ up to 64 equal-sized datagrams (UDP_SEGMENT) and one ``recvmsg`` returns a run o
 from one source glued together (UDP_GRO). Support is probed when the socket opens; without it
 every datagram is one system call, and everything still works.
 
+Raw IP has neither offload. With the native core in use, its sends and receives are batched
+instead (native/src/mmsg.rs): a GSO batch of sealed segments leaves in one ``sendmmsg``, and one
+``recvmmsg`` takes up to 64 datagrams, which :meth:`RawTransport.receive` hands out as runs cut
+the way the kernel's GRO cuts them (one source, one ECN field, equal sizes but the last), so
+the data path treats them as GRO runs. Without it, every datagram is one system call.
+
 Both transports carry the outer ECN field (RFC 6040, core/ecn.py): a send may ask for one (an
 IP_TOS / IPV6_TCLASS control message, so one per GSO send; without it the datagrams leave
 Not-ECT), and every receive records the one it saw in :attr:`Transport.rx_ecn` (the kernel's GRO
@@ -15,10 +21,13 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Any
 
+from core import native
 from core.constants import RAW_IP_PROTOCOL
 from core.errors import TunsealError
 from helper.policyroute import FWMARK
@@ -62,6 +71,10 @@ _TCLASS_CMSG = tuple((SOL_IPV6, IPV6_TCLASS, _INT.pack(ecn)) for ecn in range(4)
 """The same for an IPv6 send."""
 _EXT_ERR = struct.Struct("=IBBBBII")
 """struct sock_extended_err: errno, origin, type, code, pad, info, data."""
+_MMSG: Any = native.module if hasattr(native.module, "RawRx") else None
+"""The raw-IP transport's sendmmsg/recvmmsg batching, when the native core is in use."""
+_ADDRESS_CACHE = 4096
+"""Outer addresses remembered in their packed form (anyone can send from many)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +341,10 @@ class RawTransport(Transport):
         if self._v6:
             self.sock.setsockopt(SOL_IPV6, IPV6_RECVTCLASS, 1)
         self._ecn_cmsgs = _TCLASS_CMSG if self._v6 else _TOS_CMSG
+        self._rx = _MMSG.RawRx(not self._v6) if _MMSG is not None else None
+        """The native receive batch (IPv4 raw sockets hand over the IP header)."""
+        self._dests: dict[str, tuple[bytes, int] | None] = {}
+        self._sources: dict[tuple[bytes, int], Address] = {}
 
     def send(self, data: bytes | bytearray | memoryview, addr: Address, ecn: int = 0) -> None:
         try:
@@ -344,8 +361,65 @@ class RawTransport(Transport):
             return data[(data[0] & 0x0F) * 4:]
         return data
 
+    def send_segments(self, buf: memoryview, seg: int, addr: Address, ecn: int = 0) -> None:
+        dest = self._dest(addr[0]) if _MMSG is not None and len(buf) > seg else None
+        if dest is None:
+            super().send_segments(buf, seg, addr, ecn)
+            return
+        # All of them in one system call (a datagram the kernel refuses is lost and the next
+        # one tried, as with one send each); the first error is handled as a send's.
+        _sent, err = _MMSG.send_mmsg(self.sock.fileno(), buf, seg, dest[0], dest[1], ecn,
+                                     self.send_flags)
+        if err:
+            self._send_failed(OSError(err, os.strerror(err)))
+
+    def _dest(self, host: str) -> tuple[bytes, int] | None:
+        """``host`` packed for the native send (with its IPv6 scope); None: send it from
+        Python, which reports whatever is wrong with it."""
+        try:
+            return self._dests[host]
+        except KeyError:
+            pass
+        d: tuple[bytes, int] | None = None
+        try:
+            if self._v6:
+                sa = socket.getaddrinfo(host, 0, socket.AF_INET6, socket.SOCK_RAW, 0,
+                                        socket.AI_NUMERICHOST)[0][4]
+                scope = int(sa[-1]) if len(sa) == 4 else 0
+                d = socket.inet_pton(socket.AF_INET6, str(sa[0]).split("%")[0]), scope
+            else:
+                d = socket.inet_pton(socket.AF_INET, host), 0
+        except (OSError, ValueError, IndexError):
+            d = None
+        if len(self._dests) >= _ADDRESS_CACHE:
+            self._dests.clear()
+        self._dests[host] = d
+        return d
+
+    def _source(self, packed: bytes, scope: int) -> Address:
+        """The source address as ``recvfrom`` gives it, from the native receive's bytes."""
+        key = (packed, scope)
+        a = self._sources.get(key)
+        if a is None:
+            if len(packed) == 4:
+                host = socket.inet_ntop(socket.AF_INET, packed)
+            else:
+                host = socket.inet_ntop(socket.AF_INET6, packed)
+                if scope:
+                    host = socket.getnameinfo((host, 0, 0, scope), socket.NI_NUMERICHOST)[0]
+            if len(self._sources) >= _ADDRESS_CACHE:
+                self._sources.clear()
+            a = self._sources[key] = (host, 0)
+        return a
+
     def receive(self, buf: bytearray) -> tuple[int, int, Address]:
         self._raise_pending()
+        rx = self._rx
+        if rx is not None:
+            # The next run of the last recvmmsg batch (a new batch when none is left), its
+            # IP header (IPv4) stripped: (length, segment size, source) as a UDP GRO run's.
+            n, seg, self.rx_ecn, packed, scope = rx.receive(self.sock.fileno(), buf, 0)
+            return n, seg, self._source(packed, scope)
         if self._v6:
             n, anc, _flags, addr = self.sock.recvmsg_into([buf], _RX_CMSG_SPACE)
             ecn = 0

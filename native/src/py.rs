@@ -430,6 +430,7 @@ fn tunseal_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<SourceFilter>()?;
     m.add_function(wrap_pyfunction!(seal_tso, m)?)?;
     m.add_function(wrap_pyfunction!(rx_run, m)?)?;
+    crate::mmsg::python::register(m)?; // RawRx, send_mmsg (the raw-IP transport)
     m.add("API", 1)?;
     m.add("NO_CONT", rx::NO_CONT)?;
     m.add("REASONS", REASONS.to_vec())?;
