@@ -14,6 +14,7 @@ docs/PROTOCOL.md describes the same thing byte by byte.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import struct
@@ -23,8 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from core import noise, wire
@@ -58,17 +57,15 @@ _TAI64_BASE = 1 << 62
 
 
 def blake2s(*parts: bytes) -> bytes:
-    h = hashes.Hash(hashes.BLAKE2s(32))
+    h = hashlib.blake2s()
     for p in parts:
         h.update(p)
-    return h.finalize()
+    return h.digest()
 
 
 def mac(key: bytes, data: bytes) -> bytes:
     """The 128-bit handshake MAC: HMAC-BLAKE2s truncated to 16 bytes."""
-    h = crypto_hmac.HMAC(key, hashes.BLAKE2s(32))
-    h.update(data)
-    return h.finalize()[:MAC_LEN]
+    return hmac.digest(key, data, hashlib.blake2s)[:MAC_LEN]
 
 
 def tai64n(now: float) -> bytes:
@@ -332,16 +329,24 @@ def respond(init: Initiation, suite: Suite, ident_for: Callable[[bytes | None], 
     nn = suite.pattern == "NNpsk0"
     if nn and init.origin is None:
         raise HandshakeError("psk-mode initiation without the initiator's ORIGIN option")
+    found: list[Identity] = []
+
+    def known(initiator_public: bytes) -> None:
+        # IK: the initiator's key is looked up as soon as message 1 reveals it, before the
+        # "ss" DH: a key no peer has costs one DH, not two.
+        found.append(ident_for(initiator_public))
+
     hs = noise.HandshakeState(
         suite.pattern, False, cipher=suite.noise_cipher, hash_name="BLAKE2s",
         prologue=suite.prologue_for(init.origin), s=None if nn else own_static,
         psk=ident_for(None).psk if nn else None, e=ephemeral, defer_psk=suite.has_psk and not nn,
+        on_remote_static=None if nn else known,
     )
     timestamp = hs.read_message(init.packet.payload)
     if len(timestamp) != TIMESTAMP_LEN:
         raise HandshakeError("initiation payload is not a 12-byte TAI64N timestamp")
     initiator_public = hs.remote_static
-    ident = ident_for(initiator_public)
+    ident = found[-1] if found else ident_for(initiator_public)
     if suite.has_psk and not nn:
         if ident.psk is None:
             raise HandshakeError("this peer has no pre-shared key but the suite needs one")
