@@ -36,6 +36,7 @@ import os
 import platform
 import secrets
 import selectors
+import shutil
 import signal
 import socket
 import statistics
@@ -76,6 +77,7 @@ RETRY_AFTER = 1.0
 ESTABLISH_WINDOW = 64
 """Handshakes the generator keeps in flight while it gives every registered key a session."""
 ESTABLISH_TIMEOUT = 120.0
+IDLE_SECONDS = 3.0
 
 
 # --- the world ----------------------------------------------------------------------------------
@@ -140,7 +142,8 @@ def register(config: Path, keys: list[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def helper(lab: Lab, ns: str, home: Path, *extra: str) -> Iterator[Helper]:
+def helper(lab: Lab, ns: str, home: Path, *extra: str,
+           profile: tuple[str, ...] = ()) -> Iterator[Helper]:
     """``helper.main`` in ``ns`` under keyring-session.sh with its own keyring (made on the
     first start in ``home``, reused by later ones); SIGTERM to the helper itself when the block
     ends (it takes its tunnels down), then to the session."""
@@ -152,8 +155,9 @@ def helper(lab: Lab, ns: str, home: Path, *extra: str) -> Iterator[Helper]:
     sock, logfile = home / "run" / "helper.sock", home / "helper.log"
     env = dict(os.environ, TUNSEAL_KEYRING_DIR=str(home / "keyring"), PYTHONPATH=str(ROOT))
     with open(logfile, "ab") as out:
+        main = ("bench.gateway", "--profiled-helper", *profile) if profile else ("helper.main",)
         proc = lab.popen(ns, str(KEYRING_SESSION), str(passfile), sys.executable, "-m",
-                         "helper.main", "--socket", str(sock), "--state-dir",
+                         *main, "--socket", str(sock), "--state-dir",
                          str(home / "state"), "--group", "root", *extra, lifetime=LIFETIME,
                          stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     pid = None
@@ -299,7 +303,7 @@ def loadgen(gw_addr: str, port: int, gw_public: bytes, cipher: str, keys: list[b
         counts["established"] += 1
         in_flight.discard(i)
 
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), time.process_time()
     for _ in range(min(ESTABLISH_WINDOW, len(keys)) if establish else len(keys)):
         send(waiting.popleft(), start)
     deadline = start + seconds
@@ -338,6 +342,7 @@ def loadgen(gw_addr: str, port: int, gw_public: bytes, cipher: str, keys: list[b
                     send(i, now)
     elapsed = time.monotonic() - start
     return {**counts, "seconds": round(elapsed, 2),
+            "generator_cpu_s": round(time.process_time() - cpu_start, 2),
             "handshakes_per_s": round(counts["responses"] / elapsed, 1)}
 
 
@@ -409,56 +414,90 @@ def handshakes(w: World, gw: Helper, gk: GatewayKeys, keys: list[bytes], seconds
 # --- the run ------------------------------------------------------------------------------------
 
 
+def reconnect(peers: list[Helper]) -> None:
+    """The peers' sessions died with the gateway they were made with: connect again."""
+    for peer in peers:
+        tunseal_cli(peer, "down", NAME)
+        tunseal_cli(peer, "up", NAME)
+    for peer in peers:
+        wait_up(peer)
+
+
+def idle_cpu(gw: Helper, seconds: float = IDLE_SECONDS) -> float:
+    """CPU seconds per second the gateway spends with nothing to carry (its timers, status)."""
+    cpu0 = cpu_seconds(gw.pid)
+    time.sleep(seconds)
+    return round(((cpu_seconds(gw.pid) or 0) - (cpu0 or 0)) / seconds, 3)
+
+
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     keys = [noise.generate_private_key() for _ in range(args.registered - args.peers)]
-    result: dict[str, Any] = {"meta": environment(args)}
+    result: dict[str, Any] = {"meta": environment(args), "alone": [], "among": []}
     rss: dict[str, float] = {}
+    extra = ("--profile-out", args.profile) if args.profile else ()
     with Lab() as lab, tempfile.TemporaryDirectory(prefix="tunseal-bench-gw-") as tmp:
         w = build(lab, args.peers, Path(tmp))
-        config, gw_home = w.workdir / "gateway.toml", w.workdir / "gw"
-        config.write_text(gateway_config())
+        alone_cfg, among_cfg = w.workdir / "alone.toml", w.workdir / "among.toml"
+        gw_home = w.workdir / "gw"
+        alone_cfg.write_text(gateway_config())
+
+        def gateway(config: Path) -> contextlib.AbstractContextManager[Helper]:
+            return helper(lab, w.gw, gw_home, "--gateway", str(config), profile=extra)
+
         with contextlib.ExitStack() as stack:
             log.info("starting %d peer helpers and the gateway", args.peers)
             peers = [stack.enter_context(helper(lab, ns, w.workdir / ns.rsplit("-", 1)[1]))
                      for ns in w.peers]
-            with helper(lab, w.gw, gw_home, "--gateway", str(config)) as gw:
-                for i, peer in enumerate(peers):
-                    add_peer(w, gw, peer, f"p{i:02d}")
-                for peer in peers:
-                    wait_up(peer)
-                gk = gateway_keys(gw)
-                rss["alone_idle"] = rss_mib(gw.pid)
-                log.info("alone: iperf3 from %d peers at once for %d s", args.peers,
-                         args.seconds)
-                result["alone"] = throughput(w, gw, args.seconds)
-                rss["alone_after_throughput"] = rss_mib(gw.pid)
-            log.info("registering %d more peers; restarting the gateway", len(keys))
-            register(config, keys)
-            started = time.monotonic()
-            with helper(lab, w.gw, gw_home, "--gateway", str(config)) as gw:
-                result["start_s"] = round(time.monotonic() - started, 1)
-                rss["registered_idle"] = rss_mib(gw.pid)
-                for peer in peers:  # their sessions died with the gateway: connect again
-                    tunseal_cli(peer, "down", NAME)
-                    tunseal_cli(peer, "up", NAME)
-                for peer in peers:
-                    wait_up(peer)
-                log.info("a session for each of the %d generated keys", len(keys))
-                result["sessions"] = handshakes(w, gw, gk, keys, ESTABLISH_TIMEOUT,
-                                                establish=True)
-                sample = [f"hs{i:04d}" for i in range(0, len(keys), max(1, len(keys) // 50))]
-                result["sessions"]["gateway_peer_states"] = peer_states(gw, sample)
-                rss["sessions_idle"] = rss_mib(gw.pid)
-                log.info("among: iperf3 from the same %d peers", args.peers)
-                result["among"] = throughput(w, gw, args.seconds)
-                rss["among_after_throughput"] = rss_mib(gw.pid)
-                log.info("handshake generator: %d keys for %.0f s", args.handshake_keys,
-                         args.handshake_seconds)
-                result["handshakes"] = handshakes(w, gw, gk, keys[:args.handshake_keys],
-                                                  args.handshake_seconds)
-                rss["after_handshakes"] = rss_mib(gw.pid)
-    result["ratio"] = round(result["among"]["aggregate_mbps"]
-                            / max(result["alone"]["aggregate_mbps"], 1e-9), 3)
+            for r in range(args.rounds):
+                with gateway(alone_cfg) as gw:
+                    if r == 0:  # as an administrator adds them: the file gets the 10 peers
+                        for i, peer in enumerate(peers):
+                            add_peer(w, gw, peer, f"p{i:02d}")
+                        for peer in peers:
+                            wait_up(peer)
+                        gk = gateway_keys(gw)
+                        rss["alone_idle"] = rss_mib(gw.pid)
+                        result["alone_idle_cpu"] = idle_cpu(gw)
+                    else:
+                        reconnect(peers)
+                    log.info("round %d alone: iperf3 from %d peers for %d s", r + 1,
+                             args.peers, args.seconds)
+                    result["alone"].append(throughput(w, gw, args.seconds))
+                    rss["alone_after_throughput"] = rss_mib(gw.pid)
+                if r == 0:
+                    log.info("registering %d more peers", len(keys))
+                    shutil.copy(alone_cfg, among_cfg)
+                    register(among_cfg, keys)
+                started = time.monotonic()
+                with gateway(among_cfg) as gw:
+                    result["start_s"] = round(time.monotonic() - started, 1)
+                    if r == 0:
+                        rss["registered_idle"] = rss_mib(gw.pid)
+                    reconnect(peers)
+                    log.info("a session for each of the %d generated keys", len(keys))
+                    result["sessions"] = handshakes(w, gw, gk, keys, ESTABLISH_TIMEOUT,
+                                                    establish=True)
+                    step = max(1, len(keys) // 50)
+                    result["sessions"]["gateway_peer_states"] = peer_states(
+                        gw, [f"hs{i:04d}" for i in range(0, len(keys), step)])
+                    rss["sessions_idle"] = rss_mib(gw.pid)
+                    if r == 0:
+                        result["among_idle_cpu"] = idle_cpu(gw)
+                    log.info("round %d among %d: iperf3 from the same %d peers", r + 1,
+                             args.registered, args.peers)
+                    result["among"].append(throughput(w, gw, args.seconds))
+                    rss["among_after_throughput"] = rss_mib(gw.pid)
+                    if r == args.rounds - 1:
+                        log.info("handshake generator: %d keys for %.0f s",
+                                 args.handshake_keys, args.handshake_seconds)
+                        result["handshakes"] = handshakes(
+                            w, gw, gk, keys[:args.handshake_keys], args.handshake_seconds)
+                        rss["after_handshakes"] = rss_mib(gw.pid)
+    alone = statistics.median(t["aggregate_mbps"] for t in result["alone"])
+    among = statistics.median(t["aggregate_mbps"] for t in result["among"])
+    result["ratio"] = round(among / max(alone, 1e-9), 3)
+    result["round_ratios"] = [round(b["aggregate_mbps"] / max(a["aggregate_mbps"], 1e-9), 3)
+                              for a, b in zip(result["alone"], result["among"], strict=True)]
     result["gateway_rss_mib"] = {k: round(v, 1) for k, v in rss.items()}
     result["meta"]["load_end"] = list(os.getloadavg())
     return result
@@ -485,16 +524,21 @@ def table(r: dict[str, Any]) -> str:
         ", ".join(f"{k} {v}" for k, v in sorted(h["gateway_counters"].items())) or "-"
     states = ", ".join(f"{v} {k}" for k, v in sorted(est["gateway_peer_states"].items()))
 
-    def spread(t: dict[str, Any]) -> str:
-        per = t["per_peer_mbps"]
-        return (f"{t['aggregate_mbps']:.0f} Mbit/s (per peer {min(per):.0f} / "
-                f"{statistics.median(per):.0f} / {max(per):.0f}), gateway CPU "
-                f"{t['gateway_cpu_s']:.1f} s in {t['seconds']} s")
+    def spread(runs: list[dict[str, Any]]) -> str:
+        per = [x for t in runs for x in t["per_peer_mbps"]]
+        return (" / ".join(f"{t['aggregate_mbps']:.0f}" for t in runs) + " Mbit/s (per peer "
+                f"{min(per):.0f} / {statistics.median(per):.0f} / {max(per):.0f}), gateway "
+                "CPU " + " / ".join(f"{t['gateway_cpu_s']:.1f}" for t in runs)
+                + f" s in {runs[0]['seconds']} s")
 
     rows = [
         (f"TCP, {m['peers']} peers alone", spread(a)),
         (f"TCP, the same among {m['registered']}", spread(b)),
-        ("  among / alone", f"{r['ratio']:.2f}"),
+        ("  among / alone", f"{r['ratio']:.2f} (medians; rounds: "
+                            + ", ".join(f"{x:.2f}" for x in r["round_ratios"]) + ")"),
+        ("gateway idle CPU", f"{r['alone_idle_cpu']:.3f} s/s with {m['peers']} peers, "
+                             f"{r['among_idle_cpu']:.3f} with {m['registered']} and their "
+                             "sessions"),
         ("gateway start", f"{r['start_s']:.1f} s with {m['registered']} peers in its file"),
         ("sessions made", f"{est['established']} in {est['seconds']:.1f} s; a sample of "
                           f"the gateway's peers: {states}"),
@@ -503,7 +547,8 @@ def table(r: dict[str, Any]) -> str:
         ("  cookie replies", f"{h['cookies'] / h['seconds']:.0f} /s"),
         ("  unanswered (resent)", f"{h['timeouts'] / h['seconds']:.0f} /s"),
         ("  gateway counters", counters),
-        ("  gateway CPU", f"{h['gateway_cpu_s']:.1f} s in {h['seconds']:.1f} s"
+        ("  CPU", f"gateway {h['gateway_cpu_s']:.1f} s, generator "
+                  f"{h['generator_cpu_s']:.1f} s in {h['seconds']:.1f} s"
                           + ("" if h["gateway_cpu_s"] >= 0.9 * h["seconds"] else
                              " (not saturated: the generator or the machine was the limit)")),
         (f"gateway RSS, {m['peers']} peers", f"{rss['alone_idle']:.1f} MiB idle, "
@@ -531,11 +576,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--handshake-keys", type=int, default=512,
                    help="generated keys the handshake generator uses, each from its own UDP "
                    "port, so at most 20/s each (the per-source limit) (default %(default)s)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="alone / among rounds, alternating (default %(default)s)")
+    p.add_argument("--profile", metavar="FILE",
+                   help="run the gateway under cProfile (every thread) and write the "
+                   "statistics of its last start to FILE (pstats format)")
     p.add_argument("--json", nargs="?", const="-", metavar="FILE",
                    help="print the results as JSON (to FILE if given) instead of the table")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if not 1 <= args.rounds <= 10:
+        p.error("--rounds 1-10")
     if not 1 <= args.peers <= 200 or not args.peers < args.registered <= gwconf.MAX_PEERS:
         p.error(f"--peers 1-200, --registered from --peers + 1 to {gwconf.MAX_PEERS}")
     if not 1 <= args.handshake_keys <= args.registered - args.peers:
@@ -543,7 +595,47 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _profiled_helper(argv: list[str]) -> int:
+    """``python -m bench.gateway --profiled-helper --profile-out FILE HELPER-ARGS``:
+    helper.main with cProfile in every thread (the receive loop, where handshakes are
+    answered, is one), the merged statistics written to FILE when it exits."""
+    import cProfile
+    import pstats
+    import threading
+
+    out = argv[argv.index("--profile-out") + 1]
+    rest = [a for i, a in enumerate(argv) if a != "--profile-out"
+            and (i == 0 or argv[i - 1] != "--profile-out")]
+    profiles: list[cProfile.Profile] = []
+
+    def start_thread(*_: object) -> None:  # a new thread's first event: profile it
+        sys.setprofile(None)
+        prof = cProfile.Profile()
+        profiles.append(prof)
+        prof.enable()
+
+    main_prof = cProfile.Profile()
+    profiles.append(main_prof)
+    threading.setprofile(start_thread)
+    main_prof.enable()
+    from helper import main as helper_main
+    sys.argv = ["helper.main", *rest]
+    try:
+        code = helper_main.main()
+    finally:
+        main_prof.disable()
+        stats = pstats.Stats(main_prof)
+        for prof in profiles[1:]:
+            with contextlib.suppress(TypeError, ValueError):
+                stats.add(prof)
+        stats.dump_stats(out)
+    return int(code or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
+    raw = sys.argv[1:] if argv is None else argv
+    if raw[:1] == ["--profiled-helper"]:
+        return _profiled_helper(raw[1:])
     args = parse_args(argv)
     if args.loadgen:
         _loadgen_main()

@@ -338,9 +338,16 @@ def prefix_conflicts(text: str, *, taken: Mapping[str, str] | PrefixIndex,
     if net.prefixlen < MIN_PEER_PREFIX[net.version]:
         return [f"{net} is wider than /{MIN_PEER_PREFIX[net.version]}: it would route much "
                 "of the internet, the gateway's own traffic included, to this peer"]
-    index = taken if isinstance(taken, PrefixIndex) else PrefixIndex(taken)
+    if isinstance(taken, PrefixIndex):
+        overlaps = taken.overlapping(net)
+    else:  # one look at each (a running gateway asks once per peer it adds)
+        first = int(net.network_address)
+        last = first | ((1 << (net.max_prefixlen - net.prefixlen)) - 1)
+        overlaps = [(t, p) for t, p in taken.items() if (span := _span(t)) is not None
+                    and span[0] == net.version and span[1] <= last
+                    and first <= span[1] | ((1 << (span[3] - span[2])) - 1)]
     out = [f"{net} overlaps {_network(other)}, already routed to peer {peer!r}"
-           for other, peer in index.overlapping(net)]
+           for other, peer in overlaps]
     for thing in own:
         if thing.version != net.version:
             continue

@@ -14,6 +14,7 @@ docs/PROTOCOL.md describes the same thing byte by byte.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -84,10 +85,7 @@ class Suite:
 
     @property
     def pattern(self) -> str:
-        pattern = Mode(self.mode).pattern(self.has_psk) if self.mode in MODES else ""
-        if not pattern:
-            raise HandshakeError(f"mode {str(self.mode)!r} has no handshake")
-        return pattern
+        return _pattern(self.mode, self.has_psk)
 
     @property
     def noise_cipher(self) -> str:
@@ -96,7 +94,7 @@ class Suite:
     @property
     def prologue(self) -> bytes:
         """The prologue both ends agree on before any message (without the origin, below)."""
-        return NOISE_PROLOGUE + b"|" + self.cipher.encode()
+        return _prologue(self.cipher)
 
     @property
     def uses_origin(self) -> bool:
@@ -111,6 +109,20 @@ class Suite:
         if not self.uses_origin:
             return self.prologue
         return self.prologue + b"|" + check_origin(origin)
+
+
+# A suite's properties are asked for several times per handshake: worked out once per value.
+@functools.lru_cache(maxsize=64)
+def _pattern(mode: str, has_psk: bool) -> str:
+    pattern = Mode(mode).pattern(has_psk) if mode in MODES else ""
+    if not pattern:
+        raise HandshakeError(f"mode {str(mode)!r} has no handshake")
+    return pattern
+
+
+@functools.lru_cache(maxsize=16)
+def _prologue(cipher: str) -> bytes:
+    return NOISE_PROLOGUE + b"|" + cipher.encode()
 
 
 def check_origin(origin: bytes | None) -> bytes:

@@ -145,3 +145,17 @@ def test_a_thousand_peer_file_is_checked_as_a_whole() -> None:
         ("peer[1000].allowed_ips[0]",
          "10.102.0.0/23 overlaps 10.102.1.0/24, already routed to peer 'p501'"),
     ]
+
+
+def test_prefix_conflicts_gives_the_same_answer_from_a_mapping_and_an_index() -> None:
+    taken = {"10.9.3.0/24": "b", "10.9.0.0/16": "a", "10.10.0.0/16": "c", "fd13:9::/64": "d",
+             "10.9.3.7/32": "e"}
+    index = gateway.PrefixIndex(taken)
+    for text in ("10.9.0.0/20", "10.9.3.7/32", "10.10.5.0/24", "10.11.0.0/16", "fd13::/32",
+                 "10.0.0.0/8"):
+        assert gateway.prefix_conflicts(text, taken=taken, own=[]) == \
+            gateway.prefix_conflicts(text, taken=index, own=[])
+    assert gateway.prefix_conflicts("10.9.0.0/20", taken=taken, own=[]) == [
+        "10.9.0.0/20 overlaps 10.9.3.0/24, already routed to peer 'b'",
+        "10.9.0.0/20 overlaps 10.9.0.0/16, already routed to peer 'a'",
+        "10.9.0.0/20 overlaps 10.9.3.7/32, already routed to peer 'e'"]
