@@ -115,12 +115,12 @@ def test_prefix_index_finds_exactly_the_overlaps_a_full_scan_finds() -> None:
             plen = rng.choice([8, 12, 16, 20, 24, 28, bits] if not v6 else [16, 32, 48, 64, 128])
             base = rng.choice([0x0A000000, 0x0A0A0000]) if not v6 else 0xFD00 << 112
             addr = base | rng.getrandbits(bits - 8 if not v6 else 24)
-            net = ipaddress.ip_network((addr, plen) if not v6 else (addr, plen), strict=False)
+            net = ipaddress.ip_network((addr, plen), strict=False)
             text = str(net)
             if text not in dict(recorded):
                 index.add(text, f"p{i}")
                 recorded.append((text, f"p{i}"))
-        for text, _ in recorded[:10] + [("10.10.0.0/16", ""), ("fd00::/16", "")]:
+        for text, _ in [*recorded[:10], ("10.10.0.0/16", ""), ("fd00::/16", "")]:
             net = ipaddress.ip_network(text)
             expected = [(t, p) for t, p in recorded
                         if ipaddress.ip_network(t).version == net.version
