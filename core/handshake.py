@@ -66,7 +66,7 @@ def blake2s(*parts: bytes) -> bytes:
 
 def mac(key: bytes, data: bytes) -> bytes:
     """The 128-bit handshake MAC: HMAC-BLAKE2s truncated to 16 bytes."""
-    return hmac.digest(key, data, hashlib.blake2s)[:MAC_LEN]
+    return noise.hmac_blake2s(key, data)[:MAC_LEN]
 
 
 def tai64n(now: float) -> bytes:

@@ -554,3 +554,14 @@ def test_on_remote_static_refuses_before_the_ss_dh(monkeypatch: pytest.MonkeyPat
     dhs.clear()
     assert again.read_message(message) == b"hi"
     assert dhs == ["dh", "ss"]  # es, and the kept ss
+
+
+def test_hmac_blake2s_is_the_stdlib_hmac() -> None:
+    import hashlib
+    import hmac
+
+    from core import noise
+
+    for key in (b"", os.urandom(16), os.urandom(32), os.urandom(64), os.urandom(65)):
+        data = os.urandom(100)
+        assert noise.hmac_blake2s(key, data) == hmac.digest(key, data, hashlib.blake2s)
