@@ -517,6 +517,12 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
             "handshake_seconds": args.handshake_seconds, "load_start": list(os.getloadavg())}
 
 
+def cpu_per_gbit(runs: list[dict[str, Any]]) -> float:
+    """The gateway's CPU seconds per Gbit it carried, over ``runs``."""
+    gbit = sum(float(t["aggregate_mbps"]) * float(t["seconds"]) for t in runs) / 1000
+    return sum(float(t["gateway_cpu_s"]) for t in runs) / max(gbit, 1e-9)
+
+
 def table(r: dict[str, Any]) -> str:
     m, h, rss, est = r["meta"], r["handshakes"], r["gateway_rss_mib"], r["sessions"]
     a, b = r["alone"], r["among"]
@@ -536,6 +542,8 @@ def table(r: dict[str, Any]) -> str:
         (f"TCP, the same among {m['registered']}", spread(b)),
         ("  among / alone", f"{r['ratio']:.2f} (medians; rounds: "
                             + ", ".join(f"{x:.2f}" for x in r["round_ratios"]) + ")"),
+        ("  gateway CPU per Gbit", f"{cpu_per_gbit(a):.3f} s alone, {cpu_per_gbit(b):.3f} s "
+                                   "among (steadier than Mbit/s on a shared machine)"),
         ("gateway idle CPU", f"{r['alone_idle_cpu']:.3f} s/s with {m['peers']} peers, "
                              f"{r['among_idle_cpu']:.3f} with {m['registered']} and their "
                              "sessions"),
