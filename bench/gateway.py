@@ -1,27 +1,33 @@
-"""The office gateway under load: handshakes per second it completes, and aggregate TCP
-throughput with many peers at once, with the gateway helper's memory and CPU time.
+"""The office gateway under load: aggregate TCP throughput of many peers at once, alone and
+among 1,000 registered peers, handshakes per second it completes, and the gateway helper's
+memory and CPU time.
 
 Run on demand, as root, never in the test suite::
 
-    python -m bench.gateway [--peers 10] [--seconds 10] [--handshake-seconds 5]
-                            [--handshake-keys 128] [--json [FILE]] [-v]
+    python -m bench.gateway [--peers 10] [--registered 1000] [--seconds 10]
+                            [--handshake-seconds 5] [--handshake-keys 512] [--json [FILE]] [-v]
 
 The world (throwaway namespaces ``tsb<pid>-*``, see bench/_netns.py)::
 
     p00 ... p09 (a helper each) --+
     load (handshake generator)  --+-- switch (bridge) -- gw (gateway helper) -- lan (iperf3 -s)
 
-Every helper runs under helper/keyring-session.sh with a keyring of its own. The gateway's
-configuration registers ``--handshake-keys`` peers whose private keys only the generator
-holds; the ``--peers`` iperf3 peers are added with ``tunseal peer add NAME -o FILE``, imported
-on their own helper and brought up, as docs/GATEWAY.md tells an administrator. See
-bench/README.md ("Gateway") for what each number means.
+Every helper runs under helper/keyring-session.sh with a keyring of its own. The ``--peers``
+iperf3 peers are added with ``tunseal peer add NAME -o FILE``, imported on their own helper and
+brought up, as docs/GATEWAY.md tells an administrator, and measured with the gateway knowing
+only them ("alone"). Then the gateway is restarted (same keyring, same static key) with
+``--registered`` minus ``--peers`` more peers in its file, whose keys the bench generates and
+only the generator holds; the generator completes one handshake (and a keepalive) for each,
+so the gateway holds a live session per registered peer, and the same iperf3 peers are
+measured again ("among"). The handshake rate is measured last, with ``--handshake-keys`` of
+the generated keys. See bench/README.md ("Gateway") for what each number means.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import contextlib
 import datetime
 import json
@@ -30,6 +36,7 @@ import os
 import platform
 import secrets
 import selectors
+import shutil
 import signal
 import socket
 import statistics
@@ -38,14 +45,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from bench._netns import Lab, cpu_seconds, run, sweep_stale
 from bench.throughput import Helper, tunseal_cli
-from core import noise, wire
-from core.constants import Option
+from core import gateway as gwconf
+from core import noise, session, wire
+from core.constants import Option, PacketType
 from core.errors import HelperUnavailable, TunsealError
 from core.handshake import Identity, Initiator, Suite, open_cookie_reply
 from core.ipcclient import Client
@@ -66,6 +74,10 @@ LIFETIME = 900.0
 """Upper bound on any process this run starts (timeout(1)), should the run itself be killed."""
 RETRY_AFTER = 1.0
 """The generator resends an initiation nobody answered after this long."""
+ESTABLISH_WINDOW = 64
+"""Handshakes the generator keeps in flight while it gives every registered key a session."""
+ESTABLISH_TIMEOUT = 120.0
+IDLE_SECONDS = 3.0
 
 
 # --- the world ----------------------------------------------------------------------------------
@@ -107,33 +119,45 @@ def build(lab: Lab, n_peers: int, workdir: Path) -> World:
     return World(lab, workdir, switch, gw, lan, load, peers)
 
 
-def gateway_config(keys: list[bytes]) -> str:
-    """The gateway's file (docs/GATEWAY.md): the generator's keys as registered peers."""
+def gateway_config() -> str:
+    """The gateway's file (docs/GATEWAY.md), with no peers yet."""
     lines = ["format = 1", "", "[gateway]", f'name = "{NAME}"', 'addresses = ["10.77.0.1/16"]',
              'mode = "ephemeral"', f"listen_port = {PORT}",
              f'public_endpoint = "{GW_OUTER}:{PORT}"', 'lan = ["198.18.200.0/24"]',
              'private_key = "bench-gateway.private"']
-    for i, key in enumerate(keys):
-        public = base64.b64encode(noise.public_key(key)).decode()
-        lines += ["", "[[peer]]", f'name = "hs{i:04d}"', f'public_key = "{public}"',
-                  f"device_id = {1000 + i}",
-                  f'allowed_ips = ["10.77.{100 + i // 250}.{1 + i % 250}/32"]']
     return "\n".join(lines) + "\n"
 
 
+def register(config: Path, keys: list[bytes]) -> None:
+    """Add the generator's keys to the gateway's file as peers (while it is stopped), as
+    ``peer add --public-key`` would, but at once: names hs0000..., DeviceIDs from 1000,
+    addresses from 10.77.100.1 (clear of what ``peer add`` hands out from 10.77.0.2)."""
+    gw = gwconf.load(config)
+    extra = tuple(gwconf.GatewayPeer(
+        name=f"hs{i:04d}", public_key=base64.b64encode(noise.public_key(key)).decode(),
+        device_id=1000 + i, allowed_ips=(f"10.77.{100 + i // 250}.{1 + i % 250}/32",))
+        for i, key in enumerate(keys))
+    gwconf.save(gwconf.from_dict(gwconf.to_dict(replace(gw, peers=(*gw.peers, *extra)))),
+                config)
+
+
 @contextlib.contextmanager
-def helper(lab: Lab, ns: str, home: Path, *extra: str) -> Iterator[Helper]:
-    """``helper.main`` in ``ns`` under keyring-session.sh with its own keyring; SIGTERM to the
-    helper itself when the block ends (it takes its tunnels down), then to the session."""
-    home.mkdir(parents=True)
+def helper(lab: Lab, ns: str, home: Path, *extra: str,
+           profile: tuple[str, ...] = ()) -> Iterator[Helper]:
+    """``helper.main`` in ``ns`` under keyring-session.sh with its own keyring (made on the
+    first start in ``home``, reused by later ones); SIGTERM to the helper itself when the block
+    ends (it takes its tunnels down), then to the session."""
+    home.mkdir(parents=True, exist_ok=True)
     passfile = home / "keyring.pass"
-    with open(os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-        f.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+    if not passfile.exists():
+        with open(os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
     sock, logfile = home / "run" / "helper.sock", home / "helper.log"
     env = dict(os.environ, TUNSEAL_KEYRING_DIR=str(home / "keyring"), PYTHONPATH=str(ROOT))
     with open(logfile, "ab") as out:
+        main = ("bench.gateway", "--profiled-helper", *profile) if profile else ("helper.main",)
         proc = lab.popen(ns, str(KEYRING_SESSION), str(passfile), sys.executable, "-m",
-                         "helper.main", "--socket", str(sock), "--state-dir",
+                         *main, "--socket", str(sock), "--state-dir",
                          str(home / "state"), "--group", "root", *extra, lifetime=LIFETIME,
                          stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     pid = None
@@ -145,6 +169,7 @@ def helper(lab: Lab, ns: str, home: Path, *extra: str) -> Iterator[Helper]:
             with contextlib.suppress(HelperUnavailable), Client(str(sock), timeout=5) as c:
                 pid = int(c.call("ping")["pid"])
             time.sleep(0.2)
+        log.info("helper in %s answers (%.1f s)", ns, START_TIMEOUT - (deadline - time.monotonic()))
         yield Helper(sock, logfile, pid)
     finally:
         if pid is not None:
@@ -233,10 +258,16 @@ def throughput(w: World, gw: Helper, seconds: int) -> dict[str, Any]:
 
 
 def loadgen(gw_addr: str, port: int, gw_public: bytes, cipher: str, keys: list[bytes],
-            seconds: float) -> dict[str, Any]:
-    """Keep one initiation in flight per key (each from its own UDP port, as each would be a
-    separate peer), answer cookie replies with MAC2 as a real peer does, resend what nobody
-    answered after RETRY_AFTER; count completed handshakes (responses) per second."""
+            seconds: float, establish: bool = False) -> dict[str, Any]:
+    """Rate (``establish`` False): keep one initiation in flight per key (each from its own UDP
+    port, as each would be a separate peer), answer cookie replies with MAC2 as a real peer
+    does, resend what nobody answered after RETRY_AFTER; count completed handshakes
+    (responses) per second for ``seconds``.
+
+    ``establish``: give each key one session instead, ESTABLISH_WINDOW keys at a time: read
+    the response, derive the keys and send a keepalive sealed with them, which confirms the
+    session at the gateway (its peer's keypair becomes current); stop when every key has one
+    or after ``seconds``."""
     suite = Suite("ephemeral", cipher, False)
     cookie_key = Identity().cookie_key_for(gw_public)
     sel = selectors.DefaultSelector()
@@ -248,22 +279,36 @@ def loadgen(gw_addr: str, port: int, gw_public: bytes, cipher: str, keys: list[b
         sel.register(s, selectors.EVENT_READ, i)
         state.append({"sock": s, "ident": Identity(static_private=key, peer_public=gw_public),
                       "cookie": None, "init": None, "sent": 0.0})
-    counts = {"sent": 0, "responses": 0, "cookies": 0, "timeouts": 0}
+    counts = {"sent": 0, "responses": 0, "cookies": 0, "timeouts": 0, "established": 0}
+    in_flight: set[int] = set()
+    waiting = collections.deque(range(len(keys)))
 
     def send(i: int, now: float) -> None:
         st = state[i]
         st["init"] = Initiator(suite, st["ident"], device_id=0, local_index=i + 1,
                                now=time.time(), cookie=st["cookie"])
         st["sent"] = now
+        in_flight.add(i)
         with contextlib.suppress(BlockingIOError):
             st["sock"].sendto(st["init"].packet, (gw_addr, port))
             counts["sent"] += 1
 
-    start = time.monotonic()
-    for i in range(len(keys)):
-        send(i, start)
+    def confirm(i: int, pkt: bytes) -> None:
+        st = state[i]
+        done = st["init"].consume_response(pkt)
+        kp = session.Keypair(cipher=cipher, send_key=done.send_key, recv_key=done.recv_key,
+                             local_index=done.local_index, remote_index=done.remote_index,
+                             device_id=0, is_initiator=True, created=time.monotonic())
+        st["sock"].sendto(bytes(kp.seal(b"", PacketType.KEEPALIVE)), (gw_addr, port))
+        counts["established"] += 1
+        in_flight.discard(i)
+
+    start, cpu_start = time.monotonic(), time.process_time()
+    for _ in range(min(ESTABLISH_WINDOW, len(keys)) if establish else len(keys)):
+        send(waiting.popleft(), start)
     deadline = start + seconds
-    while (now := time.monotonic()) < deadline:
+    next_scan = start + RETRY_AFTER / 4
+    while (now := time.monotonic()) < deadline and in_flight:
         for sk, _ in sel.select(0.05):
             i = sk.data
             while True:
@@ -272,8 +317,16 @@ def loadgen(gw_addr: str, port: int, gw_public: bytes, cipher: str, keys: list[b
                 except BlockingIOError:
                     break
                 kind = pkt[0] & 0x0F if pkt else 0
+                if i not in in_flight:
+                    continue
                 if kind == 3 and _receiver_index(pkt) == i + 1:
                     counts["responses"] += 1
+                    if establish:
+                        with contextlib.suppress(TunsealError):
+                            confirm(i, pkt)
+                        if i not in in_flight and waiting:
+                            send(waiting.popleft(), time.monotonic())
+                        continue
                 elif kind == 4:
                     with contextlib.suppress(TunsealError):
                         state[i]["cookie"] = open_cookie_reply(pkt, cookie_key, state[i]["init"])
@@ -281,12 +334,15 @@ def loadgen(gw_addr: str, port: int, gw_public: bytes, cipher: str, keys: list[b
                 else:
                     continue
                 send(i, time.monotonic())
-        for i, st in enumerate(state):
-            if now - st["sent"] > RETRY_AFTER:
-                counts["timeouts"] += 1
-                send(i, now)
+        if now >= next_scan:  # not every pass: that would cost the generator a core
+            next_scan = now + RETRY_AFTER / 4
+            for i in list(in_flight):
+                if now - state[i]["sent"] > RETRY_AFTER:
+                    counts["timeouts"] += 1
+                    send(i, now)
     elapsed = time.monotonic() - start
     return {**counts, "seconds": round(elapsed, 2),
+            "generator_cpu_s": round(time.process_time() - cpu_start, 2),
             "handshakes_per_s": round(counts["responses"] / elapsed, 1)}
 
 
@@ -302,23 +358,55 @@ def _loadgen_main() -> None:
     (arguments and keys as JSON on stdin, the result as JSON on stdout)."""
     job = json.loads(sys.stdin.read())
     print(json.dumps(loadgen(job["gw"], job["port"], bytes.fromhex(job["public"]), job["cipher"],
-                             [bytes.fromhex(k) for k in job["keys"]], job["seconds"])))
+                             [bytes.fromhex(k) for k in job["keys"]], job["seconds"],
+                             job["establish"])))
 
 
-def handshakes(w: World, gw: Helper, keys: list[bytes], seconds: float) -> dict[str, Any]:
+@dataclass(frozen=True)
+class GatewayKeys:
+    public: bytes
+    cipher: str
+
+
+def gateway_keys(gw: Helper) -> GatewayKeys:
+    """What the generator needs to know of the gateway (asked while it has few peers: with
+    1,000, ``peer list`` and ``status`` answers exceed the control protocol's 64 KiB)."""
     listing = tunseal_cli(gw, "peer", "list")
-    status = gateway_status(gw)
-    job = {"gw": GW_OUTER, "port": PORT, "public": base64.b64decode(listing["public_key"]).hex(),
-           "cipher": status["cipher"], "keys": [k.hex() for k in keys], "seconds": seconds}
-    drops0, cpu0 = status["drops"], cpu_seconds(gw.pid)
+    return GatewayKeys(base64.b64decode(listing["public_key"]), gateway_status(gw)["cipher"])
+
+
+def drops(gw: Helper) -> dict[str, int] | None:
+    """The gateway's drop counters, or None when its status is too large to ask for."""
+    try:
+        return dict(gateway_status(gw)["drops"])
+    except RuntimeError as e:
+        if "too_large" not in str(e):
+            raise
+        return None
+
+
+def peer_states(gw: Helper, names: list[str]) -> dict[str, int]:
+    """How many of the peers ``names`` are in each state, by ``peer_show`` one at a time."""
+    states: collections.Counter[str] = collections.Counter()
+    with Client(str(gw.socket), timeout=10) as c:
+        for name in names:
+            states[str(c.call("peer_show", name=name).get("state", "?"))] += 1
+    return dict(states)
+
+
+def handshakes(w: World, gw: Helper, gk: GatewayKeys, keys: list[bytes], seconds: float,
+               establish: bool = False) -> dict[str, Any]:
+    job = {"gw": GW_OUTER, "port": PORT, "public": gk.public.hex(), "cipher": gk.cipher,
+           "keys": [k.hex() for k in keys], "seconds": seconds, "establish": establish}
+    drops0, cpu0 = drops(gw), cpu_seconds(gw.pid)
     done = w.lab.run(w.load, sys.executable, "-m", "bench.gateway", "--loadgen",
                      input=json.dumps(job), timeout=seconds + 120,
                      env=dict(os.environ, PYTHONPATH=str(ROOT)))
     cpu1 = cpu_seconds(gw.pid)
     result: dict[str, Any] = json.loads(done.stdout)
-    drops = gateway_status(gw)["drops"]
-    result["gateway_counters"] = {k: v - drops0.get(k, 0) for k, v in drops.items()
-                                  if v != drops0.get(k, 0)}
+    drops1 = drops(gw)
+    result["gateway_counters"] = None if drops0 is None or drops1 is None else {
+        k: v - drops0.get(k, 0) for k, v in drops1.items() if v != drops0.get(k, 0)}
     result["gateway_cpu_s"] = round((cpu1 or 0) - (cpu0 or 0), 2)
     return result
 
@@ -326,32 +414,91 @@ def handshakes(w: World, gw: Helper, keys: list[bytes], seconds: float) -> dict[
 # --- the run ------------------------------------------------------------------------------------
 
 
+def reconnect(peers: list[Helper]) -> None:
+    """The peers' sessions died with the gateway they were made with: connect again."""
+    for peer in peers:
+        tunseal_cli(peer, "down", NAME)
+        tunseal_cli(peer, "up", NAME)
+    for peer in peers:
+        wait_up(peer)
+
+
+def idle_cpu(gw: Helper, seconds: float = IDLE_SECONDS) -> float:
+    """CPU seconds per second the gateway spends with nothing to carry (its timers, status)."""
+    cpu0 = cpu_seconds(gw.pid)
+    time.sleep(seconds)
+    return round(((cpu_seconds(gw.pid) or 0) - (cpu0 or 0)) / seconds, 3)
+
+
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    keys = [noise.generate_private_key() for _ in range(args.handshake_keys)]
-    result: dict[str, Any] = {"meta": environment(args)}
+    keys = [noise.generate_private_key() for _ in range(args.registered - args.peers)]
+    result: dict[str, Any] = {"meta": environment(args), "alone": [], "among": []}
+    rss: dict[str, float] = {}
+    extra = ("--profile-out", args.profile) if args.profile else ()
     with Lab() as lab, tempfile.TemporaryDirectory(prefix="tunseal-bench-gw-") as tmp:
         w = build(lab, args.peers, Path(tmp))
-        config = w.workdir / "gateway.toml"
-        config.write_text(gateway_config(keys))
+        alone_cfg, among_cfg = w.workdir / "alone.toml", w.workdir / "among.toml"
+        gw_home = w.workdir / "gw"
+        alone_cfg.write_text(gateway_config())
+
+        def gateway(config: Path) -> contextlib.AbstractContextManager[Helper]:
+            return helper(lab, w.gw, gw_home, "--gateway", str(config), profile=extra)
+
         with contextlib.ExitStack() as stack:
-            log.info("starting the gateway and %d peer helpers", args.peers)
-            gw = stack.enter_context(helper(lab, w.gw, w.workdir / "gw", "--gateway",
-                                            str(config)))
+            log.info("starting %d peer helpers and the gateway", args.peers)
             peers = [stack.enter_context(helper(lab, ns, w.workdir / ns.rsplit("-", 1)[1]))
                      for ns in w.peers]
-            for i, peer in enumerate(peers):
-                add_peer(w, gw, peer, f"p{i:02d}")
-            for peer in peers:
-                wait_up(peer)
-            rss = {"idle": round(rss_mib(gw.pid), 1)}
-            log.info("iperf3 from %d peers at once for %d s", args.peers, args.seconds)
-            result["throughput"] = throughput(w, gw, args.seconds)
-            rss["after_throughput"] = round(rss_mib(gw.pid), 1)
-            log.info("handshake generator: %d keys for %.0f s", len(keys),
-                     args.handshake_seconds)
-            result["handshakes"] = handshakes(w, gw, keys, args.handshake_seconds)
-            rss["after_handshakes"] = round(rss_mib(gw.pid), 1)
-            result["gateway_rss_mib"] = rss
+            for r in range(args.rounds):
+                with gateway(alone_cfg) as gw:
+                    if r == 0:  # as an administrator adds them: the file gets the 10 peers
+                        for i, peer in enumerate(peers):
+                            add_peer(w, gw, peer, f"p{i:02d}")
+                        for peer in peers:
+                            wait_up(peer)
+                        gk = gateway_keys(gw)
+                        rss["alone_idle"] = rss_mib(gw.pid)
+                        result["alone_idle_cpu"] = idle_cpu(gw)
+                    else:
+                        reconnect(peers)
+                    log.info("round %d alone: iperf3 from %d peers for %d s", r + 1,
+                             args.peers, args.seconds)
+                    result["alone"].append(throughput(w, gw, args.seconds))
+                    rss["alone_after_throughput"] = rss_mib(gw.pid)
+                if r == 0:
+                    log.info("registering %d more peers", len(keys))
+                    shutil.copy(alone_cfg, among_cfg)
+                    register(among_cfg, keys)
+                started = time.monotonic()
+                with gateway(among_cfg) as gw:
+                    result["start_s"] = round(time.monotonic() - started, 1)
+                    if r == 0:
+                        rss["registered_idle"] = rss_mib(gw.pid)
+                    reconnect(peers)
+                    log.info("a session for each of the %d generated keys", len(keys))
+                    result["sessions"] = handshakes(w, gw, gk, keys, ESTABLISH_TIMEOUT,
+                                                    establish=True)
+                    step = max(1, len(keys) // 50)
+                    result["sessions"]["gateway_peer_states"] = peer_states(
+                        gw, [f"hs{i:04d}" for i in range(0, len(keys), step)])
+                    rss["sessions_idle"] = rss_mib(gw.pid)
+                    if r == 0:
+                        result["among_idle_cpu"] = idle_cpu(gw)
+                    log.info("round %d among %d: iperf3 from the same %d peers", r + 1,
+                             args.registered, args.peers)
+                    result["among"].append(throughput(w, gw, args.seconds))
+                    rss["among_after_throughput"] = rss_mib(gw.pid)
+                    if r == args.rounds - 1:
+                        log.info("handshake generator: %d keys for %.0f s",
+                                 args.handshake_keys, args.handshake_seconds)
+                        result["handshakes"] = handshakes(
+                            w, gw, gk, keys[:args.handshake_keys], args.handshake_seconds)
+                        rss["after_handshakes"] = rss_mib(gw.pid)
+    alone = statistics.median(t["aggregate_mbps"] for t in result["alone"])
+    among = statistics.median(t["aggregate_mbps"] for t in result["among"])
+    result["ratio"] = round(among / max(alone, 1e-9), 3)
+    result["round_ratios"] = [round(b["aggregate_mbps"] / max(a["aggregate_mbps"], 1e-9), 3)
+                              for a, b in zip(result["alone"], result["among"], strict=True)]
+    result["gateway_rss_mib"] = {k: round(v, 1) for k, v in rss.items()}
     result["meta"]["load_end"] = list(os.getloadavg())
     return result
 
@@ -365,29 +512,58 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "commit": commit.stdout.strip(), "kernel": platform.release(), "cpu": cpu,
             "cpus": os.cpu_count(), "python": platform.python_version(), "peers": args.peers,
-            "handshake_keys": args.handshake_keys, "seconds": args.seconds,
+            "registered": args.registered, "handshake_keys": args.handshake_keys,
+            "seconds": args.seconds,
             "handshake_seconds": args.handshake_seconds, "load_start": list(os.getloadavg())}
 
 
+def cpu_per_gbit(runs: list[dict[str, Any]]) -> float:
+    """The gateway's CPU seconds per Gbit it carried, over ``runs``."""
+    gbit = sum(float(t["aggregate_mbps"]) * float(t["seconds"]) for t in runs) / 1000
+    return sum(float(t["gateway_cpu_s"]) for t in runs) / max(gbit, 1e-9)
+
+
 def table(r: dict[str, Any]) -> str:
-    m, t, h, rss = r["meta"], r["throughput"], r["handshakes"], r["gateway_rss_mib"]
-    per = t["per_peer_mbps"]
-    counters = ", ".join(f"{k} {v}" for k, v in sorted(h["gateway_counters"].items()))
+    m, h, rss, est = r["meta"], r["handshakes"], r["gateway_rss_mib"], r["sessions"]
+    a, b = r["alone"], r["among"]
+    counters = "(status too large to ask for)" if h["gateway_counters"] is None else \
+        ", ".join(f"{k} {v}" for k, v in sorted(h["gateway_counters"].items())) or "-"
+    states = ", ".join(f"{v} {k}" for k, v in sorted(est["gateway_peer_states"].items()))
+
+    def spread(runs: list[dict[str, Any]]) -> str:
+        per = [x for t in runs for x in t["per_peer_mbps"]]
+        return (" / ".join(f"{t['aggregate_mbps']:.0f}" for t in runs) + " Mbit/s (per peer "
+                f"{min(per):.0f} / {statistics.median(per):.0f} / {max(per):.0f}), gateway "
+                "CPU " + " / ".join(f"{t['gateway_cpu_s']:.1f}" for t in runs)
+                + f" s in {runs[0]['seconds']} s")
+
     rows = [
+        (f"TCP, {m['peers']} peers alone", spread(a)),
+        (f"TCP, the same among {m['registered']}", spread(b)),
+        ("  among / alone", f"{r['ratio']:.2f} (medians; rounds: "
+                            + ", ".join(f"{x:.2f}" for x in r["round_ratios"]) + ")"),
+        ("  gateway CPU per Gbit", f"{cpu_per_gbit(a):.3f} s alone, {cpu_per_gbit(b):.3f} s "
+                                   "among (steadier than Mbit/s on a shared machine)"),
+        ("gateway idle CPU", f"{r['alone_idle_cpu']:.3f} s/s with {m['peers']} peers, "
+                             f"{r['among_idle_cpu']:.3f} with {m['registered']} and their "
+                             "sessions"),
+        ("gateway start", f"{r['start_s']:.1f} s with {m['registered']} peers in its file"),
+        ("sessions made", f"{est['established']} in {est['seconds']:.1f} s; a sample of "
+                          f"the gateway's peers: {states}"),
         ("handshakes completed", f"{h['handshakes_per_s']:.0f} /s ({h['responses']} in "
                                  f"{h['seconds']:.1f} s, {m['handshake_keys']} keys)"),
         ("  cookie replies", f"{h['cookies'] / h['seconds']:.0f} /s"),
         ("  unanswered (resent)", f"{h['timeouts'] / h['seconds']:.0f} /s"),
-        ("  gateway counters", counters or "-"),
-        ("  gateway CPU", f"{h['gateway_cpu_s']:.1f} s in {h['seconds']:.1f} s"
+        ("  gateway counters", counters),
+        ("  CPU", f"gateway {h['gateway_cpu_s']:.1f} s, generator "
+                  f"{h['generator_cpu_s']:.1f} s in {h['seconds']:.1f} s"
                           + ("" if h["gateway_cpu_s"] >= 0.9 * h["seconds"] else
                              " (not saturated: the generator or the machine was the limit)")),
-        (f"TCP, {len(per)} peers at once", f"{t['aggregate_mbps']:.0f} Mbit/s aggregate"),
-        ("  per peer", f"min {min(per):.0f} / median {statistics.median(per):.0f} / "
-                       f"max {max(per):.0f} Mbit/s"),
-        ("  gateway CPU", f"{t['gateway_cpu_s']:.1f} s in {t['seconds']} s"),
-        ("gateway RSS", f"{rss['idle']:.1f} MiB idle, {rss['after_throughput']:.1f} after "
-                        f"iperf3, {rss['after_handshakes']:.1f} after the handshakes"),
+        (f"gateway RSS, {m['peers']} peers", f"{rss['alone_idle']:.1f} MiB idle, "
+                                            f"{rss['alone_after_throughput']:.1f} after iperf3"),
+        (f"gateway RSS, {m['registered']} peers", f"{rss['registered_idle']:.1f} MiB idle, "
+         f"{rss['sessions_idle']:.1f} with a session each, {rss['among_after_throughput']:.1f} "
+         f"after iperf3, {rss['after_handshakes']:.1f} after the handshakes"),
     ]
     width = max(len(k) for k, _ in rows)
     head = (f"Tunseal gateway, {m['date']}, {m['commit']}, {m['cpus']} x {m['cpu']}, "
@@ -399,23 +575,75 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--peers", type=int, default=10, help="iperf3 peers (default %(default)s)")
+    p.add_argument("--registered", type=int, default=1000,
+                   help="peers in the gateway's file for the second half, the iperf3 peers "
+                   "included (default %(default)s)")
     p.add_argument("--seconds", type=int, default=10, help="iperf3 -t (default %(default)s)")
     p.add_argument("--handshake-seconds", type=float, default=5.0,
                    help="how long the generator runs (default %(default)s)")
-    p.add_argument("--handshake-keys", type=int, default=128,
-                   help="registered keys the generator uses, each from its own UDP port "
-                   "(default %(default)s)")
+    p.add_argument("--handshake-keys", type=int, default=512,
+                   help="generated keys the handshake generator uses, each from its own UDP "
+                   "port, so at most 20/s each (the per-source limit) (default %(default)s)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="alone / among rounds, alternating (default %(default)s)")
+    p.add_argument("--profile", metavar="FILE",
+                   help="run the gateway under cProfile (every thread) and write the "
+                   "statistics of its last start to FILE (pstats format)")
     p.add_argument("--json", nargs="?", const="-", metavar="FILE",
                    help="print the results as JSON (to FILE if given) instead of the table")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if not 1 <= args.peers <= 200 or not 1 <= args.handshake_keys <= 4000:
-        p.error("--peers 1-200, --handshake-keys 1-4000")
+    if not 1 <= args.rounds <= 10:
+        p.error("--rounds 1-10")
+    if not 1 <= args.peers <= 200 or not args.peers < args.registered <= gwconf.MAX_PEERS:
+        p.error(f"--peers 1-200, --registered from --peers + 1 to {gwconf.MAX_PEERS}")
+    if not 1 <= args.handshake_keys <= args.registered - args.peers:
+        p.error("--handshake-keys: 1 to --registered minus --peers")
     return args
 
 
+def _profiled_helper(argv: list[str]) -> int:
+    """``python -m bench.gateway --profiled-helper --profile-out FILE HELPER-ARGS``:
+    helper.main with cProfile in every thread (the receive loop, where handshakes are
+    answered, is one), the merged statistics written to FILE when it exits."""
+    import cProfile
+    import pstats
+    import threading
+
+    out = argv[argv.index("--profile-out") + 1]
+    rest = [a for i, a in enumerate(argv) if a != "--profile-out"
+            and (i == 0 or argv[i - 1] != "--profile-out")]
+    profiles: list[cProfile.Profile] = []
+
+    def start_thread(*_: object) -> None:  # a new thread's first event: profile it
+        sys.setprofile(None)
+        prof = cProfile.Profile()
+        profiles.append(prof)
+        prof.enable()
+
+    main_prof = cProfile.Profile()
+    profiles.append(main_prof)
+    threading.setprofile(start_thread)
+    main_prof.enable()
+    from helper import main as helper_main
+    sys.argv = ["helper.main", *rest]
+    try:
+        code = helper_main.main()
+    finally:
+        main_prof.disable()
+        stats = pstats.Stats(main_prof)
+        for prof in profiles[1:]:
+            with contextlib.suppress(TypeError, ValueError):
+                stats.add(prof)
+        stats.dump_stats(out)
+    return int(code or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
+    raw = sys.argv[1:] if argv is None else argv
+    if raw[:1] == ["--profiled-helper"]:
+        return _profiled_helper(raw[1:])
     args = parse_args(argv)
     if args.loadgen:
         _loadgen_main()

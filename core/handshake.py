@@ -14,6 +14,8 @@ docs/PROTOCOL.md describes the same thing byte by byte.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import hmac
 import os
 import struct
@@ -23,8 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from core import noise, wire
@@ -58,17 +58,15 @@ _TAI64_BASE = 1 << 62
 
 
 def blake2s(*parts: bytes) -> bytes:
-    h = hashes.Hash(hashes.BLAKE2s(32))
+    h = hashlib.blake2s()
     for p in parts:
         h.update(p)
-    return h.finalize()
+    return h.digest()
 
 
 def mac(key: bytes, data: bytes) -> bytes:
     """The 128-bit handshake MAC: HMAC-BLAKE2s truncated to 16 bytes."""
-    h = crypto_hmac.HMAC(key, hashes.BLAKE2s(32))
-    h.update(data)
-    return h.finalize()[:MAC_LEN]
+    return noise.hmac_blake2s(key, data)[:MAC_LEN]
 
 
 def tai64n(now: float) -> bytes:
@@ -87,10 +85,7 @@ class Suite:
 
     @property
     def pattern(self) -> str:
-        pattern = Mode(self.mode).pattern(self.has_psk) if self.mode in MODES else ""
-        if not pattern:
-            raise HandshakeError(f"mode {str(self.mode)!r} has no handshake")
-        return pattern
+        return _pattern(self.mode, self.has_psk)
 
     @property
     def noise_cipher(self) -> str:
@@ -99,7 +94,7 @@ class Suite:
     @property
     def prologue(self) -> bytes:
         """The prologue both ends agree on before any message (without the origin, below)."""
-        return NOISE_PROLOGUE + b"|" + self.cipher.encode()
+        return _prologue(self.cipher)
 
     @property
     def uses_origin(self) -> bool:
@@ -114,6 +109,20 @@ class Suite:
         if not self.uses_origin:
             return self.prologue
         return self.prologue + b"|" + check_origin(origin)
+
+
+# A suite's properties are asked for several times per handshake: worked out once per value.
+@functools.lru_cache(maxsize=64)
+def _pattern(mode: str, has_psk: bool) -> str:
+    pattern = Mode(mode).pattern(has_psk) if mode in MODES else ""
+    if not pattern:
+        raise HandshakeError(f"mode {str(mode)!r} has no handshake")
+    return pattern
+
+
+@functools.lru_cache(maxsize=16)
+def _prologue(cipher: str) -> bytes:
+    return NOISE_PROLOGUE + b"|" + cipher.encode()
 
 
 def check_origin(origin: bytes | None) -> bytes:
@@ -332,16 +341,24 @@ def respond(init: Initiation, suite: Suite, ident_for: Callable[[bytes | None], 
     nn = suite.pattern == "NNpsk0"
     if nn and init.origin is None:
         raise HandshakeError("psk-mode initiation without the initiator's ORIGIN option")
+    found: list[Identity] = []
+
+    def known(initiator_public: bytes) -> None:
+        # IK: the initiator's key is looked up as soon as message 1 reveals it, before the
+        # "ss" DH: a key no peer has costs one DH, not two.
+        found.append(ident_for(initiator_public))
+
     hs = noise.HandshakeState(
         suite.pattern, False, cipher=suite.noise_cipher, hash_name="BLAKE2s",
         prologue=suite.prologue_for(init.origin), s=None if nn else own_static,
         psk=ident_for(None).psk if nn else None, e=ephemeral, defer_psk=suite.has_psk and not nn,
+        on_remote_static=None if nn else known,
     )
     timestamp = hs.read_message(init.packet.payload)
     if len(timestamp) != TIMESTAMP_LEN:
         raise HandshakeError("initiation payload is not a 12-byte TAI64N timestamp")
     initiator_public = hs.remote_static
-    ident = ident_for(initiator_public)
+    ident = found[-1] if found else ident_for(initiator_public)
     if suite.has_psk and not nn:
         if ident.psk is None:
             raise HandshakeError("this peer has no pre-shared key but the suite needs one")

@@ -1,23 +1,28 @@
 """The Noise Protocol Framework (revision 34) handshake machinery, over Curve25519.
 
 Patterns are token tables (:data:`_PATTERNS`) run by one generic engine, so adding a pattern is
-one table entry. Every primitive comes from ``cryptography``; this module only composes them as
-the Noise specification describes (sections 5 and 9).
+one table entry. X25519 and the AEADs come from ``cryptography``, the hash functions from
+``hashlib`` (the same algorithms; a one-shot ``hashlib`` digest costs a sixth of
+``cryptography``'s ``Hash`` object, and a handshake takes 22 of them, HMACs included); this
+module only composes them as the Noise specification describes (sections 5 and 9).
+
+What a gateway answers all day is costed in bench/README.md ("Gateway"): the X25519 operations
+are most of a handshake, so none is done twice (static key pairs and static-static secrets are
+kept, bounded) and the Python around them creates few objects.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac as _hmac
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from core.errors import CryptoError, HandshakeError
 
@@ -28,6 +33,7 @@ __all__ = [
     "CipherState",
     "HandshakeState",
     "generate_private_key",
+    "hmac_blake2s",
     "protocol_name",
     "public_key",
 ]
@@ -96,6 +102,13 @@ def _check_key(what: str, key: bytes) -> bytes:
 # --- DH ----------------------------------------------------------------------------------------
 
 
+STATIC_DH_CACHE = 4096
+"""Static-static secrets (the IK ``ss`` token) kept, least recently used dropped first: one
+per pair of static keys, the same in every handshake between them, so a gateway computes each
+peer's once (as WireGuard precomputes it) instead of once per handshake. 4096 is the most
+peers a gateway has (core/gateway.py MAX_PEERS); an entry is about 300 bytes."""
+
+
 def generate_private_key() -> bytes:
     """A fresh X25519 private key, raw 32 bytes."""
     return X25519PrivateKey.generate().private_bytes_raw()
@@ -114,6 +127,13 @@ def _static_keypair(private: bytes) -> _Keypair:
     return _Keypair(private)
 
 
+@functools.lru_cache(maxsize=STATIC_DH_CACHE)
+def _static_shared(private: bytes, remote_public: bytes) -> bytes:
+    # A failed DH raises, and lru_cache keeps no exceptions: a low-order key is refused
+    # every time.
+    return _dh(_static_keypair(private).private, remote_public)
+
+
 def _dh(private: X25519PrivateKey, public: bytes) -> bytes:
     # A low-order remote point yields an all-zero secret that anyone can compute; refuse it.
     # cryptography already raises ValueError for it, the explicit check is belt and braces.
@@ -129,44 +149,71 @@ def _dh(private: X25519PrivateKey, public: bytes) -> bytes:
 # --- hash and HKDF -----------------------------------------------------------------------------
 
 
-def _hash_algorithm(hash_name: str) -> hashes.HashAlgorithm:
-    if hash_name == "BLAKE2s":
-        return hashes.BLAKE2s(32)
-    if hash_name == "BLAKE2b":
-        return hashes.BLAKE2b(64)
-    if hash_name == "SHA256":
-        return hashes.SHA256()
-    if hash_name == "SHA512":
-        return hashes.SHA512()
-    raise HandshakeError(f"unknown Noise hash {hash_name!r}; supported: {', '.join(HASHES)}")
+class _HashObject(Protocol):
+    @property
+    def digest_size(self) -> int: ...
+
+    def digest(self) -> bytes: ...
+
+
+_HASH_FUNCTIONS: dict[str, tuple[Callable[..., _HashObject], int]] = {
+    # name: (constructor, BLOCKLEN: the HMAC block size, Noise spec section 4.3)
+    "BLAKE2s": (hashlib.blake2s, 64),
+    "BLAKE2b": (hashlib.blake2b, 128),
+    "SHA256": (hashlib.sha256, 64),
+    "SHA512": (hashlib.sha512, 128),
+}
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+
+
+@functools.lru_cache(maxsize=len(HASHES))
+def _hash_for(hash_name: str) -> _Hash:
+    return _Hash(hash_name)
+
+
+def hmac_blake2s(key: bytes, data: bytes) -> bytes:
+    """HMAC-BLAKE2s (32 bytes), as the HKDF computes it: for the handshake MACs, where the
+    standard library's hmac (a Python object per call) costs twice as much."""
+    return _hash_for("BLAKE2s").hmac(key, data)
 
 
 class _Hash:
     """HASH, HMAC-HASH and the Noise HKDF for one hash function."""
 
-    __slots__ = ("algorithm", "hashlen")
+    __slots__ = ("_new", "blocklen", "hashlen")
 
     def __init__(self, hash_name: str):
-        self.algorithm = _hash_algorithm(hash_name)
-        self.hashlen = self.algorithm.digest_size
+        if hash_name not in _HASH_FUNCTIONS:
+            raise HandshakeError(f"unknown Noise hash {hash_name!r}; supported: "
+                                 f"{', '.join(HASHES)}")
+        self._new, self.blocklen = _HASH_FUNCTIONS[hash_name]
+        self.hashlen: int = self._new().digest_size
 
     def digest(self, data: bytes) -> bytes:
-        h = hashes.Hash(self.algorithm)
-        h.update(data)
-        return h.finalize()
+        return self._new(data).digest()
 
-    def _hmac(self, key: bytes, data: bytes) -> bytes:
-        h = crypto_hmac.HMAC(key, self.algorithm)
-        h.update(data)
-        return h.finalize()
+    def _pads(self, key: bytes) -> tuple[bytes, bytes]:
+        """HMAC's inner and outer padded keys (RFC 2104, made as the stdlib's hmac.py makes
+        them): HMAC(K, m) = H(K ^ opad || H(K ^ ipad || m))."""
+        if len(key) > self.blocklen:
+            key = self._new(key).digest()
+        key = key.ljust(self.blocklen, b"\0")
+        return key.translate(_IPAD), key.translate(_OPAD)
+
+    def hmac(self, key: bytes, data: bytes) -> bytes:
+        inner, outer = self._pads(key)
+        return self._new(outer + self._new(inner + data).digest()).digest()
 
     def hkdf(self, chaining_key: bytes, ikm: bytes, outputs: int) -> list[bytes]:
         """HKDF as Noise defines it (section 4.3): 2 or 3 outputs of HASHLEN bytes each."""
-        temp_key = self._hmac(chaining_key, ikm)
+        new = self._new
+        temp_key = self.hmac(chaining_key, ikm)
+        inner, outer = self._pads(temp_key)  # once for all the outputs
         out: list[bytes] = []
         previous = b""
         for i in range(1, outputs + 1):
-            previous = self._hmac(temp_key, previous + bytes([i]))
+            previous = new(outer + new(inner + previous + bytes((i,))).digest()).digest()
             out.append(previous)
         return out
 
@@ -187,6 +234,14 @@ class CipherState:
         self.key = key
         self.nonce = nonce
 
+    @classmethod
+    def _derived(cls, key: bytes, cipher: str) -> CipherState:
+        """A state for a key the HKDF just made (KEYLEN bytes, cipher already checked): the
+        handshake makes four of these, so without re-checking what is known."""
+        cs = cls.__new__(cls)
+        cs._cipher, cs._key, cs._aead, cs.nonce = cipher, key, None, 0
+        return cs
+
     @property
     def cipher(self) -> str:
         return self._cipher
@@ -197,14 +252,17 @@ class CipherState:
 
     @key.setter
     def key(self, key: bytes | None) -> None:
-        # The AEAD object is built once per key, not once per message.
-        if key is None:
-            self._key, self._aead = None, None
-            return
-        self._key = _check_key("cipher key", key)
-        self._aead = (
-            ChaCha20Poly1305(self._key) if self._cipher == "ChaChaPoly" else AESGCM(self._key)
-        )
+        self._key = None if key is None else _check_key("cipher key", key)
+        self._aead = None
+
+    def _cipher_object(self, key: bytes) -> ChaCha20Poly1305 | AESGCM:
+        # Built once per key, at its first use, not once per message: a handshake key that
+        # is replaced before it encrypts anything (IK's after "ee") never costs one.
+        aead = self._aead
+        if aead is None:
+            aead = self._aead = (
+                ChaCha20Poly1305(key) if self._cipher == "ChaChaPoly" else AESGCM(key))
+        return aead
 
     def has_key(self) -> bool:
         return self._key is not None
@@ -218,20 +276,22 @@ class CipherState:
 
     def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
         """Seal ``plaintext`` with the next nonce; the identity when there is no key."""
-        if self._aead is None:
+        key = self._key
+        if key is None:
             return plaintext
-        ciphertext = self._aead.encrypt(self._nonce_bytes(), plaintext, ad)
+        ciphertext = self._cipher_object(key).encrypt(self._nonce_bytes(), plaintext, ad)
         self.nonce += 1
         return ciphertext
 
     def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
         """Open ``ciphertext``; raises :class:`CryptoError` (and keeps the nonce) if it fails."""
-        if self._aead is None:
+        key = self._key
+        if key is None:
             return ciphertext
         if len(ciphertext) < TAGLEN:
             raise CryptoError(f"ciphertext of {len(ciphertext)} bytes is shorter than its tag")
         try:
-            plaintext = self._aead.decrypt(self._nonce_bytes(), ciphertext, ad)
+            plaintext = self._cipher_object(key).decrypt(self._nonce_bytes(), ciphertext, ad)
         except InvalidTag:
             raise CryptoError("authentication failed (wrong key or tampered data)") from None
         self.nonce += 1
@@ -261,7 +321,7 @@ class _SymmetricState:
 
     def mix_key(self, ikm: bytes) -> None:
         self.ck, temp_k = self.hash.hkdf(self.ck, ikm, 2)
-        self.cs = CipherState(self._truncate(temp_k), cipher=self.cs.cipher)
+        self.cs = CipherState._derived(self._truncate(temp_k), self.cs.cipher)
 
     def mix_hash(self, data: bytes) -> None:
         self.h = self.hash.digest(self.h + data)
@@ -269,7 +329,7 @@ class _SymmetricState:
     def mix_key_and_hash(self, ikm: bytes) -> None:
         self.ck, temp_h, temp_k = self.hash.hkdf(self.ck, ikm, 3)
         self.mix_hash(temp_h)
-        self.cs = CipherState(self._truncate(temp_k), cipher=self.cs.cipher)
+        self.cs = CipherState._derived(self._truncate(temp_k), self.cs.cipher)
 
     def encrypt_and_hash(self, plaintext: bytes) -> bytes:
         ciphertext = self.cs.encrypt_with_ad(self.h, plaintext)
@@ -293,16 +353,42 @@ class _SymmetricState:
         self.cs.nonce = nonce
 
 
+@functools.lru_cache(maxsize=256)
+def _initial_state(name: str, hash_name: str, prologue: bytes,
+                   pre: tuple[bytes, ...]) -> tuple[bytes, bytes]:
+    """(ck, h) after InitializeSymmetric(name), MixHash(prologue) and the pre-message keys
+    ``pre`` (spec sections 5.3 and 7.1): the same for every handshake with the same prologue
+    and the same static keys, so a responder hashes them once, not once per handshake."""
+    ss = _SymmetricState(name.encode("ascii"), "ChaChaPoly", hash_name)
+    ss.mix_hash(prologue)
+    for key in pre:
+        ss.mix_hash(key)
+    return ss.ck, ss.h
+
+
+@functools.lru_cache(maxsize=64)
+def _needs(pattern: str, initiator: bool) -> tuple[bool, bool, bool]:
+    """(needs s, needs rs, has a psk token) for one side of a pattern."""
+    p = _PATTERNS[pattern]
+    ours = p.initiator_pre if initiator else p.responder_pre
+    theirs = p.responder_pre if initiator else p.initiator_pre
+    sent = [m for i, m in enumerate(p.messages) if (i % 2 == 0) == initiator]
+    return "s" in ours or any("s" in m for m in sent), "s" in theirs, p.has_psk
+
+
 # --- HandshakeState ----------------------------------------------------------------------------
 
 
 class _Keypair:
-    __slots__ = ("private", "public")
+    __slots__ = ("private", "public", "raw")
 
     def __init__(self, private: bytes | X25519PrivateKey):
+        self.raw = private if isinstance(private, bytes) else None
+        """The raw private key of a static key pair (the key of its static-static secrets);
+        None for a generated ephemeral one, whose private half stays inside the object."""
         self.private = (X25519PrivateKey.from_private_bytes(private)
                         if isinstance(private, bytes) else private)
-        self.public = self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.public = self.private.public_key().public_bytes_raw()
 
 
 class HandshakeState:
@@ -325,12 +411,17 @@ class HandshakeState:
         psk: bytes | None = None,
         e: bytes | None = None,
         defer_psk: bool = False,
+        on_remote_static: Callable[[bytes], None] | None = None,
     ):
+        """``on_remote_static`` is told the peer's static key as soon as a message reveals
+        it, before any DH with it; raising there refuses the message (the state stays as it
+        was). A responder uses it to turn away a key no peer has for the price of one DH."""
         name = protocol_name(pattern, cipher, hash_name)
         self._defer_psk = defer_psk
         self._pattern = _PATTERNS[pattern]
         self._initiator = initiator
         self._check_inputs(pattern, s=s, rs=rs, psk=psk)
+        self.on_remote_static = on_remote_static
 
         self._s = _static_keypair(_check_key("static private key (s)", s)) if s is not None \
             else None
@@ -340,30 +431,26 @@ class HandshakeState:
         self._re: bytes | None = None
         self._index = 0
 
-        self._ss = _SymmetricState(name.encode("ascii"), cipher, hash_name)
-        self._ss.mix_hash(prologue)
         # Pre-messages: the initiator's first, then the responder's (spec section 7.1).
-        for token in self._pattern.initiator_pre:
-            self._mix_pre_message(token, ours=initiator)
-        for token in self._pattern.responder_pre:
-            self._mix_pre_message(token, ours=not initiator)
+        pre = tuple(self._pre_message_key(ours=initiator) for _ in self._pattern.initiator_pre)
+        pre += tuple(self._pre_message_key(ours=not initiator)
+                     for _ in self._pattern.responder_pre)
+        self._ss = _SymmetricState.__new__(_SymmetricState)
+        self._ss.hash = _hash_for(hash_name)
+        self._ss.ck, self._ss.h = _initial_state(name, hash_name, bytes(prologue), pre)
+        self._ss.cs = CipherState(cipher=cipher)
 
     def _check_inputs(
         self, pattern: str, *, s: bytes | None, rs: bytes | None, psk: bytes | None
     ) -> None:
-        p = self._pattern
-        ours = p.initiator_pre if self._initiator else p.responder_pre
-        theirs = p.responder_pre if self._initiator else p.initiator_pre
-        sent = [m for i, m in enumerate(p.messages) if (i % 2 == 0) == self._initiator]
-        needs_s = "s" in ours or any("s" in m for m in sent)
-        needs_rs = "s" in theirs
+        needs_s, needs_rs, has_psk = _needs(pattern, self._initiator)
         role = "initiator" if self._initiator else "responder"
         # An unused key is refused rather than ignored: silently dropping it would let a caller
         # believe a static key or psk authenticates a session that it does not.
         for what, needed, value in (
             ("our static private key (s)", needs_s, s),
             ("the remote static public key (rs)", needs_rs, rs),
-            ("a pre-shared key (psk)", p.has_psk and not self._defer_psk, psk),
+            ("a pre-shared key (psk)", has_psk and not self._defer_psk, psk),
         ):
             if needed and value is None:
                 raise HandshakeError(f"Noise {pattern} {role} needs {what}")
@@ -377,10 +464,11 @@ class HandshakeState:
             raise HandshakeError("this pattern does not use a pre-shared key")
         self._psk = _check_key("pre-shared key (psk)", psk)
 
-    def _mix_pre_message(self, token: Literal["s"], *, ours: bool) -> None:
+    def _pre_message_key(self, *, ours: bool) -> bytes:
+        # Every pre-message token is "s" (the patterns above): our static key or theirs.
         key = self._s.public if ours and self._s is not None else self._rs
         assert key is not None  # guaranteed by _check_inputs
-        self._ss.mix_hash(key)
+        return key
 
     # --- state -------------------------------------------------------------------------------
 
@@ -435,6 +523,8 @@ class HandshakeState:
         theirs = self._re if remote == "e" else self._rs
         if ours is None or theirs is None:
             raise HandshakeError(f"Noise token {token!r} used before its keys are known")
+        if ours.raw is not None and token == "ss":
+            return _static_shared(ours.raw, theirs)  # two static keys: the same every time
         return _dh(ours.private, theirs)
 
     def _mix_ephemeral(self, public: bytes) -> None:
@@ -523,6 +613,8 @@ class HandshakeState:
                 length = DHLEN + (TAGLEN if self._ss.cs.has_key() else 0)
                 sealed = take(length, "static key")
                 self._rs = self._decrypt(sealed, number, "static key")
+                if self.on_remote_static is not None:
+                    self.on_remote_static(self._rs)
             elif token == "psk":
                 if self._psk is None:
                     raise HandshakeError("the pre-shared key was deferred and never supplied")

@@ -104,3 +104,30 @@ def test_matches_a_linear_scan_on_random_tables() -> None:
                 addr = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
             best = max((n for n in nets if addr in n), key=lambda n: n.prefixlen, default=None)
             assert t.lookup_v4(int(addr)) == (nets[best] if best is not None else None)
+
+
+def test_longest_prefix_at_a_thousand_peers_whatever_the_insertion_order() -> None:
+    """A gateway's table: 1,000 peers' /32s inside a branch's /16 inside a site's /8 (overlaps
+    a gateway file refuses, but the table must still answer by length): every address goes
+    to its longest prefix whether the wide networks were inserted first or last. A scan
+    that returns the first match found would answer "site" or "branch" here."""
+    hosts = [f"10.1.{i // 250}.{1 + i % 250}" for i in range(1000)]
+    owners = [f"peer{i}" for i in range(1000)]  # the values themselves: removal is by identity
+    for wide_first in (True, False):
+        t: AllowedIPs[str] = AllowedIPs()
+        if wide_first:
+            t.insert("10.0.0.0/8", "site")
+            t.insert("10.1.0.0/16", "branch")
+        for i, h in enumerate(hosts):
+            t.insert(f"{h}/32", owners[i])
+        if not wide_first:
+            t.insert("10.1.0.0/16", "branch")
+            t.insert("10.0.0.0/8", "site")
+        for i, h in enumerate(hosts):
+            assert t.lookup_v4(v4(h)) == f"peer{i}"
+        assert t.lookup_v4(v4("10.1.200.1")) == "branch"
+        assert t.lookup_v4(v4("10.2.0.1")) == "site"
+        # Three lengths in use: a lookup is at most three dict look-ups, not 1,002 tests.
+        assert t._v4_lens == [32, 16, 8]
+        t.remove_value(owners[7])
+        assert t.lookup_v4(v4(hosts[7])) == "branch"

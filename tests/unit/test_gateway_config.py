@@ -96,3 +96,66 @@ def test_finding5_prefix_conflicts_on_its_own() -> None:
     assert gateway.prefix_conflicts("not a network", taken={"x": "p"}, own=[]) == []
     assert gateway.prefix_conflicts("10.9.0.0/16", taken={"10.9.3.0/24": "b"}, own=[]) == [
         "10.9.0.0/16 overlaps 10.9.3.0/24, already routed to peer 'b'"]
+
+
+def test_prefix_index_finds_exactly_the_overlaps_a_full_scan_finds() -> None:
+    """The index (look-ups per prefix length, a sorted list for the networks inside) against
+    ipaddress's own overlaps() over every recorded network, nested and disjoint, both
+    families, in insertion order."""
+    import ipaddress
+    import random
+
+    rng = random.Random(9)
+    for _ in range(30):
+        index = gateway.PrefixIndex()
+        recorded: list[tuple[str, str]] = []
+        for i in range(40):
+            v6 = rng.random() < 0.3
+            bits = 128 if v6 else 32
+            plen = rng.choice([8, 12, 16, 20, 24, 28, bits] if not v6 else [16, 32, 48, 64, 128])
+            base = rng.choice([0x0A000000, 0x0A0A0000]) if not v6 else 0xFD00 << 112
+            addr = base | rng.getrandbits(bits - 8 if not v6 else 24)
+            net = ipaddress.ip_network((addr, plen), strict=False)
+            text = str(net)
+            if text not in dict(recorded):
+                index.add(text, f"p{i}")
+                recorded.append((text, f"p{i}"))
+        for text, _ in [*recorded[:10], ("10.10.0.0/16", ""), ("fd00::/16", "")]:
+            net = ipaddress.ip_network(text)
+            expected = [(t, p) for t, p in recorded
+                        if ipaddress.ip_network(t).version == net.version
+                        and ipaddress.ip_network(t).overlaps(net)]
+            assert index.overlapping(net) == expected
+
+
+def test_a_thousand_peer_file_is_checked_as_a_whole() -> None:
+    """1,000 peers load (each checked against all the others through the index), and one
+    more that overlaps the 500th is refused naming it, with nothing else."""
+    peers = tuple(GatewayPeer(name=f"p{i}", public_key=KEY, device_id=i + 2,
+                              allowed_ips=(f"10.{100 + i // 250}.{i % 250}.0/24",))
+                  for i in range(1000))
+    gw = Gateway(name="office", addresses=("10.213.0.1/24",), peers=peers)
+    assert problems(gw) == []
+    bad = GatewayPeer(name="late", public_key=KEY, device_id=5000,
+                      allowed_ips=("10.102.0.0/23",))
+    assert problems(Gateway(name="office", addresses=("10.213.0.1/24",),
+                            peers=(*peers, bad))) == [
+        ("peer[1000].allowed_ips[0]",
+         "10.102.0.0/23 overlaps 10.102.0.0/24, already routed to peer 'p500'"),
+        ("peer[1000].allowed_ips[0]",
+         "10.102.0.0/23 overlaps 10.102.1.0/24, already routed to peer 'p501'"),
+    ]
+
+
+def test_prefix_conflicts_gives_the_same_answer_from_a_mapping_and_an_index() -> None:
+    taken = {"10.9.3.0/24": "b", "10.9.0.0/16": "a", "10.10.0.0/16": "c", "fd13:9::/64": "d",
+             "10.9.3.7/32": "e"}
+    index = gateway.PrefixIndex(taken)
+    for text in ("10.9.0.0/20", "10.9.3.7/32", "10.10.5.0/24", "10.11.0.0/16", "fd13::/32",
+                 "10.0.0.0/8"):
+        assert gateway.prefix_conflicts(text, taken=taken, own=[]) == \
+            gateway.prefix_conflicts(text, taken=index, own=[])
+    assert gateway.prefix_conflicts("10.9.0.0/20", taken=taken, own=[]) == [
+        "10.9.0.0/20 overlaps 10.9.3.0/24, already routed to peer 'b'",
+        "10.9.0.0/20 overlaps 10.9.0.0/16, already routed to peer 'a'",
+        "10.9.0.0/20 overlaps 10.9.3.7/32, already routed to peer 'e'"]

@@ -223,6 +223,27 @@ def test_replayed_initiation_before_completion_is_refused_too() -> None:
     assert pair.pb.next is answered
 
 
+def test_unknown_static_key_costs_one_dh_and_known_peers_keep_working(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An initiation with a valid MAC1 from a key no peer has is refused (``unknown_peer``)
+    after the es DH that reveals the key, before the ss DH, and takes no state; the real
+    peer's handshake then completes as before."""
+    pair = make_pair("ephemeral", psk=False)
+    intruder_keys = Keys(noise.generate_private_key(), pair.keys.static_b, None)
+    intruder, peer = make_endpoint("ephemeral", "chacha20-poly1305", intruder_keys, pair.clock,
+                                   side="a")
+    packet = intruder.seal(peer, b"let me in")[0]
+    dhs: list[object] = []
+    real_dh = noise._dh
+    monkeypatch.setattr(noise, "_dh", lambda *a: (dhs.append(a), real_dh(*a))[1])
+    for _ in range(3):
+        assert pair.b.receive(packet, SOURCE_A).drop == "unknown_peer"
+    assert len(dhs) == 3 and pair.b.drops == {"unknown_peer": 3}
+    assert len(pair.b.indices) == 0 and pair.pb.next is None
+    establish(pair)
+    assert pair.pb.current is not None or pair.pb.next is not None
+
+
 def test_bad_mac1_refused_before_any_diffie_hellman(monkeypatch: pytest.MonkeyPatch) -> None:
     """The responder pays for DH in handshake.respond; a wrong MAC1 must never get there, nor
     cost a rate-limit token."""

@@ -459,3 +459,109 @@ def test_fuzz_responder_read(pattern: str, data: bytes) -> None:
     else:  # pragma: no cover - forging a valid message at random would be a break of Noise
         pytest.fail("arbitrary bytes were accepted as a handshake message")
     assert not resp.complete
+
+
+# --- what a gateway keeps between handshakes (core/noise.py, bench/README.md "Gateway") ---------
+
+
+@pytest.mark.parametrize("hash_name", HASHES)
+@pytest.mark.parametrize("key_len", [0, 32, 64, 128, 129, 200])
+def test_hmac_and_hkdf_match_the_stdlib_hmac(hash_name: str, key_len: int) -> None:
+    """The hashlib-based HMAC (its pads made once per HKDF) is RFC 2104 HMAC: compared with
+    the standard library's own for every hash, keys shorter and longer than a block."""
+    import hashlib
+    import hmac
+
+    from core import noise
+
+    h = noise._hash_for(hash_name)
+    name = {"BLAKE2s": "blake2s", "BLAKE2b": "blake2b", "SHA256": "sha256",
+            "SHA512": "sha512"}[hash_name]
+    key, data = os.urandom(key_len), os.urandom(77)
+    assert h.hmac(key, data) == hmac.digest(key, data, name)
+    assert h.digest(data) == hashlib.new(name, data).digest()
+    ck = os.urandom(h.hashlen)
+    temp = hmac.digest(ck, data, name)
+    o1 = hmac.digest(temp, b"\x01", name)
+    o2 = hmac.digest(temp, o1 + b"\x02", name)
+    o3 = hmac.digest(temp, o2 + b"\x03", name)
+    assert h.hkdf(ck, data, 2) == [o1, o2]
+    assert h.hkdf(ck, data, 3) == [o1, o2, o3]
+
+
+def test_static_static_secret_is_kept_and_equals_the_dh() -> None:
+    from core import noise
+
+    a, b = generate_private_key(), generate_private_key()
+    noise._static_shared.cache_clear()
+    first = noise._static_shared(a, public_key(b))
+    assert noise._static_shared(a, public_key(b)) == first
+    assert noise._static_shared.cache_info().hits == 1
+    assert noise._static_shared(b, public_key(a)) == first  # a DH, both ways
+    assert noise._static_shared.cache_info().maxsize == noise.STATIC_DH_CACHE
+    # A refused key is refused every time: failures are not kept.
+    for _ in range(2):
+        with pytest.raises(CryptoError, match="low-order"):
+            noise._static_shared(a, bytes(32))
+
+
+def test_handshakes_with_kept_state_still_match_each_other() -> None:
+    """Many handshakes between the same two static keys (kept initial state and ss secret)
+    and with other keys in between: every pair agrees, and no two sessions share keys."""
+    resp_s = generate_private_key()
+    statics = [generate_private_key() for _ in range(3)]
+    seen: set[bytes] = set()
+    for init_s in statics * 3:
+        init = HandshakeState("IK", True, prologue=PROLOGUE, s=init_s, rs=public_key(resp_s))
+        resp = HandshakeState("IK", False, prologue=PROLOGUE, s=resp_s)
+        assert resp.read_message(init.write_message(b"ts")) == b"ts"
+        assert init.read_message(resp.write_message()) == b""
+        assert resp.remote_static == public_key(init_s)
+        assert init.split_keys() == resp.split_keys()
+        seen.update(init.split_keys())
+    assert len(seen) == 2 * 9
+
+
+def test_on_remote_static_refuses_before_the_ss_dh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A responder told the initiator's key can refuse it before the ss DH: one DH (es) was
+    spent, the state is as it was, and the same message is accepted once the key is known."""
+    from core import noise
+
+    resp_s, init_s = generate_private_key(), generate_private_key()
+    message = HandshakeState("IK", True, s=init_s, rs=public_key(resp_s)).write_message(b"hi")
+    known: set[bytes] = set()
+    told: list[bytes] = []
+
+    def check(key: bytes) -> None:
+        told.append(key)
+        if key not in known:
+            raise HandshakeError("no peer has this key")
+
+    dhs: list[str] = []
+    real_dh, real_shared = noise._dh, noise._static_shared
+    monkeypatch.setattr(noise, "_dh", lambda *a: (dhs.append("dh"), real_dh(*a))[1])
+    monkeypatch.setattr(noise, "_static_shared",
+                        lambda *a: (dhs.append("ss"), real_shared(*a))[1])
+    resp = HandshakeState("IK", False, s=resp_s, on_remote_static=check)
+    with pytest.raises(HandshakeError, match="no peer"):
+        resp.read_message(message)
+    assert told == [public_key(init_s)] and dhs == ["dh"] and resp.remote_static is None
+    known.add(public_key(init_s))
+    real_shared.cache_clear()
+    assert resp.read_message(message) == b"hi"
+    assert dhs == ["dh", "dh", "ss", "dh"]  # es, then ss: not kept yet, so computed once
+    again = HandshakeState("IK", False, s=resp_s, on_remote_static=check)
+    dhs.clear()
+    assert again.read_message(message) == b"hi"
+    assert dhs == ["dh", "ss"]  # es, and the kept ss
+
+
+def test_hmac_blake2s_is_the_stdlib_hmac() -> None:
+    import hashlib
+    import hmac
+
+    from core import noise
+
+    for key in (b"", os.urandom(16), os.urandom(32), os.urandom(64), os.urandom(65)):
+        data = os.urandom(100)
+        assert noise.hmac_blake2s(key, data) == hmac.digest(key, data, hashlib.blake2s)
