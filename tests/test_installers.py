@@ -1,7 +1,13 @@
 """The installers: the Debian package built by installers/debian/build.sh, checked with the tools
 Debian and systemd check such things with, then installed for real into a fresh Debian 12 root
 made by debootstrap (dpkg -i, apt-get -f install, the commands, a tunnel, the demo, purge), and
-installers/install.sh + uninstall.sh run in such a root too.
+installers/install.sh + uninstall.sh run in such a root too: without cargo (the pure-Python
+data path), then again with the host's Rust toolchain bound into the root (the native core).
+
+The package carries the native data-path core, built once for every test here (a release build
+of native/ takes a minute or more) in a CARGO_TARGET_DIR of this session's own, never the tree's
+native/target; without cargo the tests build the ``all`` package and skip the native checks,
+unless TUNSEAL_REQUIRE_NATIVE=1.
 
 The Debian root lives under /var/tmp and is deleted afterwards; every mount it needs is made in
 a private mount namespace (``unshare -m``), so none is ever visible outside its command, and every
@@ -15,6 +21,7 @@ import contextlib
 import grp
 import json
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -41,6 +48,9 @@ CACHE = ROOT / "build" / "installer-tests"
 removes it)."""
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LAUNCHERS = ("tunseal", "tunseal-helper", "tunseal-gui")
+NATIVE_SO = "/usr/lib/tunseal/tunseal_native.abi3.so"
+"""Where the package puts the native core: beside core/ and helper/, which import it."""
+PURE_PYTHON_SAID = "installing the slower pure-Python data path"
 PLAIN_PROFILE = """format = 1
 [tunnel]
 name = "smoke"
@@ -53,10 +63,10 @@ allowed_ips = ["10.99.0.2/32"]
 """
 
 
-def run(*cmd: str | Path, timeout: float = 120, check: bool = True,
-        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(*cmd: str | Path, timeout: float = 120, check: bool = True, cwd: Path | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
-                          timeout=timeout, check=False, cwd=cwd)
+                          timeout=timeout, check=False, cwd=cwd, env=env)
     if check:
         assert done.returncode == 0, f"{cmd}: {done.returncode}\n{done.stdout}\n{done.stderr}"
     return done
@@ -69,16 +79,66 @@ def need(tool: str) -> str:
     return path
 
 
+# --- the native core ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def native_target() -> Iterator[Path | None]:
+    """A CARGO_TARGET_DIR holding the release build of native/ (the command build.sh and
+    install.sh run, so theirs find it done), or None without cargo; removed afterwards."""
+    if shutil.which("cargo") is None:
+        if os.environ.get("TUNSEAL_REQUIRE_NATIVE") == "1":
+            pytest.fail("TUNSEAL_REQUIRE_NATIVE=1 but cargo is not installed")
+        yield None
+        return
+    target = Path(tempfile.mkdtemp(prefix="tunseal-native-target-"))
+    try:
+        run("cargo", "build", "--quiet", "--release", "--locked", "--manifest-path",
+            ROOT / "native/Cargo.toml", env=cargo_env(target), timeout=1200)
+        yield target
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def cargo_env(target: Path) -> dict[str, str]:
+    """This environment with CARGO_TARGET_DIR, and rustup's and cargo's homes in the real home
+    (tests/run.sh gives the tests a throwaway HOME, where rustup would find no toolchain)."""
+    home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    env = dict(os.environ, CARGO_TARGET_DIR=str(target))
+    for name, default in (("RUSTUP_HOME", home / ".rustup"), ("CARGO_HOME", home / ".cargo")):
+        if name not in env and default.is_dir():
+            env[name] = str(default)
+    return env
+
+
+def needs_native(target: Path | None) -> Path:
+    if target is None:
+        pytest.skip("cargo is not installed: the package is built without the native core")
+    return target
+
+
+def architecture() -> str:
+    return run("dpkg", "--print-architecture").stdout.strip()
+
+
 # --- the package ---------------------------------------------------------------------------------
 
 
+def build_deb(out: Path, target: Path | None) -> subprocess.CompletedProcess[str]:
+    """build.sh OUTDIR, with the session's native build, or --no-native without cargo."""
+    if target is None:
+        return run("bash", BUILD, "--no-native", out, timeout=300)
+    return run("bash", BUILD, out, timeout=600, env=cargo_env(target))
+
+
 @pytest.fixture(scope="module")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def deb(tmp_path_factory: pytest.TempPathFactory, native_target: Path | None) -> Path:
     need("dpkg-deb")
     out = tmp_path_factory.mktemp("deb")
-    done = run("bash", BUILD, out, timeout=300)
+    done = build_deb(out, native_target)
     path = Path(done.stdout.strip().splitlines()[-1])
-    assert path == out / f"tunseal_{VERSION}_all.deb" and path.is_file(), done.stdout
+    arch = "all" if native_target is None else architecture()
+    assert path == out / f"tunseal_{VERSION}_{arch}.deb" and path.is_file(), done.stdout
     return path
 
 
@@ -106,11 +166,14 @@ def test_control_fields(deb: Path) -> None:
 
     assert field("Package") == "tunseal"
     assert field("Version") == VERSION
-    assert field("Architecture") == "all"
+    native = NATIVE_SO in contents(deb)
+    assert field("Architecture") == (architecture() if native else "all")
     depends = {d.split()[0] for d in field("Depends").split(", ")}
     assert {"python3", "python3-cryptography", "python3-pyroute2", "python3-keyring",
             "python3-secretstorage", "python3-jeepney", "python3-tomli-w", "gnome-keyring",
             "dbus"} <= depends
+    # The native core links libc and libgcc (dpkg-shlibdeps' words); the all package nothing.
+    assert ({"libc6", "libgcc-s1"} <= depends) == native
     assert "setup-pypi-deps" in field("Description")
 
 
@@ -147,6 +210,50 @@ def test_file_list(deb: Path) -> None:
                  "/usr/lib/tunseal/setup-pypi-deps", "/usr/lib/tunseal/helper/keyring-session.sh"):
         assert table[path][0] == "-rwxr-xr-x", path
     assert table["/usr/lib/tunseal/core/cli.py"][0] == "-rw-r--r--"
+    native = [p for p in table if "tunseal_native" in p]
+    assert native == ([NATIVE_SO] if NATIVE_SO in table else [])
+    if native:
+        assert table[NATIVE_SO][0] == "-rw-r--r--"
+
+
+def test_the_package_carries_the_native_core_for_this_architecture(
+    unpacked: Path, native_target: Path | None,
+) -> None:
+    """Imported the way the launchers import (the private directory first on the path, Python
+    isolated), by every CPython >= 3.11 here: one abi3 build serves them all."""
+    needs_native(native_target)
+    so = unpacked / NATIVE_SO.lstrip("/")
+    assert so.is_file()
+    machine = run("readelf", "-h", so).stdout
+    assert {"amd64": "X86-64", "arm64": "AArch64"}.get(architecture(), "") in machine
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from core import native; "
+            "print(native.describe(), native.module and native.module.__file__)")
+    pythons = {"/usr/bin/python3", sys.executable}
+    pyenv = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
+    pythons |= {str(p) for p in pyenv.glob("3.1[1-9]*/bin/python3")}
+    env = {k: v for k, v in os.environ.items() if k != "TUNSEAL_NATIVE"}
+    for python in sorted(p for p in pythons if Path(p).exists()):
+        done = run(python, "-I", "-c", code, unpacked / "usr/lib/tunseal", env=env)
+        assert done.stdout.split() == ["native", "core", str(so)], (python, done.stdout)
+
+
+def test_without_cargo_the_build_stops_unless_told_to_build_the_all_package(
+    tmp_path: Path,
+) -> None:
+    if shutil.which("cargo", path=PATH) is not None:
+        pytest.skip("cargo is installed system-wide: no PATH here lacks it")
+    env = dict(os.environ, PATH=PATH)
+    stopped = run("bash", BUILD, tmp_path / "stopped", env=env, check=False, timeout=300)
+    assert stopped.returncode == 1, stopped
+    assert "cargo (Rust) is missing" in stopped.stderr and "--no-native" in stopped.stderr
+    assert not (tmp_path / "stopped").exists()
+
+    done = run("bash", BUILD, "--no-native", tmp_path / "all", env=env, timeout=300)
+    assert "warning: building without the native data-path core" in done.stderr
+    deb = tmp_path / "all" / f"tunseal_{VERSION}_all.deb"
+    assert Path(done.stdout.strip()) == deb
+    assert run("dpkg-deb", "--field", deb, "Architecture").stdout.strip() == "all"
+    assert not [p for p in contents(deb) if "tunseal_native" in p]
 
 
 def test_launchers_run_isolated_from_the_private_directory(unpacked: Path) -> None:
@@ -158,8 +265,9 @@ def test_launchers_run_isolated_from_the_private_directory(unpacked: Path) -> No
         compile(text, program, "exec")
 
 
-def test_the_build_is_reproducible(deb: Path, tmp_path: Path) -> None:
-    again = Path(run("bash", BUILD, tmp_path, timeout=300).stdout.strip().splitlines()[-1])
+def test_the_build_is_reproducible(deb: Path, tmp_path: Path,
+                                   native_target: Path | None) -> None:
+    again = Path(build_deb(tmp_path, native_target).stdout.strip().splitlines()[-1])
     assert again.read_bytes() == deb.read_bytes()
 
 

@@ -98,7 +98,7 @@ for program in tunseal tunseal-helper tunseal-gui; do
 done
 
 # --- the native data-path core -------------------------------------------------------------------
-# The same build as install.sh's (so a CARGO_TARGET_DIR one of them filled serves the other),
+# The same cargo build as install.sh's (a CARGO_TARGET_DIR that holds it is reused as it is),
 # stripped as dh_strip strips; dpkg-shlibdeps names the libraries it links (libc, libgcc).
 native_depends=""
 if [ "$native" = yes ]; then
