@@ -465,13 +465,21 @@ class DebianRoot:
         self.path = path
 
     def run(self, script: str, *, netns: str | None = None, timeout: float = 600,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
+            check: bool = True, binds: tuple[tuple[Path, str], ...] = (),
+            ) -> subprocess.CompletedProcess[str]:
+        """``binds``: (a directory of this machine, where it appears in the root), read-only,
+        for this command only."""
         r = shlex.quote(str(self.path))
         # The root is a mount point of its own (ip netns needs one), then the API file systems.
         mounts = (f"mount --bind {r} {r} && "
                   f"mount -t proc proc {r}/proc && mount -t sysfs sysfs {r}/sys && "
                   f"mount --rbind /dev {r}/dev && "
                   f"mount -t tmpfs tmpfs {r}/run && mount -t tmpfs tmpfs {r}/tmp")
+        for source, inside in binds:
+            (self.path / inside.lstrip("/")).mkdir(parents=True, exist_ok=True)
+            there = shlex.quote(f"{self.path}/{inside.lstrip('/')}")
+            mounts += (f" && mount --bind {shlex.quote(str(source))} {there}"
+                       f" && mount -o remount,bind,ro {there}")
         inner = (f"exec chroot {r} env -i PATH={PATH} HOME=/root LC_ALL=C.UTF-8 "
                  "DEBIAN_FRONTEND=noninteractive PIP_CERT=/root/host-ca-bundle.crt "
                  "sh -euc \"$1\"")
@@ -623,20 +631,27 @@ def netns() -> Iterator[str]:
 
 
 HELPER_SMOKE = """
-cat > /root/smoke.tunseal <<'EOF'
+cat > /root/{name}.tunseal <<'EOF'
 {profile}EOF
 setsid {session} /etc/tunseal/keyring.pass {helper} > /root/helper.log 2>&1 &
 group=$!
 for i in $(seq 150); do [ -S /run/tunseal/helper.sock ] && break; sleep 0.1; done
-tunseal import /root/smoke.tunseal
-tunseal up smoke
-tunseal --json status smoke > /root/status.json
-test -e /sys/class/net/ts-smoke
-tunseal genkey smoke > /dev/null
-tunseal down smoke
+tunseal import /root/{name}.tunseal
+tunseal up {name}
+tunseal --json status {name} > /root/status.json
+test -e /sys/class/net/ts-{name}
+tunseal genkey {name} > /dev/null
+tunseal down {name}
+tunseal --json doctor > /root/doctor.json || true
 kill -TERM "-$group"
 for i in $(seq 100); do [ -S /run/tunseal/helper.sock ] || break; sleep 0.1; done
 """
+
+
+def datapath(r: DebianRoot) -> dict[str, str]:
+    """The doctor's Data path check from HELPER_SMOKE's run: the installed helper's core."""
+    checks = json.loads((r.path / "root/doctor.json").read_text())["checks"]
+    return next(c for c in checks if c["id"] == "datapath")
 
 
 def test_the_package_installs_runs_and_purges_on_debian_12(
@@ -670,11 +685,17 @@ def test_the_package_installs_runs_and_purges_on_debian_12(
     r.run("/usr/lib/tunseal/setup-pypi-deps --check")
 
     # The installed helper with Debian's pyroute2, keyring and secretstorage: a TUN link, a key.
-    r.run(HELPER_SMOKE.format(profile=PLAIN_PROFILE, session="/usr/lib/tunseal/helper/"
-                              "keyring-session.sh", helper="/usr/bin/tunseal-helper"),
+    r.run(HELPER_SMOKE.format(name="smoke", profile=PLAIN_PROFILE,
+                              session="/usr/lib/tunseal/helper/keyring-session.sh",
+                              helper="/usr/bin/tunseal-helper"),
           netns=netns, timeout=120)
     status = json.loads((r.path / "root/status.json").read_text())
     assert status["tunnels"][0]["state"] == "up", status
+    core = datapath(r)
+    if NATIVE_SO in contents(deb):  # the installed helper runs the packaged native core
+        assert (core["status"], core["found"]) == ("ok", f"native core ({NATIVE_SO})"), core
+    else:
+        assert core["status"] == "warn" and "architecture" in core["todo"], core
     r.kill_processes()
 
     # The packaged demo: an ephemeral tunnel, a page fetched through it, then nothing left.
@@ -695,7 +716,12 @@ def test_the_package_installs_runs_and_purges_on_debian_12(
     assert (r.path / "var/lib/tunseal/profiles/smoke.tunseal").is_file()  # purge keeps profiles
 
 
-def test_install_sh_and_uninstall_sh_on_debian_12(debian_root: DebianRoot, netns: str) -> None:
+def test_install_sh_and_uninstall_sh_on_debian_12(
+    debian_root: DebianRoot, netns: str, native_target: Path | None,
+) -> None:
+    """Installed without cargo (the pure-Python data path, said so), then upgraded in place
+    with this machine's Rust toolchain and crate cache bound into the root (cargo offline, the
+    root's own gcc): the native core, which the installed helper loads; then uninstalled."""
     r = debian_root
     r.run("dpkg --purge tunseal >/dev/null 2>&1 || true; rm -rf /var/lib/tunseal; "
           "apt-get install -y -q --no-install-recommends python3 python3-venv gnome-keyring "
@@ -710,8 +736,13 @@ def test_install_sh_and_uninstall_sh_on_debian_12(debian_root: DebianRoot, netns
         if (ROOT / f).exists():
             shutil.copy(ROOT / f, source / f)
 
+    assert r.run("command -v cargo", check=False).returncode != 0
     done = r.run("bash /root/src/installers/install.sh", timeout=900)
     assert "systemd is not running here" in done.stdout  # a chroot: told how to start it
+    assert f"no cargo (Rust) here: {PURE_PYTHON_SAID}" in done.stdout
+    assert "https://rustup.rs" in done.stdout
+    assert "data path: pure-Python path (the native module is not built)" in done.stdout
+    assert not (r.path / "opt/tunseal/lib/tunseal_native.abi3.so").exists()
     for path in ("opt/tunseal/venv/bin/python3", "opt/tunseal/lib/helper/main.py",
                  "usr/local/bin/tunseal", "usr/local/bin/tunseal-helper",
                  "usr/local/bin/tunseal-gui", "etc/systemd/system/tunseal-helper.service",
@@ -732,12 +763,30 @@ def test_install_sh_and_uninstall_sh_on_debian_12(debian_root: DebianRoot, netns
     assert r.run("tunseal --help").stdout.startswith("usage: tunseal")
     assert r.run("tunseal-helper --help").stdout.startswith("usage: tunseal-helper")
 
-    r.run(HELPER_SMOKE.format(profile=PLAIN_PROFILE, session="/opt/tunseal/lib/helper/"
-                              "keyring-session.sh", helper="/usr/local/bin/tunseal-helper"),
-          netns=netns, timeout=120)
-    r.kill_processes()
+    def smoke(name: str) -> None:
+        r.run(HELPER_SMOKE.format(name=name, profile=PLAIN_PROFILE.replace("smoke", name),
+                                  session="/opt/tunseal/lib/helper/keyring-session.sh",
+                                  helper="/usr/local/bin/tunseal-helper"),
+              netns=netns, timeout=120)
 
-    again = r.run("bash /root/src/installers/install.sh", timeout=900)  # an upgrade in place
+    smoke("smoke")
+    r.kill_processes()
+    core = datapath(r)
+    assert core["status"] == "warn" and "installers/install.sh' again" in core["todo"], core
+
+    if native_target is None:
+        again = r.run("bash /root/src/installers/install.sh", timeout=900)  # upgrade in place
+    else:
+        again = install_with_cargo(r)
+        assert "building the native data-path core with cargo" in again.stdout
+        assert "data path: native core" in again.stdout, again.stdout
+        so = r.path / "opt/tunseal/lib/tunseal_native.abi3.so"
+        assert so.is_file()
+        smoke("native")  # a second profile: the first is kept across the upgrade
+        r.kill_processes()
+        core = datapath(r)
+        assert (core["status"], core["found"]) == (
+            "ok", "native core (/opt/tunseal/lib/tunseal_native.abi3.so)"), core
     assert "created group" not in again.stdout
 
     r.run("bash /opt/tunseal/share/installer/uninstall.sh")
@@ -753,3 +802,17 @@ def test_install_sh_and_uninstall_sh_on_debian_12(debian_root: DebianRoot, netns
     assert not r.group_exists("tunseal")
     assert (r.path / "var/lib/tunseal/profiles/smoke.tunseal").is_file()
     assert "nothing to do" in r.run("bash /root/src/installers/uninstall.sh").stdout
+
+
+def install_with_cargo(r: DebianRoot) -> subprocess.CompletedProcess[str]:
+    """install.sh in the root with this machine's Rust toolchain (its sysroot, read-only, at the
+    same path) on the PATH and cargo's crate cache read-only in the root's CARGO_HOME, offline:
+    the crates of native/Cargo.lock come from this machine, not crates.io. The linker and
+    ring's C compiler are the root's own gcc."""
+    env = cargo_env(Path(tempfile.gettempdir()))
+    sysroot = run("rustc", "--print", "sysroot", env=env).stdout.strip()
+    registry = Path(env.get("CARGO_HOME", Path.home() / ".cargo")) / "registry"
+    r.run("apt-get install -y -q --no-install-recommends gcc libc6-dev", timeout=600)
+    return r.run(f"PATH={sysroot}/bin:$PATH CARGO_HOME=/root/.cargo CARGO_NET_OFFLINE=true "
+                 "bash /root/src/installers/install.sh", timeout=1200,
+                 binds=((Path(sysroot), sysroot), (registry, "/root/.cargo/registry")))
