@@ -18,6 +18,7 @@ TUNSEAL_TEST_NO_CHROOT=1 to skip the (few minutes of) real installs.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import grp
 import json
 import os
@@ -83,21 +84,35 @@ def need(tool: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def native_target() -> Iterator[Path | None]:
+def native_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path | None]:
     """A CARGO_TARGET_DIR holding the release build of native/ (the command build.sh and
-    install.sh run, so theirs find it done), or None without cargo; removed afterwards."""
+    install.sh run, so theirs find it done), or None without cargo.
+
+    One for the whole run: it lives beside the xdist workers' own temporary directories, so a
+    second worker's cargo waits on the first's lock on it and then finds the build done. Each
+    worker holds a shared lock on it while it runs; the one that ends last (it gets the lock
+    alone) removes it."""
     if shutil.which("cargo") is None:
         if os.environ.get("TUNSEAL_REQUIRE_NATIVE") == "1":
             pytest.fail("TUNSEAL_REQUIRE_NATIVE=1 but cargo is not installed")
         yield None
         return
-    target = Path(tempfile.mkdtemp(prefix="tunseal-native-target-"))
-    try:
-        run("cargo", "build", "--quiet", "--release", "--locked", "--manifest-path",
-            ROOT / "native/Cargo.toml", env=cargo_env(target), timeout=1200)
-        yield target
-    finally:
-        shutil.rmtree(target, ignore_errors=True)
+    target = tmp_path_factory.getbasetemp().parent / "native-target"
+    target.mkdir(exist_ok=True)
+    with open(target.parent / "native-target.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        try:
+            run("cargo", "build", "--quiet", "--release", "--locked", "--manifest-path",
+                ROOT / "native/Cargo.toml", env=cargo_env(target), timeout=1200)
+            yield target
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass  # another worker still uses it: it removes it when it ends
+            else:
+                shutil.rmtree(target, ignore_errors=True)
 
 
 def cargo_env(target: Path) -> dict[str, str]:
