@@ -57,6 +57,7 @@ HELPER_CHECKS: Final = (
     ("ipv6", "IPv6"),
     ("mtu", "Path MTU"),
     ("clock", "Clock"),
+    ("datapath", "Data path"),
 )
 """The checks the helper runs, in the order they are shown."""
 

@@ -150,6 +150,7 @@ def diagnose(targets: list[Target], engine: EngineView, *, keyring_error: str = 
     checks.append(_guarded("ipv6", "IPv6", "",
                            lambda: ipv6_check(list(statuses.values()), full4)))
     checks.append(_guarded("clock", "Clock", "", clock_check))
+    checks.append(datapath_check())
     return [c.to_dict() for c in checks]
 
 
@@ -689,6 +690,39 @@ def clock_check(now: float | None = None) -> Check:
     how = "synchronised" if synced else "of unknown synchronisation"
     seen = "" if newest is None else " and not behind the last answered handshake"
     return Check("clock", title, OK, f"the clock ({when} UTC) is {how}{seen}")
+
+
+DEB_LIBDIR: Final = Path("/usr/lib/tunseal")
+INSTALL_SH_LIBDIR: Final = Path("/opt/tunseal/lib")
+"""Where the .deb and install.sh put the program (installers/README.md): a pure-Python data path
+there is fixed by installing differently; in a source tree, by ``make native``."""
+
+
+def datapath_check(native_file: str | None = None, why_not: str | None = None,
+                   libdir: Path | None = None) -> Check:
+    """Which data-path core this helper's tunnels run on (core/native.py): the native one, or
+    the pure-Python path, which carries every mode but moves fewer packets per second. The
+    arguments default to this process's choice and the directory its ``core`` came from."""
+    from core import native
+
+    if native_file is None and why_not is None:
+        native_file = native.module.__file__ if native.module is not None else None
+        why_not = native.why_not
+    title = "Data path"
+    if native_file is not None:
+        return Check("datapath", title, OK, f"native core ({native_file})")
+    libdir = Path(native.__file__).resolve().parents[1] if libdir is None else libdir
+    if why_not == "TUNSEAL_NATIVE=0":
+        todo = "unset TUNSEAL_NATIVE in the helper's environment for the native core"
+    elif libdir == DEB_LIBDIR:
+        todo = ("install the tunseal package built for this machine's architecture (it "
+                "carries the native core; the 'all' package does not)")
+    elif libdir == INSTALL_SH_LIBDIR:
+        todo = ("install Rust (cargo, https://rustup.rs) and run 'sudo bash "
+                "installers/install.sh' again: it builds the native core")
+    else:
+        todo = "build it: 'make native' (needs Rust's cargo)"
+    return Check("datapath", title, WARN, f"pure Python (slower: {why_not})", todo)
 
 
 def _state_path() -> Path | None:

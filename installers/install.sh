@@ -2,8 +2,12 @@
 # Installs Tunseal on a Linux distribution without the Debian package (installers/README.md):
 # the program in /opt/tunseal/lib, its Python dependencies in a private venv /opt/tunseal/venv
 # (from PyPI, as pyproject.toml lists them), launchers in /usr/local/bin, the same systemd unit,
-# group, keyring password, menu entry and tray autostart entry as the .deb. Run again, it
-# upgrades in place. Undo it with uninstall.sh (it keeps the profiles).
+# group, keyring password, menu entry and tray autostart entry as the .deb. Where cargo (Rust)
+# is on the PATH it builds the native data-path core (native/; cargo fetches the crates in
+# native/Cargo.lock unless they are in its cache) into $PREFIX/lib/tunseal_native.abi3.so; else it
+# says it installs the slower pure-Python data path. Run again, it upgrades in place (and
+# builds the native core then, if cargo is there now). Undo it with uninstall.sh (it keeps the
+# profiles).
 #
 #   sudo bash installers/install.sh [--with-gui] [--no-start]
 # shellcheck source-path=SCRIPTDIR
@@ -14,6 +18,7 @@ BINDIR=/usr/local/bin
 SHARE=/usr/local/share
 UNIT=/etc/systemd/system/tunseal-helper.service
 MIN_CRYPTOGRAPHY=47  # the data path's AEAD encrypt_into
+PURE_PYTHON="installing the slower pure-Python data path"
 
 src=$(cd "$(dirname "$0")/.." && pwd)
 common=$src/installers/common
@@ -80,7 +85,10 @@ if compgen -G "$src/resources/*.svg" >/dev/null; then
     install -m 0644 "$src"/resources/*.svg "$PREFIX/lib.new/resources/"
 fi
 # The native data-path core (native/, Rust): built where cargo exists, else the helper runs the
-# slower pure-Python data path (every mode works on both).
+# slower pure-Python data path (every mode works on both). The same build as debian/build.sh's,
+# in a throwaway target directory (never root-owned files in the source tree's native/target).
+get_native="install Rust 1.78 or later (https://rustup.rs) and run this again with cargo"
+get_native+=" on root's PATH (sudo env PATH=\"\$PATH\" bash $0)"
 if command -v cargo >/dev/null && [ -f "$src/native/Cargo.toml" ]; then
     say "building the native data-path core with cargo (a few minutes)"
     native_target=$(mktemp -d "${TMPDIR:-/tmp}/tunseal-native.XXXXXX")
@@ -89,12 +97,11 @@ if command -v cargo >/dev/null && [ -f "$src/native/Cargo.toml" ]; then
         install -m 0644 "$native_target/release/libtunseal_native.so" \
             "$PREFIX/lib.new/tunseal_native.abi3.so"
     else
-        say "the native core did not build: installing the slower pure-Python data path"
+        say "the native core did not build (cargo's words above): $PURE_PYTHON"
     fi
     rm -rf "$native_target"
 else
-    say "no cargo (Rust) here: installing the slower pure-Python data path" \
-        "(install Rust and run this again for the native core)"
+    say "no cargo (Rust) here: $PURE_PYTHON. For the native core: $get_native"
 fi
 rm -rf "${PREFIX:?}/lib"
 mv "$PREFIX/lib.new" "$PREFIX/lib"
@@ -116,6 +123,11 @@ PY
 "$PREFIX/venv/bin/python3" -m pip install --quiet --upgrade --disable-pip-version-check \
     "${requirements[@]}" "cryptography>=$MIN_CRYPTOGRAPHY"
 "$PREFIX/venv/bin/python3" -m compileall -q "$PREFIX/lib" >/dev/null || true
+# Which core the installed helper will run, as it chooses (core/native.py).
+datapath=$("$PREFIX/venv/bin/python3" -I -c \
+    'import sys; sys.path.insert(0, sys.argv[1]); from core import native; print(native.describe())' \
+    "$PREFIX/lib")
+say "data path: $datapath"
 
 # --- launchers, unit, desktop files, docs --------------------------------------------------------
 subst() { python3 "$common/subst.py" "$@"; }

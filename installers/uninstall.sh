@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Removes what installers/install.sh installed: the service (stopped first, which takes every
 # tunnel down), every file it wrote outside /opt/tunseal (listed in /opt/tunseal/installed-files),
-# /opt/tunseal itself, the group if install.sh created it, /etc/tunseal and the keys. It keeps the
-# profiles in /var/lib/tunseal/profiles. With --keep-keys it also keeps /etc/tunseal and
-# /var/lib/tunseal (keys included) for a later reinstall.
+# /opt/tunseal itself (the program, its venv, the native core), the group if install.sh created
+# it, /etc/tunseal and the keys. It keeps the profiles in /var/lib/tunseal/profiles. With
+# --keep-keys it also keeps /etc/tunseal and /var/lib/tunseal (keys included) for a reinstall.
 #
 #   sudo bash installers/uninstall.sh [--keep-keys]
 #   sudo bash /opt/tunseal/share/installer/uninstall.sh [--keep-keys]

@@ -1,7 +1,13 @@
 """The installers: the Debian package built by installers/debian/build.sh, checked with the tools
 Debian and systemd check such things with, then installed for real into a fresh Debian 12 root
 made by debootstrap (dpkg -i, apt-get -f install, the commands, a tunnel, the demo, purge), and
-installers/install.sh + uninstall.sh run in such a root too.
+installers/install.sh + uninstall.sh run in such a root too: without cargo (the pure-Python
+data path), then again with the host's Rust toolchain bound into the root (the native core).
+
+The package carries the native data-path core, built once for every test here (a release build
+of native/ takes a minute or more) in a CARGO_TARGET_DIR of this session's own, never the tree's
+native/target; without cargo the tests build the ``all`` package and skip the native checks,
+unless TUNSEAL_REQUIRE_NATIVE=1.
 
 The Debian root lives under /var/tmp and is deleted afterwards; every mount it needs is made in
 a private mount namespace (``unshare -m``), so none is ever visible outside its command, and every
@@ -12,9 +18,11 @@ TUNSEAL_TEST_NO_CHROOT=1 to skip the (few minutes of) real installs.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import grp
 import json
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -41,6 +49,9 @@ CACHE = ROOT / "build" / "installer-tests"
 removes it)."""
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LAUNCHERS = ("tunseal", "tunseal-helper", "tunseal-gui")
+NATIVE_SO = "/usr/lib/tunseal/tunseal_native.abi3.so"
+"""Where the package puts the native core: beside core/ and helper/, which import it."""
+PURE_PYTHON_SAID = "installing the slower pure-Python data path"
 PLAIN_PROFILE = """format = 1
 [tunnel]
 name = "smoke"
@@ -53,10 +64,10 @@ allowed_ips = ["10.99.0.2/32"]
 """
 
 
-def run(*cmd: str | Path, timeout: float = 120, check: bool = True,
-        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(*cmd: str | Path, timeout: float = 120, check: bool = True, cwd: Path | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
-                          timeout=timeout, check=False, cwd=cwd)
+                          timeout=timeout, check=False, cwd=cwd, env=env)
     if check:
         assert done.returncode == 0, f"{cmd}: {done.returncode}\n{done.stdout}\n{done.stderr}"
     return done
@@ -69,16 +80,80 @@ def need(tool: str) -> str:
     return path
 
 
+# --- the native core ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def native_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path | None]:
+    """A CARGO_TARGET_DIR holding the release build of native/ (the command build.sh and
+    install.sh run, so theirs find it done), or None without cargo.
+
+    One for the whole run: it lives beside the xdist workers' own temporary directories, so a
+    second worker's cargo waits on the first's lock on it and then finds the build done. Each
+    worker holds a shared lock on it while it runs; the one that ends last (it gets the lock
+    alone) removes it."""
+    if shutil.which("cargo") is None:
+        if os.environ.get("TUNSEAL_REQUIRE_NATIVE") == "1":
+            pytest.fail("TUNSEAL_REQUIRE_NATIVE=1 but cargo is not installed")
+        yield None
+        return
+    target = tmp_path_factory.getbasetemp().parent / "native-target"
+    target.mkdir(exist_ok=True)
+    with open(target.parent / "native-target.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        try:
+            run("cargo", "build", "--quiet", "--release", "--locked", "--manifest-path",
+                ROOT / "native/Cargo.toml", env=cargo_env(target), timeout=1200)
+            yield target
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass  # another worker still uses it: it removes it when it ends
+            else:
+                shutil.rmtree(target, ignore_errors=True)
+
+
+def cargo_env(target: Path) -> dict[str, str]:
+    """This environment with CARGO_TARGET_DIR, and rustup's and cargo's homes in the real home
+    (tests/run.sh gives the tests a throwaway HOME, where rustup would find no toolchain)."""
+    home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    env = dict(os.environ, CARGO_TARGET_DIR=str(target))
+    for name, default in (("RUSTUP_HOME", home / ".rustup"), ("CARGO_HOME", home / ".cargo")):
+        if name not in env and default.is_dir():
+            env[name] = str(default)
+    return env
+
+
+def needs_native(target: Path | None) -> Path:
+    if target is None:
+        pytest.skip("cargo is not installed: the package is built without the native core")
+    return target
+
+
+def architecture() -> str:
+    return run("dpkg", "--print-architecture").stdout.strip()
+
+
 # --- the package ---------------------------------------------------------------------------------
 
 
+def build_deb(out: Path, target: Path | None) -> subprocess.CompletedProcess[str]:
+    """build.sh OUTDIR, with the session's native build, or --no-native without cargo."""
+    if target is None:
+        return run("bash", BUILD, "--no-native", out, timeout=300)
+    return run("bash", BUILD, out, timeout=600, env=cargo_env(target))
+
+
 @pytest.fixture(scope="module")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def deb(tmp_path_factory: pytest.TempPathFactory, native_target: Path | None) -> Path:
     need("dpkg-deb")
     out = tmp_path_factory.mktemp("deb")
-    done = run("bash", BUILD, out, timeout=300)
+    done = build_deb(out, native_target)
     path = Path(done.stdout.strip().splitlines()[-1])
-    assert path == out / f"tunseal_{VERSION}_all.deb" and path.is_file(), done.stdout
+    arch = "all" if native_target is None else architecture()
+    assert path == out / f"tunseal_{VERSION}_{arch}.deb" and path.is_file(), done.stdout
     return path
 
 
@@ -106,11 +181,14 @@ def test_control_fields(deb: Path) -> None:
 
     assert field("Package") == "tunseal"
     assert field("Version") == VERSION
-    assert field("Architecture") == "all"
+    native = NATIVE_SO in contents(deb)
+    assert field("Architecture") == (architecture() if native else "all")
     depends = {d.split()[0] for d in field("Depends").split(", ")}
     assert {"python3", "python3-cryptography", "python3-pyroute2", "python3-keyring",
             "python3-secretstorage", "python3-jeepney", "python3-tomli-w", "gnome-keyring",
             "dbus"} <= depends
+    # The native core links libc and libgcc (dpkg-shlibdeps' words); the all package nothing.
+    assert ({"libc6", "libgcc-s1"} <= depends) == native
     assert "setup-pypi-deps" in field("Description")
 
 
@@ -147,6 +225,50 @@ def test_file_list(deb: Path) -> None:
                  "/usr/lib/tunseal/setup-pypi-deps", "/usr/lib/tunseal/helper/keyring-session.sh"):
         assert table[path][0] == "-rwxr-xr-x", path
     assert table["/usr/lib/tunseal/core/cli.py"][0] == "-rw-r--r--"
+    native = [p for p in table if "tunseal_native" in p]
+    assert native == ([NATIVE_SO] if NATIVE_SO in table else [])
+    if native:
+        assert table[NATIVE_SO][0] == "-rw-r--r--"
+
+
+def test_the_package_carries_the_native_core_for_this_architecture(
+    unpacked: Path, native_target: Path | None,
+) -> None:
+    """Imported the way the launchers import (the private directory first on the path, Python
+    isolated), by every CPython >= 3.11 here: one abi3 build serves them all."""
+    needs_native(native_target)
+    so = unpacked / NATIVE_SO.lstrip("/")
+    assert so.is_file()
+    machine = run("readelf", "-h", so).stdout
+    assert {"amd64": "X86-64", "arm64": "AArch64"}.get(architecture(), "") in machine
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from core import native; "
+            "print(native.describe(), native.module and native.module.__file__)")
+    pythons = {"/usr/bin/python3", sys.executable}
+    pyenv = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
+    pythons |= {str(p) for p in pyenv.glob("3.1[1-9]*/bin/python3")}
+    env = {k: v for k, v in os.environ.items() if k != "TUNSEAL_NATIVE"}
+    for python in sorted(p for p in pythons if Path(p).exists()):
+        done = run(python, "-I", "-c", code, unpacked / "usr/lib/tunseal", env=env)
+        assert done.stdout.split() == ["native", "core", str(so)], (python, done.stdout)
+
+
+def test_without_cargo_the_build_stops_unless_told_to_build_the_all_package(
+    tmp_path: Path,
+) -> None:
+    if shutil.which("cargo", path=PATH) is not None:
+        pytest.skip("cargo is installed system-wide: no PATH here lacks it")
+    env = dict(os.environ, PATH=PATH)
+    stopped = run("bash", BUILD, tmp_path / "stopped", env=env, check=False, timeout=300)
+    assert stopped.returncode == 1, stopped
+    assert "cargo (Rust) is missing" in stopped.stderr and "--no-native" in stopped.stderr
+    assert not (tmp_path / "stopped").exists()
+
+    done = run("bash", BUILD, "--no-native", tmp_path / "all", env=env, timeout=300)
+    assert "warning: building without the native data-path core" in done.stderr
+    deb = tmp_path / "all" / f"tunseal_{VERSION}_all.deb"
+    assert Path(done.stdout.strip()) == deb
+    assert run("dpkg-deb", "--field", deb, "Architecture").stdout.strip() == "all"
+    assert not [p for p in contents(deb) if "tunseal_native" in p]
 
 
 def test_launchers_run_isolated_from_the_private_directory(unpacked: Path) -> None:
@@ -158,8 +280,9 @@ def test_launchers_run_isolated_from_the_private_directory(unpacked: Path) -> No
         compile(text, program, "exec")
 
 
-def test_the_build_is_reproducible(deb: Path, tmp_path: Path) -> None:
-    again = Path(run("bash", BUILD, tmp_path, timeout=300).stdout.strip().splitlines()[-1])
+def test_the_build_is_reproducible(deb: Path, tmp_path: Path,
+                                   native_target: Path | None) -> None:
+    again = Path(build_deb(tmp_path, native_target).stdout.strip().splitlines()[-1])
     assert again.read_bytes() == deb.read_bytes()
 
 
@@ -357,13 +480,21 @@ class DebianRoot:
         self.path = path
 
     def run(self, script: str, *, netns: str | None = None, timeout: float = 600,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
+            check: bool = True, binds: tuple[tuple[Path, str], ...] = (),
+            ) -> subprocess.CompletedProcess[str]:
+        """``binds``: (a directory of this machine, where it appears in the root), read-only,
+        for this command only."""
         r = shlex.quote(str(self.path))
         # The root is a mount point of its own (ip netns needs one), then the API file systems.
         mounts = (f"mount --bind {r} {r} && "
                   f"mount -t proc proc {r}/proc && mount -t sysfs sysfs {r}/sys && "
                   f"mount --rbind /dev {r}/dev && "
                   f"mount -t tmpfs tmpfs {r}/run && mount -t tmpfs tmpfs {r}/tmp")
+        for source, inside in binds:
+            (self.path / inside.lstrip("/")).mkdir(parents=True, exist_ok=True)
+            there = shlex.quote(f"{self.path}/{inside.lstrip('/')}")
+            mounts += (f" && mount --bind {shlex.quote(str(source))} {there}"
+                       f" && mount -o remount,bind,ro {there}")
         inner = (f"exec chroot {r} env -i PATH={PATH} HOME=/root LC_ALL=C.UTF-8 "
                  "DEBIAN_FRONTEND=noninteractive PIP_CERT=/root/host-ca-bundle.crt "
                  "sh -euc \"$1\"")
@@ -515,20 +646,27 @@ def netns() -> Iterator[str]:
 
 
 HELPER_SMOKE = """
-cat > /root/smoke.tunseal <<'EOF'
+cat > /root/{name}.tunseal <<'EOF'
 {profile}EOF
 setsid {session} /etc/tunseal/keyring.pass {helper} > /root/helper.log 2>&1 &
 group=$!
 for i in $(seq 150); do [ -S /run/tunseal/helper.sock ] && break; sleep 0.1; done
-tunseal import /root/smoke.tunseal
-tunseal up smoke
-tunseal --json status smoke > /root/status.json
-test -e /sys/class/net/ts-smoke
-tunseal genkey smoke > /dev/null
-tunseal down smoke
+tunseal import /root/{name}.tunseal
+tunseal up {name}
+tunseal --json status {name} > /root/status.json
+test -e /sys/class/net/ts-{name}
+tunseal genkey {name} > /dev/null
+tunseal down {name}
+tunseal --json doctor > /root/doctor.json || true
 kill -TERM "-$group"
 for i in $(seq 100); do [ -S /run/tunseal/helper.sock ] || break; sleep 0.1; done
 """
+
+
+def datapath(r: DebianRoot) -> dict[str, str]:
+    """The doctor's Data path check from HELPER_SMOKE's run: the installed helper's core."""
+    checks = json.loads((r.path / "root/doctor.json").read_text())["checks"]
+    return next(c for c in checks if c["id"] == "datapath")
 
 
 def test_the_package_installs_runs_and_purges_on_debian_12(
@@ -562,11 +700,17 @@ def test_the_package_installs_runs_and_purges_on_debian_12(
     r.run("/usr/lib/tunseal/setup-pypi-deps --check")
 
     # The installed helper with Debian's pyroute2, keyring and secretstorage: a TUN link, a key.
-    r.run(HELPER_SMOKE.format(profile=PLAIN_PROFILE, session="/usr/lib/tunseal/helper/"
-                              "keyring-session.sh", helper="/usr/bin/tunseal-helper"),
+    r.run(HELPER_SMOKE.format(name="smoke", profile=PLAIN_PROFILE,
+                              session="/usr/lib/tunseal/helper/keyring-session.sh",
+                              helper="/usr/bin/tunseal-helper"),
           netns=netns, timeout=120)
     status = json.loads((r.path / "root/status.json").read_text())
     assert status["tunnels"][0]["state"] == "up", status
+    core = datapath(r)
+    if NATIVE_SO in contents(deb):  # the installed helper runs the packaged native core
+        assert (core["status"], core["found"]) == ("ok", f"native core ({NATIVE_SO})"), core
+    else:
+        assert core["status"] == "warn" and "architecture" in core["todo"], core
     r.kill_processes()
 
     # The packaged demo: an ephemeral tunnel, a page fetched through it, then nothing left.
@@ -587,7 +731,12 @@ def test_the_package_installs_runs_and_purges_on_debian_12(
     assert (r.path / "var/lib/tunseal/profiles/smoke.tunseal").is_file()  # purge keeps profiles
 
 
-def test_install_sh_and_uninstall_sh_on_debian_12(debian_root: DebianRoot, netns: str) -> None:
+def test_install_sh_and_uninstall_sh_on_debian_12(
+    debian_root: DebianRoot, netns: str, native_target: Path | None,
+) -> None:
+    """Installed without cargo (the pure-Python data path, said so), then upgraded in place
+    with this machine's Rust toolchain and crate cache bound into the root (cargo offline, the
+    root's own gcc): the native core, which the installed helper loads; then uninstalled."""
     r = debian_root
     r.run("dpkg --purge tunseal >/dev/null 2>&1 || true; rm -rf /var/lib/tunseal; "
           "apt-get install -y -q --no-install-recommends python3 python3-venv gnome-keyring "
@@ -602,8 +751,13 @@ def test_install_sh_and_uninstall_sh_on_debian_12(debian_root: DebianRoot, netns
         if (ROOT / f).exists():
             shutil.copy(ROOT / f, source / f)
 
+    assert r.run("command -v cargo", check=False).returncode != 0
     done = r.run("bash /root/src/installers/install.sh", timeout=900)
     assert "systemd is not running here" in done.stdout  # a chroot: told how to start it
+    assert f"no cargo (Rust) here: {PURE_PYTHON_SAID}" in done.stdout
+    assert "https://rustup.rs" in done.stdout
+    assert "data path: pure-Python path (the native module is not built)" in done.stdout
+    assert not (r.path / "opt/tunseal/lib/tunseal_native.abi3.so").exists()
     for path in ("opt/tunseal/venv/bin/python3", "opt/tunseal/lib/helper/main.py",
                  "usr/local/bin/tunseal", "usr/local/bin/tunseal-helper",
                  "usr/local/bin/tunseal-gui", "etc/systemd/system/tunseal-helper.service",
@@ -624,12 +778,30 @@ def test_install_sh_and_uninstall_sh_on_debian_12(debian_root: DebianRoot, netns
     assert r.run("tunseal --help").stdout.startswith("usage: tunseal")
     assert r.run("tunseal-helper --help").stdout.startswith("usage: tunseal-helper")
 
-    r.run(HELPER_SMOKE.format(profile=PLAIN_PROFILE, session="/opt/tunseal/lib/helper/"
-                              "keyring-session.sh", helper="/usr/local/bin/tunseal-helper"),
-          netns=netns, timeout=120)
-    r.kill_processes()
+    def smoke(name: str) -> None:
+        r.run(HELPER_SMOKE.format(name=name, profile=PLAIN_PROFILE.replace("smoke", name),
+                                  session="/opt/tunseal/lib/helper/keyring-session.sh",
+                                  helper="/usr/local/bin/tunseal-helper"),
+              netns=netns, timeout=120)
 
-    again = r.run("bash /root/src/installers/install.sh", timeout=900)  # an upgrade in place
+    smoke("smoke")
+    r.kill_processes()
+    core = datapath(r)
+    assert core["status"] == "warn" and "installers/install.sh' again" in core["todo"], core
+
+    if native_target is None:
+        again = r.run("bash /root/src/installers/install.sh", timeout=900)  # upgrade in place
+    else:
+        again = install_with_cargo(r)
+        assert "building the native data-path core with cargo" in again.stdout
+        assert "data path: native core" in again.stdout, again.stdout
+        so = r.path / "opt/tunseal/lib/tunseal_native.abi3.so"
+        assert so.is_file()
+        smoke("native")  # a second profile: the first is kept across the upgrade
+        r.kill_processes()
+        core = datapath(r)
+        assert (core["status"], core["found"]) == (
+            "ok", "native core (/opt/tunseal/lib/tunseal_native.abi3.so)"), core
     assert "created group" not in again.stdout
 
     r.run("bash /opt/tunseal/share/installer/uninstall.sh")
@@ -645,3 +817,17 @@ def test_install_sh_and_uninstall_sh_on_debian_12(debian_root: DebianRoot, netns
     assert not r.group_exists("tunseal")
     assert (r.path / "var/lib/tunseal/profiles/smoke.tunseal").is_file()
     assert "nothing to do" in r.run("bash /root/src/installers/uninstall.sh").stdout
+
+
+def install_with_cargo(r: DebianRoot) -> subprocess.CompletedProcess[str]:
+    """install.sh in the root with this machine's Rust toolchain (its sysroot, read-only, at the
+    same path) on the PATH and cargo's crate cache read-only in the root's CARGO_HOME, offline:
+    the crates of native/Cargo.lock come from this machine, not crates.io. The linker and
+    ring's C compiler are the root's own gcc."""
+    env = cargo_env(Path(tempfile.gettempdir()))
+    sysroot = run("rustc", "--print", "sysroot", env=env).stdout.strip()
+    registry = Path(env.get("CARGO_HOME", Path.home() / ".cargo")) / "registry"
+    r.run("apt-get install -y -q --no-install-recommends gcc libc6-dev", timeout=600)
+    return r.run(f"PATH={sysroot}/bin:$PATH CARGO_HOME=/root/.cargo CARGO_NET_OFFLINE=true "
+                 "bash /root/src/installers/install.sh", timeout=1200,
+                 binds=((Path(sysroot), sysroot), (registry, "/root/.cargo/registry")))

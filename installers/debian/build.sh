@@ -1,9 +1,22 @@
 #!/usr/bin/env bash
-# Builds the Debian package dist/tunseal_VERSION_all.deb from this source tree with dpkg-deb and
-# fakeroot only: no network, no debhelper. `make deb` runs it; `build.sh OUTDIR` writes elsewhere.
+# Builds the Debian package dist/tunseal_VERSION_ARCH.deb from this source tree with dpkg-deb,
+# fakeroot and cargo: no debhelper. `make deb` runs it; `build.sh OUTDIR` writes elsewhere.
+#
+#   build.sh [--no-native] [OUTDIR]
+#
+# The package carries the native data-path core (native/, Rust; the abi3 module tunseal_native,
+# one build for every CPython >= 3.11), so it is built for this machine's architecture
+# (dpkg --print-architecture). Without cargo the build stops and says so: a packager gets the
+# package they asked for or an error, never a slower one by surprise. --no-native builds the
+# Architecture: all package without it (the pure-Python data path), with a warning. cargo
+# fetches the crates in native/Cargo.lock (from crates.io, unless they are in its cache) and
+# builds in native/target, or in $CARGO_TARGET_DIR when that is set.
 #
 #   /usr/lib/tunseal/{core,helper,gui,resources}   the program, private (its top-level package
 #                                                   names never meet anyone else's)
+#   /usr/lib/tunseal/tunseal_native.abi3.so         the native core, beside the packages that
+#                                                   import it (the launchers put this directory
+#                                                   first on sys.path)
 #   /usr/lib/tunseal/setup-pypi-deps                what Debian 12 lacks, from PyPI (installing.md)
 #   /usr/bin/tunseal, tunseal-helper, tunseal-gui   launchers (installers/common/launcher.py.in)
 #   /lib/systemd/system/tunseal-helper.service      the hardened helper service
@@ -15,14 +28,34 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 common=$root/installers/common
-out=${1:-$root/dist}
+native=yes
+out=$root/dist
+for arg in "$@"; do
+    case $arg in
+        --no-native) native=no ;;
+        -h|--help) echo "usage: $0 [--no-native] [OUTDIR]"; exit 0 ;;
+        -*) echo "usage: $0 [--no-native] [OUTDIR]" >&2; exit 2 ;;
+        *) out=$arg ;;
+    esac
+done
 
-for tool in dpkg-deb gzip md5sum python3; do
+tools=(dpkg-deb gzip md5sum python3)
+[ "$native" = yes ] && tools+=(dpkg dpkg-shlibdeps strip)
+for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || {
         echo "build.sh: $tool is missing; run 'sudo bash installers/dev-deps.sh'" >&2
         exit 1
     }
 done
+if [ "$native" = yes ] && ! command -v cargo >/dev/null; then
+    cat >&2 <<'EOF'
+build.sh: cargo (Rust) is missing, and the package carries the native data-path core.
+build.sh: install Rust 1.78 or later (https://rustup.rs; Debian 12's cargo is too old for
+build.sh: native/Cargo.lock) and run this again, or build the Architecture: all package
+build.sh: without it (the slower pure-Python data path): bash installers/debian/build.sh --no-native
+EOF
+    exit 1
+fi
 
 version=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' \
     "$root/pyproject.toml")
@@ -63,6 +96,37 @@ for program in tunseal tunseal-helper tunseal-gui; do
         > "$pkg/usr/bin/$program"
     chmod 0755 "$pkg/usr/bin/$program"
 done
+
+# --- the native data-path core -------------------------------------------------------------------
+# The same cargo build as install.sh's (a CARGO_TARGET_DIR that holds it is reused as it is),
+# stripped as dh_strip strips; dpkg-shlibdeps names the libraries it links (libc, libgcc).
+native_depends=""
+if [ "$native" = yes ]; then
+    arch=$(dpkg --print-architecture)
+    target=${CARGO_TARGET_DIR:-$root/native/target}
+    CARGO_TARGET_DIR=$target cargo build --quiet --release --locked \
+        --manifest-path "$root/native/Cargo.toml" || {
+        echo "build.sh: the native core (native/) did not build; see cargo's words above" >&2
+        exit 1
+    }
+    so=$lib/tunseal_native.abi3.so
+    install -m 0644 "$target/release/libtunseal_native.so" "$so"
+    strip --remove-section=.comment --remove-section=.note --strip-unneeded "$so"
+    install -d "$stage/shlibs/debian"
+    printf 'Source: tunseal\n\nPackage: tunseal\nArchitecture: any\n' \
+        > "$stage/shlibs/debian/control"
+    native_depends=$(cd "$stage/shlibs" && dpkg-shlibdeps -O -e"$so" 2>/dev/null |
+        sed -n 's/^shlibs:Depends=//p')
+    [ -n "$native_depends" ] || {
+        echo "build.sh: dpkg-shlibdeps found no library for $so" >&2
+        exit 1
+    }
+    native_depends=", $native_depends"
+else
+    arch=all
+    echo "build.sh: warning: building without the native data-path core (--no-native):" \
+        "the package runs the slower pure-Python data path" >&2
+fi
 
 # --- system integration --------------------------------------------------------------------------
 install -d -m 0755 "$pkg/lib/systemd/system"
@@ -118,7 +182,8 @@ chmod 0644 "$doc/changelog.gz"
 # --- control -------------------------------------------------------------------------------------
 install -d -m 0755 "$pkg/DEBIAN"
 size=$(du -sk --exclude=DEBIAN "$pkg" | cut -f1)
-subst "$here/control.in" VERSION="$version" SIZE="$size" > "$pkg/DEBIAN/control"
+subst "$here/control.in" VERSION="$version" SIZE="$size" ARCH="$arch" \
+    NATIVE_DEPENDS="$native_depends" > "$pkg/DEBIAN/control"
 setup=$(cat "$common/system-setup.sh")
 subst "$here/postinst.in" SYSTEM_SETUP="$setup" > "$pkg/DEBIAN/postinst"
 subst "$here/postrm.in" SYSTEM_SETUP="$setup" > "$pkg/DEBIAN/postrm"
@@ -132,7 +197,7 @@ chmod 0644 "$pkg/DEBIAN/md5sums"
 find "$pkg" -type d -exec chmod 0755 {} +
 find "$pkg" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 mkdir -p "$out"
-deb=$out/tunseal_${version}_all.deb
+deb=$out/tunseal_${version}_${arch}.deb
 if command -v fakeroot >/dev/null; then
     fakeroot -- dpkg-deb --root-owner-group -Zxz --build "$pkg" "$deb" >/dev/null
 else
