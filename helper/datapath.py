@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 native_seal_tso: Callable[..., tuple[int, int, int, int, int]] | None = (
     native.built.seal_tso if native.built is not None else None)
 """Seals TSO frames for keypairs with a native half (only made when the module is built)."""
+native_frame_tso_plain: Callable[..., tuple[int, int, int, int, int]] | None = (
+    native.built.frame_tso_plain if native.built is not None else None)
+"""`plain` mode's TSO cutter on the native core (offload.frame_tso_plain's contract)."""
 
 GSO_BUDGET = 65000
 """Bytes per GSO send: below the 65,507-byte UDP payload limit with room for one more."""
@@ -86,8 +89,8 @@ class DataPath:
         self._icmp_window = (0.0, 0)
         self.stop = threading.Event()
         self.sealed = endpoint.suite is not None
-        self.native = native.module if self.sealed else None
-        """The native core, used for sealed modes when it is built (`plain` stays Python)."""
+        self.native = native.module
+        """The native core, used in every mode when it is built (None: the pure-Python path)."""
         native.log_choice()
         self.coalescer: offload.Coalescer | None = None
         self.ecn_ce = 0
@@ -491,12 +494,12 @@ class _NativeRx:
         if drops:
             counts = self.dp.endpoint.drops
             for reason, k in drops:
-                if reason == "ecn_ce":  # a mark applied, not a drop: counted as the Python
-                    self.dp.ecn_ce += k  # path counts it (DataPath.ecn_ce)
-                else:
-                    counts[reason] = counts.get(reason, 0) + k
+                counts[reason] = counts.get(reason, 0) + k
+        marks = self.sink.take_marks()
+        if marks:
+            self.dp.ecn_ce += marks
 
-    def filter(self, peer: Peer) -> Any:
+    def filter(self, peer: AnyPeer) -> Any:
         """The native source filter for ``peer``, rebuilt when the allowed IPs change."""
         routes = self.dp.routes
         hit = self.filters.get(id(peer))
@@ -512,7 +515,10 @@ class _NativeRx:
               now: float, coalescer: offload.Coalescer | None, outer_ecn: int = 0) -> None:
         dp = self.dp
         try:
-            self._batch(buf, mv, n, seg, addr, now, coalescer, outer_ecn)
+            if dp.sealed:
+                self._batch(buf, mv, n, seg, addr, now, coalescer, outer_ecn)
+            else:
+                self._batch_plain(buf, mv, n, seg, addr, now, coalescer, outer_ecn)
         except Exception:
             self.sink.reset()
             dp._internal_error("receiving", -(-(n - self.off) // seg))
@@ -584,6 +590,56 @@ class _NativeRx:
             st.rx_packets += packets
             st.rx_bytes += nbytes
             peer.on_authenticated_received(now, data=True)
+
+    def _batch_plain(self, buf: bytearray, mv: memoryview, n: int, seg: int, addr: Address,
+                     now: float, coalescer: offload.Coalescer | None, outer_ecn: int) -> None:
+        """`plain` mode: one native call per stretch of datagrams from one DeviceID (header
+        checks, source check, RFC 6040, coalescing into the TUN write), Python for the
+        DeviceID look-up, the endpoint (plain mode cannot authenticate: any valid packet
+        moves it, as on the pure-Python path) and whatever is not canonical plain DATA."""
+        dp = self.dp
+        rx_plain = self.mod.rx_plain
+        cont = no_cont = self.mod.NO_CONT
+        sink = self.sink
+        counts = dp.endpoint.drops
+        plain_peer = dp.endpoint.plain_peer
+        ppeer: PlainPeer | None = None
+        dev: int | None = None
+        filt = None
+        packets = nbytes = 0
+        off = 0
+        while off < n:
+            self.off = off
+            off, status, index, cont, pk, by = rx_plain(dev, buf, n, off, seg, sink, filt,
+                                                        ppeer, outer_ecn, cont)
+            packets += pk
+            nbytes += by
+            if status == _NATIVE_END:
+                break
+            if status == _NATIVE_LOOKUP:
+                p = plain_peer(index)
+                if p is None:
+                    counts["unknown_peer"] = counts.get("unknown_peer", 0) + 1
+                    off += seg
+                    continue
+                ppeer, dev, cont = p, index, no_cont
+                filt = self.filter(p)
+                if p.endpoint != addr:
+                    with dp.lock:
+                        p.endpoint = addr
+                continue
+            self.off = off
+            ln = min(seg, n - off)
+            dp._slow_receive(bytes(mv[off:off + ln]), addr, coalescer,
+                             dp._deliver_ecn if ecn.REWRITES[outer_ecn] else dp.deliver)
+            off += seg
+        self.off = n
+        sink.flush()
+        if ppeer is not None and packets:
+            st = ppeer.stats
+            st.rx_packets += packets
+            st.rx_bytes += nbytes
+            ppeer.on_authenticated_received(now, data=True)
 
 
 def _link_local(pkt: memoryview) -> bool:
@@ -666,7 +722,8 @@ class _TxBatch:
             self.peer = peer
         self.ecn = ecn.of_packet(frame, offload.VNET_LEN)
         first = peer.encap
-        off, seg, count, nbytes, peer.encap = offload.frame_tso_plain(
+        cut = native_frame_tso_plain if self.dp.native is not None else None
+        off, seg, count, nbytes, peer.encap = (cut or offload.frame_tso_plain)(
             frame, peer.device_id, first, self.out, 0, self._send, self.dp.mtu)
         return self._tso_done(peer, frame, first, off, seg, count, nbytes)
 

@@ -7,6 +7,7 @@
 pub mod coalesce;
 pub mod header;
 pub mod keys;
+pub mod plain;
 pub mod replay;
 pub mod rx;
 pub mod tx;

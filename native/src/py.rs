@@ -11,6 +11,7 @@ use pyo3::types::PyBytes;
 use crate::coalesce::{Coalescer as Core, Out, REASONS};
 use crate::header::{DATA_HEADER_LEN, TAG_LEN};
 use crate::keys::{Keypair as CoreKeypair, Opened};
+use crate::plain::{self, PlainCutter, PlainRun};
 use crate::replay::Verdict;
 use crate::rx::{self, Run, SourceFilter as CoreFilter};
 use crate::tx::{self, TsoSealer};
@@ -287,6 +288,11 @@ impl Coalescer {
         c.counts = [0; REASONS.len()];
         out
     }
+
+    /// Outer CE marks passed on to inner packets since the last call (RFC 6040).
+    fn take_marks(&self) -> u64 {
+        std::mem::take(&mut self.lock().marks)
+    }
 }
 
 /// The inner source addresses one peer may use (see rx.rs).
@@ -349,6 +355,115 @@ fn seal_tso(
         }
         off = flush.call1((b.off, b.seg))?.extract()?;
     }
+}
+
+/// `plain` mode's `seal_tso` (offload.py `frame_tso_plain`): cut one TSO frame into
+/// segments with the 12-byte header into `out` from `off`; `flush(end, seg)` sends a full
+/// batch and returns the new offset. Returns (off, seg, count, inner_bytes, next_encap);
+/// count -1: not a frame this cuts (use the generic path).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn frame_tso_plain(
+    py: Python<'_>,
+    frame: &Bound<'_, PyAny>,
+    device_id: u16,
+    encap: u16,
+    out: &Bound<'_, PyAny>,
+    off: usize,
+    flush: &Bound<'_, PyAny>,
+    mtu: usize,
+) -> PyResult<(usize, usize, i64, usize, u16)> {
+    let fb = PyBuffer::<u8>::get(frame)?;
+    let ob = PyBuffer::<u8>::get(out)?;
+    let (f, o) = (Raw::of(&fb, false)?, Raw::of(&ob, true)?);
+    if f.ptr < o.ptr.wrapping_add(o.len) && o.ptr < f.ptr.wrapping_add(f.len) {
+        return Err(PyValueError::new_err("frame and output buffer overlap"));
+    }
+    // SAFETY (both slices below): the buffers are exported until this function returns, do
+    // not overlap (checked), and no slice of `out` is alive while Python's flush reads it.
+    let frame_of = move || -> &[u8] { unsafe { f.bytes() } };
+    let Some(mut c) = py.allow_threads(move || PlainCutter::new(frame_of(), mtu, device_id, encap))
+    else {
+        return Ok((off, 0, -1, 0, encap));
+    };
+    let mut off = off;
+    loop {
+        let cutter = &mut c;
+        let b = py.allow_threads(move || cutter.fill(frame_of(), unsafe { o.slice() }, off));
+        if b.done {
+            return Ok((b.off, b.seg, c.count() as i64, c.inner_bytes(), c.encap));
+        }
+        off = flush.call1((b.off, b.seg))?.extract()?;
+    }
+}
+
+/// `plain` mode's `rx_run`: handle a GRO run's plain datagrams from `start` until one must go
+/// back to Python (see plain.rs). Returns (pos, status, device_id, cont_next, packets,
+/// inner_bytes).
+#[pyfunction]
+#[pyo3(signature = (device_id, buf, n, start, seg, sink, filter, owner, outer_ecn, cont_next,
+                    verdicts=None))]
+#[allow(clippy::too_many_arguments)]
+fn rx_plain(
+    py: Python<'_>,
+    device_id: Option<u16>,
+    buf: &Bound<'_, PyAny>,
+    n: usize,
+    start: usize,
+    seg: usize,
+    sink: &Bound<'_, Coalescer>,
+    filter: Option<&Bound<'_, SourceFilter>>,
+    owner: &Bound<'_, PyAny>,
+    outer_ecn: u8,
+    cont_next: u64,
+    verdicts: Option<&Bound<'_, PyAny>>,
+) -> PyResult<(usize, u8, u32, u64, u64, u64)> {
+    let bb = PyBuffer::<u8>::get(buf)?;
+    let b = Raw::of(&bb, true)?;
+    if n > b.len || start > n {
+        return Err(PyValueError::new_err("n or start beyond the buffer"));
+    }
+    let vb = verdicts.map(PyBuffer::<u8>::get).transpose()?;
+    let v = vb.as_ref().map(|v| Raw::of(v, true)).transpose()?;
+    if let Some(v) = v {
+        if v.ptr < b.ptr.wrapping_add(b.len) && b.ptr < v.ptr.wrapping_add(v.len) {
+            return Err(PyValueError::new_err("verdicts overlap the buffer"));
+        }
+    }
+    let empty = CoreFilter::default();
+    let run = PlainRun {
+        device_id,
+        filter: filter.map_or(&empty, |f| &f.get().0),
+        owner: owner.as_ptr() as usize,
+        outer_ecn,
+    };
+    let sink = sink.get();
+    let run = &run;
+    let r = py.allow_threads(move || {
+        // SAFETY: `buf` and `verdicts` are exported for this call and do not overlap
+        // (checked); the receive loop owns its buffer and nobody else touches it meanwhile.
+        let data = &mut unsafe { b.slice() }[..n];
+        let verd = v.map(|v| unsafe { v.slice() });
+        let mut core = sink.lock();
+        plain::rx_plain_run(
+            run,
+            data,
+            start,
+            seg,
+            &mut core,
+            &mut Fd(sink.fd),
+            cont_next,
+            verd,
+        )
+    });
+    Ok((
+        r.pos,
+        r.status as u8,
+        r.index,
+        r.cont_next,
+        r.packets,
+        r.bytes,
+    ))
 }
 
 /// Handle a GRO run's datagrams from `start` until one must go back to Python (see rx.rs).
@@ -430,6 +545,8 @@ fn tunseal_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<SourceFilter>()?;
     m.add_function(wrap_pyfunction!(seal_tso, m)?)?;
     m.add_function(wrap_pyfunction!(rx_run, m)?)?;
+    m.add_function(wrap_pyfunction!(frame_tso_plain, m)?)?;
+    m.add_function(wrap_pyfunction!(rx_plain, m)?)?;
     m.add("API", 1)?;
     m.add("NO_CONT", rx::NO_CONT)?;
     m.add("REASONS", REASONS.to_vec())?;
