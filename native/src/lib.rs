@@ -10,6 +10,7 @@ pub mod keys;
 pub mod plain;
 pub mod replay;
 pub mod rx;
+pub mod single;
 pub mod tx;
 
 #[cfg(feature = "python")]

@@ -14,6 +14,7 @@ use crate::keys::{Keypair as CoreKeypair, Opened};
 use crate::plain::{self, PlainCutter, PlainRun};
 use crate::replay::Verdict;
 use crate::rx::{self, Run, SourceFilter as CoreFilter};
+use crate::single::{self, Drain, Framer, ReadFd};
 use crate::tx::{self, TsoSealer};
 
 /// A buffer's memory, to be turned into a slice inside `allow_threads`.
@@ -466,6 +467,83 @@ fn rx_plain(
     ))
 }
 
+/// A transmit batch as Python's `_TxBatch` holds it: (off, seg, count, ecn).
+type PyBatch = (usize, usize, usize, u8);
+
+fn overlap(a: Raw, b: Raw) -> bool {
+    a.ptr < b.ptr.wrapping_add(b.len) && b.ptr < a.ptr.wrapping_add(a.len)
+}
+
+/// Read the single packets the TUN fd has ready and seal them (with `kp`; `plain` mode
+/// without one, EncapIDs from `encap`) into `out` after the batch (off, seg, count, ecn);
+/// see single.rs. Returns (status, n, (off, seg, count, ecn), packets, inner_bytes, encap):
+/// status 0 the device is empty, 1 send the batch now, 2 a frame of n bytes is in `buf`
+/// for the general path, 3 the read failed with errno n. `quotes` gets a slot of
+/// `single::QUOTE_SLOT` bytes per packet in the batch (for the ICMP ring).
+#[pyfunction]
+#[pyo3(signature = (kp, device_id, encap, fd, vnet, buf, out, batch, mtu, fresh, quotes))]
+#[allow(clippy::too_many_arguments)]
+fn drain_tx(
+    py: Python<'_>,
+    kp: Option<&Bound<'_, Keypair>>,
+    device_id: u16,
+    encap: u16,
+    fd: i32,
+    vnet: bool,
+    buf: &Bound<'_, PyAny>,
+    out: &Bound<'_, PyAny>,
+    batch: PyBatch,
+    mtu: usize,
+    fresh: bool,
+    quotes: &Bound<'_, PyAny>,
+) -> PyResult<(u8, usize, PyBatch, usize, usize, u16)> {
+    let bb = PyBuffer::<u8>::get(buf)?;
+    let ob = PyBuffer::<u8>::get(out)?;
+    let qb = PyBuffer::<u8>::get(quotes)?;
+    let (b, o, q) = (
+        Raw::of(&bb, true)?,
+        Raw::of(&ob, true)?,
+        Raw::of(&qb, true)?,
+    );
+    if overlap(b, o) || overlap(b, q) || overlap(o, q) {
+        return Err(PyValueError::new_err("buffers overlap"));
+    }
+    let (off, seg, count, ecn) = batch;
+    if off > o.len {
+        return Err(PyValueError::new_err("offset beyond the output buffer"));
+    }
+    let mut framer = match kp {
+        Some(k) => Framer::Sealed(&k.get().0),
+        None => Framer::Plain { device_id, encap },
+    };
+    let mut st = single::Batch {
+        off,
+        seg,
+        count,
+        ecn,
+    };
+    let f = &mut framer;
+    let s = &mut st;
+    let d = py.allow_threads(move || {
+        // SAFETY: the three buffers are exported for this call and do not overlap (checked);
+        // each is the transmit loop's own, untouched by anyone else meanwhile.
+        let (buf, out, quotes) = unsafe { (b.slice(), o.slice(), q.slice()) };
+        single::drain(f, &mut ReadFd(fd), vnet, buf, out, s, mtu, fresh, quotes)
+    });
+    let (status, n) = match d.why {
+        Drain::Empty => (0, 0),
+        Drain::Send => (1, 0),
+        Drain::Frame(n) => (2, n),
+        Drain::Error(e) => (3, e as usize),
+    };
+    let encap = match framer {
+        Framer::Plain { encap, .. } => encap,
+        Framer::Sealed(_) => encap,
+    };
+    let batch = (st.off, st.seg, st.count, st.ecn);
+    Ok((status, n, batch, d.packets, d.bytes, encap))
+}
+
 /// Handle a GRO run's datagrams from `start` until one must go back to Python (see rx.rs).
 /// Returns (pos, status, index, cont_next, packets, inner_bytes).
 #[pyfunction]
@@ -547,6 +625,8 @@ fn tunseal_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rx_run, m)?)?;
     m.add_function(wrap_pyfunction!(frame_tso_plain, m)?)?;
     m.add_function(wrap_pyfunction!(rx_plain, m)?)?;
+    m.add_function(wrap_pyfunction!(drain_tx, m)?)?;
+    m.add("QUOTE_SLOT", single::QUOTE_SLOT)?;
     m.add("API", 1)?;
     m.add("NO_CONT", rx::NO_CONT)?;
     m.add("REASONS", REASONS.to_vec())?;
