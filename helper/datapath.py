@@ -487,7 +487,7 @@ class _NativeRx:
     DATA goes to the Endpoint, an unknown session is counted, and the first authenticated
     packet that confirms a session or moves the peer stops the call so Python can act."""
 
-    __slots__ = ("dp", "filters", "mod", "off", "sink")
+    __slots__ = ("dp", "filters", "last", "mod", "off", "sink")
 
     def __init__(self, dp: DataPath, mod: Any, vnet: bool):
         self.dp = dp
@@ -497,6 +497,9 @@ class _NativeRx:
         self.filters: dict[int, tuple[int, object, Any]] = {}
         self.off = 0
         """How far the current batch got (what an internal error costs)."""
+        self.last: tuple[int, session.Keypair, Peer] | None = None
+        """The session the last batch ended with: the next batch (a lone datagram, often)
+        starts with it if it is still that index's, saving a native call to learn it."""
 
     def take_drops(self) -> None:
         drops = self.sink.take_drops()
@@ -545,6 +548,11 @@ class _NativeRx:
         peer: Peer | None = None
         filt = None
         kp_index = -1
+        last = self.last
+        if last is not None and indices.keypair(last[0]) is last[1] and \
+                indices.peer(last[0]) is last[2]:
+            kp_index, kp, peer = last
+            filt = self.filter(peer)
         packets = nbytes = 0
         off = 0
         while off < n:
@@ -593,6 +601,8 @@ class _NativeRx:
                              dp._deliver_ecn if ecn.REWRITES[outer_ecn] else dp.deliver)
             off += seg
         self.off = n
+        self.last = (kp_index, kp, peer) if (
+            kp is not None and peer is not None and kp.native is not None) else None
         sink.flush()
         if peer is not None and packets:
             st = peer.stats
