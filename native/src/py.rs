@@ -627,7 +627,7 @@ fn tunseal_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rx_plain, m)?)?;
     m.add_function(wrap_pyfunction!(drain_tx, m)?)?;
     m.add("QUOTE_SLOT", single::QUOTE_SLOT)?;
-    m.add("API", 1)?;
+    m.add("API", 2)?;
     m.add("NO_CONT", rx::NO_CONT)?;
     m.add("REASONS", REASONS.to_vec())?;
     Ok(())
