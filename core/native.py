@@ -14,7 +14,7 @@ from types import ModuleType
 
 log = logging.getLogger(__name__)
 
-API = 1
+API = 2
 """The native module's interface version this code speaks (``tunseal_native.API``)."""
 
 

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 native_seal_tso: Callable[..., tuple[int, int, int, int, int]] | None = (
     native.built.seal_tso if native.built is not None else None)
 """Seals TSO frames for keypairs with a native half (only made when the module is built)."""
+native_frame_tso_plain: Callable[..., tuple[int, int, int, int, int]] | None = (
+    native.built.frame_tso_plain if native.built is not None else None)
+"""`plain` mode's TSO cutter on the native core (offload.frame_tso_plain's contract)."""
 
 GSO_BUDGET = 65000
 """Bytes per GSO send: below the 65,507-byte UDP payload limit with room for one more."""
@@ -86,8 +89,8 @@ class DataPath:
         self._icmp_window = (0.0, 0)
         self.stop = threading.Event()
         self.sealed = endpoint.suite is not None
-        self.native = native.module if self.sealed else None
-        """The native core, used for sealed modes when it is built (`plain` stays Python)."""
+        self.native = native.module
+        """The native core, used in every mode when it is built (None: the pure-Python path)."""
         native.log_choice()
         self.coalescer: offload.Coalescer | None = None
         self.ecn_ce = 0
@@ -165,11 +168,20 @@ class DataPath:
         emit = state.emit
         tso = state.tso
         one_peer = self._single_peer() is not None
+        # The native core reads and seals the single packets the TUN has ready in one call;
+        # it hands back (as read) what takes the general path below.
+        drain = state.drain if self.native is not None and one_peer else None
         readv = os.readv
         fresh = True
         while not self.stop.is_set():
             try:
-                n = readv(fd, [buf])
+                n = drain(buf, fd, vnet, fresh) if drain is not None else -1
+                if n < 0:
+                    n = readv(fd, [buf])
+                elif n == 0:  # the batch is to go now (full, or an idle packet)
+                    state.flush()
+                    fresh = False
+                    continue
             except BlockingIOError:
                 state.flush()
                 self._wait(fd)
@@ -475,7 +487,7 @@ class _NativeRx:
     DATA goes to the Endpoint, an unknown session is counted, and the first authenticated
     packet that confirms a session or moves the peer stops the call so Python can act."""
 
-    __slots__ = ("dp", "filters", "mod", "off", "sink")
+    __slots__ = ("dp", "filters", "last", "mod", "off", "sink")
 
     def __init__(self, dp: DataPath, mod: Any, vnet: bool):
         self.dp = dp
@@ -485,18 +497,21 @@ class _NativeRx:
         self.filters: dict[int, tuple[int, object, Any]] = {}
         self.off = 0
         """How far the current batch got (what an internal error costs)."""
+        self.last: tuple[int, session.Keypair, Peer] | None = None
+        """The session the last batch ended with: the next batch (a lone datagram, often)
+        starts with it if it is still that index's, saving a native call to learn it."""
 
     def take_drops(self) -> None:
         drops = self.sink.take_drops()
         if drops:
             counts = self.dp.endpoint.drops
             for reason, k in drops:
-                if reason == "ecn_ce":  # a mark applied, not a drop: counted as the Python
-                    self.dp.ecn_ce += k  # path counts it (DataPath.ecn_ce)
-                else:
-                    counts[reason] = counts.get(reason, 0) + k
+                counts[reason] = counts.get(reason, 0) + k
+        marks = self.sink.take_marks()
+        if marks:
+            self.dp.ecn_ce += marks
 
-    def filter(self, peer: Peer) -> Any:
+    def filter(self, peer: AnyPeer) -> Any:
         """The native source filter for ``peer``, rebuilt when the allowed IPs change."""
         routes = self.dp.routes
         hit = self.filters.get(id(peer))
@@ -512,7 +527,10 @@ class _NativeRx:
               now: float, coalescer: offload.Coalescer | None, outer_ecn: int = 0) -> None:
         dp = self.dp
         try:
-            self._batch(buf, mv, n, seg, addr, now, coalescer, outer_ecn)
+            if dp.sealed:
+                self._batch(buf, mv, n, seg, addr, now, coalescer, outer_ecn)
+            else:
+                self._batch_plain(buf, mv, n, seg, addr, now, coalescer, outer_ecn)
         except Exception:
             self.sink.reset()
             dp._internal_error("receiving", -(-(n - self.off) // seg))
@@ -530,6 +548,11 @@ class _NativeRx:
         peer: Peer | None = None
         filt = None
         kp_index = -1
+        last = self.last
+        if last is not None and indices.keypair(last[0]) is last[1] and \
+                indices.peer(last[0]) is last[2]:
+            kp_index, kp, peer = last
+            filt = self.filter(peer)
         packets = nbytes = 0
         off = 0
         while off < n:
@@ -578,12 +601,64 @@ class _NativeRx:
                              dp._deliver_ecn if ecn.REWRITES[outer_ecn] else dp.deliver)
             off += seg
         self.off = n
+        self.last = (kp_index, kp, peer) if (
+            kp is not None and peer is not None and kp.native is not None) else None
         sink.flush()
         if peer is not None and packets:
             st = peer.stats
             st.rx_packets += packets
             st.rx_bytes += nbytes
             peer.on_authenticated_received(now, data=True)
+
+    def _batch_plain(self, buf: bytearray, mv: memoryview, n: int, seg: int, addr: Address,
+                     now: float, coalescer: offload.Coalescer | None, outer_ecn: int) -> None:
+        """`plain` mode: one native call per stretch of datagrams from one DeviceID (header
+        checks, source check, RFC 6040, coalescing into the TUN write), Python for the
+        DeviceID look-up, the endpoint (plain mode cannot authenticate: any valid packet
+        moves it, as on the pure-Python path) and whatever is not canonical plain DATA."""
+        dp = self.dp
+        rx_plain = self.mod.rx_plain
+        cont = no_cont = self.mod.NO_CONT
+        sink = self.sink
+        counts = dp.endpoint.drops
+        plain_peer = dp.endpoint.plain_peer
+        ppeer: PlainPeer | None = None
+        dev: int | None = None
+        filt = None
+        packets = nbytes = 0
+        off = 0
+        while off < n:
+            self.off = off
+            off, status, index, cont, pk, by = rx_plain(dev, buf, n, off, seg, sink, filt,
+                                                        ppeer, outer_ecn, cont)
+            packets += pk
+            nbytes += by
+            if status == _NATIVE_END:
+                break
+            if status == _NATIVE_LOOKUP:
+                p = plain_peer(index)
+                if p is None:
+                    counts["unknown_peer"] = counts.get("unknown_peer", 0) + 1
+                    off += seg
+                    continue
+                ppeer, dev, cont = p, index, no_cont
+                filt = self.filter(p)
+                if p.endpoint != addr:
+                    with dp.lock:
+                        p.endpoint = addr
+                continue
+            self.off = off
+            ln = min(seg, n - off)
+            dp._slow_receive(bytes(mv[off:off + ln]), addr, coalescer,
+                             dp._deliver_ecn if ecn.REWRITES[outer_ecn] else dp.deliver)
+            off += seg
+        self.off = n
+        sink.flush()
+        if ppeer is not None and packets:
+            st = ppeer.stats
+            st.rx_packets += packets
+            st.rx_bytes += nbytes
+            ppeer.on_authenticated_received(now, data=True)
 
 
 def _link_local(pkt: memoryview) -> bool:
@@ -599,8 +674,8 @@ def _link_local(pkt: memoryview) -> bool:
 class _TxBatch:
     """Accumulates sealed packets for one peer into one GSO send."""
 
-    __slots__ = ("count", "dp", "ecn", "off", "omv", "out", "peer", "scratch", "seg",
-                 "single")
+    __slots__ = ("_drain", "count", "dp", "ecn", "off", "omv", "out", "peer", "quotes",
+                 "scratch", "seg", "single")
 
     def __init__(self, dp: DataPath, out: bytearray, omv: memoryview, scratch: bytearray):
         self.dp = dp
@@ -614,6 +689,10 @@ class _TxBatch:
         """The outer ECN field of what is batched: the inner one (RFC 6040 normal mode)."""
         self.peer: AnyPeer | None = None
         self.single = dp._single_peer()
+        mod = dp.native
+        self._drain = mod.drain_tx if mod is not None else None
+        self.quotes = bytearray(MAX_GSO_SEGMENTS * mod.QUOTE_SLOT if mod is not None else 0)
+        """Per packet drained natively: its EncapID, length and start (for the ICMP ring)."""
 
     def _send(self, end: int, seg: int) -> int:
         peer = self.peer
@@ -628,6 +707,52 @@ class _TxBatch:
         if self.count:
             self._send(self.off, self.seg)
         self.off = self.count = self.seg = 0
+
+    def drain(self, buf: bytearray, fd: int, vnet: bool, fresh: bool) -> int:
+        """Read the single packets the TUN device has ready and seal them into the batch on
+        the native core, in one call (no Python per packet but its ICMP ring entry). Returns
+        n > 0: a frame of n bytes is in ``buf`` for the general path (a TSO frame, a packet
+        too big or not fitting the batch); 0: send the batch now; -1: the peer cannot be
+        sealed natively now (no confirmed session: the caller reads itself). Raises
+        BlockingIOError when the device has nothing more to read."""
+        peer = self.single
+        kp: session.Keypair | None = None
+        if isinstance(peer, Peer):
+            kp = peer.current
+            if kp is None or not kp.confirmed or kp.native is None or self._drain is None:
+                return -1
+            nkp, dev, encap = kp.native, 0, 0
+        elif isinstance(peer, PlainPeer) and self._drain is not None:
+            nkp, dev, encap = None, peer.device_id, peer.encap
+        else:
+            return -1
+        if peer is not self.peer:
+            self.flush()
+            self.peer = peer
+        start = self.count
+        status, n, (self.off, self.seg, self.count, self.ecn), packets, nbytes, encap = (
+            self._drain(nkp, dev, encap, fd, vnet, buf, self.out,
+                        (self.off, self.seg, self.count, self.ecn), self.dp.mtu, fresh,
+                        self.quotes))
+        if packets:
+            if kp is None:
+                assert isinstance(peer, PlainPeer)
+                peer.encap = encap
+            else:
+                kp.send_counter = nkp.next_counter  # for rekey decisions only
+            record = self.dp.ring(peer).record
+            q = self.quotes
+            slot = len(q) // MAX_GSO_SEGMENTS
+            for o in range(start * slot, self.count * slot, slot):
+                record(q[o] << 8 | q[o + 1], 1, bytes(q[o + 3:o + 3 + q[o + 2]]))
+            st = peer.stats
+            st.tx_packets += packets
+            st.tx_bytes += nbytes
+        if status == 0:
+            raise BlockingIOError
+        if status == 3:
+            raise OSError(n, os.strerror(n))
+        return n if status == 2 else 0
 
     def discard(self) -> None:
         """Forget what is batched, unsent (after a frame failed half-way)."""
@@ -666,7 +791,8 @@ class _TxBatch:
             self.peer = peer
         self.ecn = ecn.of_packet(frame, offload.VNET_LEN)
         first = peer.encap
-        off, seg, count, nbytes, peer.encap = offload.frame_tso_plain(
+        cut = native_frame_tso_plain if self.dp.native is not None else None
+        off, seg, count, nbytes, peer.encap = (cut or offload.frame_tso_plain)(
             frame, peer.device_id, first, self.out, 0, self._send, self.dp.mtu)
         return self._tso_done(peer, frame, first, off, seg, count, nbytes)
 

@@ -28,7 +28,7 @@ impl Out for Vec<Vec<u8>> {
     }
 }
 
-/// Drop and event counters, indexed by `Reason`; names as in the Python path.
+/// Drop counters, indexed by `Reason`; names as in the Python path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(usize)]
 pub enum Reason {
@@ -40,10 +40,9 @@ pub enum Reason {
     MalformedInner,
     TunRejected,
     EcnNotEctCe,
-    EcnCe,
 }
 
-pub const REASONS: [&str; 9] = [
+pub const REASONS: [&str; 8] = [
     "bad_header",
     "bad_tag",
     "replay",
@@ -52,7 +51,6 @@ pub const REASONS: [&str; 9] = [
     "malformed_inner",
     "tun_rejected",
     "ecn_not_ect_ce",
-    "ecn_ce",
 ];
 
 #[derive(Clone, PartialEq, Eq, Default, Debug)]
@@ -83,6 +81,9 @@ pub struct Coalescer {
     psh: bool,
     owner: usize,
     pub counts: [u64; REASONS.len()],
+    /// Outer CE marks passed on to ECN-capable inner packets (RFC 6040; not drops: the
+    /// Python path's `DataPath.ecn_ce`).
+    pub marks: u64,
 }
 
 fn be16(b: &[u8], at: usize) -> u16 {
@@ -109,11 +110,17 @@ impl Coalescer {
             psh: false,
             owner: 0,
             counts: [0; REASONS.len()],
+            marks: 0,
         }
     }
 
     pub fn count(&mut self, r: Reason) {
         self.counts[r as usize] += 1;
+    }
+
+    /// One congestion mark passed on (counted apart from the drops).
+    pub fn mark(&mut self) {
+        self.marks += 1;
     }
 
     fn write(&mut self, out: &mut dyn Out, frame: &[u8]) {

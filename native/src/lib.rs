@@ -9,8 +9,10 @@ pub mod coalesce;
 pub mod header;
 pub mod keys;
 pub mod mmsg;
+pub mod plain;
 pub mod replay;
 pub mod rx;
+pub mod single;
 pub mod tx;
 
 #[cfg(feature = "python")]

@@ -11,8 +11,10 @@ use pyo3::types::PyBytes;
 use crate::coalesce::{Coalescer as Core, Out, REASONS};
 use crate::header::{DATA_HEADER_LEN, TAG_LEN};
 use crate::keys::{Keypair as CoreKeypair, Opened};
+use crate::plain::{self, PlainCutter, PlainRun};
 use crate::replay::Verdict;
 use crate::rx::{self, Run, SourceFilter as CoreFilter};
+use crate::single::{self, Drain, Framer, ReadFd};
 use crate::tx::{self, TsoSealer};
 
 /// A buffer's memory, to be turned into a slice inside `allow_threads`.
@@ -287,6 +289,11 @@ impl Coalescer {
         c.counts = [0; REASONS.len()];
         out
     }
+
+    /// Outer CE marks passed on to inner packets since the last call (RFC 6040).
+    fn take_marks(&self) -> u64 {
+        std::mem::take(&mut self.lock().marks)
+    }
 }
 
 /// The inner source addresses one peer may use (see rx.rs).
@@ -349,6 +356,192 @@ fn seal_tso(
         }
         off = flush.call1((b.off, b.seg))?.extract()?;
     }
+}
+
+/// `plain` mode's `seal_tso` (offload.py `frame_tso_plain`): cut one TSO frame into
+/// segments with the 12-byte header into `out` from `off`; `flush(end, seg)` sends a full
+/// batch and returns the new offset. Returns (off, seg, count, inner_bytes, next_encap);
+/// count -1: not a frame this cuts (use the generic path).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn frame_tso_plain(
+    py: Python<'_>,
+    frame: &Bound<'_, PyAny>,
+    device_id: u16,
+    encap: u16,
+    out: &Bound<'_, PyAny>,
+    off: usize,
+    flush: &Bound<'_, PyAny>,
+    mtu: usize,
+) -> PyResult<(usize, usize, i64, usize, u16)> {
+    let fb = PyBuffer::<u8>::get(frame)?;
+    let ob = PyBuffer::<u8>::get(out)?;
+    let (f, o) = (Raw::of(&fb, false)?, Raw::of(&ob, true)?);
+    if f.ptr < o.ptr.wrapping_add(o.len) && o.ptr < f.ptr.wrapping_add(f.len) {
+        return Err(PyValueError::new_err("frame and output buffer overlap"));
+    }
+    // SAFETY (both slices below): the buffers are exported until this function returns, do
+    // not overlap (checked), and no slice of `out` is alive while Python's flush reads it.
+    let frame_of = move || -> &[u8] { unsafe { f.bytes() } };
+    let Some(mut c) = py.allow_threads(move || PlainCutter::new(frame_of(), mtu, device_id, encap))
+    else {
+        return Ok((off, 0, -1, 0, encap));
+    };
+    let mut off = off;
+    loop {
+        let cutter = &mut c;
+        let b = py.allow_threads(move || cutter.fill(frame_of(), unsafe { o.slice() }, off));
+        if b.done {
+            return Ok((b.off, b.seg, c.count() as i64, c.inner_bytes(), c.encap));
+        }
+        off = flush.call1((b.off, b.seg))?.extract()?;
+    }
+}
+
+/// `plain` mode's `rx_run`: handle a GRO run's plain datagrams from `start` until one must go
+/// back to Python (see plain.rs). Returns (pos, status, device_id, cont_next, packets,
+/// inner_bytes).
+#[pyfunction]
+#[pyo3(signature = (device_id, buf, n, start, seg, sink, filter, owner, outer_ecn, cont_next,
+                    verdicts=None))]
+#[allow(clippy::too_many_arguments)]
+fn rx_plain(
+    py: Python<'_>,
+    device_id: Option<u16>,
+    buf: &Bound<'_, PyAny>,
+    n: usize,
+    start: usize,
+    seg: usize,
+    sink: &Bound<'_, Coalescer>,
+    filter: Option<&Bound<'_, SourceFilter>>,
+    owner: &Bound<'_, PyAny>,
+    outer_ecn: u8,
+    cont_next: u64,
+    verdicts: Option<&Bound<'_, PyAny>>,
+) -> PyResult<(usize, u8, u32, u64, u64, u64)> {
+    let bb = PyBuffer::<u8>::get(buf)?;
+    let b = Raw::of(&bb, true)?;
+    if n > b.len || start > n {
+        return Err(PyValueError::new_err("n or start beyond the buffer"));
+    }
+    let vb = verdicts.map(PyBuffer::<u8>::get).transpose()?;
+    let v = vb.as_ref().map(|v| Raw::of(v, true)).transpose()?;
+    if let Some(v) = v {
+        if v.ptr < b.ptr.wrapping_add(b.len) && b.ptr < v.ptr.wrapping_add(v.len) {
+            return Err(PyValueError::new_err("verdicts overlap the buffer"));
+        }
+    }
+    let empty = CoreFilter::default();
+    let run = PlainRun {
+        device_id,
+        filter: filter.map_or(&empty, |f| &f.get().0),
+        owner: owner.as_ptr() as usize,
+        outer_ecn,
+    };
+    let sink = sink.get();
+    let run = &run;
+    let r = py.allow_threads(move || {
+        // SAFETY: `buf` and `verdicts` are exported for this call and do not overlap
+        // (checked); the receive loop owns its buffer and nobody else touches it meanwhile.
+        let data = &mut unsafe { b.slice() }[..n];
+        let verd = v.map(|v| unsafe { v.slice() });
+        let mut core = sink.lock();
+        plain::rx_plain_run(
+            run,
+            data,
+            start,
+            seg,
+            &mut core,
+            &mut Fd(sink.fd),
+            cont_next,
+            verd,
+        )
+    });
+    Ok((
+        r.pos,
+        r.status as u8,
+        r.index,
+        r.cont_next,
+        r.packets,
+        r.bytes,
+    ))
+}
+
+/// A transmit batch as Python's `_TxBatch` holds it: (off, seg, count, ecn).
+type PyBatch = (usize, usize, usize, u8);
+
+fn overlap(a: Raw, b: Raw) -> bool {
+    a.ptr < b.ptr.wrapping_add(b.len) && b.ptr < a.ptr.wrapping_add(a.len)
+}
+
+/// Read the single packets the TUN fd has ready and seal them (with `kp`; `plain` mode
+/// without one, EncapIDs from `encap`) into `out` after the batch (off, seg, count, ecn);
+/// see single.rs. Returns (status, n, (off, seg, count, ecn), packets, inner_bytes, encap):
+/// status 0 the device is empty, 1 send the batch now, 2 a frame of n bytes is in `buf`
+/// for the general path, 3 the read failed with errno n. `quotes` gets a slot of
+/// `single::QUOTE_SLOT` bytes per packet in the batch (for the ICMP ring).
+#[pyfunction]
+#[pyo3(signature = (kp, device_id, encap, fd, vnet, buf, out, batch, mtu, fresh, quotes))]
+#[allow(clippy::too_many_arguments)]
+fn drain_tx(
+    py: Python<'_>,
+    kp: Option<&Bound<'_, Keypair>>,
+    device_id: u16,
+    encap: u16,
+    fd: i32,
+    vnet: bool,
+    buf: &Bound<'_, PyAny>,
+    out: &Bound<'_, PyAny>,
+    batch: PyBatch,
+    mtu: usize,
+    fresh: bool,
+    quotes: &Bound<'_, PyAny>,
+) -> PyResult<(u8, usize, PyBatch, usize, usize, u16)> {
+    let bb = PyBuffer::<u8>::get(buf)?;
+    let ob = PyBuffer::<u8>::get(out)?;
+    let qb = PyBuffer::<u8>::get(quotes)?;
+    let (b, o, q) = (
+        Raw::of(&bb, true)?,
+        Raw::of(&ob, true)?,
+        Raw::of(&qb, true)?,
+    );
+    if overlap(b, o) || overlap(b, q) || overlap(o, q) {
+        return Err(PyValueError::new_err("buffers overlap"));
+    }
+    let (off, seg, count, ecn) = batch;
+    if off > o.len {
+        return Err(PyValueError::new_err("offset beyond the output buffer"));
+    }
+    let mut framer = match kp {
+        Some(k) => Framer::Sealed(&k.get().0),
+        None => Framer::Plain { device_id, encap },
+    };
+    let mut st = single::Batch {
+        off,
+        seg,
+        count,
+        ecn,
+    };
+    let f = &mut framer;
+    let s = &mut st;
+    let d = py.allow_threads(move || {
+        // SAFETY: the three buffers are exported for this call and do not overlap (checked);
+        // each is the transmit loop's own, untouched by anyone else meanwhile.
+        let (buf, out, quotes) = unsafe { (b.slice(), o.slice(), q.slice()) };
+        single::drain(f, &mut ReadFd(fd), vnet, buf, out, s, mtu, fresh, quotes)
+    });
+    let (status, n) = match d.why {
+        Drain::Empty => (0, 0),
+        Drain::Send => (1, 0),
+        Drain::Frame(n) => (2, n),
+        Drain::Error(e) => (3, e as usize),
+    };
+    let encap = match framer {
+        Framer::Plain { encap, .. } => encap,
+        Framer::Sealed(_) => encap,
+    };
+    let batch = (st.off, st.seg, st.count, st.ecn);
+    Ok((status, n, batch, d.packets, d.bytes, encap))
 }
 
 /// Handle a GRO run's datagrams from `start` until one must go back to Python (see rx.rs).
@@ -431,7 +624,11 @@ fn tunseal_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(seal_tso, m)?)?;
     m.add_function(wrap_pyfunction!(rx_run, m)?)?;
     crate::mmsg::python::register(m)?; // RawRx, send_mmsg (the raw-IP transport)
-    m.add("API", 1)?;
+    m.add_function(wrap_pyfunction!(frame_tso_plain, m)?)?;
+    m.add_function(wrap_pyfunction!(rx_plain, m)?)?;
+    m.add_function(wrap_pyfunction!(drain_tx, m)?)?;
+    m.add("QUOTE_SLOT", single::QUOTE_SLOT)?;
+    m.add("API", 2)?;
     m.add("NO_CONT", rx::NO_CONT)?;
     m.add("REASONS", REASONS.to_vec())?;
     Ok(())

@@ -86,7 +86,7 @@ fn best(it: impl Iterator<Item = (bool, u8, bool)>) -> bool {
 pub enum Decap {
     /// Delivered as it came, or with ECT(0) made ECT(1) under an outer ECT(1) (not a mark).
     Keep,
-    /// An ECN-capable packet under an outer CE: now CE (counted `ecn_ce`).
+    /// An ECN-capable packet under an outer CE: now CE (counted in the sink's `marks`).
     Marked,
     /// A Not-ECT packet under an outer CE: dropped (counted `ecn_not_ect_ce`).
     Drop,
@@ -143,7 +143,7 @@ pub fn decap_ecn(pkt: &mut [u8], outer_ecn: u8, sink: &mut Coalescer) -> Decap {
         pkt[1] = (pkt[1] & !0x30) | (new << 4);
     }
     if new == 3 {
-        sink.count(Reason::EcnCe);
+        sink.mark();
         Decap::Marked
     } else {
         Decap::Keep
@@ -155,7 +155,7 @@ pub fn decap_ecn(pkt: &mut [u8], outer_ecn: u8, sink: &mut Coalescer) -> Decap {
 /// head would (per segment, as the Python path counts a merged run).
 fn count_continuation_mark(pkt: &[u8], outer_ecn: u8, sink: &mut Coalescer) {
     if outer_ecn & 3 == 3 && matches!(ecn_of(pkt), Some(1 | 2)) {
-        sink.count(Reason::EcnCe);
+        sink.mark();
     }
 }
 
@@ -166,6 +166,63 @@ pub struct Run<'a> {
     pub owner: usize,
     pub outer_ecn: u8,
     pub stop_after_open: bool,
+}
+
+impl Run<'_> {
+    fn dest(&self) -> Dest<'_> {
+        Dest {
+            filter: self.filter,
+            owner: self.owner,
+            outer_ecn: self.outer_ecn,
+        }
+    }
+}
+
+/// Where an opened (or, in `plain` mode, checked) inner packet goes: one peer's source
+/// filter, its run in the coalescer, the batch's outer ECN field.
+#[derive(Clone, Copy)]
+pub struct Dest<'a> {
+    pub filter: &'a SourceFilter,
+    pub owner: usize,
+    pub outer_ecn: u8,
+}
+
+impl Dest<'_> {
+    /// Continue the open run, or check the source and ECN and add the packet to the
+    /// coalescer; `ctr` is (this packet's counter, the one a continuation of it must carry).
+    /// Returns the verdict code (0 delivered, 1 + Reason).
+    pub fn take(
+        &self,
+        sink: &mut Coalescer,
+        out: &mut dyn Out,
+        inner: &mut [u8],
+        flags: u16,
+        ctr: (u64, u64),
+        cont_next: &mut u64,
+    ) -> u8 {
+        // A flagged continuation of the segment just opened joins its run with no header
+        // checks (its header is discarded), if the run is this peer's.
+        if flags & F_CONTINUATION != 0
+            && ctr.0 == *cont_next
+            && sink.vnet
+            && sink.continue_run(out, inner, self.owner)
+        {
+            count_continuation_mark(inner, self.outer_ecn, sink);
+            *cont_next = ctr.1;
+            return 0;
+        }
+        if !self.filter.allows(inner) {
+            sink.count(Reason::BadSource);
+            1 + Reason::BadSource as u8
+        } else if decap_ecn(inner, self.outer_ecn, sink) == Decap::Drop {
+            1 + Reason::EcnNotEctCe as u8
+        } else {
+            // Only a packet that went on to the run may be continued.
+            *cont_next = ctr.1;
+            sink.add(out, inner, flags & F_CSUM_PARTIAL != 0, self.owner);
+            0
+        }
+    }
 }
 
 /// Handle datagrams `buf[start..n]` (each `seg` bytes, the last possibly shorter) until one
@@ -247,34 +304,16 @@ pub fn rx_run(
         bytes += h.inner_len as u64;
         let here = off;
         off += seg;
-        let stop = run.stop_after_open;
-        // A flagged continuation of the segment just opened joins its run with no header
-        // checks (its header is discarded), if the run is this peer's.
-        if h.flags & F_CONTINUATION != 0
-            && h.counter == cont_next
-            && sink.vnet
-            && sink.continue_run(out, inner, run.owner)
-        {
-            count_continuation_mark(inner, run.outer_ecn, sink);
-            cont_next = h.counter + 1;
-            verdict(here, 0);
-            if stop {
-                return result(off, Status::Opened, h.index, cont_next, packets, bytes);
-            }
-            continue;
-        }
-        if !run.filter.allows(inner) {
-            sink.count(Reason::BadSource);
-            verdict(here, 1 + Reason::BadSource as u8);
-        } else if decap_ecn(inner, run.outer_ecn, sink) == Decap::Drop {
-            verdict(here, 1 + Reason::EcnNotEctCe as u8);
-        } else {
-            // Only a packet that went on to the run may be continued.
-            cont_next = h.counter + 1;
-            sink.add(out, inner, h.flags & F_CSUM_PARTIAL != 0, run.owner);
-            verdict(here, 0);
-        }
-        if stop {
+        let v = run.dest().take(
+            sink,
+            out,
+            inner,
+            h.flags,
+            (h.counter, h.counter + 1),
+            &mut cont_next,
+        );
+        verdict(here, v);
+        if run.stop_after_open {
             return result(off, Status::Opened, h.index, cont_next, packets, bytes);
         }
     }
@@ -374,10 +413,8 @@ mod tests {
         let mut out: Vec<Vec<u8>> = Vec::new();
         let r = rx_run(&run, &mut buf, 0, seg, &mut sink, &mut out, NO_CONT, None);
         assert_eq!((r.status, r.pos, r.packets), (Status::End, buf.len(), 2));
-        assert_eq!(
-            counts(&sink),
-            vec![("bad_tag", 1), ("replay", 1), ("ecn_ce", 2)]
-        );
+        assert_eq!(counts(&sink), vec![("bad_tag", 1), ("replay", 1)]);
+        assert_eq!(sink.marks, 2);
         assert_eq!(out.len(), 2);
         for p in &out {
             assert_eq!(p[1] & 3, 3);

@@ -113,7 +113,7 @@ impl Tso {
 
     /// Write the TCP/IP header of the `count`-th segment (payload at `pkt[pos..pos + n]`)
     /// into `out[..hl]`, copying the unchanging fields from the super-packet's header.
-    fn header(&self, pkt: &[u8], out: &mut [u8], count: usize, pos: usize, n: usize) {
+    pub(crate) fn header(&self, pkt: &[u8], out: &mut [u8], count: usize, pos: usize, n: usize) {
         let hl = self.hl;
         let ip_len = self.ip_len;
         let last = pos + n >= self.total;

@@ -51,6 +51,8 @@ def header_ok(pkt: bytes) -> bool:
 
 def receive(rx: Keypair, datagrams: list[bytes], outer_ecn: int
             ) -> tuple[list[bytes], dict[str, int], bytes]:
+    """What the native receive call wrote, its drops (and congestion marks, as ``ecn_ce``,
+    from the sink's separate marks counter) and its verdicts."""
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         sink = native.built.Coalescer(a.fileno(), False)
@@ -70,7 +72,12 @@ def receive(rx: Keypair, datagrams: list[bytes], outer_ecn: int
                 got.append(b.recv(70000))
             except BlockingIOError:
                 break
-        return got, dict(sink.take_drops()), bytes(verdicts)
+        drops = dict(sink.take_drops())
+        assert "ecn_ce" not in drops  # a mark is not a drop
+        if (marks := sink.take_marks()):
+            drops["ecn_ce"] = marks
+        assert sink.take_marks() == 0  # taken means reset
+        return got, drops, bytes(verdicts)
     finally:
         a.close()
         b.close()

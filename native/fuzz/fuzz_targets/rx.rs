@@ -7,8 +7,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use tunseal_native::coalesce::{Coalescer, Out};
-use tunseal_native::header::{F_CONTINUATION, F_CSUM_PARTIAL, MIN_SEALED};
+use tunseal_native::header::{FIXED_HEADER_LEN, F_CONTINUATION, F_CSUM_PARTIAL, MIN_SEALED};
 use tunseal_native::keys::Keypair;
+use tunseal_native::plain::{rx_plain_run, write_plain, PlainRun};
 use tunseal_native::rx::{rx_run, Run, SourceFilter, Status, NO_CONT};
 use tunseal_native::tx::seal_one;
 
@@ -46,6 +47,7 @@ fuzz_target!(|data: &[u8]| {
     let kp = Keypair::new("aes-256-gcm", &[7; 32], &[7; 32], 3, 0x0102_0304).unwrap();
     let outer_ecn = data[0] & 3;
     let vnet = data[0] & 4 != 0;
+    let plain = data[0] & 16 != 0; // `plain` mode: rx_plain_run, datagrams framed, not sealed
     let seg_hint = u16::from_be_bytes([data[1], data[2]]) as usize;
     let mut dgrams: Vec<Vec<u8>> = Vec::new();
     let mut counter = 0u64;
@@ -68,6 +70,15 @@ fuzz_target!(|data: &[u8]| {
         }
         if kind & 8 != 0 {
             counter = counter.saturating_sub((kind >> 4) as u64); // a replay or reorder
+        }
+        if plain {
+            let mut out = vec![0u8; FIXED_HEADER_LEN + body.len()];
+            let dev = if kind & 0x80 != 0 { 9 } else { 3 }; // 9: another device (Lookup)
+            write_plain(&mut out, body.len(), dev, counter as u16, flags);
+            out[FIXED_HEADER_LEN..].copy_from_slice(body);
+            counter += 1;
+            dgrams.push(out);
+            continue;
         }
         let mut out = vec![0u8; MIN_SEALED + body.len()];
         seal_one(&kp, &mut out, body, 0x11, flags, counter);
@@ -98,7 +109,12 @@ fuzz_target!(|data: &[u8]| {
     while pos < buf.len() {
         calls += 1;
         assert!(calls <= 2 * n + 2, "no progress");
-        let r = rx_run(&run, &mut buf, pos, seg, &mut sink, &mut frames, cont, Some(&mut verdicts));
+        let r = if plain {
+            let prun = PlainRun { device_id: Some(3), filter: &filter, owner: 1, outer_ecn };
+            rx_plain_run(&prun, &mut buf, pos, seg, &mut sink, &mut frames, cont, Some(&mut verdicts))
+        } else {
+            rx_run(&run, &mut buf, pos, seg, &mut sink, &mut frames, cont, Some(&mut verdicts))
+        };
         cont = r.cont_next;
         match r.status {
             Status::End => break,
