@@ -22,7 +22,7 @@ from core.endpoint import AnyPeer, Endpoint
 from core.errors import ProfileError, TunsealError
 from core.peer import Address, Peer, RekeyPolicy
 from core.probe import UNREACHABLE_AFTER, PathState
-from core.status import PeerStatus, TunnelState, TunnelStatus
+from core.status import PEERS_INLINE, PeerStatus, TunnelState, TunnelStatus
 from helper import dns, nat, netdev, policyroute
 from helper.allowedips import AllowedIPs
 from helper.datapath import DataPath
@@ -571,12 +571,27 @@ class Tunnel:
                 return ps.allowed_ips
         return ()
 
+    def peer_statuses(self) -> list[PeerStatus]:
+        """Every peer's status, sorted by name (a gateway's peers, paged by the helper)."""
+        return sorted((self._peer_status(p) for p in self.peers), key=lambda ps: ps.name)
+
+    def peer_status(self, name: str) -> PeerStatus | None:
+        for p in self.peers:
+            if p.name == name:
+                return self._peer_status(p)
+        return None
+
     def status(self) -> TunnelStatus:
+        """The tunnel's status, listing its peers only when there are at most PEERS_INLINE
+        (else counted: built every second, it must not grow with a gateway's peers)."""
         spec = self.spec
-        peers = tuple(self._peer_status(p) for p in self.peers)
-        single = peers[0] if len(peers) == 1 and len(spec.peers) == 1 else None
+        live = self.peers
+        single = self._peer_status(live[0]) if len(live) == 1 and len(spec.peers) == 1 \
+            else None
+        peers = tuple(self._peer_status(p) for p in live) if single is None and \
+            len(live) <= PEERS_INLINE else (single,) if single else ()
         rx, tx, rxp, txp = self._totals()
-        handshakes = [p.last_handshake for p in peers if p.last_handshake is not None]
+        handshakes = [p.stats.last_handshake for p in live if p.stats.last_handshake is not None]
         return TunnelStatus(
             name=spec.name, state=self.state, mode=spec.mode,
             cipher=spec.cipher if spec.mode.sealed else "none", transport=spec.transport,
@@ -589,7 +604,9 @@ class Tunnel:
             rtt_ms=single.rtt_ms if single else None, loss=single.loss if single else None,
             drops=dict(self._parts.endpoint.drops) if self._parts is not None else {},
             ecn_ce=self._parts.datapath.ecn_ce if self._parts is not None else 0,
-            peers=peers, since=self.since, error=self.failure,
+            peers=peers, peer_count=len(live),
+            peers_up=sum(1 for p in live if self.peer_state(p) == "up"),
+            since=self.since, error=self.failure,
             dns=self._dns.status() if self._dns is not None else None,
             lockdown=spec.lockdown,
             ipv6="blocked" if spec.blocks_ipv6 else "tunnel" if 6 in spec.full_families else "",
