@@ -500,6 +500,8 @@ class Service:
         """The named tunnel, or a page of every profile's and running tunnel's status (paged
         like list_profiles). With ``peers``, the named tunnel with a page of its peers after
         the peer ``after`` (a gateway's status lists at most PEERS_INLINE by itself)."""
+        if peers and name is None:
+            raise RequestError("status: 'peers' needs the tunnel's 'name'", code="bad_args")
         running = self._engine_call(self._engine.running)
         if name is not None:
             if name not in running:
@@ -512,8 +514,6 @@ class Service:
                          PAGE_BYTES - _size(st))
             st["peers"] = page["peers"]
             return {"tunnels": [st], "next": page["next"], "omitted": page["omitted"]}
-        if peers:
-            raise RequestError("status: 'peers' needs the tunnel's 'name'", code="bad_args")
         names = sorted({p.name for p in self._profiles.list()} | set(running))
         return _page("tunnels", [(n, functools.partial(self._status, n)) for n in names], after)
 
