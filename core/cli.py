@@ -18,9 +18,9 @@ from typing import Any, Final, TextIO
 
 from core.atomicfile import write_atomic
 from core.errors import HelperUnavailable, IPCError
-from core.format import format_status
+from core.format import format_peers, format_status
 from core.ipc import RequestError
-from core.ipcclient import Client, all_statuses, list_all_profiles
+from core.ipcclient import Client, all_statuses, gateway_peers, list_all_profiles, tunnel_status
 from core.profile import dumps, profile_from_dict
 from core.status import TunnelStatus
 
@@ -72,26 +72,29 @@ def cmd_down(client: Client, args: argparse.Namespace) -> int:
     return emit(args, result, lambda: format_status(_status(result["status"]), time.time()))
 
 
-def _statuses(client: Client, name: str | None) -> dict[str, Any]:
-    """``{"tunnels": [...]}``: the named tunnel, or every page of them."""
+def _statuses(client: Client, name: str | None, peers: bool = False) -> dict[str, Any]:
+    """``{"tunnels": [...]}``: the named tunnel (with ``peers``: with every one of its peers),
+    or every page of them."""
     if name:
-        return {"tunnels": client.call("status", name=name)["tunnels"]}
+        return {"tunnels": [tunnel_status(client, name, peers=peers)]}
     return {"tunnels": all_statuses(client)}
 
 
 def cmd_status(client: Client, args: argparse.Namespace) -> int:
+    if args.peers and not args.name:
+        raise IPCError("--peers needs a tunnel's NAME: tunseal status NAME --peers", code="usage")
     if not args.watch:
-        result = _statuses(client, args.name)
-        return emit(args, result, lambda: _format_tunnels(result["tunnels"]))
+        result = _statuses(client, args.name, args.peers)
+        return emit(args, result, lambda: _format_tunnels(result["tunnels"], args.peers))
     shown = 0
     while args.count is None or shown < args.count:
         if shown:
             time.sleep(args.interval)
-        result = _statuses(client, args.name)
+        result = _statuses(client, args.name, args.peers)
         if args.json:
             print(json.dumps(result), flush=True)
         else:
-            _redraw(_format_tunnels(result["tunnels"]))
+            _redraw(_format_tunnels(result["tunnels"], args.peers))
         shown += 1
     return EXIT_OK
 
@@ -279,7 +282,7 @@ def cmd_join(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_peer_list(client: Client, args: argparse.Namespace) -> int:
-    result = client.call("peer_list")
+    result = gateway_peers(client)
 
     def human() -> str:
         lines = [f"gateway {result['gateway']}  public key {result['public_key']}"]
@@ -340,11 +343,21 @@ def _status(d: dict[str, Any]) -> TunnelStatus:
     return TunnelStatus.from_dict(d)
 
 
-def _format_tunnels(tunnels: list[dict[str, Any]]) -> str:
+def _format_tunnels(tunnels: list[dict[str, Any]], peers: bool = False) -> str:
     if not tunnels:
         return "no profiles; import one with 'tunseal import FILE'"
     now = time.time()
-    return "\n\n".join(format_status(_status(t), now) for t in tunnels)
+    shown = []
+    for t in tunnels:
+        st = _status(t)
+        text = format_status(st, now)
+        if peers and st.peers:
+            text += "\n" + format_peers(st)
+        elif st.peer_count > len(st.peers):
+            text += f"\n  (list them with 'tunseal status {st.name} --peers' or " \
+                    "'tunseal peer list')"
+        shown.append(text)
+    return "\n\n".join(shown)
 
 
 def _format_list(profiles: list[dict[str, Any]], states: dict[str, str]) -> str:
@@ -453,6 +466,8 @@ def _parser() -> argparse.ArgumentParser:
     command("down", cmd_down, "take a tunnel down", "name")
     status = command("status", cmd_status, "show tunnel status")
     status.add_argument("name", nargs="?")
+    status.add_argument("--peers", action="store_true",
+                        help="with NAME: also list every peer (a gateway's status counts them)")
     status.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
     status.add_argument("--count", type=_positive_int, help="with --watch: stop after N redraws")
     status.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)

@@ -33,9 +33,16 @@ def format_status(st: TunnelStatus, now: float) -> str:
         ("DNS", st.dns.summary() if st.dns is not None else ""),
         ("lockdown", _lockdown(st)),
         ("IPv6", _ipv6(st)),
+        ("peers", f"{st.peer_count} ({st.peers_up} up)" if st.peer_count > 1 else ""),
     ]
     lines += [f"  {label:<10} {value}" for label, value in rows if value]
     return "\n".join(lines)
+
+
+def format_peers(st: TunnelStatus) -> str:
+    """One line per peer of ``st`` (a gateway's, ``tunseal status NAME --peers``)."""
+    return "\n".join(f"  {p.name:<20} {p.state:<12} {', '.join(p.allowed_ips):<24} "
+                     f"{p.endpoint}".rstrip() for p in st.peers)
 
 
 def format_age(then: float | None, now: float) -> str:

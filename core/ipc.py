@@ -100,7 +100,8 @@ OPS: Final[Mapping[str, Mapping[str, _Arg]]] = {
     "set_peer_key": {"name": _NAME, "public_key": _Arg(str)},
     "connect": {"name": _NAME},
     "disconnect": {"name": _NAME},
-    "status": {"name": _Arg(str, required=False), "after": _Arg(str, required=False)},
+    "status": {"name": _Arg(str, required=False), "after": _Arg(str, required=False),
+               "peers": _Arg(bool, required=False)},
     "recent_log": {"name": _Arg(str, required=False)},
     "peer_add": {"name": _NAME, "allowed_ips": _Arg(list, required=False),
                  "public_key": _Arg(str, required=False)},
@@ -109,7 +110,7 @@ OPS: Final[Mapping[str, Mapping[str, _Arg]]] = {
     "peer_revoke": {"name": _NAME},
     "join": {"invitation": _Arg(str), "name": _Arg(str, required=False)},
     "peer_remove": {"name": _NAME},
-    "peer_list": {},
+    "peer_list": {"after": _Arg(str, required=False)},
     "peer_show": {"name": _NAME},
     "lockdown": {"action": _Arg(str), "allow_lan": _Arg(bool, required=False)},
     # autoconnect (helper/autoconnect.py, docs/PROFILE.md "Connecting by itself")

@@ -31,8 +31,10 @@ __all__ = [
     "all_pages",
     "all_statuses",
     "call",
+    "gateway_peers",
     "list_all_profiles",
     "socket_path",
+    "tunnel_status",
 ]
 
 DEFAULT_SOCKET: Final = "/run/tunseal/helper.sock"
@@ -238,20 +240,47 @@ class Client:
         return self._sock
 
 
-def all_pages(client: Client, op: str, key: str) -> list[dict[str, Any]]:
-    """Every entry of a paged operation (``list_profiles``, ``status`` without a name): one
-    reply holds at most 64 KiB, so the helper answers in pages, each naming in ``next`` where
-    the following one starts."""
-    entries: list[dict[str, Any]] = []
-    args: dict[str, Any] = {}
+def all_pages(client: Client, op: str, key: str, **fixed: Any) -> list[dict[str, Any]]:
+    """Every entry of a paged operation (``list_profiles``, ``status`` without a name or with
+    ``peers``, ``peer_list``): one reply holds at most 64 KiB, so the helper answers in pages,
+    each naming in ``next`` where the following one starts. ``fixed``: the op's other
+    arguments, the same on every page."""
+    return _follow(client, op, key, fixed)[1]
+
+
+def _follow(client: Client, op: str, key: str,
+            fixed: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    """The first page, and every entry under ``key`` of all the pages."""
+    entries: list[Any] = []
+    args: dict[str, Any] = dict(fixed)
+    first: dict[str, Any] | None = None
     for _ in range(PAGES_MAX):
         page = client.call(op, **args)
+        first = page if first is None else first
         entries.extend(page.get(key, []))
         after = page.get("next")
         if not isinstance(after, str) or not after:
-            return entries
-        args = {"after": after}
+            return first, entries
+        args = {**fixed, "after": after}
     raise IPCError(f"the helper sent more than {PAGES_MAX} pages for {op!r}", code="internal")
+
+
+def tunnel_status(client: Client, name: str, *, peers: bool = False) -> dict[str, Any]:
+    """The status of tunnel ``name``; with ``peers``, with every one of its peers (a
+    gateway's status lists them only when it has few: core.status.PEERS_INLINE), following
+    the pages."""
+    if not peers:
+        tunnels: list[dict[str, Any]] = client.call("status", name=name)["tunnels"]
+        return tunnels[0]
+    pages = all_pages(client, "status", "tunnels", name=name, peers=True)
+    return {**pages[-1], "peers": [p for t in pages for p in t.get("peers", [])]}
+
+
+def gateway_peers(client: Client) -> dict[str, Any]:
+    """``peer_list`` with every peer, following its pages (the first carries the gateway's
+    name, public key and open invitations)."""
+    first, peers = _follow(client, "peer_list", "peers", {})
+    return {**first, "peers": peers, "next": None}
 
 
 def list_all_profiles(client: Client) -> list[dict[str, Any]]:

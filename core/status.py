@@ -6,9 +6,16 @@ states only: never a key, never a packet.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from dataclasses import fields as dc_fields
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
+
+PEERS_INLINE: Final = 32
+"""A tunnel's status lists its peers when it has at most this many (a client's one, a small
+gateway's). A larger gateway's status gives only ``peer_count`` and ``peers_up``, so the status
+stays far below the control protocol's 64 KiB and cheap to build every second; its peers are
+asked for in pages (``status`` with ``peers``, ``peer_list``: docs/IPC.md)."""
 
 
 class TunnelState(StrEnum):
@@ -47,6 +54,12 @@ class PeerStatus:
     rtt_ms: float | None = None
     loss: float | None = None
     """Fraction of probes unanswered over the recent window, 0.0-1.0."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in _PEER_FIELDS}
+
+
+_PEER_FIELDS: Final = tuple(f.name for f in dc_fields(PeerStatus))
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +120,12 @@ class TunnelStatus:
     (RFC 6040, docs/DATAPATH.md); those it made on packets that cannot carry one were dropped
     and are in ``drops`` as ``ecn_not_ect_ce``."""
     peers: tuple[PeerStatus, ...] = ()
+    """Every peer when there are at most :data:`PEERS_INLINE`, else none (or the page of
+    them that a ``status`` request with ``peers`` asked for)."""
+    peer_count: int = 0
+    """How many peers the tunnel has."""
+    peers_up: int = 0
+    """How many of them have a confirmed session."""
     error: str = ""
     since: float | None = None
     """Unix time the tunnel entered its current state."""
@@ -130,7 +149,15 @@ class TunnelStatus:
         return text
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # By hand, not dataclasses.asdict: it deep-copies every value, and a gateway's status
+        # is built once a second.
+        out = {f: getattr(self, f) for f in _TUNNEL_FIELDS}
+        out["drops"] = dict(self.drops)
+        out["peers"] = [p.to_dict() for p in self.peers]
+        out["dns"] = None if self.dns is None else {
+            "backend": self.dns.backend, "servers": self.dns.servers,
+            "domains": self.dns.domains, "default_route": self.dns.default_route}
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TunnelStatus:
@@ -147,3 +174,6 @@ class TunnelStatus:
         dns = d.get("dns")
         data["dns"] = DnsStatus.from_dict(dns) if isinstance(dns, dict) else None
         return cls(**data)
+
+
+_TUNNEL_FIELDS: Final = tuple(f.name for f in dc_fields(TunnelStatus))

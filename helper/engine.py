@@ -16,7 +16,7 @@ from typing import Any
 from core.constants import TransportKind
 from core.errors import TunsealError
 from core.profile import Profile, ProfileSecrets
-from core.status import TunnelStatus
+from core.status import PeerStatus, TunnelStatus
 from helper import dns, lockdown, netdev, policyroute
 from helper.lockdown import Hold, Lockdown, PeerAddress
 from helper.netwatch import NetWatch
@@ -185,6 +185,11 @@ class Engine:
                 return TunnelStatus(name=name, state="error", error=error)
             return TunnelStatus(name=name, state="down")
         return self._status_of(t)
+
+    def peer_statuses(self, name: str) -> list[PeerStatus]:
+        """Every peer of running tunnel ``name``, sorted by name ([] when it is not running)."""
+        t = self._tunnels.get(name)
+        return t.peer_statuses() if t is not None else []
 
     def forget(self, name: str) -> None:
         """Clear the failure status() shows for a tunnel that is not running."""

@@ -24,6 +24,7 @@ from core.enrol import Accepted, EnrolGate
 from core.errors import TunsealError
 from core.gateway import Gateway, GatewayPeer
 from core.ipc import RequestError
+from core.status import PeerStatus
 from helper import enrolment
 from helper.engine import Engine
 from helper.tunnel import Tunnel
@@ -322,24 +323,26 @@ class GatewayService:
                  "allowed_ips": list(r.allowed_ips)} for r in self.invitations.records()]
 
     def peer_list(self) -> dict[str, Any]:
+        """Every peer (the helper pages them: service.peer_list), with its live state."""
+        live = {ps.name: ps for ps in self._tunnel.peer_statuses()} \
+            if self._tunnel is not None else {}
         return {"gateway": self.config.name, "public_key": self.public_key,
-                "peers": [self._describe(p) for p in self.config.peers],
+                "peers": [self._describe(p, live.get(p.name)) for p in self.config.peers],
                 "invitations": [i for i in self.invitation_list() if i["state"] == "open"]}
 
     def peer_show(self, name: str) -> dict[str, Any]:
         peer = self.config.peer(name)
         if peer is None:
             raise RequestError(f"no peer named {name!r}", code="not_found")
-        return self._describe(peer)
+        return self._describe(peer, self._tunnel.peer_status(name)
+                              if self._tunnel is not None else None)
 
-    def _describe(self, peer: GatewayPeer) -> dict[str, Any]:
+    def _describe(self, peer: GatewayPeer, ps: PeerStatus | None = None) -> dict[str, Any]:
         live: dict[str, Any] = {}
-        if self._tunnel is not None:
-            for ps in self._tunnel.status().peers:
-                if ps.name == peer.name:
-                    live = {"state": ps.state, "endpoint": ps.endpoint,
-                            "last_handshake": ps.last_handshake, "rx_bytes": ps.rx_bytes,
-                            "tx_bytes": ps.tx_bytes, "rtt_ms": ps.rtt_ms}
+        if ps is not None:
+            live = {"state": ps.state, "endpoint": ps.endpoint,
+                    "last_handshake": ps.last_handshake, "rx_bytes": ps.rx_bytes,
+                    "tx_bytes": ps.tx_bytes, "rtt_ms": ps.rtt_ms}
         return {"name": peer.name, "public_key": peer.public_key, "device_id": peer.device_id,
                 "allowed_ips": list(peer.allowed_ips), "has_psk": bool(peer.psk_ref), **live}
 

@@ -33,7 +33,7 @@ from core.profile import (
     profile_from_dict,
     profile_to_dict,
 )
-from core.status import TunnelStatus
+from core.status import PeerStatus, TunnelStatus
 from helper import enrolment, keyrefs
 from helper.profilestore import ProfileNotFound
 
@@ -68,6 +68,7 @@ class EngineLike(Protocol):
     def up(self, profile: Profile, secrets: ProfileSecrets) -> None: ...
     def down(self, name: str) -> None: ...
     def status(self, name: str) -> TunnelStatus: ...
+    def peer_statuses(self, name: str) -> list[PeerStatus]: ...
     def running(self) -> list[str]: ...
     def forget(self, name: str) -> None: ...
     def release_lockdown(self, name: str) -> None: ...
@@ -261,8 +262,17 @@ class Service:
         self._refuse_reserved(name)
         self._refuse_existing(name)
 
-    def peer_list(self, caller: Caller) -> dict[str, Any]:
-        return self._gw().peer_list()
+    def peer_list(self, caller: Caller, after: str | None = None) -> dict[str, Any]:
+        """One page of the gateway's peers, sorted by name, after ``after`` (paged like
+        list_profiles); the open invitations come with the first page."""
+        listing = self._gw().peer_list()
+        rest = {k: v for k, v in listing.items() if k != "peers"}
+        if after is not None:
+            rest["invitations"] = []
+        peers = sorted(listing["peers"], key=lambda p: str(p["name"]))
+        page = _page("peers", [(str(p["name"]), functools.partial(dict, p)) for p in peers],
+                     after, PAGE_BYTES - _size(rest))
+        return {**rest, **page}
 
     def peer_show(self, caller: Caller, name: str) -> dict[str, Any]:
         return self._gw().peer_show(name)
@@ -486,14 +496,24 @@ class Service:
         return out
 
     def status(self, caller: Caller, name: str | None = None,
-               after: str | None = None) -> dict[str, Any]:
+               after: str | None = None, peers: bool = False) -> dict[str, Any]:
         """The named tunnel, or a page of every profile's and running tunnel's status (paged
-        like list_profiles)."""
+        like list_profiles). With ``peers``, the named tunnel with a page of its peers after
+        the peer ``after`` (a gateway's status lists at most PEERS_INLINE by itself)."""
+        if peers and name is None:
+            raise RequestError("status: 'peers' needs the tunnel's 'name'", code="bad_args")
         running = self._engine_call(self._engine.running)
         if name is not None:
             if name not in running:
                 self._get(name)
-            return {"tunnels": [self._status(name)], "next": None, "omitted": []}
+            if not peers:
+                return {"tunnels": [self._status(name)], "next": None, "omitted": []}
+            st = {**self._status(name), "peers": []}
+            entries = self._engine_call(self._engine.peer_statuses, name)
+            page = _page("peers", [(p.name, p.to_dict) for p in entries], after,
+                         PAGE_BYTES - _size(st))
+            st["peers"] = page["peers"]
+            return {"tunnels": [st], "next": page["next"], "omitted": page["omitted"]}
         names = sorted({p.name for p in self._profiles.list()} | set(running))
         return _page("tunnels", [(n, functools.partial(self._status, n)) for n in names], after)
 
@@ -642,10 +662,15 @@ def _missing_key(profile: Profile, key: str) -> RequestError:
     )
 
 
-def _page(key: str, items: list[tuple[str, Callable[[], dict[str, object]]]],
-          after: str | None) -> dict[str, Any]:
+def _size(obj: object) -> int:
+    return len(json.dumps(obj, separators=(",", ":")))
+
+
+def _page(key: str, items: list[tuple[str, Callable[[], dict[str, Any]]]],
+          after: str | None, budget: int = PAGE_BYTES) -> dict[str, Any]:
     """``{key: [...], "next": ..., "omitted": [...]}``: the entries of ``items`` (sorted by
-    name; each built only when reached) after ``after``, as many as fit in one reply."""
+    name; each built only when reached) after ``after``, as many as fit in ``budget`` bytes
+    (one reply's room, less what else the reply carries)."""
     page: list[dict[str, Any]] = []
     omitted: list[str] = []
     used = 0
@@ -654,10 +679,10 @@ def _page(key: str, items: list[tuple[str, Callable[[], dict[str, object]]]],
         if after is not None and name <= after:
             continue
         entry = build()
-        size = len(json.dumps(entry, separators=(",", ":"))) + 1
-        if size > PAGE_BYTES:
+        size = _size(entry) + 1
+        if size > budget:
             omitted.append(name)
-        elif used + size > PAGE_BYTES:
+        elif used + size > budget:
             return {key: page, "next": last, "omitted": omitted}
         else:
             page.append(entry)

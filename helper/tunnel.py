@@ -22,7 +22,7 @@ from core.endpoint import AnyPeer, Endpoint
 from core.errors import ProfileError, TunsealError
 from core.peer import Address, Peer, RekeyPolicy
 from core.probe import UNREACHABLE_AFTER, PathState
-from core.status import PeerStatus, TunnelState, TunnelStatus
+from core.status import PEERS_INLINE, PeerStatus, TunnelState, TunnelStatus
 from helper import dns, nat, netdev, policyroute
 from helper.allowedips import AllowedIPs
 from helper.datapath import DataPath
@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 RERESOLVE_AFTER = 10.0
 """Seconds of failing handshakes after which an endpoint's host name is looked up again (and at
 most this often)."""
+
+
+HostNetworks = list[ipaddress.IPv4Address | ipaddress.IPv6Address | ipaddress.IPv4Network
+                    | ipaddress.IPv6Network]
+"""A tunnel's own addresses and the networks of the host's other links (check_peer)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +84,9 @@ class Tunnel:
         self._resolved_at = time.monotonic()
         self._configured = False
         self._added_allowed: dict[str, tuple[str, ...]] = {}
+        self._ipv6 = any(":" in n for n in (*spec.addresses, *spec.routes))
+        """An IPv6 address or route on the tunnel (only ever becomes true: added peers'
+        networks stay in _added_allowed)."""
         self._threads: list[Supervised] = []
         self.failure = ""
         """Why the tunnel is ``failed`` (its data path could not be kept running), or ""."""
@@ -152,8 +160,14 @@ class Tunnel:
                                        ipv6=spec.ipv6_outer, listening=listening)
             self._opened.insert(0, transport.close)
             parts = self.attach(tun, transport, self._open_handshake_memory())
+            # A gateway's peers are checked against one dump of the host's networks and an
+            # index of those added before them, not a dump and a scan per peer.
+            own = self._own_networks() if spec.forward else None
+            taken = gwconf.PrefixIndex()
             for ps in spec.peers:
-                self.add_peer(ps)
+                self.add_peer(ps, own=own, taken=taken)
+                for n in ps.allowed_ips:
+                    taken.add(n, ps.name)
             self._configured = True
             if spec.dns or spec.dns_search:
                 # dns.start records the backup before it changes anything (crash safety).
@@ -246,31 +260,42 @@ class Tunnel:
             self._rules.append(rule)
             policyroute.add_rule(rule)
 
-    def check_peer(self, name: str, allowed_ips: tuple[str, ...]) -> None:
+    def check_peer(self, name: str, allowed_ips: tuple[str, ...], *,
+                   own: HostNetworks | None = None,
+                   taken: gwconf.PrefixIndex | None = None) -> None:
         """ProfileError when a gateway may not route ``allowed_ips`` to peer ``name``: a default
         route or too wide a prefix, an overlap with another peer's networks, or with a network
         this host is on (its LAN, its uplink, the tunnel's own address). The gateway file is
         checked the same way (core/gateway.py); this also sees the host's links, which the
         file does not know. A client tunnel's one peer may route anything (0.0.0.0/0 is how
-        a client sends everything through the tunnel)."""
+        a client sends everything through the tunnel). ``own`` (:meth:`_own_networks`) and
+        ``taken`` (the other peers' networks) when the caller checks many peers at once."""
         if not self.spec.forward:
             return
-        taken = {n: other for other, allowed in self._added_allowed.items() if other != name
-                 for n in allowed}
-        own = [*(ipaddress.ip_interface(a).ip for a in self.spec.addresses),
-               *(i.network for i in netdev.local_networks(exclude=self.ifname))]
+        if taken is None:
+            taken = gwconf.PrefixIndex({n: other for other, allowed in self._added_allowed.items()
+                                        if other != name for n in allowed})
+        if own is None:
+            own = self._own_networks()
         problems = [m for text in allowed_ips
                     for m in gwconf.prefix_conflicts(text, taken=taken, own=own)]
         if problems:
             raise ProfileError(f"gateway {self.name!r}, peer {name!r}: "
                                + "; ".join(problems), field="allowed_ips")
 
-    def add_peer(self, ps: PeerSpec) -> AnyPeer:
-        """Add a peer to the running tunnel (a gateway's `tunseal peer add` lands here)."""
+    def _own_networks(self) -> HostNetworks:
+        """The tunnel's own addresses and the networks of this host's other links."""
+        return [*(ipaddress.ip_interface(a).ip for a in self.spec.addresses),
+                *(i.network for i in netdev.local_networks(exclude=self.ifname))]
+
+    def add_peer(self, ps: PeerSpec, *, own: HostNetworks | None = None,
+                 taken: gwconf.PrefixIndex | None = None) -> AnyPeer:
+        """Add a peer to the running tunnel (a gateway's `tunseal peer add` lands here);
+        ``own`` and ``taken`` as for :meth:`check_peer`."""
         parts = self._running()
         ep, dp = parts.endpoint, parts.datapath
         spec = self.spec
-        self.check_peer(ps.name, ps.allowed_ips)
+        self.check_peer(ps.name, ps.allowed_ips, own=own, taken=taken)
         policy = None
         if spec.mode.sealed:
             policy = RekeyPolicy.for_mode(spec.mode, rotate_seconds=spec.rekey_seconds,
@@ -285,7 +310,7 @@ class Tunnel:
                                initiates=ps.endpoint is not None, keepalive=ps.keepalive,
                                policy=policy)
             peer.endpoint = ps.endpoint
-            v6 = self._carries_ipv6() or any(":" in n for n in ps.allowed_ips)
+            v6 = self._ipv6 = self._ipv6 or any(":" in n for n in ps.allowed_ips)
             peer.path = PathState(mtu=spec.mtu, now=time.monotonic(), ipv6=v6)
             if v6:  # a gateway peer may bring the tunnel's first IPv6 network
                 for other in ep.peers:
@@ -469,9 +494,7 @@ class Tunnel:
 
     def _carries_ipv6(self) -> bool:
         """Any IPv6 address or route on the tunnel: then its MTU stays at 1280 or more."""
-        nets = (*self.spec.addresses, *self.spec.routes,
-                *(n for allowed in self._added_allowed.values() for n in allowed))
-        return any(":" in n for n in nets)
+        return self._ipv6
 
     def notify(self) -> None:
         state = self.state
@@ -571,12 +594,27 @@ class Tunnel:
                 return ps.allowed_ips
         return ()
 
+    def peer_statuses(self) -> list[PeerStatus]:
+        """Every peer's status, sorted by name (a gateway's peers, paged by the helper)."""
+        return sorted((self._peer_status(p) for p in self.peers), key=lambda ps: ps.name)
+
+    def peer_status(self, name: str) -> PeerStatus | None:
+        for p in self.peers:
+            if p.name == name:
+                return self._peer_status(p)
+        return None
+
     def status(self) -> TunnelStatus:
+        """The tunnel's status, listing its peers only when there are at most PEERS_INLINE
+        (else counted: built every second, it must not grow with a gateway's peers)."""
         spec = self.spec
-        peers = tuple(self._peer_status(p) for p in self.peers)
-        single = peers[0] if len(peers) == 1 and len(spec.peers) == 1 else None
+        live = self.peers
+        single = self._peer_status(live[0]) if len(live) == 1 and len(spec.peers) == 1 \
+            else None
+        peers = tuple(self._peer_status(p) for p in live) if single is None and \
+            len(live) <= PEERS_INLINE else (single,) if single else ()
         rx, tx, rxp, txp = self._totals()
-        handshakes = [p.last_handshake for p in peers if p.last_handshake is not None]
+        handshakes = [p.stats.last_handshake for p in live if p.stats.last_handshake is not None]
         return TunnelStatus(
             name=spec.name, state=self.state, mode=spec.mode,
             cipher=spec.cipher if spec.mode.sealed else "none", transport=spec.transport,
@@ -589,7 +627,9 @@ class Tunnel:
             rtt_ms=single.rtt_ms if single else None, loss=single.loss if single else None,
             drops=dict(self._parts.endpoint.drops) if self._parts is not None else {},
             ecn_ce=self._parts.datapath.ecn_ce if self._parts is not None else 0,
-            peers=peers, since=self.since, error=self.failure,
+            peers=peers, peer_count=len(live),
+            peers_up=sum(1 for p in live if self.peer_state(p) == "up"),
+            since=self.since, error=self.failure,
             dns=self._dns.status() if self._dns is not None else None,
             lockdown=spec.lockdown,
             ipv6="blocked" if spec.blocks_ipv6 else "tunnel" if 6 in spec.full_families else "",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from core.constants import Cipher, Mode, TransportKind
 from core.errors import TunsealError
@@ -141,15 +141,16 @@ class TunnelSpec:
     lockdown: str = "off"
     """The effective lockdown: "off", "connected" or "always" (helper/lockdown.py)."""
     allow_lan: bool = False
+    full_families: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    """The families ``routes`` send entirely through the tunnel (policyroute.full_families),
+    worked out once: a gateway's routes are every peer's networks, and the status asks every
+    second."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))
         object.__setattr__(self, "cipher", Cipher(self.cipher))
         object.__setattr__(self, "transport", TransportKind(self.transport))
-
-    @property
-    def full_families(self) -> tuple[int, ...]:
-        return policyroute.full_families(self.routes)
+        object.__setattr__(self, "full_families", policyroute.full_families(self.routes))
 
     @property
     def blocks_ipv6(self) -> bool:
