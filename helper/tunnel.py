@@ -338,6 +338,8 @@ class Tunnel:
                                         self.name, name, e, extra={"tunnel": self.name})
                     ep.remove_peer(peer)
                     dp.rings.pop(id(peer), None)
+                    # Its networks are free again: another peer may be given them.
+                    self._added_allowed.pop(name, None)
                     return True
         return False
 

@@ -162,6 +162,11 @@ def test_network_behind_a_peer_added_at_runtime_is_routed(lab: netlab.Lab) -> No
         o.gw_cli("peer", "remove", p.name)
         routes = o.lab.run(o.gw, "ip", "-4", "route", "show", "10.88.0.0/24").stdout
         assert routes.strip() == "", routes
+        # The removed peer's networks are free: a new site may take them (they were still
+        # counted as the removed peer's until the tunnel restarted).
+        done = o.gw_cli("peer", "add", "site2", "--allowed-ip", "10.88.0.0/24",
+                        "-o", str(o.workdir / "site2.tunseal"))
+        assert "added peer site2" in done.stdout, done.stdout + done.stderr
 
 
 def test_finding5_peer_add_refuses_routes_that_capture_the_gateway(lab: netlab.Lab) -> None:
