@@ -419,18 +419,6 @@ fn rx_plain(
     cont_next: u64,
     verdicts: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<(usize, u8, u32, u64, u64, u64)> {
-    let bb = PyBuffer::<u8>::get(buf)?;
-    let b = Raw::of(&bb, true)?;
-    if n > b.len || start > n {
-        return Err(PyValueError::new_err("n or start beyond the buffer"));
-    }
-    let vb = verdicts.map(PyBuffer::<u8>::get).transpose()?;
-    let v = vb.as_ref().map(|v| Raw::of(v, true)).transpose()?;
-    if let Some(v) = v {
-        if v.ptr < b.ptr.wrapping_add(b.len) && b.ptr < v.ptr.wrapping_add(v.len) {
-            return Err(PyValueError::new_err("verdicts overlap the buffer"));
-        }
-    }
     let empty = CoreFilter::default();
     let run = PlainRun {
         device_id,
@@ -438,33 +426,18 @@ fn rx_plain(
         owner: owner.as_ptr() as usize,
         outer_ecn,
     };
-    let sink = sink.get();
     let run = &run;
-    let r = py.allow_threads(move || {
-        // SAFETY: `buf` and `verdicts` are exported for this call and do not overlap
-        // (checked); the receive loop owns its buffer and nobody else touches it meanwhile.
-        let data = &mut unsafe { b.slice() }[..n];
-        let verd = v.map(|v| unsafe { v.slice() });
-        let mut core = sink.lock();
-        plain::rx_plain_run(
-            run,
-            data,
-            start,
-            seg,
-            &mut core,
-            &mut Fd(sink.fd),
-            cont_next,
-            verd,
-        )
-    });
-    Ok((
-        r.pos,
-        r.status as u8,
-        r.index,
-        r.cont_next,
-        r.packets,
-        r.bytes,
-    ))
+    rx_call(
+        py,
+        buf,
+        n,
+        start,
+        verdicts,
+        sink,
+        move |data, verd, core, fd| {
+            plain::rx_plain_run(run, data, start, seg, core, fd, cont_next, verd)
+        },
+    )
 }
 
 /// A transmit batch as Python's `_TxBatch` holds it: (off, seg, count, ecn).
@@ -566,6 +539,45 @@ fn rx_run(
     stop_after_open: bool,
     verdicts: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<(usize, u8, u32, u64, u64, u64)> {
+    let empty = CoreFilter::default();
+    let run = Run {
+        kp: kp.map(|k| &k.get().0),
+        index,
+        filter: filter.map_or(&empty, |f| &f.get().0),
+        owner: owner.as_ptr() as usize,
+        outer_ecn,
+        stop_after_open,
+    };
+    let run = &run;
+    rx_call(
+        py,
+        buf,
+        n,
+        start,
+        verdicts,
+        sink,
+        move |data, verd, core, fd| rx::rx_run(run, data, start, seg, core, fd, cont_next, verd),
+    )
+}
+
+/// (pos, status, index or device id, cont_next, packets, inner_bytes) of a receive call.
+type RxTuple = (usize, u8, u32, u64, u64, u64);
+
+/// What `rx_run` and `rx_plain` share: export the receive buffer (its first `n` bytes) and the
+/// verdicts buffer, refuse them if they overlap or `n` or `start` is beyond the buffer, and
+/// run `f` on them with the sink's coalescer, the GIL released.
+fn rx_call<F>(
+    py: Python<'_>,
+    buf: &Bound<'_, PyAny>,
+    n: usize,
+    start: usize,
+    verdicts: Option<&Bound<'_, PyAny>>,
+    sink: &Bound<'_, Coalescer>,
+    f: F,
+) -> PyResult<RxTuple>
+where
+    F: FnOnce(&mut [u8], Option<&mut [u8]>, &mut Core, &mut Fd) -> rx::RxResult + Send,
+{
     let bb = PyBuffer::<u8>::get(buf)?;
     let b = Raw::of(&bb, true)?;
     if n > b.len || start > n {
@@ -578,33 +590,14 @@ fn rx_run(
             return Err(PyValueError::new_err("verdicts overlap the buffer"));
         }
     }
-    let empty = CoreFilter::default();
-    let run = Run {
-        kp: kp.map(|k| &k.get().0),
-        index,
-        filter: filter.map_or(&empty, |f| &f.get().0),
-        owner: owner.as_ptr() as usize,
-        outer_ecn,
-        stop_after_open,
-    };
     let sink = sink.get();
-    let run = &run;
     let r = py.allow_threads(move || {
         // SAFETY: `buf` and `verdicts` are exported for this call and do not overlap
         // (checked); the receive loop owns its buffer and nobody else touches it meanwhile.
         let data = &mut unsafe { b.slice() }[..n];
         let verd = v.map(|v| unsafe { v.slice() });
         let mut core = sink.lock();
-        rx::rx_run(
-            run,
-            data,
-            start,
-            seg,
-            &mut core,
-            &mut Fd(sink.fd),
-            cont_next,
-            verd,
-        )
+        f(data, verd, &mut core, &mut Fd(sink.fd))
     });
     Ok((
         r.pos,
