@@ -185,6 +185,8 @@ class HelperClient(QObject):
 
     @Slot()
     def _on_subscribed(self) -> None:
+        if self._closed:  # a queued signal from the watcher, delivered after close()
+            return
         self._retry.stop()
         if not self._ok:
             # The request connection may be a stale one to a helper that has since restarted:
