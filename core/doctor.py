@@ -23,7 +23,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
-from core.cli import EXIT_NOT_FOUND
 from core.errors import HelperUnavailable, IPCError
 from core.ipc import RequestError
 from core.ipcclient import Client, socket_path
@@ -290,5 +289,9 @@ def cmd_doctor(client: Client, args: Any) -> int:
     report = run(client.path, args.name)
     print(report.to_json() if args.json else format_report(report))
     if report.unknown_profile:
+        # Imported here: core.cli pulls in the profile format (tomli_w), which the helper
+        # check must not need (it runs on the system Python of any local user).
+        from core.cli import EXIT_NOT_FOUND
+
         return EXIT_NOT_FOUND
     return 1 if report.worst == FAIL else 0

@@ -500,7 +500,10 @@ CONNECTIONS_SCRIPT = r"""
 import json, socket, sys
 path, n = sys.argv[1], json.loads(sys.argv[2])[0][1]["n"]
 def ping(s):
-    s.sendall(b'{"v":1,"id":1,"op":"ping"}\n')
+    try:
+        s.sendall(b'{"v":1,"id":1,"op":"ping"}\n')
+    except BrokenPipeError:  # refused and closed before we asked: its reply says why
+        pass
     data = b""
     while not data.endswith(b"\n"):
         chunk = s.recv(65536)
