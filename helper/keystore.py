@@ -25,7 +25,11 @@ from jeepney.wrappers import DBusErrorResponse
 from keyring.backend import KeyringBackend
 from keyring.backends.chainer import ChainerBackend
 from keyring.errors import KeyringError, KeyringLocked, NoKeyringError, PasswordDeleteError
-from secretstorage.exceptions import LockedException, SecretStorageException
+from secretstorage.exceptions import (
+    ItemNotFoundException,
+    LockedException,
+    SecretStorageException,
+)
 
 from core.constants import KEY_LEN
 from core.errors import TunsealError
@@ -115,14 +119,20 @@ class KeyStore:
     def delete(self, ref: str) -> None:
         """Remove the key stored under ``ref``; a missing key is not an error."""
         _check_ref(ref)
-        try:
-            self._backend.delete_password(self._service, ref)
-        except PasswordDeleteError:  # keyring's "no such item"; make sure that is what it meant
-            if self.get(ref) is not None:
-                raise KeyringUnavailable(f"key {ref!r} could not be deleted. {_HOW}") from None
+
+        def attempt() -> bool:
+            try:
+                self._backend.delete_password(self._service, ref)
+            except (PasswordDeleteError, ItemNotFoundException):
+                # keyring's "no such item", or the item went away between keyring's search and
+                # its delete (seen under concurrent churn): either way not deleted by us
+                return False
+            return True
+
+        if not _call(attempt):  # other Secret Service failures are retried, as for get/put
+            if self.get(ref) is not None:  # make sure "no such item" is what it meant
+                raise KeyringUnavailable(f"key {ref!r} could not be deleted. {_HOW}")
             return
-        except _SERVICE_ERRORS as e:
-            raise _unavailable(e) from e
         log.info("deleted key %r", ref)
 
     def _decode(self, ref: str, text: str) -> bytes:
