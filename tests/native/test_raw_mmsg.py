@@ -29,6 +29,7 @@ pytestmark = [
 ]
 
 _TRANSPORT = r"""
+import os; os.environ.pop("TUNSEAL_NATIVE", None)  # make test-pure: native is under test here
 import json, random, socket, sys
 from helper.transport import RawTransport
 v6 = sys.argv[1] == "6"
@@ -97,6 +98,7 @@ def test_batched_transport_sends_and_receives_what_the_pure_path_does(
 
 
 _DATAPATH = r"""
+import os; os.environ.pop("TUNSEAL_NATIVE", None)  # make test-pure: native is under test here
 import os, socket, sys, threading, time
 import helper
 root = os.path.dirname(os.path.dirname(os.path.abspath(helper.__file__)))
