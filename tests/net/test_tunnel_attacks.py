@@ -62,11 +62,14 @@ def wait_drops(pair: TunnelPair, expected: dict[str, int], before: dict[str, int
 def numbered_traffic(pair: TunnelPair, echo: EchoServer, count: int) -> list[Outer]:
     """Send ``count`` numbered datagrams through the tunnel, one at a time, while capturing;
     returns the sealed DATA packets the client sent."""
+    def sent(packets: list[Outer]) -> list[Outer]:
+        return [p for p in packets if p.src == pair.client_outer and p.payload[0] == DATA]
+
     with Capture(pair) as capture:
         result = echo.exchange(echo_sizes(1000, count), stop=False)
+        capture.wait_until(lambda packets: len(sent(packets)) >= count)
     assert result["ok"] == count and result["retries"] == 0, result
-    data = [p for p in capture.packets()
-            if p.src == pair.client_outer and p.payload[0] == DATA]
+    data = sent(capture.packets())
     assert len(data) >= count, f"captured {len(data)} data packets for {count} datagrams"
     return data
 
