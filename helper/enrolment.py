@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from core import invitation as invitation_format
-from core import noise
 from core.atomicfile import write_atomic
 from core.enrol import Accepted, Attempt, Code, Enrolment, Verdict, reply_index
 from core.errors import TunsealError
@@ -319,6 +318,11 @@ class JoinTarget(Protocol):
     def check_new_name(self, name: str) -> None: ...
     def store_joined(self, caller: Any, profile: Profile, private_key: bytes
                      ) -> dict[str, Any]: ...
+    def join_key(self, invitation_id: str) -> bytes:
+        """The key pair of a join with this invitation: the one an earlier, unfinished join
+        kept, else a new one, kept (in the keyring) before anything is sent."""
+        ...
+    def forget_join_key(self, invitation_id: str) -> None: ...
 
 
 def join(service: JoinTarget, caller: Any, text: str, name: str | None) -> dict[str, Any]:
@@ -329,7 +333,10 @@ def join(service: JoinTarget, caller: Any, text: str, name: str | None) -> dict[
         raise RequestError(str(e), code="bad_args") from None
     name = name or inv.gateway
     service.check_new_name(name)
-    private = noise.generate_private_key()
+    # Kept before the gateway sees it: the gateway burns the invitation for this key, so a
+    # profile that cannot be stored afterwards (keyring or disk trouble, the name taken
+    # meanwhile) must leave the key behind for the next try, which the gateway answers again.
+    private = service.join_key(inv.id_text)
     log.info("uid %d: joining gateway %s at %s (invitation %s) as profile %r",
              getattr(caller, "uid", -1), inv.gateway, inv.endpoint, inv.id_text, name)
     try:
@@ -338,11 +345,23 @@ def join(service: JoinTarget, caller: Any, text: str, name: str | None) -> dict[
         log.warning("joining gateway %s (invitation %s) failed: %s", inv.gateway, inv.id_text,
                     e)
         if e.code is None:
+            # Perhaps answered and the answer lost: the gateway may hold this key already.
             raise RequestError(str(e), code="unreachable") from None
+        service.forget_join_key(inv.id_text)
         raise RequestError(str(e), code="refused",
                            details=(Problem("refusal", e.code.name.lower()),)) from None
     profile = profile_for(inv, accepted, name, keyrefs.profile_ref(name, "private"))
-    result = service.store_joined(caller, profile, private)
+    try:
+        result = service.store_joined(caller, profile, private)
+    except TunsealError as e:
+        log.warning("gateway %s accepted invitation %s but profile %r was not stored: %s",
+                    inv.gateway, inv.id_text, name, e)
+        raise RequestError(
+            f"the gateway accepted this device, but the profile {name!r} could not be saved: "
+            f"{e}. Run the same join again once that is fixed (or with another --name): this "
+            "device's key was kept, and the gateway answers it again",
+            code=e.code if isinstance(e, RequestError) else "storage") from None
+    service.forget_join_key(inv.id_text)
     log.info("joined gateway %s as peer %s: profile %r, address %s", inv.gateway,
              accepted.peer_name, name, ", ".join(accepted.addresses))
     return {**result, "joined": describe(inv), "peer_name": accepted.peer_name}

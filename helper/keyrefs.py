@@ -14,16 +14,25 @@ from typing import Final, Literal
 
 from core.profile import Profile
 
-__all__ = ["KINDS", "PREFIX", "is_profile_ref", "normalised", "profile_ref"]
+__all__ = ["JOIN_PREFIX", "KINDS", "PREFIX", "is_profile_ref", "join_ref", "normalised",
+           "profile_ref"]
 
 Kind = Literal["private", "psk"]
 KINDS: Final[tuple[Kind, ...]] = ("private", "psk")
 PREFIX: Final = "profile:"
+JOIN_PREFIX: Final = "join:"
 
 
 def profile_ref(name: str, kind: Kind) -> str:
     """``profile:<name>:private`` or ``profile:<name>:psk``."""
     return f"{PREFIX}{name}:{kind}"
+
+
+def join_ref(invitation_id: str) -> str:
+    """``join:<invitation id>:private``: the key a join in progress made, kept until its profile
+    is stored, so that a join whose profile could not be saved can be run again with the key
+    the gateway registered (it burnt the invitation for that key alone)."""
+    return f"{JOIN_PREFIX}{invitation_id}:private"
 
 
 def is_profile_ref(ref: str) -> bool:

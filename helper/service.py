@@ -257,6 +257,18 @@ class Service:
             self._key_call(self._keys.put, new.private_key_ref, private_key)
             return self._put(new, "added")
 
+    def join_key(self, invitation_id: str) -> bytes:
+        ref = keyrefs.join_ref(invitation_id)
+        kept = self._key_call(self._keys.get, ref)
+        if kept is not None:
+            return kept
+        private = noise.generate_private_key()
+        self._key_call(self._keys.put, ref, private)
+        return private
+
+    def forget_join_key(self, invitation_id: str) -> None:
+        self._key_call(self._keys.delete, keyrefs.join_ref(invitation_id))
+
     def check_new_name(self, name: str) -> None:
         """Refuse a profile name that is taken or reserved, before anything is done for it."""
         self._refuse_reserved(name)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -290,6 +291,50 @@ def test_peer_add_with_own_public_key(lab: netlab.Lab) -> None:
         wait_up(k)  # type: ignore[arg-type]
         pinged = o.lab.run(k.ns, "ping", "-c", "2", "-i", "0.2", "-W", "2", LAN_SERVER)
         assert " 0% packet loss" in pinged.stdout
+
+
+def test_join_whose_profile_was_not_saved_runs_again(lab: netlab.Lab) -> None:
+    """The gateway burns an invitation for the key of the first join that reaches it. If the
+    laptop then cannot store the profile (here: the name was taken while the answer was on its
+    way), the join fails saying so, and the same join run again enrols the same key, which the
+    gateway answers again, instead of a new key that it refuses as 'already used'."""
+    with office(lab, 0) as o, laptops(o, ["lapr"]) as (r,):
+        text = invite(o, "rita")
+        # The gateway's answers are dropped at the laptop until the clashing profile exists.
+        table = "tsjoinhold"
+        o.lab.run(r.ns, "nft", "-f", "-", input=(
+            f"table inet {table} {{\n  chain input {{\n    type filter hook input priority 0\n"
+            f"    udp sport {gatewaylab.PORT} drop\n  }}\n}}\n"))
+        join = subprocess.Popen(
+            [sys.executable, "-m", "core.cli", "--socket", str(r.helper.socket), "join", text],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=helpers_proc.ROOT)
+        try:
+            deadline = time.monotonic() + 10
+            while "used: peer rita registered" not in o.gateway.log():
+                assert time.monotonic() < deadline, "the gateway never registered rita"
+                time.sleep(0.1)
+            r.cli_json("import", str(_skeleton(o)))  # takes the name the join will want
+            o.lab.run(r.ns, "nft", "delete", "table", "inet", table)
+            _, err = join.communicate(timeout=30)
+        finally:
+            if join.poll() is None:
+                join.kill()
+                join.communicate()
+        assert join.returncode == 1, err
+        assert "the gateway accepted this device" in err and "could not be saved" in err, err
+        assert "key was kept" in err, err
+
+        joined = r.cli_json("join", text, "--name", "office2")
+        r.profile = joined["profile"]["tunnel"]["name"]
+        assert joined["peer_name"] == "rita", joined
+        peer = next(p for p in o.gw_cli_json("peer", "list")["peers"] if p["name"] == "rita")
+        assert peer["public_key"] == r.cli_json("pubkey", r.profile)["public_key"]
+        r.cli_json("up", r.profile)
+        wait_up(r)  # type: ignore[arg-type]
+        pinged = o.lab.run(r.ns, "ping", "-c", "2", "-i", "0.2", "-W", "2", LAN_SERVER)
+        assert " 0% packet loss" in pinged.stdout
+        # Stored, the kept key is forgotten: one more join makes a new key, refused as used.
+        assert "already used by another device" in refused(r, text, name="office3")
 
 
 def _skeleton(o: Office) -> Path:
