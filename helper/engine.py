@@ -6,6 +6,7 @@ the engine reports state changes and live status through ``on_event``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -154,6 +155,12 @@ class Engine:
         say): its lockdown ends too."""
         if name not in self._tunnels:
             self._release(name)
+
+    def let_through(self, name: str, address: str, port: int
+                    ) -> contextlib.AbstractContextManager[None]:
+        """The helper's own marked UDP packets to ``address``:``port`` pass the lockdown, while
+        inside (a join's enrolment; ``name`` says whose)."""
+        return self.lockdown.let_through(name, PeerAddress(address, port, "udp"))
 
     def reconcile_lockdown(self, keep: Iterable[Profile] = ()) -> None:
         """At start: the table left by an earlier run is rewritten for ``always`` and the

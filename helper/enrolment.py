@@ -18,6 +18,8 @@ goes only into the keyring (helper/service.py ``join``).
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -37,6 +39,7 @@ from core.invitation import Invitation
 from core.ipc import Problem, RequestError
 from core.profile import Profile
 from helper import keyrefs
+from helper.transport import mark_socket
 
 log = logging.getLogger(__name__)
 
@@ -241,33 +244,44 @@ class JoinError(TunsealError):
 
 
 def enrol(inv: Invitation, static_private: bytes, *, timeout: float = JOIN_TIMEOUT,
-          retry: float = JOIN_RETRY) -> Accepted:
+          retry: float = JOIN_RETRY, through: Through | None = None) -> Accepted:
     """Enrol ``static_private``'s public key with the invitation's gateway over UDP; the
     gateway's settings, or JoinError saying why not. Every try is a new ENROL (new index,
-    ephemeral key and timestamp); an answer to any of them counts."""
+    ephemeral key and timestamp); an answer to any of them counts. The socket carries the
+    helper's mark, as a tunnel's do (a full tunnel's policy routing and the lockdown let such
+    packets reach their endpoint outside any tunnel); ``through(address, port)`` opens the
+    lockdown for the gateway's address while the exchange lasts."""
     try:
         infos = socket.getaddrinfo(inv.host, inv.port, type=socket.SOCK_DGRAM)
     except OSError as e:
         raise JoinError(f"cannot resolve the gateway's address {inv.host!r}: {e}") from None
     family, _, _, _, addr = infos[0]
+    opened = through(str(addr[0]), int(addr[1])) if through is not None \
+        else contextlib.nullcontext()
+    with opened, socket.socket(family, socket.SOCK_DGRAM) as sock:
+        mark_socket(sock)
+        return _exchange(inv, static_private, sock, addr, timeout, retry)
+
+
+def _exchange(inv: Invitation, static_private: bytes, sock: socket.socket, addr: Any,
+              timeout: float, retry: float) -> Accepted:
     attempts: dict[int, Attempt] = {}
     deadline = time.monotonic() + timeout
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        while time.monotonic() < deadline:
-            index = secrets.randbits(32) | 1
-            attempt = Attempt(inv, static_private, local_index=index, now=time.time())
-            attempts[index] = attempt
-            try:
-                sock.sendto(attempt.packet, addr)
-            except OSError as e:
-                raise JoinError(f"cannot send to the gateway at {inv.endpoint}: "
-                                f"{e.strerror or e}") from None
-            verdict = _await_reply(sock, attempts, min(deadline, time.monotonic() + retry))
-            if verdict is None:
-                continue
-            if verdict.code != Code.ACCEPTED or verdict.accepted is None:
-                raise JoinError(f"the gateway refused: {verdict.message}", verdict.code)
-            return verdict.accepted
+    while time.monotonic() < deadline:
+        index = secrets.randbits(32) | 1
+        attempt = Attempt(inv, static_private, local_index=index, now=time.time())
+        attempts[index] = attempt
+        try:
+            sock.sendto(attempt.packet, addr)
+        except OSError as e:
+            raise JoinError(f"cannot send to the gateway at {inv.endpoint}: "
+                            f"{e.strerror or e}") from None
+        verdict = _await_reply(sock, attempts, min(deadline, time.monotonic() + retry))
+        if verdict is None:
+            continue
+        if verdict.code != Code.ACCEPTED or verdict.accepted is None:
+            raise JoinError(f"the gateway refused: {verdict.message}", verdict.code)
+        return verdict.accepted
     raise JoinError(f"no answer from the gateway at {inv.endpoint} in {timeout:.0f} s: is it "
                     "reachable from here, and is the invitation for this gateway? (an "
                     "invitation whose gateway key was altered gets no answer at all)")
@@ -312,6 +326,9 @@ def describe(inv: Invitation, now: float | None = None) -> dict[str, Any]:
             "expires": inv.expires, "expired": inv.expires <= now}
 
 
+Through = Callable[[str, int], contextlib.AbstractContextManager[None]]
+
+
 class JoinTarget(Protocol):
     """What :func:`join` needs of helper/service.py's Service."""
 
@@ -323,6 +340,11 @@ class JoinTarget(Protocol):
         kept, else a new one, kept (in the keyring) before anything is sent."""
         ...
     def forget_join_key(self, invitation_id: str) -> None: ...
+    def outer_pass(self, invitation_id: str, address: str, port: int
+                   ) -> contextlib.AbstractContextManager[None]:
+        """Lets the join's packets to the gateway through a lockdown in force (a laptop whose
+        kill switch is always on can still join), while inside."""
+        ...
 
 
 def join(service: JoinTarget, caller: Any, text: str, name: str | None) -> dict[str, Any]:
@@ -340,7 +362,8 @@ def join(service: JoinTarget, caller: Any, text: str, name: str | None) -> dict[
     log.info("uid %d: joining gateway %s at %s (invitation %s) as profile %r",
              getattr(caller, "uid", -1), inv.gateway, inv.endpoint, inv.id_text, name)
     try:
-        accepted = enrol(inv, private)
+        accepted = enrol(inv, private, through=functools.partial(service.outer_pass,
+                                                                 inv.id_text))
     except JoinError as e:
         log.warning("joining gateway %s (invitation %s) failed: %s", inv.gateway, inv.id_text,
                     e)

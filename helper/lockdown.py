@@ -17,12 +17,13 @@ killed with SIGKILL leaves the table in the kernel, still blocking; the next sta
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
 import subprocess
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -278,6 +279,17 @@ class Lockdown:
                 self._save()
             self._sync()
 
+    @contextlib.contextmanager
+    def let_through(self, name: str, endpoint: PeerAddress) -> Iterator[None]:
+        """While inside: the helper's marked packets may reach ``endpoint`` (a join's gateway)
+        through whatever lockdown is in force. Blocks nothing and holds no tunnel itself."""
+        self.hold(name, Hold(ifname="", endpoints=(endpoint,), families=frozenset(),
+                             lockdown="off"))
+        try:
+            yield
+        finally:
+            self.release(name)
+
     def holds(self, name: str) -> bool:
         return name in self._state.holds
 
@@ -378,7 +390,7 @@ class Lockdown:
         lan = [h.allow_lan for h in locking] + ([s.allow_lan] if s.always else [])
         return Policy(
             families=frozenset(families),
-            tunnels=tuple(sorted({h.ifname for h in holds})),
+            tunnels=tuple(sorted({h.ifname for h in holds if h.ifname})),
             endpoints=tuple(sorted({e for h in holds for e in h.endpoints},
                                    key=lambda e: (e.address, e.port, e.transport))),
             allow_lan=all(lan) if lan else True,

@@ -10,6 +10,7 @@ log line, except the text ``export_profile`` returns when the caller asked for t
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import json
 import logging
@@ -72,6 +73,8 @@ class EngineLike(Protocol):
     def running(self) -> list[str]: ...
     def forget(self, name: str) -> None: ...
     def release_lockdown(self, name: str) -> None: ...
+    def let_through(self, name: str, address: str, port: int
+                    ) -> contextlib.AbstractContextManager[None]: ...
     def reconcile_lockdown(self, keep: list[Profile]) -> None: ...
     def set_lockdown(self, on: bool, *, allow_lan: bool = False) -> dict[str, Any]: ...
     def lockdown_status(self) -> dict[str, Any]: ...
@@ -265,6 +268,10 @@ class Service:
         private = noise.generate_private_key()
         self._key_call(self._keys.put, ref, private)
         return private
+
+    def outer_pass(self, invitation_id: str, address: str, port: int
+                   ) -> contextlib.AbstractContextManager[None]:
+        return self._engine.let_through(f"join:{invitation_id}", address, port)
 
     def forget_join_key(self, invitation_id: str) -> None:
         self._key_call(self._keys.delete, keyrefs.join_ref(invitation_id))

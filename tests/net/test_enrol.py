@@ -337,6 +337,33 @@ def test_join_whose_profile_was_not_saved_runs_again(lab: netlab.Lab) -> None:
         assert "already used by another device" in refused(r, text, name="office3")
 
 
+def test_join_through_an_always_on_kill_switch(lab: netlab.Lab) -> None:
+    """A laptop whose lockdown is always on joins: the enrolment's packets (marked like a
+    tunnel's) get through to the invitation's gateway while the join lasts, and only then."""
+    with office(lab, 0) as o, laptops(o, ["lapl"]) as (k,):
+        # 'always' needs a profile that can connect: one the admin made the old way.
+        path = o.workdir / "older.tunseal"
+        path.write_text(o.gw_cli_json("peer", "add", "lena-old")["profile"])
+        k.cli_json("import", str(path))
+        k.cli_json("lockdown", "on")
+        try:
+            text = invite(o, "lena")
+            blocked = o.lab.run(k.ns, "ping", "-c", "1", "-W", "1", gatewaylab.GW_OUTER,
+                                check=False)
+            assert blocked.returncode != 0, "the lockdown let an unmarked packet out"
+            joined = k.cli_json("join", text, "--name", "joined")
+            k.profile = joined["profile"]["tunnel"]["name"]
+            table = o.lab.run(k.ns, "nft", "list", "table", "inet", "tunseal_lockdown").stdout
+            assert gatewaylab.GW_OUTER not in table, table  # the join's pass has ended
+            k.cli_json("up", k.profile)
+            wait_up(k)  # type: ignore[arg-type]
+            pinged = o.lab.run(k.ns, "ping", "-c", "2", "-i", "0.2", "-W", "2", LAN_SERVER)
+            assert " 0% packet loss" in pinged.stdout
+            k.cli_json("down", k.profile)
+        finally:
+            k.cli_json("lockdown", "off")
+
+
 def _skeleton(o: Office) -> Path:
     path = o.workdir / "skeleton.tunseal"
     path.write_text(f'format = 1\n[tunnel]\nname = "{o.name}"\n[interface]\n'
