@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,8 +49,10 @@ _PLACEHOLDER_KEY = _b64(bytes(range(1, 33)))
 
 
 class GatewayService:
-    def __init__(self, path: Path, *, keys: KeyStoreLike, engine: Engine):
+    def __init__(self, path: Path, *, keys: KeyStoreLike, engine: Engine,
+                 notify: Callable[[str, dict[str, Any]], None] | None = None):
         self.path = path
+        self._notify = notify
         self._keys = keys
         self._engine = engine
         self._lock = threading.Lock()
@@ -286,6 +289,9 @@ class GatewayService:
                 self._add(name, allowed_ips, public_key)
             except RequestError as e:
                 raise TunsealError(e.message) from None
+        # As for 'peer add' (helper/service.py): a GUI or script watching the gateway sees it.
+        if self._notify is not None:
+            self._notify("profiles", {"change": "peer_added", "name": name})
 
     def accepted_for(self, name: str, public_key: str) -> Accepted | None:
         """What an enrolled laptop's profile needs from the gateway, if the peer ``name``

@@ -120,7 +120,7 @@ async def _run(args: argparse.Namespace, keys: KeyStore, level: int) -> int:
     gateway: GatewayService | None = None
     if args.gateway is not None:
         try:
-            gateway = GatewayService(args.gateway, keys=keys, engine=engine)
+            gateway = GatewayService(args.gateway, keys=keys, engine=engine, notify=forward)
             await asyncio.to_thread(gateway.start)
         except TunsealError as e:
             await asyncio.to_thread(engine.shutdown)

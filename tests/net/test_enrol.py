@@ -128,9 +128,16 @@ def check_invite_output(o: Office) -> str:
 
 
 def check_join_and_traffic(o: Office, a: Laptop, text: str) -> None:
-    started = time.monotonic()
-    joined = a.cli_json("join", text)
-    took = time.monotonic() - started
+    with o.gateway.client() as watcher:
+        watcher.call("subscribe")
+        started = time.monotonic()
+        joined = a.cli_json("join", text)
+        took = time.monotonic() - started
+        # Whoever watches the gateway (a GUI, a script) hears of the new peer, as after
+        # 'peer add'.
+        added = next((e for e in watcher.events(timeout=5) if e.event == "profiles"
+                      and e.data == {"change": "peer_added", "name": "alice"}), None)
+        assert added is not None, "no peer_added event for the enrolled peer"
     a.profile = joined["profile"]["tunnel"]["name"]
     assert a.profile == o.name and joined["peer_name"] == "alice", joined
     assert joined["profile"]["interface"]["addresses"] == ["10.77.0.2/32"]
