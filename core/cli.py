@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TextIO
 
+from core import completion
 from core.atomicfile import write_atomic
 from core.errors import HelperUnavailable, IPCError
 from core.format import format_peers, format_status
@@ -128,6 +129,13 @@ def format_lockdown(st: dict[str, Any]) -> str:
 
 def cmd_list(client: Client, args: argparse.Namespace) -> int:
     profiles = list_all_profiles(client)
+    if args.names:
+        names = [str(p["tunnel"]["name"]) for p in profiles]
+        if args.json:
+            return emit(args, {"names": names}, lambda: "")
+        for name in names:
+            print(name)
+        return 0
     states = {t["name"]: t["state"] for t in all_statuses(client)}
     result = {"profiles": profiles, "states": states}
     return emit(args, result, lambda: _format_list(profiles, states))
@@ -458,20 +466,24 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, fn: Command, help_text: str, *names: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         for arg in names:
-            p.add_argument(arg)
+            action = p.add_argument(arg)
+            if arg == "name":
+                completion.profile_arg(action)
         p.set_defaults(command=fn)
         return p
 
     command("up", cmd_up, "bring a tunnel up", "name")
     command("down", cmd_down, "take a tunnel down", "name")
     status = command("status", cmd_status, "show tunnel status")
-    status.add_argument("name", nargs="?")
+    completion.profile_arg(status.add_argument("name", nargs="?"))
     status.add_argument("--peers", action="store_true",
                         help="with NAME: also list every peer (a gateway's status counts them)")
     status.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
     status.add_argument("--count", type=_positive_int, help="with --watch: stop after N redraws")
     status.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
-    command("list", cmd_list, "list profiles and their state")
+    listing = command("list", cmd_list, "list profiles and their state")
+    listing.add_argument("--names", action="store_true",
+                         help="print only the profiles' names, one per line (for scripts)")
     lock = command("lockdown", cmd_lockdown,
                    "the kill switch: 'on' blocks everything but the tunnel, even with no "
                    "tunnel up, until 'off'")
@@ -536,7 +548,7 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(command=fn)
     # Commands that live in their own modules (autoconnect's network/trust/untrust, doctor,
     # bugreport, completion) register themselves.
-    from core import bugreport, cli_network, completion, doctor
+    from core import bugreport, cli_network, doctor
 
     for module in (cli_network, doctor, bugreport, completion):
         module.register(sub)

@@ -8,6 +8,7 @@ import argparse
 import re
 from typing import Any
 
+from core import completion
 from core.cli import emit
 from core.errors import IPCError
 from core.ipcclient import Client
@@ -85,7 +86,7 @@ def register(sub: Any) -> None:
                             "keeps the tunnel down there"),
                            ("untrust", cmd_untrust, "stop trusting a network")):
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("name", help="the profile")
+        completion.profile_arg(p.add_argument("name", help="the profile"))
         p.add_argument("entry", nargs="?", help="nm:UUID (or a bare UUID) or gateway:MAC@DOMAIN")
         p.add_argument("--current", action="store_true", help="the network this machine is on")
         p.add_argument("--gateway-mac", metavar="MAC", help="the default gateway's MAC address")

@@ -19,11 +19,22 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-__all__ = ["SHELLS", "Node", "generate", "register", "tree"]
+__all__ = ["SHELLS", "Node", "generate", "profile_arg", "register", "tree"]
 
 SHELLS: Final = ("bash", "zsh", "fish")
 FILE_ARGS: Final = frozenset({"file", "FILE", "output", "PATH", "socket"})
 """Positionals and option values (by dest or metavar) completed with file names."""
+_PROFILE_ATTR: Final = "tunseal_completes_profiles"
+PROFILE_NAMES: Final = "list --names"
+"""The command (after the program's name) whose output, one name per line, completes a
+profile name: asked of the helper when TAB is pressed, for at most PROFILE_TIMEOUT seconds."""
+PROFILE_TIMEOUT: Final = 2
+
+
+def profile_arg(action: argparse.Action) -> argparse.Action:
+    """Mark a positional as a profile name: it completes with the helper's profiles."""
+    setattr(action, _PROFILE_ATTR, True)
+    return action
 
 
 @dataclass
@@ -42,6 +53,8 @@ class Node:
     """Fixed values of its positionals (lockdown on|off|status)."""
     files: bool = False
     """A positional is a file name."""
+    profiles: bool = False
+    """A positional is a profile name."""
 
     def walk(self) -> list[Node]:
         out = [self]
@@ -69,6 +82,8 @@ def tree(parser: argparse.ArgumentParser, path: str = "", help_text: str = "") -
                         node.file_options.add(opt)
         elif action.choices:
             node.choices += [str(c) for c in action.choices]
+        elif getattr(action, _PROFILE_ATTR, False):
+            node.profiles = True
         elif action.dest in FILE_ARGS:
             node.files = True
     return node
@@ -96,6 +111,11 @@ def _key(prog: str, node: Node) -> str:
     return f"{prog} {node.path}".strip()
 
 
+def _names(prog: str) -> str:
+    """The shell command that prints the profile names (nothing when the helper is away)."""
+    return f"timeout {PROFILE_TIMEOUT} {prog} {PROFILE_NAMES} 2>/dev/null"
+
+
 def _ident(prog: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in prog)
 
@@ -117,6 +137,7 @@ def _bash(root: Node, prog: str) -> str:
 {table("valued", lambda n: " ".join(sorted(n.valued)))}
 {table("fileopts", lambda n: " ".join(sorted(n.file_options)))}
 {table("files", lambda n: "1" if n.files else "")}
+{table("profiles", lambda n: "1" if n.profiles else "")}
 _{f}() {{
     local cur="${{COMP_WORDS[COMP_CWORD]}}" prev="" path={prog} word i skip=0
     for ((i = 1; i < COMP_CWORD; i++)); do
@@ -143,6 +164,9 @@ _{f}() {{
     if [[ -n ${{_{f}_files[$path]}} && $cur != -* ]]; then
         COMPREPLY+=($(compgen -f -- "$cur"))
     fi
+    if [[ -n ${{_{f}_profiles[$path]}} && $cur != -* ]]; then
+        COMPREPLY+=($(compgen -W "$({_names(prog)})" -- "$cur"))
+    fi
     return 0
 }}
 complete -F _{f} {prog}
@@ -168,6 +192,7 @@ _{f}() {{
 {table("valued", lambda n: " ".join(sorted(n.valued)))}
 {table("fileopts", lambda n: " ".join(sorted(n.file_options)))}
 {table("files", lambda n: "1" if n.files else "")}
+{table("profiles", lambda n: "1" if n.profiles else "")}
     local cmdpath={prog} word i skip=0 prev=""
     for ((i = 2; i < CURRENT; i++)); do
         word=${{words[i]}}
@@ -187,6 +212,7 @@ _{f}() {{
     fi
     compadd -- ${{=cmdwords[$cmdpath]}}
     [[ -n ${{files[$cmdpath]}} ]] && _files
+    [[ -n ${{profiles[$cmdpath]}} ]] && compadd -- ${{(f)"$({_names(prog)})"}}
     return 0
 }}
 if [[ $zsh_eval_context[-1] == loadautofunc ]]; then
@@ -217,6 +243,8 @@ def _fish(root: Node, prog: str) -> str:
             lines.append(f"complete -c {prog} -n {_q(cond)} -a {choice}")
         if node.files:
             lines.append(f"complete -c {prog} -n {_q(cond)} -F")
+        if node.profiles:
+            lines.append(f"complete -c {prog} -n {_q(cond)} -a {_q('(' + _names(prog) + ')')}")
         for opt, text in sorted(node.options.items()):
             flag = f"-l {opt[2:]}" if opt.startswith("--") else f"-s {opt[1:]}"
             value = " -r" if opt in node.valued else ""

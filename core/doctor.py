@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
+from core import completion
 from core.errors import HelperUnavailable, IPCError
 from core.ipc import RequestError
 from core.ipcclient import Client, socket_path
@@ -277,8 +278,8 @@ def register(sub: Any) -> None:
                        "endpoint (a real handshake), DNS, routes, another VPN, IPv6, path MTU "
                        "and clock; each failed check says what to do (docs/DOCTOR.md). Exit "
                        "status 1 if any check failed, 4 if there is no profile NAME.")
-    p.add_argument("name", nargs="?", help="the profile to check (default: every profile "
-                   "with an endpoint)")
+    completion.profile_arg(p.add_argument("name", nargs="?", help="the profile to check "
+                                          "(default: every profile with an endpoint)"))
     # Also after the command ('tunseal doctor --json'); absent, it leaves the global one alone.
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                    help="print the report as JSON")

@@ -8,9 +8,12 @@ import argparse
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import helpers_proc
 import pytest
+from helpers_proc import HelperProcess
 
 from core import completion
 from core.cli import _parser
@@ -24,13 +27,14 @@ def script(shell: str) -> str:
     return done.stdout
 
 
-def bash_complete(path: Path, words: list[str], cwd: Path = ROOT) -> list[str]:
+def bash_complete(path: Path, words: list[str], cwd: Path = ROOT,
+                  env: dict[str, str] | None = None) -> list[str]:
     """What the loaded function offers for ``words`` (the last is the word being typed)."""
     quoted = " ".join("'" + w + "'" for w in words)
     code = (f"source {path}; COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}; _tunseal; "
             'printf "%s\\n" "${COMPREPLY[@]}"')
     done = subprocess.run(["bash", "--norc", "-c", code], cwd=cwd, capture_output=True,
-                          text=True, timeout=30, check=True)
+                          text=True, timeout=30, check=True, env=env)
     return done.stdout.split()
 
 
@@ -131,3 +135,83 @@ def test_fish_completes(tmp_path: Path) -> None:
     assert complete("tunseal peer ") == ["add", "invite", "list", "remove", "revoke", "show"]
     assert complete("tunseal lockdown ") == ["off", "on", "status"]
     assert "--with-secrets" in complete("tunseal export x --")
+
+
+@pytest.fixture
+def helper_with_profiles(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
+    """A real helper holding two profiles, and a ``tunseal`` on a PATH directory that talks to
+    it (as the installed command would): (that directory, the profile names)."""
+    helper = HelperProcess(tmp_path / "helper", "root")
+    (tmp_path / "helper").mkdir()
+    names = ["office", "officelab"]
+    try:
+        helper.start()
+        for name in names:
+            path = tmp_path / f"{name}.tunseal"
+            path.write_text(f'format = 1\n[tunnel]\nname = "{name}"\n[interface]\n'
+                            'addresses = ["10.77.0.250/32"]\n[peer]\n'
+                            'endpoint = "198.18.0.1:51900"\n')
+            helpers_proc.cli(helper.socket, "import", str(path))
+        bindir = tmp_path / "bin"
+        bindir.mkdir()
+        wrapper = bindir / "tunseal"
+        wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} -m core.cli '
+                           f'--socket {helper.socket} "$@"\n')
+        wrapper.chmod(0o755)
+        yield bindir, names
+    finally:
+        helper.stop()
+
+
+def _path_env(bindir: Path, home: Path) -> dict[str, str]:
+    return {"HOME": str(home), "PATH": f"{bindir}:/usr/bin:/bin"}
+
+
+@pytest.mark.keyring
+def test_profile_names_complete_from_the_helper(
+        helper_with_profiles: tuple[Path, list[str]], tmp_path: Path) -> None:
+    bindir, names = helper_with_profiles
+    env = _path_env(bindir, tmp_path)
+    listed = subprocess.run(["tunseal", "list", "--names"], env=env, capture_output=True,
+                            text=True, timeout=30, check=True)
+    assert listed.stdout.splitlines() == names
+
+    bash = tmp_path / "tunseal.bash"
+    bash.write_text(script("bash"))
+    assert bash_complete(bash, ["tunseal", "up", "off"], env=env) == names
+    assert bash_complete(bash, ["tunseal", "doctor", "officel"], env=env) == ["officelab"]
+    assert set(names) <= set(bash_complete(bash, ["tunseal", "trust", ""], env=env))
+    # Not where no profile goes: a gateway peer's name, an invitation.
+    assert bash_complete(bash, ["tunseal", "peer", "remove", "off"], env=env) == []
+    assert bash_complete(bash, ["tunseal", "join", "off"], env=env) == []
+
+    zsh_fn = tmp_path / "_tunseal"
+    zsh_fn.write_text(script("zsh"))
+    code = (f"compdef() {{ :; }}; source {zsh_fn}; "
+            "compadd() { [[ $1 == -- ]] && shift; print -r -- \"$*\"; }; "
+            "words=(tunseal down ''); CURRENT=3; _tunseal")
+    done = subprocess.run(["zsh", "-fc", code], capture_output=True, text=True, timeout=60,
+                          check=True, env=env)
+    assert done.stdout.splitlines()[-1] == " ".join(names)
+
+    if shutil.which("fish") is not None:
+        fish = tmp_path / "tunseal.fish"
+        fish.write_text(script("fish"))
+        done = subprocess.run(["fish", "--no-config", "-c",
+                               f"source {fish}; complete -C 'tunseal export '"],
+                              capture_output=True, text=True, timeout=60, check=True, env=env)
+        offered = [row.split("\t")[0] for row in done.stdout.splitlines()]
+        assert set(names) <= set(offered), offered
+
+
+def test_profile_names_complete_to_nothing_without_a_helper(tmp_path: Path) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    wrapper = bindir / "tunseal"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} -m core.cli '
+                       f'--socket {tmp_path}/absent.sock "$@"\n')
+    wrapper.chmod(0o755)
+    bash = tmp_path / "tunseal.bash"
+    bash.write_text(script("bash"))
+    offered = bash_complete(bash, ["tunseal", "up", ""], env=_path_env(bindir, tmp_path))
+    assert [w for w in offered if not w.startswith("-")] == [], offered
