@@ -152,15 +152,20 @@ def helper_with_profiles(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
                             'addresses = ["10.77.0.250/32"]\n[peer]\n'
                             'endpoint = "198.18.0.1:51900"\n')
             helpers_proc.cli(helper.socket, "import", str(path))
-        bindir = tmp_path / "bin"
-        bindir.mkdir()
-        wrapper = bindir / "tunseal"
-        wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} -m core.cli '
-                           f'--socket {helper.socket} "$@"\n')
-        wrapper.chmod(0o755)
-        yield bindir, names
+        yield _tunseal_on_path(tmp_path, helper.socket), names
     finally:
         helper.stop()
+
+
+def _tunseal_on_path(tmp_path: Path, socket: Path) -> Path:
+    """A directory holding a ``tunseal`` that runs this tree's CLI against ``socket``."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    wrapper = bindir / "tunseal"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} -m core.cli '
+                       f'--socket {socket} "$@"\n')
+    wrapper.chmod(0o755)
+    return bindir
 
 
 def _path_env(bindir: Path, home: Path) -> dict[str, str]:
@@ -205,12 +210,7 @@ def test_profile_names_complete_from_the_helper(
 
 
 def test_profile_names_complete_to_nothing_without_a_helper(tmp_path: Path) -> None:
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    wrapper = bindir / "tunseal"
-    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} -m core.cli '
-                       f'--socket {tmp_path}/absent.sock "$@"\n')
-    wrapper.chmod(0o755)
+    bindir = _tunseal_on_path(tmp_path, tmp_path / "absent.sock")
     bash = tmp_path / "tunseal.bash"
     bash.write_text(script("bash"))
     offered = bash_complete(bash, ["tunseal", "up", ""], env=_path_env(bindir, tmp_path))
