@@ -76,7 +76,7 @@ fn with_bytes<R>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult
 /// A keypair's native half: both keys (never handed back), the send counter and the one
 /// replay window. Iterating it takes the next send counter (Python's sealing path does).
 #[pyclass(frozen, module = "tunseal_native")]
-struct Keypair(CoreKeypair);
+pub(crate) struct Keypair(pub(crate) CoreKeypair);
 
 #[pymethods]
 impl Keypair {
@@ -206,7 +206,7 @@ impl Keypair {
     }
 }
 
-struct Fd(i32);
+pub(crate) struct Fd(pub(crate) i32);
 
 impl Out for Fd {
     fn write(&mut self, frame: &[u8]) -> bool {
@@ -226,13 +226,13 @@ impl Out for Fd {
 /// The receive loop's coalescer and drop counters, writing to the TUN fd (offload.py
 /// `Coalescer`'s interface: add, continue_run, flush, reset; plus take_drops).
 #[pyclass(frozen, module = "tunseal_native")]
-struct Coalescer {
-    fd: i32,
+pub(crate) struct Coalescer {
+    pub(crate) fd: i32,
     core: Mutex<Core>,
 }
 
 impl Coalescer {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Core> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Core> {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -298,7 +298,7 @@ impl Coalescer {
 
 /// The inner source addresses one peer may use (see rx.rs).
 #[pyclass(frozen, module = "tunseal_native")]
-struct SourceFilter(CoreFilter);
+pub(crate) struct SourceFilter(pub(crate) CoreFilter);
 
 #[pymethods]
 impl SourceFilter {
@@ -617,6 +617,7 @@ fn tunseal_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(seal_tso, m)?)?;
     m.add_function(wrap_pyfunction!(rx_run, m)?)?;
     crate::mmsg::python::register(m)?; // RawRx, send_mmsg (the raw-IP transport)
+    crate::rxloop::python::register(m)?; // rx_loop_raw (raw IP, native across batches)
     m.add_function(wrap_pyfunction!(frame_tso_plain, m)?)?;
     m.add_function(wrap_pyfunction!(rx_plain, m)?)?;
     m.add_function(wrap_pyfunction!(drain_tx, m)?)?;
