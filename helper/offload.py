@@ -199,13 +199,8 @@ class Coalescer:
                             and pkt[38:hl] == key[5] and pkt[1] | pkt[8] << 8 == key[6]
                             and pkt[2] << 8 | pkt[3] == n
                             and self._size + payload <= MAX_COALESCED):
-                        self._bufs.append(memoryview(pkt)[hl:])
-                        self._count += 1
-                        self._size += payload
                         self._next_seq = (seq + payload) & 0xFFFFFFFF
-                        if payload < self._gso or flags & TCP_PSH:
-                            self._psh = bool(flags & TCP_PSH)
-                            self.flush()  # a short or pushed segment ends the run
+                        self._append(pkt, hl, payload, flags)
                         return
                 self._add_tcp(pkt, 20, True, owner)
                 return
@@ -228,13 +223,17 @@ class Coalescer:
         flags = pkt[self._ip_len + 13]  # hl >= ip_len + 20 (checked when the run began)
         if flags & _NO_MERGE:
             return False
+        self._append(pkt, hl, payload, flags)
+        return True
+
+    def _append(self, pkt: bytes, hl: int, payload: int, flags: int) -> None:
+        """Add a segment's payload to the open run; a short or pushed segment ends it."""
         self._bufs.append(memoryview(pkt)[hl:])
         self._count += 1
         self._size += payload
         if payload < self._gso or flags & TCP_PSH:
             self._psh = bool(flags & TCP_PSH)
             self.flush()
-        return True
 
     def reset(self) -> None:
         """Forget the open run without writing it (after a receive batch failed half-way)."""
