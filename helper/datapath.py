@@ -56,6 +56,11 @@ _PLAIN_ALLOWED = _CSUM | _CONT
 MIN_SEALED = DATA_HEADER_LEN + TAG_LEN
 _NATIVE_END, _NATIVE_SLOW, _NATIVE_LOOKUP, _NATIVE_OPENED = 0, 1, 2, 3
 """Why the native receive call stopped (native/src/rx.rs ``Status``)."""
+_LOOP_HANDOFF, _LOOP_IDLE, _LOOP_ERROR, _LOOP_DEADLINE, _LOOP_OTHER = 0, 1, 2, 3, 4
+"""Why the native receive loop returned (native/src/rxloop.rs ``Why``)."""
+LOOP_BUDGET = 0.1
+"""Seconds the native receive loop runs before Python does its book-keeping (the peer's
+counters and timers, a session retired meanwhile stops being accepted)."""
 
 
 def address_key(addr: Address) -> bytes:
@@ -93,6 +98,8 @@ class DataPath:
         """The native core, used in every mode when it is built (None: the pure-Python path)."""
         native.log_choice()
         self.coalescer: offload.Coalescer | None = None
+        self.rx_native: _NativeRx | None = None
+        """The receive loop's native half while it runs on the native core."""
         self.ecn_ce = 0
         """Outer congestion marks (CE) passed on to ECN-capable inner packets (RFC 6040); the
         Not-ECT ones dropped under CE are counted in drops as ``ecn_not_ect_ce``."""
@@ -220,6 +227,7 @@ class DataPath:
         deliver = self.deliver
         counts = self.endpoint.drops
         nrx = _NativeRx(self, self.native, vnet) if self.native is not None else None
+        self.rx_native = nrx
         coalescer: offload.Coalescer | None
         if nrx is not None:
             coalescer = nrx.sink if vnet else None
@@ -240,8 +248,14 @@ class DataPath:
         # Sleep in the receive itself where the transport can (one socket): the packet is in
         # hand on waking, with no poll and no Python between the wake-up and the read.
         blocking = self.transport.block_in_receive(POLL_MS)
+        # A client tunnel over raw IP stays native across batches while its session's data
+        # flows (receive, open, coalesce, TUN write); Python sees what it must.
+        loop = nrx.raw_loop if (nrx is not None and self.sealed and self.one_peer
+                                and hasattr(self.native, "rx_loop_raw")) else None
         while not self.stop.is_set():
             try:
+                if loop is not None and loop(buf, mv, coalescer):
+                    continue
                 n, seg, addr = receive(buf)
             except BlockingIOError:
                 if coalescer is not None:
@@ -308,6 +322,10 @@ class DataPath:
                                      + counter) % 0xFFFF == 0):
                             if index != kp_index:
                                 cont_next = -1
+                                if rx_packets:  # a gateway's batch may hold several peers'
+                                    assert peer is not None
+                                    _credit(peer, rx_packets, rx_bytes, now)
+                                    rx_packets = rx_bytes = 0
                                 kp = lookup(index)
                                 peer = peer_of(index) if kp is not None else None
                                 if kp is None or peer is None:
@@ -357,6 +375,10 @@ class DataPath:
                                 and (plain_const + inner_len + dev + encap + flags + csum)
                                 % 0xFFFF == 0):
                             if dev != plain_dev:
+                                if plain_packets:
+                                    assert ppeer is not None
+                                    _credit(ppeer, plain_packets, plain_bytes, now)
+                                    plain_packets = plain_bytes = 0
                                 ppeer = plain_peer(dev)
                                 if ppeer is None:
                                     counts["unknown_peer"] = counts.get("unknown_peer", 0) + 1
@@ -393,15 +415,9 @@ class DataPath:
                     coalescer.reset()
                 self._internal_error("receiving", -(-(n - off) // seg))
             if peer is not None and rx_packets:
-                st = peer.stats
-                st.rx_packets += rx_packets
-                st.rx_bytes += rx_bytes
-                peer.on_authenticated_received(now, data=True)
+                _credit(peer, rx_packets, rx_bytes, now)
             if ppeer is not None and plain_packets:
-                pst = ppeer.stats
-                pst.rx_packets += plain_packets
-                pst.rx_bytes += plain_bytes
-                ppeer.on_authenticated_received(now, data=True)
+                _credit(ppeer, plain_packets, plain_bytes, now)
 
     def deliver(self, frame: bytes | bytearray) -> None:
         """Write one frame (a packet, or a coalesced super-packet) to the TUN device; one the
@@ -487,7 +503,7 @@ class _NativeRx:
     DATA goes to the Endpoint, an unknown session is counted, and the first authenticated
     packet that confirms a session or moves the peer stops the call so Python can act."""
 
-    __slots__ = ("dp", "filters", "last", "mod", "off", "sink")
+    __slots__ = ("dp", "filters", "last", "looped", "mod", "off", "sink")
 
     def __init__(self, dp: DataPath, mod: Any, vnet: bool):
         self.dp = dp
@@ -500,6 +516,50 @@ class _NativeRx:
         self.last: tuple[int, session.Keypair, Peer] | None = None
         """The session the last batch ended with: the next batch (a lone datagram, often)
         starts with it if it is still that index's, saving a native call to learn it."""
+        self.looped = 0
+        """Packets the native receive loop (`raw_loop`) opened without Python (for tests)."""
+
+    def raw_loop(self, buf: bytearray, mv: memoryview,
+                 coalescer: offload.Coalescer | None) -> bool:
+        """Receive on the native core across batches (native/src/rxloop.rs) for the session
+        the last batch ended with, if it may: a live session that confirms nothing, from the
+        peer's own address, over a raw socket with a native receive. False: take the usual
+        receive. Raises what a receive raises (BlockingIOError when idle, OSError)."""
+        last = self.last
+        if last is None:
+            return False
+        index, kp, peer = last
+        dp = self.dp
+        indices = dp.endpoint.indices
+        ep = peer.endpoint
+        if (ep is None or kp is peer.next or indices.keypair(index) is not kp
+                or indices.peer(index) is not peer):
+            return False
+        nat = dp.transport.native_rx(ep)
+        if nat is None or nat.part.errors_pending:
+            return False
+        why, err, n, seg, ecn_field, packed, scope, pos, packets, nbytes, last_auth = (
+            self.mod.rx_loop_raw(nat.rx, nat.fd, kp.native, index, buf, self.sink,
+                                 self.filter(peer), peer, nat.addr, nat.scope,
+                                 time.monotonic() + LOOP_BUDGET, nat.others, nat.poll,
+                                 POLL_MS))
+        if packets:
+            self.looped += packets
+            kp.receive_count += packets
+            kp.confirmed = True
+            _credit(peer, packets, nbytes, last_auth)
+        self.take_drops()
+        if why == _LOOP_HANDOFF:
+            # A run for Python, where the per-batch loop would have handed it over.
+            nat.part.rx_ecn = dp.transport.rx_ecn = ecn_field
+            self.batch(buf, mv, n, seg, nat.part.source(packed, scope), time.monotonic(),
+                       coalescer, ecn_field, pos)
+            return True
+        if why == _LOOP_IDLE:
+            raise BlockingIOError
+        if why == _LOOP_ERROR:
+            raise OSError(err, os.strerror(err))
+        return bool(why == _LOOP_DEADLINE)  # _LOOP_OTHER: the other socket, by the usual receive
 
     def take_drops(self) -> None:
         drops = self.sink.take_drops()
@@ -524,20 +584,24 @@ class _NativeRx:
         return f
 
     def batch(self, buf: bytearray, mv: memoryview, n: int, seg: int, addr: Address,
-              now: float, coalescer: offload.Coalescer | None, outer_ecn: int = 0) -> None:
+              now: float, coalescer: offload.Coalescer | None, outer_ecn: int = 0,
+              start: int = 0) -> None:
+        """Handle one receive batch (``buf[start:n]``, datagrams of ``seg`` bytes)."""
         dp = self.dp
+        self.off = start
         try:
             if dp.sealed:
-                self._batch(buf, mv, n, seg, addr, now, coalescer, outer_ecn)
+                self._batch(buf, mv, n, seg, addr, now, coalescer, outer_ecn, start)
             else:
-                self._batch_plain(buf, mv, n, seg, addr, now, coalescer, outer_ecn)
+                self._batch_plain(buf, mv, n, seg, addr, now, coalescer, outer_ecn, start)
         except Exception:
             self.sink.reset()
             dp._internal_error("receiving", -(-(n - self.off) // seg))
         self.take_drops()
 
     def _batch(self, buf: bytearray, mv: memoryview, n: int, seg: int, addr: Address,
-               now: float, coalescer: offload.Coalescer | None, outer_ecn: int) -> None:
+               now: float, coalescer: offload.Coalescer | None, outer_ecn: int,
+               start: int) -> None:
         dp = self.dp
         rx_run = self.mod.rx_run
         no_cont = cont = self.mod.NO_CONT
@@ -554,7 +618,7 @@ class _NativeRx:
             kp_index, kp, peer = last
             filt = self.filter(peer)
         packets = nbytes = 0
-        off = 0
+        off = start
         while off < n:
             self.off = off
             if kp is not None and peer is not None:
@@ -581,6 +645,10 @@ class _NativeRx:
             if status == _NATIVE_LOOKUP:
                 if index != kp_index:
                     cont = no_cont
+                    if packets:  # a gateway's batch may hold several peers'
+                        assert peer is not None
+                        _credit(peer, packets, nbytes, now)
+                        packets = nbytes = 0
                     kp = indices.keypair(index)
                     peer = indices.peer(index) if kp is not None else None
                     if kp is None or peer is None:
@@ -605,13 +673,11 @@ class _NativeRx:
             kp is not None and peer is not None and kp.native is not None) else None
         sink.flush()
         if peer is not None and packets:
-            st = peer.stats
-            st.rx_packets += packets
-            st.rx_bytes += nbytes
-            peer.on_authenticated_received(now, data=True)
+            _credit(peer, packets, nbytes, now)
 
     def _batch_plain(self, buf: bytearray, mv: memoryview, n: int, seg: int, addr: Address,
-                     now: float, coalescer: offload.Coalescer | None, outer_ecn: int) -> None:
+                     now: float, coalescer: offload.Coalescer | None, outer_ecn: int,
+                     start: int) -> None:
         """`plain` mode: one native call per stretch of datagrams from one DeviceID (header
         checks, source check, RFC 6040, coalescing into the TUN write), Python for the
         DeviceID look-up, the endpoint (plain mode cannot authenticate: any valid packet
@@ -626,7 +692,7 @@ class _NativeRx:
         dev: int | None = None
         filt = None
         packets = nbytes = 0
-        off = 0
+        off = start
         while off < n:
             self.off = off
             off, status, index, cont, pk, by = rx_plain(dev, buf, n, off, seg, sink, filt,
@@ -636,6 +702,10 @@ class _NativeRx:
             if status == _NATIVE_END:
                 break
             if status == _NATIVE_LOOKUP:
+                if packets:
+                    assert ppeer is not None
+                    _credit(ppeer, packets, nbytes, now)
+                    packets = nbytes = 0
                 p = plain_peer(index)
                 if p is None:
                     counts["unknown_peer"] = counts.get("unknown_peer", 0) + 1
@@ -655,10 +725,16 @@ class _NativeRx:
         self.off = n
         sink.flush()
         if ppeer is not None and packets:
-            st = ppeer.stats
-            st.rx_packets += packets
-            st.rx_bytes += nbytes
-            ppeer.on_authenticated_received(now, data=True)
+            _credit(ppeer, packets, nbytes, now)
+
+
+def _credit(peer: AnyPeer, packets: int, nbytes: int, now: float) -> None:
+    """What a peer received in one batch (or one native loop call): its counters, and the
+    timers' hook (the time of its last authenticated packet)."""
+    st = peer.stats
+    st.rx_packets += packets
+    st.rx_bytes += nbytes
+    peer.on_authenticated_received(now, data=True)
 
 
 def _link_local(pkt: memoryview) -> bool:

@@ -35,6 +35,9 @@ TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_ECE, TCP_CWR = (
     0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80)
 MAX_COALESCED = 65535 - 60
 _GSO_BUDGET = 65000
+_MAX_SEGMENTS = 64
+"""Datagrams per GSO send at most: the kernel's UDP_MAX_SEGMENTS (as transport.py's
+MAX_GSO_SEGMENTS and the native cutters' cap)."""
 """Bytes of sealed datagrams per GSO send (the UDP payload limit is 65,507)."""
 _PLAIN_VNET = VNET.pack(0, GSO_NONE, 0, 0, 0, 0)
 _CONT = int(Flag.CONTINUATION)
@@ -196,13 +199,8 @@ class Coalescer:
                             and pkt[38:hl] == key[5] and pkt[1] | pkt[8] << 8 == key[6]
                             and pkt[2] << 8 | pkt[3] == n
                             and self._size + payload <= MAX_COALESCED):
-                        self._bufs.append(memoryview(pkt)[hl:])
-                        self._count += 1
-                        self._size += payload
                         self._next_seq = (seq + payload) & 0xFFFFFFFF
-                        if payload < self._gso or flags & TCP_PSH:
-                            self._psh = bool(flags & TCP_PSH)
-                            self.flush()  # a short or pushed segment ends the run
+                        self._append(pkt, hl, payload, flags)
                         return
                 self._add_tcp(pkt, 20, True, owner)
                 return
@@ -225,13 +223,17 @@ class Coalescer:
         flags = pkt[self._ip_len + 13]  # hl >= ip_len + 20 (checked when the run began)
         if flags & _NO_MERGE:
             return False
+        self._append(pkt, hl, payload, flags)
+        return True
+
+    def _append(self, pkt: bytes, hl: int, payload: int, flags: int) -> None:
+        """Add a segment's payload to the open run; a short or pushed segment ends it."""
         self._bufs.append(memoryview(pkt)[hl:])
         self._count += 1
         self._size += payload
         if payload < self._gso or flags & TCP_PSH:
             self._psh = bool(flags & TCP_PSH)
             self.flush()
-        return True
 
     def reset(self) -> None:
         """Forget the open run without writing it (after a receive batch failed half-way)."""
@@ -527,7 +529,7 @@ def seal_tso(frame: memoryview, kp: Keypair, out: bytearray, off: int, scratch: 
     sealed_flags = int(SEALED_FLAGS | Flag.CSUM_PARTIAL)
     const = DATA_CONST + (vt << 8) + device_id + sealed_flags + index
     seg = 0
-    count = 0
+    count = batch = 0
     pos = hl
     counter = kp.send_counter
     while pos < total:
@@ -549,9 +551,10 @@ def seal_tso(frame: memoryview, kp: Keypair, out: bytearray, off: int, scratch: 
                              dport, seq, ack, doff, fl, win, tcp_csum)
         smv[hl:seg_total] = pkt[pos:pos + n]
         size = DATA_HEADER_LEN + seg_total + TAG_LEN
-        if count and (size > seg or off + size > _GSO_BUDGET):
+        if count and (size > seg or off + size > _GSO_BUDGET or batch >= _MAX_SEGMENTS):
             off = flush(off, seg)
-            seg = 0
+            seg = batch = 0
+        batch += 1
         counter = next(nonces)
         encap = counter & 0xFFFF
         cont = _CONT if count else 0
@@ -585,7 +588,7 @@ def frame_tso_plain(frame: memoryview, device_id: int, encap: int, out: bytearra
     vt = 0x10 | PacketType.DATA
     base = (vt << 8) + 3 + device_id + _CSUM_FLAG
     seg = 0
-    count = 0
+    count = batch = 0
     pos = hl
     while pos < total:
         n = total - pos
@@ -593,9 +596,10 @@ def frame_tso_plain(frame: memoryview, device_id: int, encap: int, out: bytearra
         if not last:
             n = gso_size
         size = FIXED_HEADER_LEN + hl + n
-        if count and (size > seg or off + size > _GSO_BUDGET):
+        if count and (size > seg or off + size > _GSO_BUDGET or batch >= _MAX_SEGMENTS):
             off = flush(off, seg)
-            seg = 0
+            seg = batch = 0
+        batch += 1
         seg_total = header(out, off + FIXED_HEADER_LEN, count, pos, n, last)
         omv[off + FIXED_HEADER_LEN + hl:off + size] = pkt[pos:pos + n]
         cont = _CONT if count else 0

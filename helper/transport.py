@@ -25,7 +25,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from core import native
 from core.constants import RAW_IP_PROTOCOL
@@ -105,6 +105,23 @@ class TransportError(TunsealError):
     pass
 
 
+class NativeRx(NamedTuple):
+    """The raw-IP socket that serves one peer, in the form the native receive loop takes."""
+
+    part: RawTransport
+    """The transport whose socket it is (its ``rx_ecn``, ``errors_pending``, ``source``)."""
+    rx: Any
+    """Its native receive batch (``tunseal_native.RawRx``)."""
+    fd: int
+    addr: bytes
+    """The peer's address, packed (4 or 16 bytes), and its IPv6 scope."""
+    scope: int
+    others: list[int]
+    """A listening end's other socket(s): the loop stops when one is readable."""
+    poll: bool
+    """Wait in poll(2) (non-blocking sockets) rather than in the blocking recvmmsg."""
+
+
 class Transport:
     """Interface of both transports, as the data path uses it."""
 
@@ -175,6 +192,12 @@ class Transport:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
                              _TIMEVAL.pack(timeout_ms // 1000, timeout_ms % 1000 * 1000))
         return True
+
+    def native_rx(self, addr: Address) -> NativeRx | None:
+        """What the native receive loop (`rx_loop_raw`) needs to receive from ``addr`` across
+        batches without Python; None: this transport has no native receive (UDP, no module,
+        an address it cannot pack)."""
+        return None
 
     def enable_path_errors(self) -> None:
         """Never fragment our datagrams (so the path tells us its MTU) and queue ICMP errors
@@ -396,6 +419,19 @@ class RawTransport(Transport):
         self._dests[host] = d
         return d
 
+    def native_rx(self, addr: Address) -> NativeRx | None:
+        if self._rx is None:
+            return None
+        dest = self._dest(addr[0])
+        if dest is None:
+            return None
+        return NativeRx(self, self._rx, self.sock.fileno(), dest[0], dest[1], [],
+                        not self.sock.getblocking())
+
+    def source(self, packed: bytes, scope: int) -> Address:
+        """The source address as ``recvfrom`` gives it, from the native receive's bytes."""
+        return self._source(packed, scope)
+
     def _source(self, packed: bytes, scope: int) -> Address:
         """The source address as ``recvfrom`` gives it, from the native receive's bytes."""
         key = (packed, scope)
@@ -473,6 +509,16 @@ class DualRawTransport(Transport):
 
     def fds(self) -> list[int]:
         return [p.sock.fileno() for p in self.parts]
+
+    def native_rx(self, addr: Address) -> NativeRx | None:
+        part = self._part(addr)
+        got = part.native_rx(addr)
+        if got is None:
+            return None
+        # Both sockets are non-blocking here (block_in_receive declines two): the loop polls
+        # both and leaves when the other one is readable.
+        others = [p.sock.fileno() for p in self.parts if p is not part]
+        return got._replace(others=others, poll=True)
 
     def set_blocking(self, flag: bool) -> None:
         for p in self.parts:

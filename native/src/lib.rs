@@ -12,8 +12,9 @@ pub mod mmsg;
 pub mod plain;
 pub mod replay;
 pub mod rx;
+pub mod rxloop;
 pub mod single;
 pub mod tx;
 
 #[cfg(feature = "python")]
-mod py;
+pub(crate) mod py;

@@ -91,7 +91,8 @@ struct TosCmsg {
     value: libc::c_int,
 }
 
-fn errno() -> i32 {
+/// The calling thread's errno.
+pub fn last_errno() -> i32 {
     io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO)
@@ -164,7 +165,7 @@ pub fn send_segments(
             i += r as usize;
             continue;
         }
-        let e = if r < 0 { errno() } else { libc::EIO };
+        let e = if r < 0 { last_errno() } else { libc::EIO };
         if e == libc::EINTR {
             continue;
         }
@@ -455,16 +456,16 @@ pub(crate) mod python {
 
     /// A buffer's memory, to be used inside `allow_threads` while its PyBuffer is held.
     #[derive(Clone, Copy)]
-    struct Mem {
-        ptr: *mut u8,
-        len: usize,
+    pub(crate) struct Mem {
+        pub(crate) ptr: *mut u8,
+        pub(crate) len: usize,
     }
 
     // SAFETY: a Mem is made from a PyBuffer the calling function holds (so the object is
     // exported: alive and fixed in size) until it returns; it goes no further than that call.
     unsafe impl Send for Mem {}
 
-    fn mem(b: &PyBuffer<u8>, writable: bool) -> PyResult<Mem> {
+    pub(crate) fn mem(b: &PyBuffer<u8>, writable: bool) -> PyResult<Mem> {
         if !b.is_c_contiguous() || (writable && b.readonly()) {
             return Err(PyValueError::new_err(
                 "buffer must be contiguous and writable",
@@ -485,6 +486,12 @@ pub(crate) mod python {
     /// batch (one recvmmsg) when none is left.
     #[pyclass(frozen, module = "tunseal_native")]
     pub struct RawRx(Mutex<RecvBatch>);
+
+    impl RawRx {
+        pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, RecvBatch> {
+            self.0.lock().unwrap_or_else(|e| e.into_inner())
+        }
+    }
 
     #[pymethods]
     impl RawRx {

@@ -4,10 +4,10 @@
 //! `frame_tso_plain` (transmit) and the plain branch of helper/datapath.py `run_rx` (receive):
 //! the same wire bytes, the same runs, the same drops.
 
-use crate::coalesce::{Coalescer, Out, Reason};
+use crate::coalesce::{Coalescer, Out};
 use crate::header::{fold, word_sum, FIXED_HEADER_LEN, F_CONTINUATION, F_CSUM_PARTIAL, VT_DATA};
-use crate::rx::{Dest, RxResult, SourceFilter, Status, V_LEFT};
-use crate::tx::{Batch, Tso, GSO_BUDGET, MAX_GSO_SEGMENTS, VNET_LEN};
+use crate::rx::{Dest, RxResult, SourceFilter, Status, Walk, V_LEFT};
+use crate::tx::{Batch, Cut, Tso};
 
 /// HLEN of the fixed header alone, in 4-byte words.
 pub const PLAIN_HLEN_WORDS: u8 = (FIXED_HEADER_LEN / 4) as u8;
@@ -70,9 +70,7 @@ pub fn write_plain(out: &mut [u8], inner_len: usize, device_id: u16, encap: u16,
 /// Cutting one TSO frame into plain segments, one GSO batch at a time (tx.rs `TsoSealer`
 /// without the AEAD; the EncapID runs on from `encap`, wrapping at 16 bits).
 pub struct PlainCutter {
-    t: Tso,
-    pos: usize,
-    count: usize,
+    cut: Cut,
     device_id: u16,
     pub encap: u16,
 }
@@ -85,67 +83,32 @@ impl PlainCutter {
         if FIXED_HEADER_LEN + t.hl + t.gso.min(t.total - t.hl) > 2048 {
             return None;
         }
-        let pos = t.hl;
         Some(PlainCutter {
-            t,
-            pos,
-            count: 0,
+            cut: Cut::new(t),
             device_id,
             encap,
         })
     }
 
     pub fn count(&self) -> usize {
-        self.count
+        self.cut.count
     }
 
     pub fn inner_bytes(&self) -> usize {
-        self.t.total - self.t.hl + self.count * self.t.hl
+        let t = &self.cut.t;
+        t.total - t.hl + self.cut.count * t.hl
     }
 
     /// Frame segments into `out` from `off` until the frame is done or the batch is full.
-    pub fn fill(&mut self, frame: &[u8], out: &mut [u8], mut off: usize) -> Batch {
-        let t = &self.t;
-        let pkt = &frame[VNET_LEN..];
-        let (mut seg, mut batch) = (0usize, 0usize);
-        while self.pos < t.total {
-            let n = (t.total - self.pos).min(t.gso);
-            let seg_total = t.hl + n;
-            let size = FIXED_HEADER_LEN + seg_total;
-            let full = size > seg || off + size > GSO_BUDGET || batch >= MAX_GSO_SEGMENTS;
-            if (batch != 0 && full) || off + size > out.len() {
-                return Batch {
-                    off,
-                    seg,
-                    done: false,
-                };
-            }
-            let cont = if self.count != 0 { F_CONTINUATION } else { 0 };
-            let d = &mut out[off..off + size];
-            let (hdr, body) = d.split_at_mut(FIXED_HEADER_LEN);
-            write_plain(
-                hdr,
-                seg_total,
-                self.device_id,
-                self.encap,
-                F_CSUM_PARTIAL | cont,
-            );
-            t.header(pkt, body, self.count, self.pos, n);
-            body[t.hl..seg_total].copy_from_slice(&pkt[self.pos..self.pos + n]);
-            if seg == 0 {
-                seg = size;
-            }
-            off += size;
-            self.count += 1;
-            batch += 1;
-            self.pos += n;
-            self.encap = self.encap.wrapping_add(1);
-        }
-        Batch {
-            off,
-            seg,
-            done: true,
-        }
+    pub fn fill(&mut self, frame: &[u8], out: &mut [u8], off: usize) -> Batch {
+        let (device_id, encap) = (self.device_id, &mut self.encap);
+        let room = (FIXED_HEADER_LEN, 0);
+        self.cut
+            .fill(frame, out, off, room, |hdr, _body, seg_total, count| {
+                let cont = if count != 0 { F_CONTINUATION } else { 0 };
+                write_plain(hdr, seg_total, device_id, *encap, F_CSUM_PARTIAL | cont);
+                *encap = encap.wrapping_add(1);
+            })
     }
 }
 
@@ -170,68 +133,46 @@ pub fn rx_plain_run(
     sink: &mut Coalescer,
     out: &mut dyn Out,
     mut cont_next: u64,
-    mut verdicts: Option<&mut [u8]>,
+    verdicts: Option<&mut [u8]>,
 ) -> RxResult {
     let n = buf.len();
-    let seg = if seg == 0 || seg > n { n.max(1) } else { seg };
+    let mut w = Walk::new(n, seg, verdicts);
+    let seg = w.seg;
     let dest = Dest {
         filter: run.filter,
         owner: run.owner,
         outer_ecn: run.outer_ecn,
     };
     let mut off = start;
-    let (mut packets, mut bytes) = (0u64, 0u64);
-    let mut verdict = |off: usize, v: u8| {
-        if let Some(slot) = verdicts.as_deref_mut().and_then(|vs| vs.get_mut(off / seg)) {
-            *slot = v;
-        }
-    };
-    let result = |pos, status, index, cont_next, packets, bytes| RxResult {
-        pos,
-        status,
-        index,
-        cont_next,
-        packets,
-        bytes,
-    };
     while off < n {
         let ln = seg.min(n - off);
         let d = &mut buf[off..off + ln];
         let Some(h) = parse_plain(d) else {
-            if ln < FIXED_HEADER_LEN {
-                sink.count(Reason::BadHeader);
-                verdict(off, 1 + Reason::BadHeader as u8);
-                off += seg;
-                continue;
+            if let Some(r) = w.unparsed(off, ln, sink, cont_next) {
+                return r;
             }
-            verdict(off, V_LEFT);
-            return result(off, Status::Slow, 0, cont_next, packets, bytes);
+            off += seg;
+            continue;
         };
         if run.device_id != Some(h.device_id) {
-            verdict(off, V_LEFT);
-            return result(
-                off,
-                Status::Lookup,
-                h.device_id as u32,
-                cont_next,
-                packets,
-                bytes,
-            );
+            w.verdict(off, V_LEFT);
+            return w.result(off, Status::Lookup, h.device_id as u32, cont_next);
         }
         let inner = &mut d[FIXED_HEADER_LEN..];
-        packets += 1;
-        bytes += h.inner_len as u64;
+        w.packets += 1;
+        w.bytes += h.inner_len as u64;
         let ctr = (h.encap as u64, h.encap.wrapping_add(1) as u64);
         let v = dest.take(sink, out, inner, h.flags, ctr, &mut cont_next);
-        verdict(off, v);
+        w.verdict(off, v);
         off += seg;
     }
-    result(n.max(start), Status::End, 0, cont_next, packets, bytes)
+    w.result(n.max(start), Status::End, 0, cont_next)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::coalesce::Reason;
     use crate::rx::NO_CONT;
 
     #[test]

@@ -76,7 +76,7 @@ fn with_bytes<R>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult
 /// A keypair's native half: both keys (never handed back), the send counter and the one
 /// replay window. Iterating it takes the next send counter (Python's sealing path does).
 #[pyclass(frozen, module = "tunseal_native")]
-struct Keypair(CoreKeypair);
+pub(crate) struct Keypair(pub(crate) CoreKeypair);
 
 #[pymethods]
 impl Keypair {
@@ -206,7 +206,7 @@ impl Keypair {
     }
 }
 
-struct Fd(i32);
+pub(crate) struct Fd(pub(crate) i32);
 
 impl Out for Fd {
     fn write(&mut self, frame: &[u8]) -> bool {
@@ -226,13 +226,13 @@ impl Out for Fd {
 /// The receive loop's coalescer and drop counters, writing to the TUN fd (offload.py
 /// `Coalescer`'s interface: add, continue_run, flush, reset; plus take_drops).
 #[pyclass(frozen, module = "tunseal_native")]
-struct Coalescer {
-    fd: i32,
+pub(crate) struct Coalescer {
+    pub(crate) fd: i32,
     core: Mutex<Core>,
 }
 
 impl Coalescer {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Core> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Core> {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -298,7 +298,7 @@ impl Coalescer {
 
 /// The inner source addresses one peer may use (see rx.rs).
 #[pyclass(frozen, module = "tunseal_native")]
-struct SourceFilter(CoreFilter);
+pub(crate) struct SourceFilter(pub(crate) CoreFilter);
 
 #[pymethods]
 impl SourceFilter {
@@ -315,6 +315,42 @@ impl SourceFilter {
     }
 }
 
+/// What `seal_tso` and `frame_tso_plain` share: export the frame and the output buffer
+/// (refused if they overlap), make the cutter, and fill GSO batches with the GIL released,
+/// calling Python's `flush(end, seg)` (which sends the batch and returns the new offset)
+/// between them. None: the cutter declined the frame (the generic path takes it).
+fn cut_frame<C: Send>(
+    py: Python<'_>,
+    frame: &Bound<'_, PyAny>,
+    out: &Bound<'_, PyAny>,
+    off: usize,
+    flush: &Bound<'_, PyAny>,
+    make: impl FnOnce(&[u8]) -> Option<C> + Send,
+    fill: impl Fn(&mut C, &[u8], &mut [u8], usize) -> tx::Batch + Sync,
+) -> PyResult<Option<(tx::Batch, C)>> {
+    let fb = PyBuffer::<u8>::get(frame)?;
+    let ob = PyBuffer::<u8>::get(out)?;
+    let (f, o) = (Raw::of(&fb, false)?, Raw::of(&ob, true)?);
+    if overlap(f, o) {
+        return Err(PyValueError::new_err("frame and output buffer overlap"));
+    }
+    // SAFETY (both slices below): the buffers are exported until this function returns, do
+    // not overlap (checked), and no slice of `out` is alive while Python's flush reads it.
+    let frame_of = move || -> &[u8] { unsafe { f.bytes() } };
+    let Some(mut c) = py.allow_threads(move || make(frame_of())) else {
+        return Ok(None);
+    };
+    let mut off = off;
+    loop {
+        let (cutter, fill) = (&mut c, &fill);
+        let b = py.allow_threads(move || fill(cutter, frame_of(), unsafe { o.slice() }, off));
+        if b.done {
+            return Ok(Some((b, c)));
+        }
+        off = flush.call1((b.off, b.seg))?.extract()?;
+    }
+}
+
 /// Cut and seal one TSO frame into `out` from `off`; `flush(end, seg)` sends a full batch
 /// and returns the new offset. Returns (off, seg, count, inner_bytes, first_counter); count
 /// -1: not a frame this cuts (use the generic path).
@@ -328,34 +364,19 @@ fn seal_tso(
     flush: &Bound<'_, PyAny>,
     mtu: usize,
 ) -> PyResult<(usize, usize, i64, usize, u64)> {
-    let fb = PyBuffer::<u8>::get(frame)?;
-    let ob = PyBuffer::<u8>::get(out)?;
-    let (f, o) = (Raw::of(&fb, false)?, Raw::of(&ob, true)?);
-    if f.ptr < o.ptr.wrapping_add(o.len) && o.ptr < f.ptr.wrapping_add(f.len) {
-        return Err(PyValueError::new_err("frame and output buffer overlap"));
-    }
     let kp = &kp.get().0;
-    // SAFETY (both slices below): the buffers are exported until this function returns, do
-    // not overlap (checked), and no slice of `out` is alive while Python's flush reads it.
-    let frame_of = move || -> &[u8] { unsafe { f.bytes() } };
-    let Some(mut s) = py.allow_threads(move || TsoSealer::new(kp, frame_of(), mtu)) else {
-        return Ok((off, 0, -1, 0, 0));
-    };
-    let mut off = off;
-    loop {
-        let sealer = &mut s;
-        let b = py.allow_threads(move || sealer.fill(kp, frame_of(), unsafe { o.slice() }, off));
-        if b.done {
-            return Ok((
-                b.off,
-                b.seg,
-                s.count() as i64,
-                s.inner_bytes(),
-                s.first_counter,
-            ));
-        }
-        off = flush.call1((b.off, b.seg))?.extract()?;
-    }
+    let make = move |f: &[u8]| TsoSealer::new(kp, f, mtu);
+    let fill = move |s: &mut TsoSealer, f: &[u8], o: &mut [u8], at| s.fill(kp, f, o, at);
+    Ok(match cut_frame(py, frame, out, off, flush, make, fill)? {
+        Some((b, s)) => (
+            b.off,
+            b.seg,
+            s.count() as i64,
+            s.inner_bytes(),
+            s.first_counter,
+        ),
+        None => (off, 0, -1, 0, 0),
+    })
 }
 
 /// `plain` mode's `seal_tso` (offload.py `frame_tso_plain`): cut one TSO frame into
@@ -374,28 +395,12 @@ fn frame_tso_plain(
     flush: &Bound<'_, PyAny>,
     mtu: usize,
 ) -> PyResult<(usize, usize, i64, usize, u16)> {
-    let fb = PyBuffer::<u8>::get(frame)?;
-    let ob = PyBuffer::<u8>::get(out)?;
-    let (f, o) = (Raw::of(&fb, false)?, Raw::of(&ob, true)?);
-    if f.ptr < o.ptr.wrapping_add(o.len) && o.ptr < f.ptr.wrapping_add(f.len) {
-        return Err(PyValueError::new_err("frame and output buffer overlap"));
-    }
-    // SAFETY (both slices below): the buffers are exported until this function returns, do
-    // not overlap (checked), and no slice of `out` is alive while Python's flush reads it.
-    let frame_of = move || -> &[u8] { unsafe { f.bytes() } };
-    let Some(mut c) = py.allow_threads(move || PlainCutter::new(frame_of(), mtu, device_id, encap))
-    else {
-        return Ok((off, 0, -1, 0, encap));
-    };
-    let mut off = off;
-    loop {
-        let cutter = &mut c;
-        let b = py.allow_threads(move || cutter.fill(frame_of(), unsafe { o.slice() }, off));
-        if b.done {
-            return Ok((b.off, b.seg, c.count() as i64, c.inner_bytes(), c.encap));
-        }
-        off = flush.call1((b.off, b.seg))?.extract()?;
-    }
+    let make = move |f: &[u8]| PlainCutter::new(f, mtu, device_id, encap);
+    let fill = |c: &mut PlainCutter, f: &[u8], o: &mut [u8], at| c.fill(f, o, at);
+    Ok(match cut_frame(py, frame, out, off, flush, make, fill)? {
+        Some((b, c)) => (b.off, b.seg, c.count() as i64, c.inner_bytes(), c.encap),
+        None => (off, 0, -1, 0, encap),
+    })
 }
 
 /// `plain` mode's `rx_run`: handle a GRO run's plain datagrams from `start` until one must go
@@ -617,6 +622,7 @@ fn tunseal_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(seal_tso, m)?)?;
     m.add_function(wrap_pyfunction!(rx_run, m)?)?;
     crate::mmsg::python::register(m)?; // RawRx, send_mmsg (the raw-IP transport)
+    crate::rxloop::python::register(m)?; // rx_loop_raw (raw IP, native across batches)
     m.add_function(wrap_pyfunction!(frame_tso_plain, m)?)?;
     m.add_function(wrap_pyfunction!(rx_plain, m)?)?;
     m.add_function(wrap_pyfunction!(drain_tx, m)?)?;

@@ -225,6 +225,69 @@ impl Dest<'_> {
     }
 }
 
+/// What `rx_run` and plain.rs `rx_plain_run` share while they walk a batch: its segment
+/// size, the verdict slots (when asked for) and the running counts.
+pub struct Walk<'v> {
+    pub seg: usize,
+    verdicts: Option<&'v mut [u8]>,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl<'v> Walk<'v> {
+    /// For a batch of `n` bytes of datagrams of `seg` (0 or too large: one datagram).
+    pub fn new(n: usize, seg: usize, verdicts: Option<&'v mut [u8]>) -> Walk<'v> {
+        let seg = if seg == 0 || seg > n { n.max(1) } else { seg };
+        Walk {
+            seg,
+            verdicts,
+            packets: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Record the verdict of the datagram at `off`.
+    pub fn verdict(&mut self, off: usize, v: u8) {
+        let seg = self.seg;
+        if let Some(slot) = self
+            .verdicts
+            .as_deref_mut()
+            .and_then(|vs| vs.get_mut(off / seg))
+        {
+            *slot = v;
+        }
+    }
+
+    pub fn result(&self, pos: usize, status: Status, index: u32, cont_next: u64) -> RxResult {
+        RxResult {
+            pos,
+            status,
+            index,
+            cont_next,
+            packets: self.packets,
+            bytes: self.bytes,
+        }
+    }
+
+    /// A datagram at `off` that is not canonical DATA: a runt (shorter than any header) is a
+    /// counted `bad_header` (None: go on), anything else goes to Python.
+    pub fn unparsed(
+        &mut self,
+        off: usize,
+        ln: usize,
+        sink: &mut Coalescer,
+        cont_next: u64,
+    ) -> Option<RxResult> {
+        if ln < FIXED_HEADER_LEN {
+            sink.count(Reason::BadHeader);
+            self.verdict(off, 1 + Reason::BadHeader as u8);
+            return None;
+        }
+        self.verdict(off, V_LEFT);
+        Some(self.result(off, Status::Slow, 0, cont_next))
+    }
+}
+
 /// Handle datagrams `buf[start..n]` (each `seg` bytes, the last possibly shorter) until one
 /// must go back to Python. `verdicts[i]` (if given) gets datagram i's verdict (i counted
 /// from the start of `buf`).
@@ -237,45 +300,27 @@ pub fn rx_run(
     sink: &mut Coalescer,
     out: &mut dyn Out,
     mut cont_next: u64,
-    mut verdicts: Option<&mut [u8]>,
+    verdicts: Option<&mut [u8]>,
 ) -> RxResult {
     let n = buf.len();
-    let seg = if seg == 0 || seg > n { n.max(1) } else { seg };
+    let mut w = Walk::new(n, seg, verdicts);
+    let seg = w.seg;
     let mut off = start;
-    let (mut packets, mut bytes) = (0u64, 0u64);
-    let mut verdict = |off: usize, v: u8| {
-        if let Some(vs) = verdicts.as_deref_mut() {
-            if let Some(slot) = vs.get_mut(off / seg) {
-                *slot = v;
-            }
-        }
-    };
-    let result = |pos, status, index, cont_next, packets, bytes| RxResult {
-        pos,
-        status,
-        index,
-        cont_next,
-        packets,
-        bytes,
-    };
     while off < n {
         let ln = seg.min(n - off);
         let d = &mut buf[off..off + ln];
         let Some(h) = parse_sealed(d) else {
-            if ln < FIXED_HEADER_LEN {
-                sink.count(Reason::BadHeader);
-                verdict(off, 1 + Reason::BadHeader as u8);
-                off += seg;
-                continue;
+            if let Some(r) = w.unparsed(off, ln, sink, cont_next) {
+                return r;
             }
-            verdict(off, V_LEFT);
-            return result(off, Status::Slow, 0, cont_next, packets, bytes);
+            off += seg;
+            continue;
         };
         let kp = match run.kp {
             Some(kp) if h.index == run.index => kp,
             _ => {
-                verdict(off, V_LEFT);
-                return result(off, Status::Lookup, h.index, cont_next, packets, bytes);
+                w.verdict(off, V_LEFT);
+                return w.result(off, Status::Lookup, h.index, cont_next);
             }
         };
         let (hdr, body) = d.split_at_mut(DATA_HEADER_LEN);
@@ -283,7 +328,7 @@ pub fn rx_run(
             Opened::Ok => {}
             Opened::BadTag => {
                 sink.count(Reason::BadTag);
-                verdict(off, 1 + Reason::BadTag as u8);
+                w.verdict(off, 1 + Reason::BadTag as u8);
                 off += seg;
                 continue;
             }
@@ -294,14 +339,14 @@ pub fn rx_run(
                     Reason::TooOld
                 };
                 sink.count(r);
-                verdict(off, 1 + r as u8);
+                w.verdict(off, 1 + r as u8);
                 off += seg;
                 continue;
             }
         }
         let inner = &mut body[..h.inner_len];
-        packets += 1;
-        bytes += h.inner_len as u64;
+        w.packets += 1;
+        w.bytes += h.inner_len as u64;
         let here = off;
         off += seg;
         let v = run.dest().take(
@@ -312,12 +357,12 @@ pub fn rx_run(
             (h.counter, h.counter + 1),
             &mut cont_next,
         );
-        verdict(here, v);
+        w.verdict(here, v);
         if run.stop_after_open {
-            return result(off, Status::Opened, h.index, cont_next, packets, bytes);
+            return w.result(off, Status::Opened, h.index, cont_next);
         }
     }
-    result(n.max(start), Status::End, 0, cont_next, packets, bytes)
+    w.result(n.max(start), Status::End, 0, cont_next)
 }
 
 #[cfg(test)]

@@ -151,13 +151,75 @@ pub struct Sealed {
     pub first_counter: u64,
 }
 
-/// Cutting one TSO frame into sealed segments, one GSO batch at a time: `fill` stops when
-/// the next segment would overflow the GSO budget (or the kernel's 64 segments per send), so
-/// the caller can send the batch with no borrow of `out` alive.
-pub struct TsoSealer {
-    t: Tso,
+/// Where the cutting of one TSO frame stands, and the cutting itself: what `TsoSealer` and
+/// plain.rs `PlainCutter` share (they differ only in the header before each segment and the
+/// tag after it).
+pub struct Cut {
+    pub t: Tso,
     pos: usize,
-    count: usize,
+    pub count: usize,
+}
+
+impl Cut {
+    pub fn new(t: Tso) -> Cut {
+        let pos = t.hl;
+        Cut { t, pos, count: 0 }
+    }
+
+    /// Cut segments into `out` from `off`, each `head` bytes of header, the segment (its own
+    /// TCP/IP header and payload) and `tail` bytes, until the frame is done or the batch is
+    /// full: the next segment would overflow the GSO budget or the kernel's 64 segments per
+    /// send (so the caller can send the batch with no borrow of `out` alive).
+    /// `frame_one(header, segment and tail, segment length, index)` fills in the rest.
+    pub fn fill(
+        &mut self,
+        frame: &[u8],
+        out: &mut [u8],
+        mut off: usize,
+        (head, tail): (usize, usize),
+        mut frame_one: impl FnMut(&mut [u8], &mut [u8], usize, usize),
+    ) -> Batch {
+        let t = &self.t;
+        let pkt = &frame[VNET_LEN..];
+        let (mut seg, mut batch) = (0usize, 0usize);
+        while self.pos < t.total {
+            let n = (t.total - self.pos).min(t.gso);
+            let seg_total = t.hl + n;
+            let size = head + seg_total + tail;
+            let full = size > seg || off + size > GSO_BUDGET || batch >= MAX_GSO_SEGMENTS;
+            // The second test is only reachable with a caller's `off` past the budget: send
+            // what is there.
+            if (batch != 0 && full) || off + size > out.len() {
+                return Batch {
+                    off,
+                    seg,
+                    done: false,
+                };
+            }
+            let d = &mut out[off..off + size];
+            let (hdr, body) = d.split_at_mut(head);
+            t.header(pkt, body, self.count, self.pos, n);
+            body[t.hl..seg_total].copy_from_slice(&pkt[self.pos..self.pos + n]);
+            frame_one(hdr, body, seg_total, self.count);
+            if seg == 0 {
+                seg = size;
+            }
+            off += size;
+            self.count += 1;
+            batch += 1;
+            self.pos += n;
+        }
+        Batch {
+            off,
+            seg,
+            done: true,
+        }
+    }
+}
+
+/// Cutting one TSO frame into sealed segments, one GSO batch at a time (`Cut::fill`).
+pub struct TsoSealer {
+    cut: Cut,
     pub first_counter: u64,
 }
 
@@ -180,76 +242,39 @@ impl TsoSealer {
             return None;
         }
         let first_counter = kp.take(t.segments() as u64)?;
-        let pos = t.hl;
         Some(TsoSealer {
-            t,
-            pos,
-            count: 0,
+            cut: Cut::new(t),
             first_counter,
         })
     }
 
     pub fn count(&self) -> usize {
-        self.count
+        self.cut.count
     }
 
     pub fn inner_bytes(&self) -> usize {
-        self.t.total - self.t.hl + self.count * self.t.hl
+        let t = &self.cut.t;
+        t.total - t.hl + self.cut.count * t.hl
     }
 
     /// Seal segments into `out` from `off` until the frame is done or the batch is full.
-    pub fn fill(&mut self, kp: &Keypair, frame: &[u8], out: &mut [u8], mut off: usize) -> Batch {
-        let t = &self.t;
-        let pkt = &frame[VNET_LEN..];
-        let mut seg = 0usize;
-        let mut batch = 0usize;
-        while self.pos < t.total {
-            let n = (t.total - self.pos).min(t.gso);
-            let seg_total = t.hl + n;
-            let size = DATA_HEADER_LEN + seg_total + TAG_LEN;
-            if batch != 0 && (size > seg || off + size > GSO_BUDGET || batch >= MAX_GSO_SEGMENTS) {
-                return Batch {
-                    off,
-                    seg,
-                    done: false,
-                };
-            }
-            if off + size > out.len() {
-                // only reachable with a caller's `off` past the budget: send what is there
-                return Batch {
-                    off,
-                    seg,
-                    done: false,
-                };
-            }
-            let counter = self.first_counter + self.count as u64;
-            let cont = if self.count != 0 { F_CONTINUATION } else { 0 };
-            let d = &mut out[off..off + size];
-            let (hdr, body) = d.split_at_mut(DATA_HEADER_LEN);
-            write_sealed(
-                hdr,
-                seg_total,
-                kp.device_id,
-                F_CSUM_PARTIAL | cont,
-                kp.remote_index,
-                counter,
-            );
-            t.header(pkt, body, self.count, self.pos, n);
-            body[t.hl..seg_total].copy_from_slice(&pkt[self.pos..self.pos + n]);
-            kp.send.seal(counter, hdr, body);
-            if seg == 0 {
-                seg = size;
-            }
-            off += size;
-            self.count += 1;
-            batch += 1;
-            self.pos += n;
-        }
-        Batch {
-            off,
-            seg,
-            done: true,
-        }
+    pub fn fill(&mut self, kp: &Keypair, frame: &[u8], out: &mut [u8], off: usize) -> Batch {
+        let first = self.first_counter;
+        let room = (DATA_HEADER_LEN, TAG_LEN);
+        self.cut
+            .fill(frame, out, off, room, |hdr, body, seg_total, count| {
+                let counter = first + count as u64;
+                let cont = if count != 0 { F_CONTINUATION } else { 0 };
+                write_sealed(
+                    hdr,
+                    seg_total,
+                    kp.device_id,
+                    F_CSUM_PARTIAL | cont,
+                    kp.remote_index,
+                    counter,
+                );
+                kp.send.seal(counter, hdr, body);
+            })
     }
 }
 

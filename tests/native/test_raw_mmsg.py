@@ -131,6 +131,7 @@ class RawRig:
             native.module = saved
         assert self.dp.native is not None
         self.sender = socket.socket(socket.AF_INET, socket.SOCK_RAW, 253)
+        self.looped = 0  # packets the native loop across batches opened (rx_loop_raw)
 
     def run(self, datagrams):
         before = self.rig.drops()
@@ -148,6 +149,8 @@ class RawRig:
         self.dp.stop.set()
         self.rig.thread.join(5)
         assert not self.rig.thread.is_alive()
+        assert self.dp.rx_native is not None
+        self.looped += self.dp.rx_native.looped
         after = self.rig.drops()
         grown = {k: after.get(k, 0) - before.get(k, 0) for k in after}
         return rxrig.Outcome(got, {k: v for k, v in grown.items() if v})
@@ -189,6 +192,10 @@ def agree(data):
 
 try:
     agree()
+    # A client tunnel (one peer, sealed) takes the loop that stays native across batches:
+    # the verdicts above were its own, not only the per-batch path's.
+    print("looped", raw.looped)
+    assert peers != 1 or raw.looped > 0, "the native loop across batches was never used"
     print("agreed")
 finally:
     py.close()

@@ -1,7 +1,10 @@
 //! The receive function under libFuzzer: GRO batches mixing raw datagrams with genuinely
 //! sealed ones (so the fuzzer gets past the tag to the replay window, the ECN rule, the
 //! source filter and the coalescer), every outer ECN codepoint, any segment size. Driven the
-//! way helper/datapath.py drives it: a datagram handed back to Python is skipped.
+//! way helper/datapath.py drives it: a datagram handed back to Python is skipped. With
+//! `data[0] & 32` (sealed mode) the same datagrams go through the receive loop that stays
+//! native across batches (`rx_loop`): cut into recvmmsg batches, from the peer's address or
+//! another, each with its own outer ECN field; a hand-off is skipped as Python would take it.
 //! `cargo +nightly fuzz run rx` in native/.
 #![no_main]
 
@@ -10,7 +13,9 @@ use tunseal_native::coalesce::{Coalescer, Out};
 use tunseal_native::header::{FIXED_HEADER_LEN, F_CONTINUATION, F_CSUM_PARTIAL, MIN_SEALED};
 use tunseal_native::keys::Keypair;
 use tunseal_native::plain::{rx_plain_run, write_plain, PlainRun};
+use tunseal_native::mmsg::{RecvBatch, Source, RUN_BUDGET};
 use tunseal_native::rx::{rx_run, Run, SourceFilter, Status, NO_CONT};
+use tunseal_native::rxloop::{rx_loop, Given, Why};
 use tunseal_native::tx::seal_one;
 
 struct Frames(Vec<Vec<u8>>, bool);
@@ -102,6 +107,11 @@ fuzz_target!(|data: &[u8]| {
     let mut sink = Coalescer::new(vnet);
     let mut frames = Frames(Vec::new(), vnet);
     let run = Run { kp: Some(&kp), index: 0x0102_0304, filter: &filter, owner: 1, outer_ecn, stop_after_open: data[0] & 8 != 0 };
+    if data[0] & 32 != 0 && !plain {
+        looped(&dgrams, data, &kp, &filter, &mut sink, &mut frames);
+        sink.flush(&mut frames);
+        return;
+    }
     let mut verdicts = vec![0u8; buf.len() / seg.max(1) + 1];
     let mut pos = 0;
     let mut cont = NO_CONT;
@@ -124,3 +134,49 @@ fuzz_target!(|data: &[u8]| {
     }
     sink.flush(&mut frames);
 });
+
+/// The datagrams through `rx_loop`: batches of up to 8 (cut where the input says), each
+/// datagram from the peer (or, by its input byte, a stranger) with an outer ECN field.
+fn looped(
+    dgrams: &[Vec<u8>],
+    data: &[u8],
+    kp: &Keypair,
+    filter: &SourceFilter,
+    sink: &mut Coalescer,
+    frames: &mut Frames,
+) {
+    let src = |k: u8| {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[192, 0, 2, k]);
+        Source { v6: false, addr, scope: 0 }
+    };
+    let peer = src(1);
+    let mut batches = std::collections::VecDeque::new();
+    let mut cur = Vec::new();
+    for (k, d) in dgrams.iter().enumerate() {
+        let b = data.get(3 + k).copied().unwrap_or(0);
+        cur.push((d.clone(), b & 3, if b & 0x40 != 0 { src(2) } else { peer }));
+        if b & 0x80 != 0 || cur.len() == 8 {
+            batches.push_back(std::mem::take(&mut cur));
+        }
+    }
+    if !cur.is_empty() {
+        batches.push_back(cur);
+    }
+    let mut given = Given(batches);
+    let mut batch = RecvBatch::new(true);
+    let mut run = Run { kp: Some(kp), index: 0x0102_0304, filter, owner: 1, outer_ecn: 0, stop_after_open: false };
+    let mut buf = vec![0u8; RUN_BUDGET];
+    for _ in 0..=2 * dgrams.len() + 2 {
+        let r = rx_loop(&mut given, &mut batch, &mut run, &peer, &mut buf, sink, frames, f64::MAX);
+        match r.why {
+            Why::Handoff => {
+                let t = r.taken.expect("a hand-off carries its run");
+                assert!(t.n <= RUN_BUDGET && r.pos < t.n.max(1), "hand-off inside its run");
+            }
+            Why::Idle => return,
+            w => panic!("unexpected {w:?} from given batches"),
+        }
+    }
+    panic!("no progress");
+}
