@@ -38,7 +38,7 @@ from core.errors import TunsealError
 from core.invitation import Invitation
 from core.ipc import Problem, RequestError
 from core.profile import Profile
-from helper import keyrefs
+from helper import hostlookup, keyrefs
 from helper.transport import mark_socket
 
 log = logging.getLogger(__name__)
@@ -252,12 +252,12 @@ def enrol(inv: Invitation, static_private: bytes, *, timeout: float = JOIN_TIMEO
     packets reach their endpoint outside any tunnel); ``through(address, port)`` opens the
     lockdown for the gateway's address while the exchange lasts."""
     try:
-        infos = socket.getaddrinfo(inv.host, inv.port, type=socket.SOCK_DGRAM)
-    except OSError as e:
-        raise JoinError(f"cannot resolve the gateway's address {inv.host!r}: {e}") from None
-    family, _, _, _, addr = infos[0]
-    opened = through(str(addr[0]), int(addr[1])) if through is not None \
-        else contextlib.nullcontext()
+        addr = hostlookup.resolve(inv.host, inv.port)
+    except hostlookup.HostLookupError as e:
+        raise JoinError(f"cannot resolve the gateway's address {inv.host!r}: "
+                        f"{e.reason}") from None
+    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+    opened = through(addr[0], addr[1]) if through is not None else contextlib.nullcontext()
     with opened, socket.socket(family, socket.SOCK_DGRAM) as sock:
         mark_socket(sock)
         return _exchange(inv, static_private, sock, addr, timeout, retry)

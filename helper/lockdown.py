@@ -99,6 +99,9 @@ def ruleset(policy: Policy) -> str:
         "  chain output {",
         "    type filter hook output priority filter; policy accept;",
         '    oifname "lo" accept',
+        # The helper's own lookups of its peers' host names (helper/hostlookup.py): marked
+        # like its tunnels' packets, so nothing else's DNS gets by.
+        f"    meta mark {FWMARK:#x} meta l4proto {{ tcp, udp }} th dport 53 accept",
     ]
     out += [f"    {r}" for r in _dns_rules(policy, tunnels)]
     if tunnels:

@@ -450,7 +450,8 @@ class Tunnel:
             try:
                 # An IPv4 socket reaches IPv4 only; an IPv6 one both (v4-mapped).
                 family = 0 if self.spec.ipv6_outer else socket.AF_INET
-                addr = resolve(self.name, ps.endpoint_host, int(port), family)
+                addr = resolve(self.name, ps.endpoint_host, int(port), family,
+                               avoid=self.spec.dns)
             except TunnelError as e:
                 log.info("tunnel %s: %s", self.name, e, extra={"tunnel": self.name})
                 continue

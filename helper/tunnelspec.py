@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import socket
 from dataclasses import dataclass, field
 
 from core.constants import Cipher, Mode, TransportKind
@@ -20,7 +19,7 @@ from core.handshake import Identity
 from core.peer import Address
 from core.profile import Profile, ProfileSecrets
 from core.responder import ANY_DEVICE
-from helper import policyroute
+from helper import hostlookup, policyroute
 from helper.lockdown import PeerAddress
 
 
@@ -43,18 +42,20 @@ def interface_addresses(addresses: tuple[str, ...]) -> tuple[bytes, bytes]:
 def resolve_endpoint(profile: Profile) -> Address | None:
     if not profile.endpoint:
         return None
-    return resolve(profile.name, profile.endpoint_host, profile.endpoint_port)
+    return resolve(profile.name, profile.endpoint_host, profile.endpoint_port,
+                   avoid=profile.dns)
 
 
-def resolve(name: str, host: str, port: int, family: int = 0) -> Address:
-    """``host`` looked up (``family``: only addresses the transport's socket can reach)."""
+def resolve(name: str, host: str, port: int, family: int = 0, *,
+            avoid: tuple[str, ...] = ()) -> Address:
+    """``host`` looked up (``family``: only addresses the transport's socket can reach), past
+    a lockdown if one is in force (helper/hostlookup.py); ``avoid``: the tunnel's own DNS
+    servers, which only the tunnel reaches."""
     try:
-        infos = socket.getaddrinfo(host, port, family, type=socket.SOCK_DGRAM)
-    except socket.gaierror as e:
+        return hostlookup.resolve(host, port, family, avoid=avoid)
+    except hostlookup.HostLookupError as e:
         raise TunnelError(f"profile {name!r}: cannot resolve endpoint {host!r}: "
-                          f"{e.strerror}") from None
-    _fam, _, _, _, sa = infos[0]
-    return (str(sa[0]), int(sa[1]))
+                          f"{e.reason}") from None
 
 
 def is_host_name(host: str) -> bool:

@@ -185,7 +185,8 @@ def test_control_fields(deb: Path) -> None:
     assert field("Architecture") == (architecture() if native else "all")
     depends = {d.split()[0] for d in field("Depends").split(", ")}
     assert {"python3", "python3-cryptography", "python3-pyroute2", "python3-keyring",
-            "python3-secretstorage", "python3-jeepney", "python3-tomli-w", "gnome-keyring",
+            "python3-secretstorage", "python3-jeepney", "python3-tomli-w", "python3-dnspython",
+            "gnome-keyring",
             "dbus"} <= depends
     # The native core links libc and libgcc (dpkg-shlibdeps' words); the all package nothing.
     assert ({"libc6", "libgcc-s1"} <= depends) == native

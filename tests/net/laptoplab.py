@@ -151,13 +151,20 @@ class LaptopPair(TunnelPair):
 
 
 class Hosts:
-    """The laptop's /etc/hosts: ``ip netns exec`` bind-mounts /etc/netns/<ns>/hosts over it
-    for what it starts (the helper), and the file is rewritten in place, so the helper sees every
-    change. Removed on :meth:`close`."""
+    """The laptop's /etc/hosts (and /etc/resolv.conf): ``ip netns exec`` bind-mounts
+    /etc/netns/<ns>/hosts over it for what it starts (the helper), and the file is rewritten in
+    place, so the helper sees every change. Removed on :meth:`close`."""
 
     def __init__(self, ns: str):
         self.dir = Path("/etc/netns") / ns
         self.path = self.dir / "hosts"
+
+    def resolv_conf(self, nameservers: list[str]) -> None:
+        """The laptop's /etc/resolv.conf (bind-mounted like hosts: write it before the helper
+        starts)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "resolv.conf").write_text(
+            "".join(f"nameserver {a}\n" for a in nameservers) + "options timeout:1 attempts:1\n")
 
     def write(self, entries: dict[str, str]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -172,9 +179,10 @@ class Hosts:
 
 @contextlib.contextmanager
 def laptop_pair(lab: netlab.Lab, spec: Spec | None = None, *, up: bool = True,
-                hosts: dict[str, str] | None = None, **kw: Any) -> Iterator[LaptopPair]:
+                hosts: dict[str, str] | None = None, nameservers: list[str] | None = None,
+                **kw: Any) -> Iterator[LaptopPair]:
     """``hosts``: names the laptop's helper resolves through its own /etc/hosts
-    (:attr:`LaptopPair.hosts`)."""
+    (:attr:`LaptopPair.hosts`); ``nameservers``: its /etc/resolv.conf."""
     world = build_world(lab)
     workdir = Path(tempfile.mkdtemp(prefix="tunseal-laptop-"))
     pair = LaptopPair(world, spec or Spec(), workdir, **kw)
@@ -182,6 +190,8 @@ def laptop_pair(lab: netlab.Lab, spec: Spec | None = None, *, up: bool = True,
     try:
         if hosts:
             pair.hosts.write(hosts)
+        if nameservers:
+            pair.hosts.resolv_conf(nameservers)
         pair.start_helpers()
         pair.build()
         if up:
@@ -508,6 +518,61 @@ while (left := end - time.monotonic()) > 0:
             c.close()
 print(json.dumps(got), flush=True)
 """
+
+
+_NAMESERVER = r"""
+import json, select, socket, sys, time
+import dns.message, dns.rdatatype, dns.rrset
+host, names, seconds = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
+udp = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind((host, 53))
+print("ready", flush=True)
+asked = []
+end = time.monotonic() + seconds
+while (left := end - time.monotonic()) > 0:
+    if not select.select([udp], [], [], left)[0]:
+        continue
+    data, peer = udp.recvfrom(4096)
+    if data == b"stop":
+        break
+    try:
+        q = dns.message.from_wire(data)
+    except Exception:
+        asked.append([peer[0], "garbage", ""])
+        continue
+    qname, rdtype = q.question[0].name, q.question[0].rdtype
+    name = qname.to_text(omit_final_dot=True)
+    asked.append([peer[0], name, dns.rdatatype.to_text(rdtype)])
+    r = dns.message.make_response(q)
+    if name in names and rdtype == dns.rdatatype.A:
+        r.answer.append(dns.rrset.from_text(qname, 60, "IN", "A", names[name]))
+    udp.sendto(r.to_wire(), peer)
+print(json.dumps(asked), flush=True)
+"""
+
+
+class NameServer:
+    """A DNS server (UDP) at ``host:53`` in ``ns`` answering A queries for ``names`` (name ->
+    IPv4 address), empty answers for anything else, recording every query."""
+
+    def __init__(self, lab: netlab.Lab, ns: str, host: str, names: dict[str, str],
+                 seconds: float = 120):
+        self.lab, self.ns, self.host = lab, ns, host
+        self.proc = lab.python_popen(ns, _NAMESERVER, host, json.dumps(names), str(seconds),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        netlab.wait_for_line(self.proc, "ready")
+
+    def asked(self) -> list[list[str]]:
+        """Stop it; every query it had, as [source, name, type]."""
+        if self.proc.poll() is None:
+            code = ("import socket,sys; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+                    ".sendto(b'stop', (sys.argv[1], 53))")
+            self.lab.python(self.ns, code, self.host)
+        out, err = self.proc.communicate(timeout=30)
+        lines = [line for line in out.splitlines() if line.startswith("[")]
+        assert lines, (out, err)
+        asked: list[list[str]] = json.loads(lines[-1])
+        return asked
 
 
 class Listener:

@@ -22,9 +22,11 @@ from laptoplab import (
     OUTSIDE6,
     WIFI,
     Download,
+    Frame,
     LaptopPair,
     LinkCapture,
     Listener,
+    NameServer,
     classify_frame,
     echo_server,
     laptop_pair,
@@ -326,6 +328,54 @@ def test_an_endpoint_host_name_is_looked_up_again_when_handshakes_keep_failing(
         assert OFFICE[0] not in w.nft_ruleset()
         assert_no_leaks(cap, "endpoint moved, name looked up again")
         assert "now resolves to" in pair.client.helper.log()
+
+
+_DIG = r"""
+import socket, sys
+import dns.message, dns.query
+try:
+    dns.query.udp(dns.message.make_query(sys.argv[2], "A"), sys.argv[1], timeout=2)
+    print("answered")
+except Exception as e:
+    print(f"error: {e.__class__.__name__}")
+"""
+
+
+def test_an_always_on_lockdown_still_finds_the_endpoint_by_name(lab: netlab.Lab) -> None:
+    """A kill-switched laptop whose profile names its office by host name, with the name only
+    in the network's DNS (no /etc/hosts entry): the lockdown blocks the system's resolver, so
+    the helper asks the Wi-Fi's DNS server itself from a marked socket, and connects. Only its
+    own queries for the office's name get out: another program's DNS query is dropped, and the
+    capture shows nothing but the outer flow, link-level control and those lookups. (Before:
+    'cannot resolve endpoint', the query dropped like any other.)"""
+    with laptop_pair(lab, Spec(), up=False, endpoint_name="office.test", lockdown="always",
+                     nameservers=[WIFI[1]]) as pair:
+        w = pair.world
+        dns_server = NameServer(lab, w.router, WIFI[1], {"office.test": OFFICE[0],
+                                                         "other.test": OUTSIDE[0]})
+        try:
+            pair.client.cli("lockdown", "on")
+            assert pair.lockdown_status()["blocked"]
+            with LinkCapture(w, pair.workdir) as cap:
+                pair.up()
+                assert pair.client.status()["endpoint"] == f"{OFFICE[0]}:51900"
+                other = lab.python(w.laptop, _DIG, WIFI[1], "other.test", timeout=30)
+                assert other.stdout.strip() == "error: Timeout", other.stdout
+        finally:
+            asked = dns_server.asked()
+        assert asked and {tuple(a) for a in asked} <= {
+            (WIFI[0], "office.test", "A")}, asked
+        assert "past the lockdown" in pair.client.helper.log()
+        lookups = [f for f in cap.leaks()
+                   if f.what.endswith(f"> {WIFI[1]}:53 proto 17")
+                   or f.what.startswith(f"{WIFI[1]}:53 > ")]
+        assert lookups, cap.frames
+        assert_no_leaks(_without(cap, lookups), "always, endpoint looked up past it")
+
+
+def _without(cap: LinkCapture, frames: list[Frame]) -> LinkCapture:
+    cap.frames = [f for f in cap.frames if f not in frames]
+    return cap
 
 
 def test_a_tunnel_that_routes_ipv6_carries_it(lab: netlab.Lab) -> None:

@@ -44,7 +44,12 @@ def test_a_connected_lockdown_allows_loopback_tunnel_marked_endpoint_dhcp_nd_onl
     # Every accept that is not loopback or the tunnel is either the marked endpoint, DHCP or
     # link-level control; nothing for LAN destinations without allow_lan.
     accepts = [r for r in rules if r.endswith("accept")]
-    assert len(accepts) == 7, accepts
+    assert len(accepts) == 8, accepts
+    # The helper's own marked DNS (host name look-ups, helper/hostlookup.py) comes before the
+    # DNS drops; unmarked DNS does not.
+    marked_dns = f"meta mark {FWMARK:#x} meta l4proto {{ tcp, udp }} th dport 53 accept"
+    assert rules[1] == marked_dns
+    assert index(rules, "th dport { 53, 853 }") > 1
     assert not any("192.168.0.0/16" in r for r in rules)
     assert rules[-2:] == ["meta nfproto ipv4 counter drop", "meta nfproto ipv6 counter drop"]
 

@@ -1,0 +1,190 @@
+"""Looking up a peer's host name (an endpoint, a join's gateway), also under a lockdown.
+
+Without a lockdown the system's resolver does it (``getaddrinfo``: /etc/hosts, then whatever
+nsswitch says). Under a lockdown that resolver is cut off: systemd-resolved's own queries to
+the network carry no mark, and the table drops DNS that does not go to the tunnel's servers
+(docs/LOCKDOWN.md), which is right for everything else but leaves a kill-switched laptop
+unable to find its own VPN server after a reboot or a network change, and a full tunnel that
+stopped answering unable to follow its server's name to a new address. So when the lockdown
+table is in the kernel, the helper asks the network's resolvers itself: /etc/hosts first, then
+an A or AAAA query from a socket carrying the helper's mark, which the table lets through on
+port 53 (and nothing else's). The only names asked that way are the ones the helper must
+reach: its peers' endpoints and a join's gateway.
+
+The resolvers are the system's upstream ones: those /etc/resolv.conf names, or where it
+names only a local stub (systemd-resolved's 127.0.0.53), resolved's list of every link's
+servers (/run/systemd/resolve/resolv.conf). Loopback addresses are skipped, and so are the
+tunnel's own servers (``avoid``), which only the tunnel being set up reaches.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from collections.abc import Iterable
+from pathlib import Path
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+
+from core.errors import TunsealError
+from helper import lockdown
+from helper.transport import mark_socket
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+
+QUERY_TIMEOUT = 2.0
+"""Per query and server: a resolver on the local network answers in milliseconds."""
+RESOLVED_CONF = Path("/run/systemd/resolve/resolv.conf")
+RESOLV_CONF = Path("/etc/resolv.conf")
+HOSTS = Path("/etc/hosts")
+
+
+class HostLookupError(TunsealError):
+    """A host name could not be turned into an address; ``reason`` says why (the message is
+    "cannot resolve HOST: reason")."""
+
+    def __init__(self, host: str, reason: str):
+        super().__init__(f"cannot resolve {host!r}: {reason}")
+        self.reason = reason
+
+
+def resolve(host: str, port: int, family: int = 0, *,
+            avoid: Iterable[str] = ()) -> Address:
+    """The first address of ``host`` (``family``: 0 for either, or AF_INET / AF_INET6), with
+    ``port``. Under a lockdown through marked queries (see the module's text), else through
+    the system's resolver."""
+    if not lockdown.present():
+        return _system(host, port, family)
+    addrs = hosts_file(host, family) or _marked(host, family, avoid)
+    return (addrs[0], port)
+
+
+def _system(host: str, port: int, family: int) -> Address:
+    try:
+        infos = socket.getaddrinfo(host, port, family, type=socket.SOCK_DGRAM)
+    except socket.gaierror as e:
+        raise HostLookupError(host, str(e.strerror)) from None
+    _fam, _, _, _, sa = infos[0]
+    return (str(sa[0]), int(sa[1]))
+
+
+def hosts_file(host: str, family: int = 0, path: Path | None = None) -> list[str]:
+    """``host``'s addresses in /etc/hosts (``family`` as in :func:`resolve`), in file order."""
+    path = HOSTS if path is None else path
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    wanted = host.rstrip(".").lower()
+    out = []
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) < 2 or wanted not in (f.lower() for f in fields[1:]):
+            continue
+        try:
+            addr = ipaddress.ip_address(fields[0])
+        except ValueError:
+            continue
+        if _family_ok(addr, family):
+            out.append(str(addr))
+    return out
+
+
+def upstream_servers(avoid: Iterable[str] = (),
+                     paths: tuple[Path, ...] | None = None) -> list[str]:
+    """The network's DNS servers, from the first of ``paths`` that names any, loopback (a local
+    stub such as resolved's 127.0.0.53) and ``avoid`` left out."""
+    avoided = set(avoid)
+    for path in (RESOLV_CONF, RESOLVED_CONF) if paths is None else paths:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        found: list[str] = []
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) < 2 or fields[0] != "nameserver":
+                continue
+            try:
+                addr = ipaddress.ip_address(fields[1])
+            except ValueError:
+                continue
+            if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id:
+                continue  # a link-local server with a %zone: the socket would need binding
+            if addr.is_loopback or str(addr) in avoided or str(addr) in found:
+                continue
+            found.append(str(addr))
+        if found:
+            return found
+    return []
+
+
+def _marked(host: str, family: int, avoid: Iterable[str]) -> list[str]:
+    servers = upstream_servers(avoid)
+    if not servers:
+        raise HostLookupError(
+            host, "the lockdown blocks the system's resolver and no DNS "
+            "server of this network is known (none in /etc/resolv.conf or "
+            "/run/systemd/resolve/resolv.conf); give the endpoint as an address, or add it "
+            "to /etc/hosts")
+    types = {0: (dns.rdatatype.A, dns.rdatatype.AAAA), socket.AF_INET: (dns.rdatatype.A,),
+             socket.AF_INET6: (dns.rdatatype.AAAA,)}[family]
+    problems: list[str] = []
+    for server in servers:
+        for rdtype in types:
+            try:
+                addrs = query(host, rdtype, server)
+            except HostLookupError as e:
+                problems.append(e.reason)
+                break  # this server is no use: the next one
+            if addrs:
+                log.info("looked up %s through %s past the lockdown: %s", host, server,
+                         ", ".join(addrs))
+                return addrs
+        else:
+            problems.append(f"{server} knows no address for {host!r}")
+    raise HostLookupError(host, "the lockdown blocks the system's resolver, and asking the "
+                          "network's DNS servers directly failed: " + "; ".join(problems))
+
+
+def query(host: str, rdtype: dns.rdatatype.RdataType, server: str,
+          timeout: float = QUERY_TIMEOUT, port: int = 53) -> list[str]:
+    """``host``'s records of ``rdtype`` (A or AAAA) from ``server``, asked from marked sockets
+    (UDP, TCP when the answer is truncated). [] when the name has none of that type."""
+    fam = socket.AF_INET6 if ":" in server else socket.AF_INET
+    q = dns.message.make_query(host, rdtype)
+    try:
+        with socket.socket(fam, socket.SOCK_DGRAM) as sock:
+            mark_socket(sock)
+            sock.setblocking(False)
+            r = dns.query.udp(q, server, timeout=timeout, port=port, sock=sock)
+        if r.flags & dns.flags.TC:
+            with socket.socket(fam, socket.SOCK_STREAM) as sock:
+                mark_socket(sock)
+                sock.settimeout(timeout)
+                sock.connect((server, port))
+                sock.setblocking(False)
+                r = dns.query.tcp(q, server, timeout=timeout, port=port, sock=sock)
+    except dns.exception.Timeout:
+        raise HostLookupError(host, f"{server} did not answer in {timeout:.0f} s") from None
+    except (OSError, dns.exception.DNSException) as e:
+        raise HostLookupError(host, f"{server}: {e}") from None
+    rcode = r.rcode()
+    if rcode == dns.rcode.NXDOMAIN:
+        raise HostLookupError(host, f"{server}: no such name")
+    if rcode != dns.rcode.NOERROR:
+        raise HostLookupError(host, f"{server} answered {dns.rcode.to_text(rcode)}")
+    # The answer section follows any CNAME chain; only the records of the type asked count.
+    return [rd.to_text() for rrset in r.answer if rrset.rdtype == rdtype for rd in rrset]
+
+
+def _family_ok(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, family: int) -> bool:
+    return family == 0 or (addr.version == 4) == (family == socket.AF_INET)
