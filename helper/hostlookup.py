@@ -60,11 +60,25 @@ def resolve(host: str, port: int, family: int = 0, *,
             avoid: Iterable[str] = ()) -> Address:
     """The first address of ``host`` (``family``: 0 for either, or AF_INET / AF_INET6), with
     ``port``. Under a lockdown through marked queries (see the module's text), else through
-    the system's resolver."""
+    the system's resolver. An address literal is its own answer: it needs no resolver, and
+    under a lockdown asking one for it would only fail."""
+    literal = _literal(host)
+    if literal is not None:
+        if not _family_ok(literal, family):
+            raise HostLookupError(host, "the address is of the other IP version than the "
+                                  "transport's socket")
+        return (str(literal), port)
     if not lockdown.present():
         return _system(host, port, family)
     addrs = hosts_file(host, family) or _marked(host, family, avoid)
     return (addrs[0], port)
+
+
+def _literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
 
 
 def _system(host: str, port: int, family: int) -> Address:

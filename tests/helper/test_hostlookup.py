@@ -189,3 +189,22 @@ def test_under_a_lockdown_no_known_resolver_says_what_to_do(
         hostlookup.resolve("office.test", 51900)
     (tmp_path / "hosts").write_text("198.18.2.2 office.test\n")
     assert hostlookup.resolve("office.test", 51900) == ("198.18.2.2", 51900)
+
+
+def test_an_address_literal_is_never_looked_up(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    # Under a lockdown with no resolver at all a literal must still come back as itself:
+    # most endpoints and invitations name an address, and asking DNS for one only fails.
+    monkeypatch.setattr(hostlookup.lockdown, "present", lambda: True)
+    monkeypatch.setattr(hostlookup, "RESOLV_CONF", tmp_path / "resolv.conf")
+    monkeypatch.setattr(hostlookup, "RESOLVED_CONF", tmp_path / "resolved.conf")
+    monkeypatch.setattr(hostlookup, "_marked", _never_asked)
+    assert hostlookup.resolve("198.18.2.2", 51900) == ("198.18.2.2", 51900)
+    assert hostlookup.resolve("fd00::2", 51900, socket.AF_INET6) == ("fd00::2", 51900)
+    assert hostlookup.resolve("[fd00::2]", 7) == ("fd00::2", 7)
+    with pytest.raises(HostLookupError, match="other IP version"):
+        hostlookup.resolve("fd00::2", 51900, socket.AF_INET)
+
+
+def _never_asked(host: str, family: int, avoid: object) -> list[str]:
+    raise AssertionError(f"{host} was sent to DNS")

@@ -360,7 +360,9 @@ def test_an_always_on_lockdown_still_finds_the_endpoint_by_name(lab: netlab.Lab)
                 pair.up()
                 assert pair.client.status()["endpoint"] == f"{OFFICE[0]}:51900"
                 other = lab.python(w.laptop, _DIG, WIFI[1], "other.test", timeout=30)
-                assert other.stdout.strip() == "error: Timeout", other.stdout
+                # The output hook's drop shows as EPERM on the send, or as no answer.
+                assert other.stdout.strip() in ("error: PermissionError", "error: Timeout"), \
+                    other.stdout
         finally:
             asked = dns_server.asked()
         assert asked and {tuple(a) for a in asked} <= {
