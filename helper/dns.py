@@ -176,6 +176,17 @@ class ActiveDns:
         servers, search = resolv_conf_state(self._resolv_conf)
         return DnsStatus(self.backend.value, servers, search)
 
+    def network_servers(self) -> tuple[str, ...]:
+        """The DNS servers the system had before this link's settings went in, where only
+        this record still knows them: the FILE backend replaced them in /etc/resolv.conf.
+        (resolved lists every link's servers in its own resolv.conf, and resolvconf's file
+        keeps the other interfaces' records: () for both.)"""
+        if self.backend is not Backend.FILE or self.record.get("original") is None:
+            return ()
+        text = _b64d(self.record["original"]).decode(errors="replace")
+        return tuple(words[1] for words in (line.split() for line in text.splitlines())
+                     if words[:1] == ["nameserver"] and len(words) > 1)
+
     def close(self) -> None:
         """Stop keeping the settings, then undo them (see :func:`restore`)."""
         if self.keeper is not None:

@@ -13,8 +13,13 @@ reach: its peers' endpoints and a join's gateway.
 
 The resolvers are the system's upstream ones: those /etc/resolv.conf names, or where it
 names only a local stub (systemd-resolved's 127.0.0.53), resolved's list of every link's
-servers (/run/systemd/resolve/resolv.conf). Loopback addresses are skipped, and so are the
-tunnel's own servers (``avoid``), which only the tunnel being set up reaches.
+servers (/run/systemd/resolve/resolv.conf), then any the caller knows (``known``: the ones a
+tunnel's DNS settings replaced in the file). Loopback addresses in the files are skipped, and
+so are the tunnel's own servers (``avoid``), which only a working tunnel reaches.
+
+A tunnel that has put its DNS servers in place looks its endpoint up again this way too
+(``direct``), lockdown or not: by then the system's resolver asks the tunnel's servers,
+through the tunnel that has stopped answering.
 """
 
 from __future__ import annotations
@@ -56,21 +61,21 @@ class HostLookupError(TunsealError):
         self.reason = reason
 
 
-def resolve(host: str, port: int, family: int = 0, *,
-            avoid: Iterable[str] = ()) -> Address:
+def resolve(host: str, port: int, family: int = 0, *, avoid: Iterable[str] = (),
+            known: Iterable[str] = (), direct: bool = False) -> Address:
     """The first address of ``host`` (``family``: 0 for either, or AF_INET / AF_INET6), with
-    ``port``. Under a lockdown through marked queries (see the module's text), else through
-    the system's resolver. An address literal is its own answer: it needs no resolver, and
-    under a lockdown asking one for it would only fail."""
+    ``port``. Under a lockdown, or ``direct``, through marked queries (see the module's text),
+    else through the system's resolver. An address literal is its own answer: it needs no
+    resolver, and under a lockdown asking one for it would only fail."""
     literal = _literal(host)
     if literal is not None:
         if not _family_ok(literal, family):
             raise HostLookupError(host, "the address is of the other IP version than the "
                                   "transport's socket")
         return (str(literal), port)
-    if not lockdown.present():
+    if not direct and not lockdown.present():
         return _system(host, port, family)
-    addrs = hosts_file(host, family) or _marked(host, family, avoid)
+    addrs = hosts_file(host, family) or _marked(host, family, avoid, known)
     return (addrs[0], port)
 
 
@@ -141,11 +146,14 @@ def upstream_servers(avoid: Iterable[str] = (),
     return []
 
 
-def _marked(host: str, family: int, avoid: Iterable[str]) -> list[str]:
-    servers = upstream_servers(avoid)
+def _marked(host: str, family: int, avoid: Iterable[str], known: Iterable[str]) -> list[str]:
+    avoided = set(avoid)
+    servers = upstream_servers(avoided)
+    servers += [k for k in known if k not in avoided and k not in servers]
     if not servers:
         raise HostLookupError(
-            host, "the lockdown blocks the system's resolver and no DNS "
+            host, "the system's resolver is cut off (a lockdown, or DNS only through the "
+            "tunnel) and no other DNS "
             "server of this network is known (none in /etc/resolv.conf or "
             "/run/systemd/resolve/resolv.conf); give the endpoint as an address, or add it "
             "to /etc/hosts")
@@ -160,13 +168,14 @@ def _marked(host: str, family: int, avoid: Iterable[str]) -> list[str]:
                 problems.append(e.reason)
                 break  # this server is no use: the next one
             if addrs:
-                log.info("looked up %s through %s past the lockdown: %s", host, server,
-                         ", ".join(addrs))
+                log.info("looked up %s directly through %s (past any lockdown and the "
+                         "tunnel's DNS): %s", host, server, ", ".join(addrs))
                 return addrs
         else:
             problems.append(f"{server} knows no address for {host!r}")
-    raise HostLookupError(host, "the lockdown blocks the system's resolver, and asking the "
-                          "network's DNS servers directly failed: " + "; ".join(problems))
+    raise HostLookupError(host, "the system's resolver is cut off (a lockdown, or DNS only "
+                          "through the tunnel), and asking the network's DNS servers directly "
+                          "failed: " + "; ".join(problems))
 
 
 def query(host: str, rdtype: dns.rdatatype.RdataType, server: str,

@@ -450,8 +450,12 @@ class Tunnel:
             try:
                 # An IPv4 socket reaches IPv4 only; an IPv6 one both (v4-mapped).
                 family = 0 if self.spec.ipv6_outer else socket.AF_INET
+                # With the tunnel's DNS in place the system's resolver would ask servers that
+                # only this (unanswering) tunnel reaches: ask the network's ones directly.
+                active = self._dns if self.spec.dns else None
                 addr = resolve(self.name, ps.endpoint_host, int(port), family,
-                               avoid=self.spec.dns)
+                               avoid=self.spec.dns, direct=active is not None,
+                               known=active.network_servers() if active is not None else ())
             except TunnelError as e:
                 log.info("tunnel %s: %s", self.name, e, extra={"tunnel": self.name})
                 continue

@@ -47,12 +47,14 @@ def resolve_endpoint(profile: Profile) -> Address | None:
 
 
 def resolve(name: str, host: str, port: int, family: int = 0, *,
-            avoid: tuple[str, ...] = ()) -> Address:
+            avoid: tuple[str, ...] = (), known: tuple[str, ...] = (),
+            direct: bool = False) -> Address:
     """``host`` looked up (``family``: only addresses the transport's socket can reach), past
-    a lockdown if one is in force (helper/hostlookup.py); ``avoid``: the tunnel's own DNS
-    servers, which only the tunnel reaches."""
+    a lockdown if one is in force, or past the tunnel's DNS when ``direct``
+    (helper/hostlookup.py); ``avoid``: the tunnel's own DNS servers, which only the tunnel
+    reaches; ``known``: the network's servers that the tunnel's DNS settings replaced."""
     try:
-        return hostlookup.resolve(host, port, family, avoid=avoid)
+        return hostlookup.resolve(host, port, family, avoid=avoid, known=known, direct=direct)
     except hostlookup.HostLookupError as e:
         raise TunnelError(f"profile {name!r}: cannot resolve endpoint {host!r}: "
                           f"{e.reason}") from None

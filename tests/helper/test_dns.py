@@ -509,3 +509,17 @@ def test_without_a_monitor_the_keeper_follows_resolved_and_networkmanager(
             nm.communicate("\n", timeout=30)
         kept.close()
         assert _link(r) == NOTHING
+
+
+def test_the_networks_servers_are_known_while_the_file_holds_the_tunnels(tmp_path: Path) -> None:
+    # The endpoint's name must be looked up again through these once the tunnel stops
+    # answering: the file then names only the tunnel's servers (helper/hostlookup.py).
+    conf = tmp_path / "resolv.conf"
+    conf.write_bytes(ORIGINAL + b"nameserver 2001:db8::53\n")
+    record = dns._file_backup("ts-dns", conf, ["10.77.0.1"], [])
+    assert dns.ActiveDns(record).network_servers() == ("192.0.2.53", "2001:db8::53")
+    conf.unlink()
+    assert dns.ActiveDns(dns._file_backup("ts-dns", conf, ["10.77.0.1"], [])
+                         ).network_servers() == ()
+    resolved_record = {"backend": dns.Backend.RESOLVED.value, "ifname": "ts-dns"}
+    assert dns.ActiveDns(resolved_record).network_servers() == ()

@@ -3,6 +3,7 @@ after truncation, CNAME chains, NXDOMAIN, silence) against a small DNS server on
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 from collections.abc import Iterator
@@ -208,3 +209,24 @@ def test_an_address_literal_is_never_looked_up(monkeypatch: pytest.MonkeyPatch,
 
 def _never_asked(host: str, family: int, avoid: object) -> list[str]:
     raise AssertionError(f"{host} was sent to DNS")
+
+
+def test_direct_asks_the_servers_the_tunnel_replaced(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, server: _Server,
+) -> None:
+    # No lockdown, but the file names only the tunnel's server: the lookup skips it and asks
+    # the one the tunnel's DNS settings replaced (a real server on loopback).
+    monkeypatch.setattr(hostlookup.lockdown, "present", lambda: False)
+    monkeypatch.setattr(hostlookup, "HOSTS", tmp_path / "hosts")
+    monkeypatch.setattr(hostlookup, "RESOLV_CONF", tmp_path / "resolv.conf")
+    monkeypatch.setattr(hostlookup, "RESOLVED_CONF", tmp_path / "resolved.conf")
+    monkeypatch.setattr(hostlookup, "query", functools.partial(hostlookup.query,
+                                                               port=server.port))
+    (tmp_path / "resolv.conf").write_text("nameserver 10.77.0.1\n")
+    with pytest.raises(HostLookupError, match="no other DNS server of this network is known"):
+        hostlookup.resolve("office.test", 51900, socket.AF_INET, avoid=("10.77.0.1",),
+                           direct=True)
+    got = hostlookup.resolve("office.test", 51900, socket.AF_INET, avoid=("10.77.0.1",),
+                             known=("10.77.0.1", "127.0.0.1"), direct=True)
+    assert got == ("198.18.2.2", 51900)
+    assert server.transports == ["udp"]  # one query, to the known server

@@ -106,7 +106,8 @@ class LaptopPair(TunnelPair):
 
     def __init__(self, world: World, spec: Spec, workdir: Path, *,
                  client_routes: tuple[str, ...] = ("0.0.0.0/0",), lockdown: str = "",
-                 allow_lan: bool = False, endpoint_name: str = ""):
+                 allow_lan: bool = False, endpoint_name: str = "",
+                 dns: tuple[str, ...] = ()):
         topo = netlab.Topology(
             client=world.laptop, router=world.router, server=world.office,
             client_if=world.wifi, router_client_if="", router_server_if="", server_if="",
@@ -117,6 +118,8 @@ class LaptopPair(TunnelPair):
         self.lockdown = lockdown
         self.allow_lan = allow_lan
         self.endpoint_name = endpoint_name
+        self.dns = dns
+        """The laptop profile's DNS servers (in the office, through the tunnel)."""
         self.hosts: Hosts | None = None
         super().__init__(world.lab, topo, spec, workdir)
 
@@ -130,7 +133,7 @@ class LaptopPair(TunnelPair):
         p = super().profile(end, public_key=public_key)
         if end is self.client:
             p = p.replace(allowed_ips=self.client_routes, lockdown=self.lockdown,
-                          allow_lan=self.allow_lan)
+                          allow_lan=self.allow_lan, dns=self.dns)
         return p
 
     def reconfigure(self, **changes: Any) -> None:
