@@ -15,7 +15,9 @@ The resolvers are the system's upstream ones: those /etc/resolv.conf names, or w
 names only a local stub (systemd-resolved's 127.0.0.53), resolved's list of every link's
 servers (/run/systemd/resolve/resolv.conf), then any the caller knows (``known``: the ones a
 tunnel's DNS settings replaced in the file). Loopback addresses in the files are skipped, and
-so are the tunnel's own servers (``avoid``), which only a working tunnel reaches.
+so are the tunnel's own servers (``avoid``), which only a working tunnel reaches. A link-local
+IPv6 server keeps its zone (``fe80::1%wlan0``, or resolved's ``%3``), which names the link the
+query leaves by (many home routers announce themselves as the DNS server that way).
 
 A tunnel that has put its DNS servers in place looks its endpoint up again this way too
 (``direct``), lockdown or not: by then the system's resolver asks the tunnel's servers,
@@ -136,8 +138,6 @@ def upstream_servers(avoid: Iterable[str] = (),
                 addr = ipaddress.ip_address(fields[1])
             except ValueError:
                 continue
-            if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id:
-                continue  # a link-local server with a %zone: the socket would need binding
             if addr.is_loopback or str(addr) in avoided or str(addr) in found:
                 continue
             found.append(str(addr))
@@ -193,7 +193,9 @@ def query(host: str, rdtype: dns.rdatatype.RdataType, server: str,
             with socket.socket(fam, socket.SOCK_STREAM) as sock:
                 mark_socket(sock)
                 sock.settimeout(timeout)
-                sock.connect((server, port))
+                # getaddrinfo's address keeps a link-local server's zone (a (host, port) pair
+                # would connect with scope 0: EINVAL).
+                sock.connect(socket.getaddrinfo(server, port, fam, socket.SOCK_STREAM)[0][4])
                 sock.setblocking(False)
                 r = dns.query.tcp(q, server, timeout=timeout, port=port, sock=sock)
     except dns.exception.Timeout:

@@ -40,9 +40,11 @@ def test_resolvers_come_from_resolv_conf_or_behind_resolveds_stub(tmp_path: Path
     etc, run = tmp_path / "resolv.conf", tmp_path / "resolved.conf"
     run.write_text("nameserver 192.168.50.1\nnameserver 10.44.0.53\nnameserver fe80::1%wlan0\n")
     etc.write_text("# stub\nnameserver 127.0.0.53\noptions edns0\n")
-    assert upstream_servers(paths=(etc, run)) == ["192.168.50.1", "10.44.0.53"]
+    assert upstream_servers(paths=(etc, run)) == ["192.168.50.1", "10.44.0.53",
+                                                  "fe80::1%wlan0"]
     # The tunnel's own server is only reached through the tunnel: never asked past it.
-    assert upstream_servers(["10.44.0.53"], paths=(etc, run)) == ["192.168.50.1"]
+    assert upstream_servers(["10.44.0.53"], paths=(etc, run)) == ["192.168.50.1",
+                                                                  "fe80::1%wlan0"]
     etc.write_text("nameserver 192.168.60.1\nnameserver 192.168.60.1\nnameserver ::1\n")
     assert upstream_servers(paths=(etc, run)) == ["192.168.60.1"]
     assert upstream_servers(paths=(tmp_path / "none",)) == []

@@ -527,8 +527,9 @@ _NAMESERVER = r"""
 import json, select, socket, sys, time
 import dns.message, dns.rdatatype, dns.rrset
 host, names, seconds = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
-udp = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
-udp.bind((host, 53))
+fam, _, _, _, where = socket.getaddrinfo(host, 53, type=socket.SOCK_DGRAM)[0]
+udp = socket.socket(fam, socket.SOCK_DGRAM)
+udp.bind(where)  # getaddrinfo's address keeps a link-local zone; a plain (host, 53) loses it
 print("ready", flush=True)
 asked = []
 end = time.monotonic() + seconds
@@ -555,8 +556,9 @@ print(json.dumps(asked), flush=True)
 
 
 class NameServer:
-    """A DNS server (UDP) at ``host:53`` in ``ns`` answering A queries for ``names`` (name ->
-    IPv4 address), empty answers for anything else, recording every query."""
+    """A DNS server (UDP) at ``host:53`` in ``ns`` (IPv4, IPv6, or link-local with its zone)
+    answering A queries for ``names`` (name -> IPv4 address), empty answers for anything else,
+    recording every query."""
 
     def __init__(self, lab: netlab.Lab, ns: str, host: str, names: dict[str, str],
                  seconds: float = 120):
@@ -568,8 +570,9 @@ class NameServer:
     def asked(self) -> list[list[str]]:
         """Stop it; every query it had, as [source, name, type]."""
         if self.proc.poll() is None:
-            code = ("import socket,sys; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
-                    ".sendto(b'stop', (sys.argv[1], 53))")
+            code = ("import socket,sys; f,_,_,_,a=socket.getaddrinfo(sys.argv[1], 53, "
+                    "type=socket.SOCK_DGRAM)[0]; socket.socket(f, socket.SOCK_DGRAM)"
+                    ".sendto(b'stop', a)")
             self.lab.python(self.ns, code, self.host)
         out, err = self.proc.communicate(timeout=30)
         lines = [line for line in out.splitlines() if line.startswith("[")]

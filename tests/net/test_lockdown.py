@@ -427,6 +427,36 @@ def test_an_always_on_lockdown_still_finds_the_endpoint_by_name(lab: netlab.Lab)
         assert_no_leaks(_without(cap, lookups), "always, endpoint looked up past it")
 
 
+def test_an_always_on_lockdown_asks_a_link_local_ipv6_resolver_by_its_zone(
+    lab: netlab.Lab,
+) -> None:
+    """The Wi-Fi's only DNS server is the router on its IPv6 link-local address, as many home
+    routers announce it: /etc/resolv.conf says `nameserver fe80::53%<wifi>`. Under the
+    lockdown the helper asks it from a marked socket on that link, and connects."""
+    # The file must exist when the helper starts (the bind mount); it is rewritten in place
+    # once the Wi-Fi interface's name is known.
+    with laptop_pair(lab, Spec(), up=False, endpoint_name="office.test", lockdown="always",
+                     nameservers=[WIFI[1]]) as pair:
+        w = pair.world
+        router_if = lab.run(w.router, "ip", "-o", "addr", "show", "to",
+                            WIFI[1]).stdout.split()[1]
+        lab.run(w.router, "ip", "-6", "addr", "add", "fe80::53/64", "dev", router_if, "nodad")
+        lab.run(w.laptop, "ip", "-6", "addr", "add", "fe80::2/64", "dev", w.wifi, "nodad")
+        assert pair.hosts is not None
+        pair.hosts.resolv_conf([f"fe80::53%{w.wifi}"])
+        dns_server = NameServer(lab, w.router, f"fe80::53%{router_if}",
+                                {"office.test": OFFICE[0]})
+        try:
+            pair.client.cli("lockdown", "on")
+            pair.up()
+            assert pair.client.status()["endpoint"] == f"{OFFICE[0]}:51900"
+        finally:
+            asked = dns_server.asked()
+        assert [a[1:] for a in asked] == [["office.test", "A"]], asked
+        assert f"looked up office.test directly through fe80::53%{w.wifi}" in \
+            pair.client.helper.log()
+
+
 def _without(cap: LinkCapture, frames: list[Frame]) -> LinkCapture:
     cap.frames = [f for f in cap.frames if f not in frames]
     return cap
