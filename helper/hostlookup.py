@@ -208,7 +208,20 @@ def query(host: str, rdtype: dns.rdatatype.RdataType, server: str,
     if rcode != dns.rcode.NOERROR:
         raise HostLookupError(host, f"{server} answered {dns.rcode.to_text(rcode)}")
     # The answer section follows any CNAME chain; only the records of the type asked count.
-    return [rd.to_text() for rrset in r.answer if rrset.rdtype == rdtype for rd in rrset]
+    found = [rd.to_text() for rrset in r.answer if rrset.rdtype == rdtype for rd in rrset]
+    # The LAN's resolver is not trusted: under a lockdown the address becomes an accept rule,
+    # and no peer lives at an unspecified or multicast address (nor, from DNS, at loopback).
+    usable = [a for a in found if _peer_address(a)]
+    if len(usable) < len(found):
+        log.warning("%s answered %s for %s; addresses no peer can have are ignored", server,
+                    ", ".join(sorted(set(found) - set(usable))), host)
+    return usable
+
+
+def _peer_address(text: str) -> bool:
+    addr = ipaddress.ip_address(text)
+    return not (addr.is_unspecified or addr.is_multicast or addr.is_loopback
+                or (addr.version == 4 and text == "255.255.255.255"))
 
 
 def _family_ok(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, family: int) -> bool:

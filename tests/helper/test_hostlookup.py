@@ -133,6 +133,9 @@ ZONE = {
     "vpn.test.": [("CNAME", "office.test.")],
     "big.test.": [("A", f"198.18.5.{i}") for i in range(1, 61)],
     "v6only.test.": [("AAAA", "2001:db8::6")],
+    "odd.test.": [("A", "0.0.0.0"), ("A", "224.0.0.1"), ("A", "127.0.0.1"),
+                  ("A", "255.255.255.255"), ("A", "198.18.7.7")],
+    "bad.test.": [("A", "0.0.0.0"), ("AAAA", "ff02::1")],
 }
 
 
@@ -150,6 +153,14 @@ def test_a_and_aaaa_records_over_udp(server: _Server) -> None:
         ["2001:db8::2"]
     assert query("v6only.test", dns.rdatatype.A, "127.0.0.1", port=server.port) == []
     assert server.transports == ["udp"] * 3
+
+
+def test_addresses_no_peer_can_have_are_ignored(server: _Server) -> None:
+    # A hostile or broken resolver on the LAN: its answer would become the lockdown's accept
+    # rule and the handshakes' destination.
+    assert query("odd.test", dns.rdatatype.A, "127.0.0.1", port=server.port) == ["198.18.7.7"]
+    assert query("bad.test", dns.rdatatype.A, "127.0.0.1", port=server.port) == []
+    assert query("bad.test", dns.rdatatype.AAAA, "127.0.0.1", port=server.port) == []
 
 
 def test_a_cname_chain_gives_the_addresses_at_its_end(server: _Server) -> None:
