@@ -72,8 +72,9 @@ def resolve(host: str, port: int, family: int = 0, *, avoid: Iterable[str] = (),
     literal = _literal(host)
     if literal is not None:
         if not _family_ok(literal, family):
-            raise HostLookupError(host, "the address is of the other IP version than the "
-                                  "transport's socket")
+            have, want = ("IPv6", "IPv4") if literal.version == 6 else ("IPv4", "IPv6")
+            raise HostLookupError(host, f"it is an {have} address and this tunnel's socket "
+                                  f"reaches {want} only")
         return (str(literal), port)
     if not direct and not lockdown.present():
         return _system(host, port, family)

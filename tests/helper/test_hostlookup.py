@@ -216,7 +216,8 @@ def test_an_address_literal_is_never_looked_up(monkeypatch: pytest.MonkeyPatch,
     assert hostlookup.resolve("198.18.2.2", 51900) == ("198.18.2.2", 51900)
     assert hostlookup.resolve("fd00::2", 51900, socket.AF_INET6) == ("fd00::2", 51900)
     assert hostlookup.resolve("[fd00::2]", 7) == ("fd00::2", 7)
-    with pytest.raises(HostLookupError, match="other IP version"):
+    with pytest.raises(HostLookupError,
+                       match="an IPv6 address and this tunnel's socket reaches IPv4 only"):
         hostlookup.resolve("fd00::2", 51900, socket.AF_INET)
 
 
