@@ -183,9 +183,7 @@ class ActiveDns:
         keeps the other interfaces' records: () for both.)"""
         if self.backend is not Backend.FILE or self.record.get("original") is None:
             return ()
-        text = _b64d(self.record["original"]).decode(errors="replace")
-        return tuple(words[1] for words in (line.split() for line in text.splitlines())
-                     if words[:1] == ["nameserver"] and len(words) > 1)
+        return resolv_conf_text_state(_b64d(self.record["original"]).decode(errors="replace"))[0]
 
     def close(self) -> None:
         """Stop keeping the settings, then undo them (see :func:`restore`)."""
@@ -225,16 +223,24 @@ def start(
 
 
 def resolv_conf_state(path: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(nameservers, search domains) of a resolv.conf: what the system resolver uses now."""
+    """(nameservers, search domains) of a resolv.conf: what the system resolver uses now
+    (nothing when the file cannot be read)."""
+    try:
+        return resolv_conf_text_state(path.read_text(errors="replace"))
+    except OSError:
+        return (), ()
+
+
+def resolv_conf_text_state(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(nameservers, search domains) of a resolv.conf's text."""
     servers: list[str] = []
     search: list[str] = []
-    with contextlib.suppress(OSError):
-        for line in path.read_text(errors="replace").splitlines():
-            words = line.split()
-            if words[:1] == ["nameserver"] and len(words) > 1:
-                servers.append(words[1])
-            elif words[:1] in (["search"], ["domain"]):
-                search = words[1:]  # the last one wins, as in the C library
+    for line in text.splitlines():
+        words = line.split()
+        if words[:1] == ["nameserver"] and len(words) > 1:
+            servers.append(words[1])
+        elif words[:1] in (["search"], ["domain"]):
+            search = words[1:]  # the last one wins, as in the C library
     return tuple(servers), tuple(search)
 
 

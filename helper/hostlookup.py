@@ -40,6 +40,7 @@ import dns.rcode
 import dns.rdatatype
 
 from core.errors import TunsealError
+from helper import dns as dnsconfig
 from helper import lockdown
 from helper.transport import mark_socket
 
@@ -69,7 +70,7 @@ def resolve(host: str, port: int, family: int = 0, *, avoid: Iterable[str] = (),
     ``port``. Under a lockdown, or ``direct``, through marked queries (see the module's text),
     else through the system's resolver. An address literal is its own answer: it needs no
     resolver, and under a lockdown asking one for it would only fail."""
-    literal = _literal(host)
+    literal = address_literal(host)
     if literal is not None:
         if not _family_ok(literal, family):
             have, want = ("IPv6", "IPv4") if literal.version == 6 else ("IPv4", "IPv6")
@@ -82,7 +83,8 @@ def resolve(host: str, port: int, family: int = 0, *, avoid: Iterable[str] = (),
     return (addrs[0], port)
 
 
-def _literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def address_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``host`` as an address if it is one (brackets allowed), else None: a name."""
     try:
         return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
@@ -126,17 +128,10 @@ def upstream_servers(avoid: Iterable[str] = (),
     stub such as resolved's 127.0.0.53) and ``avoid`` left out."""
     avoided = set(avoid)
     for path in (RESOLV_CONF, RESOLVED_CONF) if paths is None else paths:
-        try:
-            text = path.read_text(errors="replace")
-        except OSError:
-            continue
         found: list[str] = []
-        for line in text.splitlines():
-            fields = line.split()
-            if len(fields) < 2 or fields[0] != "nameserver":
-                continue
+        for named in dnsconfig.resolv_conf_state(path)[0]:
             try:
-                addr = ipaddress.ip_address(fields[1])
+                addr = ipaddress.ip_address(named)
             except ValueError:
                 continue
             if addr.is_loopback or str(addr) in avoided or str(addr) in found:

@@ -61,11 +61,7 @@ def resolve(name: str, host: str, port: int, family: int = 0, *,
 
 
 def is_host_name(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return bool(host)
-    return False
+    return bool(host) and hostlookup.address_literal(host) is None
 
 
 def identity(mode: Mode, *, static_private: bytes | None = None,

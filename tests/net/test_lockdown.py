@@ -304,26 +304,12 @@ def test_an_endpoint_host_name_is_looked_up_again_when_handshakes_keep_failing(
                      hosts={"office.test": OFFICE[0]}) as pair:
         w = pair.world
         assert pair.client.status()["endpoint"] == f"{OFFICE[0]}:51900"
-        lab.link(w.router, w.office, a_addr=f"{OFFICE2[1]}/24", b_addr=f"{OFFICE2[0]}/24")
-        lab.run(w.office, "ip", "route", "add", "192.168.0.0/16", "via", OFFICE2[1])
+        _second_office_link(lab, pair)
         assert pair.hosts is not None
         with LinkCapture(w, pair.workdir, office=(OFFICE[0], OFFICE2[0])) as cap:
             pair.hosts.write({"office.test": OFFICE2[0]})
-            addrs = lab.run(w.office, "ip", "-o", "addr").stdout.splitlines()
-            old = next(line for line in addrs if f" {OFFICE[0]}/" in line).split()[1]
-            lab.run(w.office, "ip", "link", "set", old, "down")
-            traffic = start_prober(lab, w.laptop, pair.server.inner4, 7501, 90)
-            try:
-                wait_until("the endpoint followed the name", lambda: pair.client.status(
-                    cli=False)["endpoint"] == f"{OFFICE2[0]}:51900", 60)
-            finally:
-                traffic.kill()
-                traffic.communicate(timeout=10)
-            pair.wait_state("up", ends=(pair.client,), timeout=45)
-            echo = echo_server(lab, w.office, pair.server.inner4, 7500)
-            assert reached(try_reach(lab, w.laptop, pair.server.inner4, 7500))
-            echo.kill()
-            echo.communicate(timeout=10)
+            _office_moves_and_the_endpoint_follows(lab, pair)
+            _office_reached_again(lab, pair)
         assert f"ip daddr {OFFICE2[0]} udp dport 51900 accept" in w.nft_ruleset()
         assert OFFICE[0] not in w.nft_ruleset()
         assert_no_leaks(cap, "endpoint moved, name looked up again")
@@ -356,30 +342,48 @@ def test_a_tunnel_with_its_own_dns_follows_its_servers_name_through_the_networks
         assert pair.hosts is not None
         resolv = (pair.hosts.dir / "resolv.conf").read_text()
         assert f"nameserver {INNER4[0]}" in resolv and WIFI[1] not in resolv, resolv
-        lab.link(w.router, w.office, a_addr=f"{OFFICE2[1]}/24", b_addr=f"{OFFICE2[0]}/24")
-        lab.run(w.office, "ip", "route", "add", "192.168.0.0/16", "via", OFFICE2[1])
+        _second_office_link(lab, pair)
         after = NameServer(lab, w.router, WIFI[1], {"office.test": OFFICE2[0]})
         try:
-            addrs = lab.run(w.office, "ip", "-o", "addr").stdout.splitlines()
-            old = next(line for line in addrs if f" {OFFICE[0]}/" in line).split()[1]
-            lab.run(w.office, "ip", "link", "set", old, "down")
-            traffic = start_prober(lab, w.laptop, pair.server.inner4, 7501, 90)
-            try:
-                wait_until("the endpoint followed the name", lambda: pair.client.status(
-                    cli=False)["endpoint"] == f"{OFFICE2[0]}:51900", 60)
-            finally:
-                traffic.kill()
-                traffic.communicate(timeout=10)
+            _office_moves_and_the_endpoint_follows(lab, pair)
         finally:
             asked = after.asked()
         assert (WIFI[0], "office.test", "A") in {tuple(a) for a in asked}, asked
-        pair.wait_state("up", ends=(pair.client,), timeout=45)
-        echo = echo_server(lab, w.office, pair.server.inner4, 7500)
-        assert reached(try_reach(lab, w.laptop, pair.server.inner4, 7500))
-        echo.kill()
-        echo.communicate(timeout=10)
+        _office_reached_again(lab, pair)
         log = pair.client.helper.log()
         assert "looked up office.test directly" in log and "now resolves to" in log
+
+
+def _second_office_link(lab: netlab.Lab, pair: LaptopPair) -> None:
+    """The office gets a second uplink, OFFICE2, where it will move."""
+    w = pair.world
+    lab.link(w.router, w.office, a_addr=f"{OFFICE2[1]}/24", b_addr=f"{OFFICE2[0]}/24")
+    lab.run(w.office, "ip", "route", "add", "192.168.0.0/16", "via", OFFICE2[1])
+
+
+def _office_moves_and_the_endpoint_follows(lab: netlab.Lab, pair: LaptopPair) -> None:
+    """The office's first address goes away; the laptop's traffic, unanswered, makes the helper
+    look the name up again until the endpoint is OFFICE2's."""
+    w = pair.world
+    addrs = lab.run(w.office, "ip", "-o", "addr").stdout.splitlines()
+    old = next(line for line in addrs if f" {OFFICE[0]}/" in line).split()[1]
+    lab.run(w.office, "ip", "link", "set", old, "down")
+    traffic = start_prober(lab, w.laptop, pair.server.inner4, 7501, 90)
+    try:
+        wait_until("the endpoint followed the name", lambda: pair.client.status(
+            cli=False)["endpoint"] == f"{OFFICE2[0]}:51900", 60)
+    finally:
+        traffic.kill()
+        traffic.communicate(timeout=10)
+
+
+def _office_reached_again(lab: netlab.Lab, pair: LaptopPair) -> None:
+    w = pair.world
+    pair.wait_state("up", ends=(pair.client,), timeout=45)
+    echo = echo_server(lab, w.office, pair.server.inner4, 7500)
+    assert reached(try_reach(lab, w.laptop, pair.server.inner4, 7500))
+    echo.kill()
+    echo.communicate(timeout=10)
 
 
 _DIG = r"""
