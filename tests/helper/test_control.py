@@ -589,11 +589,14 @@ allowed_ips = ["10.98.0.2/32"]
 
         helper.start()
         with helper.client() as c:
+            # The restore runs beside the socket: the tunnel shows "connecting" from the moment
+            # it is registered, before its TUN device exists, so wait for the device too.
             deadline = time.monotonic() + EVENT_TIMEOUT
-            while c.call("status", name=name)["tunnels"][0]["state"] == "down":
-                assert time.monotonic() < deadline, "the persisting tunnel did not come back"
+            while ((back := c.call("status", name=name)["tunnels"][0])["state"] == "down"
+                   or interface not in lab.run(ns, "ip", "-o", "link").stdout):
+                assert back["state"] != "error", back
+                assert time.monotonic() < deadline, f"the tunnel did not come back: {back}"
                 time.sleep(0.1)
-            assert interface in lab.run(ns, "ip", "-o", "link").stdout
             assert c.call("disconnect", name=name)["status"]["state"] == "down"
             c.call("remove_profile", name=name)
         assert interface not in lab.run(ns, "ip", "-o", "link").stdout
